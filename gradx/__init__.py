@@ -1,0 +1,39 @@
+"""gradx: composable, jit-compiled optimizers for JAX, with hyperparameters in the state.
+
+Every optimizer and block is an ``optax.GradientTransformationExtraArgs``; this file is the
+whole public API.
+"""
+
+from optax import GradientTransformation as GradientTransformation
+from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
+from optax import apply_updates as apply_updates
+from optax import chain as chain
+from optax import schedules as schedules
+
+from gradx._core import HyperparamsState as HyperparamsState
+from gradx._core import Rule as Rule
+from gradx._core import TreeMismatchError as TreeMismatchError
+from gradx._core import hyperparam_dtype as hyperparam_dtype
+from gradx._core import hyperparams as hyperparams
+from gradx._core import optimizer as optimizer
+from gradx._core import scale_by_learning_rate as scale_by_learning_rate
+from gradx._core import set_hyperparams as set_hyperparams
+from gradx._momentum import ema as ema
+from gradx._momentum import ema_momentum as ema_momentum
+from gradx._momentum import momentum as momentum
+from gradx._momentum import nesterov as nesterov
+from gradx._momentum import normalize as normalize
+from gradx._momentum import normalized_sgd as normalized_sgd
+from gradx._momentum import sgd as sgd
+from gradx._momentum import trace as trace
+
+__version__ = "0.1.0"
+
+#: The optimizers, by name, in the order the CLI lists and races them.
+OPTIMIZERS = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "nesterov": nesterov,
+    "ema_momentum": ema_momentum,
+    "normalized_sgd": normalized_sgd,
+}

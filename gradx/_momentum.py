@@ -1,0 +1,273 @@
+"""Gradient descent and its momentum family: blocks and the seeds' optimizers.
+
+Blocks: ``trace`` (heavy-ball velocity), ``ema`` (exponential moving average), ``normalize``
+(divide by the global norm). Optimizers: ``sgd``, ``momentum``, ``nesterov``,
+``ema_momentum``, ``normalized_sgd``, each a short chain of blocks ending in
+``scale_by_learning_rate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradx._core import check_tree, hyperparam_dtype, optimizer, scale_by_learning_rate, wide
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class TraceState(NamedTuple):
+    velocity: Any  # like params: the running sum v
+
+
+def trace(
+    decay: jax.typing.ArrayLike, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """Block: heavy-ball velocity, v ← μ·v + u; emits v (or u + μ·v with ``nesterov``).
+
+    Placed after ``scale_by_learning_rate`` the incoming u is −γ_t·g, so v ← μ·v − γ_t·g
+    keeps each step's learning rate inside the velocity, as in the seeds and Keras.
+
+    Args:
+      decay: μ, the momentum (a number or a scalar array).
+      nesterov: emit the look-ahead step u + μ·v_new instead of v_new.
+    """
+
+    def init(params: Any) -> TraceState:
+        return TraceState(velocity=jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.velocity, "velocity in the state")
+        mu = jnp.asarray(decay)
+        velocity = jax.tree.map(
+            lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(v.dtype), updates, state.velocity
+        )
+        if nesterov:
+            updates = jax.tree.map(
+                lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(u.dtype), updates, velocity
+            )
+        else:
+            updates = velocity
+        return updates, TraceState(velocity)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class EmaState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+    mean: Any  # like params: the biased average m
+
+
+def ema(decay: jax.typing.ArrayLike, debias: bool = False) -> optax.GradientTransformationExtraArgs:
+    """Block: exponential moving average, m ← β·m + (1−β)·g with m₀ = 0.
+
+    Emits m, or m / (1 − βᵗ) with ``debias`` (t = 1, 2, ...); the state keeps the biased m.
+    The correction is computed in the hyperparameter dtype, then cast to the leaf's dtype.
+    """
+
+    def init(params: Any) -> EmaState:
+        return EmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.mean, "moving average in the state")
+        beta = jnp.asarray(decay)
+        count = optax.safe_increment(state.count)
+        mean = jax.tree.map(
+            lambda g, m: (beta * wide(m, beta) + (1 - beta) * wide(g, beta)).astype(m.dtype),
+            updates,
+            state.mean,
+        )
+        if debias:
+            correction = 1 - beta ** count.astype(beta.dtype)
+            updates = jax.tree.map(lambda m: (wide(m, beta) / correction).astype(m.dtype), mean)
+        else:
+            updates = mean
+        return updates, EmaState(count, mean)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class NormalizeState(NamedTuple):
+    """normalize keeps no state."""
+
+
+def normalize() -> optax.GradientTransformationExtraArgs:
+    """Block: u ← g / ‖g‖, one L2 norm over the whole pytree; u = 0 where g = 0.
+
+    The norm is accumulated in float32 (or wider) whatever the leaves' dtype. Safe at
+    g = 0, also for ``jax.grad`` through the update (no NaN from the norm's derivative).
+    """
+
+    def init(params: Any) -> NormalizeState:
+        del params
+        return NormalizeState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves = jax.tree.leaves(updates)
+        if not leaves:
+            return updates, state
+        acc = hyperparam_dtype(updates)
+        squares = sum(jnp.sum(jnp.square(g.astype(acc))) for g in leaves)
+        positive = squares > 0
+        inverse = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, squares, 1)), 0)
+        return jax.tree.map(lambda g: (g.astype(acc) * inverse).astype(g.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+
+@optimizer(learning_rate=">= 0")
+def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+    """Gradient descent: θ ← θ − γ·g.
+
+    Batch GD, SGD and minibatch SGD are this same rule; they differ only in the gradient fed
+    to it: g = ∇L(θ) over the whole training set (batch GD, seed 001's ∂J/∂θ), over one
+    example drawn at random (SGD, seed 004's ∇L_s), or over a minibatch (seed 004's ∇L_b). The
+    regime is a property of the data loop, not of the optimizer; ``gradx.fit`` picks it with
+    one ``batch_size`` argument.
+
+    Blocks: ``scale_by_learning_rate(γ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, a number or a schedule of the step count.
+
+    Returns:
+      An optax ``GradientTransformationExtraArgs``; its state is a ``HyperparamsState``
+      holding ``learning_rate``.
+
+    Note:
+      Equal to ``optax.sgd(γ)``, ``torch.optim.SGD(lr=γ)`` and ``keras.optimizers.SGD(γ)``.
+    """
+    return scale_by_learning_rate(learning_rate)
+
+
+@optimizer(learning_rate=">= 0", momentum="[0, 1)")
+def momentum(
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """Heavy-ball momentum (seeds 000 and 004).
+
+    For t = 1, 2, ..., with v₀ = 0::
+
+        v ← μ·v − γ_t·g
+        θ ← θ + v                  (nesterov=False)
+        θ ← θ + μ·v − γ_t·g        (nesterov=True, see :func:`nesterov`)
+
+    γ_t sits inside the velocity, so under a schedule every past gradient keeps the learning
+    rate of its own step, as in the seeds' θ_{t+1} = θ_t − Σ μⁱ γ_{t−i} g_{t−i}.
+
+    Blocks: ``scale_by_learning_rate(γ) → trace(μ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, a number or a schedule of the step count.
+      momentum: μ in [0, 1), the seeds' "viscosity".
+      nesterov: use the look-ahead form.
+
+    Returns:
+      An optax transformation whose state holds ``learning_rate`` and ``momentum``.
+
+    Note:
+      For a constant γ this equals ``optax.sgd(γ, momentum=μ)`` and ``torch.optim.SGD(lr=γ,
+      momentum=μ)``, which keep γ outside the buffer. Under a schedule they differ; Keras's
+      ``SGD`` keeps γ inside, as here.
+    """
+    return optax.chain(scale_by_learning_rate(learning_rate), trace(momentum, nesterov=nesterov))
+
+
+@optimizer(learning_rate=">= 0", momentum="[0, 1)")
+def nesterov(
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9
+) -> optax.GradientTransformationExtraArgs:
+    """Nesterov momentum: the gradient is taken at the look-ahead point (seed 004).
+
+    Seed 004 (Sutskever et al.'s form), v₀ = 0::
+
+        v ← μ·v − γ·∇L(θ + μ·v)
+        θ ← θ + v
+
+    The params this optimizer produces are the look-ahead point φ = θ + μ·v, where the
+    gradient is evaluated, so you simply pass ∇L(φ) at the current params. Substituting
+    φ gives the update::
+
+        v ← μ·v − γ·∇L(φ)
+        φ ← φ + μ·v − γ·∇L(φ)
+
+    and φ = θ whenever v = 0 (at the start and at convergence).
+
+    Blocks: ``scale_by_learning_rate(γ) → trace(μ, nesterov=True)``.
+
+    Args:
+      learning_rate: γ ≥ 0, a number or a schedule of the step count.
+      momentum: μ in [0, 1).
+
+    Returns:
+      An optax transformation whose state holds ``learning_rate`` and ``momentum``.
+
+    Reference:
+      Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and momentum in
+      deep learning", ICML 2013.
+
+    Note:
+      Equal to ``optax.sgd(γ, μ, nesterov=True)`` and ``torch.optim.SGD(lr=γ, momentum=μ,
+      nesterov=True)`` for a constant γ.
+    """
+    return optax.chain(scale_by_learning_rate(learning_rate), trace(momentum, nesterov=True))
+
+
+@optimizer(learning_rate=">= 0", beta="[0, 1)")
+def ema_momentum(
+    learning_rate: optax.ScalarOrSchedule, beta: float = 0.9, bias_correction: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """Momentum as an exponential moving average of gradients (seeds 001 and 002).
+
+    For t = 1, 2, ..., with m₀ = 0::
+
+        m ← β·m + (1−β)·g
+        θ ← θ − γ·m                    (bias_correction=False)
+        θ ← θ − γ·m / (1 − βᵗ)         (bias_correction=True)
+
+    Without the correction the first steps are short (m₁ = (1−β)·g₁); the correction
+    removes that bias towards m₀ = 0.
+
+    Blocks: ``ema(β, debias=bias_correction) → scale_by_learning_rate(γ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, a number or a schedule of the step count.
+      beta: β in [0, 1).
+      bias_correction: divide by 1 − βᵗ.
+
+    Returns:
+      An optax transformation whose state holds ``learning_rate`` and ``beta``.
+
+    Note:
+      Equal to ``optax.chain(optax.ema(β, debias=...), optax.scale(-γ))``. torch's
+      ``SGD(momentum=β, dampening=1-β)`` differs: its first buffer is g₁, undamped.
+    """
+    return optax.chain(ema(beta, debias=bias_correction), scale_by_learning_rate(learning_rate))
+
+
+@optimizer(learning_rate=">= 0")
+def normalized_sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+    """Normalized gradient descent: θ ← θ − γ·g/‖g‖ (seed 004).
+
+    ‖g‖ is one L2 norm over the whole pytree, so every step has length γ whatever the scale
+    of the gradient; at g = 0 the step is 0. With a constant γ it ends circling the minimum
+    at distance about γ: pair it with a decaying schedule.
+
+    Blocks: ``normalize() → scale_by_learning_rate(γ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, the step length, a number or a schedule of the step count.
+
+    Returns:
+      An optax transformation whose state holds ``learning_rate``.
+    """
+    return optax.chain(normalize(), scale_by_learning_rate(learning_rate))
