@@ -10,9 +10,27 @@ from optax import apply_updates as apply_updates
 from optax import chain as chain
 from optax import schedules as schedules
 
+from gradx._adaptive import adadelta as adadelta
+from gradx._adaptive import adagrad as adagrad
+from gradx._adaptive import adam as adam
+from gradx._adaptive import adamax as adamax
+from gradx._adaptive import adamw as adamw
+from gradx._adaptive import amsgrad as amsgrad
+from gradx._adaptive import inf_norm as inf_norm
+from gradx._adaptive import max_rms as max_rms
+from gradx._adaptive import nadam as nadam
+from gradx._adaptive import nesterov_ema as nesterov_ema
+from gradx._adaptive import precondition as precondition
+from gradx._adaptive import rms as rms
+from gradx._adaptive import rmsprop as rmsprop
+from gradx._adaptive import rss as rss
+from gradx._adaptive import scale_by_adadelta as scale_by_adadelta
+from gradx._adaptive import scale_by_bias_correction as scale_by_bias_correction
 from gradx._core import HyperparamsState as HyperparamsState
 from gradx._core import Rule as Rule
 from gradx._core import TreeMismatchError as TreeMismatchError
+from gradx._core import add_decayed_weights as add_decayed_weights
+from gradx._core import decoupled_weight_decay as decoupled_weight_decay
 from gradx._core import hyperparam_dtype as hyperparam_dtype
 from gradx._core import hyperparams as hyperparams
 from gradx._core import optimizer as optimizer
@@ -36,4 +54,12 @@ OPTIMIZERS = {
     "nesterov": nesterov,
     "ema_momentum": ema_momentum,
     "normalized_sgd": normalized_sgd,
+    "adagrad": adagrad,
+    "rmsprop": rmsprop,
+    "adadelta": adadelta,
+    "adam": adam,
+    "adamw": adamw,
+    "amsgrad": amsgrad,
+    "adamax": adamax,
+    "nadam": nadam,
 }

@@ -128,9 +128,10 @@ def wide(x: jax.Array, *hs: jax.Array) -> jax.Array:
     """``x`` cast to the widest dtype of ``x`` and the hyperparameters ``hs``.
 
     Blocks compute in that dtype and cast the result back to the leaf's own dtype, so bf16
-    params get float32 arithmetic for their scalars and keep their dtype.
+    params get float32 arithmetic for their scalars and keep their dtype. Weakly typed
+    scalars (Python numbers given to a block) take the other operand's dtype, as in JAX.
     """
-    dtype = functools.reduce(_wider, [h.dtype for h in hs], x.dtype)
+    dtype = functools.reduce(_wider, [h.dtype for h in hs if not h.weak_type], x.dtype)
     return x.astype(dtype)
 
 
@@ -206,7 +207,7 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
             numbers, schedules, static = {}, {}, {}
             for name, value in bound.arguments.items():
                 rule = parsed.get(name)
-                if rule is None:
+                if rule is None or value is None:  # None switches a feature off
                     static[name] = value
                 elif callable(value) and not hasattr(value, "dtype"):
                     rule.check(fn, f"{name} (its schedule's value at step 0)", value(0))
@@ -408,5 +409,67 @@ def scale_by_learning_rate(
         del params, extra_args
         lr = jnp.asarray(learning_rate)
         return jax.tree.map(lambda g: (-wide(g, lr) * lr).astype(g.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """The weight-decay blocks keep no state."""
+
+
+def _needs_params(fn: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(f"{fn}: weight decay needs the params: call update(grads, state, params)")
+
+
+def add_decayed_weights(
+    weight_decay: jax.typing.ArrayLike,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: coupled L2 decay, u ← g + λ·θ (before the optimizer's statistics see g).
+
+    This is ``weight_decay=`` of torch's SGD, Adam, RMSprop, Adagrad, Adadelta, Adamax and
+    NAdam, and ``optax.add_decayed_weights`` placed first in a chain.
+    """
+
+    def init(params: Any) -> AddDecayedWeightsState:
+        del params
+        return AddDecayedWeightsState()
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        _needs_params("add_decayed_weights", params)
+        check_tree(updates, params, "params")
+        wd = jnp.asarray(weight_decay)
+        return jax.tree.map(
+            lambda g, p: (wide(g, wd) + wd * wide(p, wd)).astype(g.dtype), updates, params
+        ), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def decoupled_weight_decay(
+    weight_decay: jax.typing.ArrayLike, learning_rate: jax.typing.ArrayLike
+) -> optax.GradientTransformationExtraArgs:
+    """Block: decoupled decay, u ← u − γ·λ·θ (after ``scale_by_learning_rate``).
+
+    The decay never enters the optimizer's statistics (Loshchilov & Hutter's AdamW). It
+    equals torch's ``AdamW`` (θ ← (1 − γλ)·θ, then the step), optax's ``adamw`` and Keras's
+    ``weight_decay=`` on any optimizer: all three multiply λ by the current learning rate.
+    """
+
+    def init(params: Any) -> AddDecayedWeightsState:
+        del params
+        return AddDecayedWeightsState()
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        _needs_params("decoupled_weight_decay", params)
+        check_tree(updates, params, "params")
+        wd, lr = jnp.asarray(weight_decay), jnp.asarray(learning_rate)
+        return jax.tree.map(
+            lambda u, p: (wide(u, wd, lr) - lr * wd * wide(p, wd, lr)).astype(u.dtype),
+            updates,
+            params,
+        ), state
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -35,13 +35,22 @@ class Case:
     optax_make: Callable[..., Any] | None = None  # optax_make(learning_rate) -> same rule in optax
     quad: tuple = (1e-2, 2000)  # (learning rate, steps) to converge on the quadratic
     rosen: tuple = (1e-3, 5000)  # ... and on Rosenbrock
+    converge_hp: dict | None = None  # hp for the convergence tests, if not hp
 
     def __str__(self) -> str:
         return self.name
 
 
-def _decay(lr):
-    return optax.exponential_decay(lr, transition_steps=200, decay_rate=0.5)
+def _decay(lr, every=200):
+    return optax.exponential_decay(lr, transition_steps=every, decay_rate=0.5)
+
+
+def _variant(make, **fixed):
+    return lambda lr, **hp: make(lr, **fixed, **hp)
+
+
+def _rule_variant(rule, **fixed):
+    return lambda *args, **hp: rule(*args, **fixed, **hp)
 
 
 CASES = [
@@ -102,6 +111,117 @@ CASES = [
         quad=(_decay(0.5), 3000),
         rosen=(optax.exponential_decay(0.05, 2000, 0.5), 20000),
     ),
+    Case("adagrad", gradx.adagrad, ref.adagrad, quad=(0.1, 3000), rosen=(1.0, 10000)),
+    Case(
+        "adagrad_optax_convention",
+        _variant(gradx.adagrad, eps_in_sqrt=True),
+        lambda th, st, gf, t, learning_rate, eps, initial_accumulator_value: ref.adagrad(
+            th, st, gf, t, learning_rate, 0.0, initial_accumulator_value + eps
+        ),  # sqrt(G + eps) with G0 = g0 is sqrt(G') with G0' = g0 + eps
+        {"eps": 1e-7, "initial_accumulator_value": 0.1},
+        optax_make=optax.adagrad,
+        quad=(0.1, 3000),
+        rosen=(1.0, 10000),
+    ),
+    Case(
+        "rmsprop",
+        gradx.rmsprop,
+        ref.rmsprop,
+        optax_make=lambda lr: optax.rmsprop(lr, eps_in_sqrt=False),
+        quad=(_decay(3e-3, 500), 3000),
+        rosen=(_decay(1e-2, 500), 5000),
+    ),
+    Case(
+        "rmsprop_eps_in_sqrt",
+        _variant(gradx.rmsprop, eps_in_sqrt=True),
+        ref.rmsprop_eps_in_sqrt,
+        {"eps": 1e-6},
+        optax_make=lambda lr: optax.rmsprop(lr, eps=1e-6),
+        quad=(_decay(3e-3, 500), 3000),
+        rosen=(_decay(1e-2, 500), 5000),
+    ),
+    Case(
+        "rmsprop_bias_corrected",
+        _variant(gradx.rmsprop, bias_correction=True),
+        ref.rmsprop_bias_corrected,
+        optax_make=lambda lr: optax.rmsprop(lr, eps_in_sqrt=False, bias_correction=True),
+        quad=(_decay(3e-3, 500), 3000),
+        rosen=(_decay(1e-2, 500), 5000),
+    ),
+    Case(
+        "rmsprop_centered_momentum",
+        _variant(gradx.rmsprop, centered=True),
+        ref.rmsprop_centered_momentum,
+        {"momentum": 0.5},
+        optax_make=lambda lr: optax.rmsprop(lr, eps_in_sqrt=False, centered=True, momentum=0.5),
+        quad=(_decay(1e-3, 500), 3000),
+        rosen=(_decay(1e-3, 500), 5000),
+    ),
+    Case(
+        "adadelta",
+        gradx.adadelta,
+        ref.adadelta,
+        optax_make=optax.adadelta,
+        quad=(_decay(1.0, 500), 3000),
+        rosen=(_decay(1.0, 500), 8000),
+    ),
+    Case(
+        "adam",
+        gradx.adam,
+        ref.adam,
+        optax_make=optax.adam,
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.3, 500), 5000),
+    ),
+    Case(
+        "adam_eps_hat",
+        _variant(gradx.adam, eps_hat=True),
+        ref.adam_eps_hat,
+        {"eps": 1e-3},
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.3, 500), 5000),
+    ),
+    Case(
+        "adamw",
+        gradx.adamw,
+        ref.adamw,
+        {"weight_decay": 0.1},
+        optax_make=lambda lr: optax.adamw(lr, weight_decay=0.1),
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.3, 500), 5000),
+        converge_hp={"weight_decay": 1e-4},
+    ),
+    Case(
+        "amsgrad",
+        gradx.amsgrad,
+        ref.amsgrad,
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.3, 500), 5000),
+    ),
+    Case(
+        "adamax",
+        gradx.adamax,
+        ref.adamax,
+        optax_make=optax.adamax,
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(1.0, 2000), 10000),
+    ),
+    Case(
+        "nadam",
+        gradx.nadam,
+        ref.nadam,
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.1, 500), 5000),
+    ),
+    Case(
+        "nadam_optax_convention",
+        gradx.nadam,
+        ref.nadam,
+        {"momentum_decay": None},
+        optax_make=optax.nadam,
+        quad=(_decay(3e-2, 500), 3000),
+        rosen=(_decay(0.3, 500), 5000),
+    ),
 ]
 IDS = [c.name for c in CASES]
 DTYPES = [np.float32, np.float64]
@@ -119,7 +239,7 @@ _Q = _rng.normal(size=(7, 7))
 A = _Q @ _Q.T / 7 + np.eye(7)  # symmetric positive definite, condition ~10
 B = _rng.normal(size=7)
 PARAMS0 = {"b": np.array([[0.5, -1.0], [1.5, 0.2]]), "w": np.array([1.0, -2.0, 0.3])}
-FLAT0, UNRAVEL = ravel_pytree(PARAMS0)
+FLAT0 = np.asarray(ravel_pytree(PARAMS0)[0])  # the NumPy side stays NumPy
 
 
 def quadratic_tree(params):
@@ -225,7 +345,8 @@ def test_matches_optax_live(case):
 def test_converges(case, problem, x0, tol):
     loss = {"quad": ill_quadratic, "rosen": rosenbrock}[problem]
     lr, steps = getattr(case, problem)
-    params, _ = run(case.make(lr, **case.hp), loss, jnp.array(x0), steps)
+    hp = case.hp if case.converge_hp is None else case.converge_hp
+    params, _ = run(case.make(lr, **hp), loss, jnp.array(x0), steps)
     assert float(loss(params)) < tol
 
 
@@ -286,17 +407,19 @@ def test_vmap_over_learning_rates_equals_separate_runs(case):
     params = tree_as(PARAMS0, jnp.float32)
     lrs = jnp.array([0.01, 0.05, 0.2], jnp.float32)
 
-    def train(state):
-        p = params
-        for _ in range(12):
+    def train(state, opt=opt):
+        def step(carry, _):
+            p, state = carry
             updates, state = opt.update(jax.grad(quadratic_tree)(p), state, p)
-            p = optax.apply_updates(p, updates)
-        return p
+            return (optax.apply_updates(p, updates), state), None
+
+        return jax.lax.scan(step, (params, state), length=12)[0][0]
 
     states = jax.vmap(lambda lr: gradx.set_hyperparams(opt.init(params), learning_rate=lr))(lrs)
     batched = jax.jit(jax.vmap(train))(states)
     for k, lr in enumerate(lrs):
-        alone = jax.jit(train)(case.make(float(lr), **case.hp).init(params))
+        opt_k = case.make(float(lr), **case.hp)  # built with this value, not batched
+        alone = jax.jit(train, static_argnums=1)(opt_k.init(params), opt_k)
         for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(alone), strict=True):
             np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-6)
 
