@@ -88,6 +88,14 @@ class Rule:
         if not self.holds(np.asarray(value)):
             raise ValueError(f"{fn}: {name} must be {self.text}, got {value!r}")
 
+    def check_hyperparameter(self, fn: str, name: str, value: Any) -> bool:
+        """Checks a number, or a schedule's value at step 0; returns whether it is a schedule."""
+        if callable(value) and not hasattr(value, "dtype"):
+            self.check(fn, f"{name} (its schedule's value at step 0)", value(0))
+            return True
+        self.check(fn, name, value)
+        return False
+
 
 def _is_number(value: Any) -> bool:
     if isinstance(value, (int, float, np.number)):
@@ -209,17 +217,19 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 rule = parsed.get(name)
                 if rule is None or value is None:  # None switches a feature off
                     static[name] = value
-                elif callable(value) and not hasattr(value, "dtype"):
-                    rule.check(fn, f"{name} (its schedule's value at step 0)", value(0))
+                elif rule.check_hyperparameter(fn, name, value):
                     schedules[name] = value
                 else:
-                    rule.check(fn, name, value)
                     if np.ndim(value) != 0:
                         raise ValueError(
                             f"{fn}: {name} must be a scalar, got shape {np.shape(value)}; "
                             "batch hyperparameters with gradx.set_hyperparams under jax.vmap"
                         )
                     numbers[name] = value
+
+            # Build the chain once now, so that errors in the static arguments surface at
+            # construction rather than at init.
+            factory(**static, **numbers, **{n: s(0) for n, s in schedules.items()})
 
             def as_array(name: str, value: Any, dtype: jnp.dtype) -> jax.Array:
                 return jnp.asarray(value, jnp.int32 if parsed[name].integer else dtype)

@@ -20,31 +20,38 @@ from gradx._core import check_tree, hyperparam_dtype, optimizer, scale_by_learni
 
 
 class TraceState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
     velocity: Any  # like params: the running sum v
 
 
 def trace(
-    decay: jax.typing.ArrayLike, nesterov: bool = False
+    decay: jax.typing.ArrayLike, nesterov: bool = False, dampening: jax.typing.ArrayLike = 0.0
 ) -> optax.GradientTransformationExtraArgs:
-    """Block: heavy-ball velocity, v ← μ·v + u; emits v (or u + μ·v with ``nesterov``).
+    """Block: heavy-ball velocity, v ← μ·v + (1 − d)·u; emits v (or u + μ·v with ``nesterov``).
 
     Placed after ``scale_by_learning_rate`` the incoming u is −γ_t·g, so v ← μ·v − γ_t·g
-    keeps each step's learning rate inside the velocity, as in the seeds and Keras.
+    keeps each step's learning rate inside the velocity, as in the seeds and Keras. The first
+    step sets v₁ = u₁ undamped (torch's convention for its ``dampening`` d; with d = 0 it
+    is the same as starting from v₀ = 0).
 
     Args:
       decay: μ, the momentum (a number or a scalar array).
       nesterov: emit the look-ahead step u + μ·v_new instead of v_new.
+      dampening: d, the share of each new u left out of the velocity after the first step.
     """
 
     def init(params: Any) -> TraceState:
-        return TraceState(velocity=jax.tree.map(jnp.zeros_like, params))
+        return TraceState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         check_tree(updates, state.velocity, "velocity in the state")
-        mu = jnp.asarray(decay)
+        mu, d = jnp.asarray(decay), jnp.asarray(dampening)
+        keep = jnp.where(state.count == 0, 1, 1 - d)
         velocity = jax.tree.map(
-            lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(v.dtype), updates, state.velocity
+            lambda u, v: (mu * wide(v, mu, d) + keep * wide(u, mu, d)).astype(v.dtype),
+            updates,
+            state.velocity,
         )
         if nesterov:
             updates = jax.tree.map(
@@ -52,7 +59,7 @@ def trace(
             )
         else:
             updates = velocity
-        return updates, TraceState(velocity)
+        return updates, TraceState(optax.safe_increment(state.count), velocity)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
