@@ -191,7 +191,7 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         def centered_adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8):
             return gradx.chain(
                 gradx.precondition(gradx.ema(b1, debias=True),
-                                   gradx.rms(b2, centered=True, debias=True), eps=eps),
+                                   gradx.rms(b2, centered=True), eps=eps),
                 gradx.scale_by_learning_rate(learning_rate))
     """
     parsed = {name: Rule.parse(text) for name, text in rules.items()}
@@ -246,38 +246,53 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                     inner_state=inner.init(params),
                 )
 
-            def update(
-                updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
-            ) -> tuple[Any, HyperparamsState]:
-                if not isinstance(state, HyperparamsState):
-                    raise TypeError(
-                        f"{fn}: state must be the state this optimizer's init returned, "
-                        f"got {type(state).__name__}"
-                    )
-                scheduled = {
-                    n: jnp.asarray(s(state.count), state.scheduled[n].dtype)
-                    for n, s in schedules.items()
-                }
-                inner = optax.with_extra_args_support(
-                    factory(**static, **state.hyperparams, **scheduled)
-                )
-                try:
-                    if params is not None:
-                        check_tree(updates, params, "params")
-                    updates, inner_state = inner.update(
-                        updates, state.inner_state, params, **extra_args
-                    )
-                except TreeMismatchError as e:
-                    raise TreeMismatchError(f"{fn}: {e}") from None
-                count = optax.safe_increment(state.count)
-                return updates, HyperparamsState(count, state.hyperparams, scheduled, inner_state)
-
+            key = (factory, fn, tuple(static.items()), tuple(schedules.items()))
+            try:
+                update = _shared_update(*key)
+            except TypeError:  # an unhashable static argument: no sharing for this one
+                update = _shared_update.__wrapped__(*key)
             return optax.GradientTransformationExtraArgs(init, update)
 
         constructor.hyperparameter_rules = dict(parsed)  # type: ignore[attr-defined]
         return constructor
 
     return wrap
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_update(
+    factory: Callable[..., Any], fn: str, static_items: tuple, schedule_items: tuple
+) -> Callable[..., Any]:
+    """The update of an @optimizer, one per static configuration.
+
+    It reads every number from the state, so ``sgd(0.1)`` and ``sgd(0.3)`` share one update
+    function, and anything that caches compiled programs by function (``jax.jit``,
+    ``gradx.fit``) compiles once for both.
+    """
+    static, schedules = dict(static_items), dict(schedule_items)
+
+    def update(
+        updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, HyperparamsState]:
+        if not isinstance(state, HyperparamsState):
+            raise TypeError(
+                f"{fn}: state must be the state this optimizer's init returned, "
+                f"got {type(state).__name__}"
+            )
+        scheduled = {
+            n: jnp.asarray(s(state.count), state.scheduled[n].dtype) for n, s in schedules.items()
+        }
+        inner = optax.with_extra_args_support(factory(**static, **state.hyperparams, **scheduled))
+        try:
+            if params is not None:
+                check_tree(updates, params, "params")
+            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        except TreeMismatchError as e:
+            raise TreeMismatchError(f"{fn}: {e}") from None
+        count = optax.safe_increment(state.count)
+        return updates, HyperparamsState(count, state.hyperparams, scheduled, inner_state)
+
+    return update
 
 
 # ----------------------------------------------------------------------------- read / write

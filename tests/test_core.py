@@ -198,3 +198,11 @@ def test_rule_parsing():
     assert not gradx.Rule.parse("(0, 1]").holds(np.array(0.0))
     with pytest.raises(ValueError, match=r"Rule\.parse"):
         gradx.Rule.parse("between 0 and 1")
+
+
+def test_optimizers_that_differ_only_in_numbers_share_one_update_function():
+    # So jax.jit (and gradx.fit) compile once for every learning rate.
+    assert gradx.sgd(0.1).update is gradx.sgd(0.3).update
+    assert gradx.adam(1e-3, b1=0.8).update is gradx.adam(1e-2).update
+    assert gradx.adam(1e-3).update is not gradx.adam(1e-3, eps_hat=True).update
+    assert gradx.rmsprop(0.1).update is not gradx.rmsprop(0.1, momentum=0.9).update
