@@ -10,6 +10,7 @@ from optax import apply_updates as apply_updates
 from optax import chain as chain
 from optax import schedules as schedules
 
+from gradx import compat as compat
 from gradx._adaptive import adadelta as adadelta
 from gradx._adaptive import adagrad as adagrad
 from gradx._adaptive import adam as adam
@@ -36,6 +37,7 @@ from gradx._core import hyperparams as hyperparams
 from gradx._core import optimizer as optimizer
 from gradx._core import scale_by_learning_rate as scale_by_learning_rate
 from gradx._core import set_hyperparams as set_hyperparams
+from gradx._lookahead import lookahead as lookahead
 from gradx._momentum import ema as ema
 from gradx._momentum import ema_momentum as ema_momentum
 from gradx._momentum import momentum as momentum
@@ -44,6 +46,8 @@ from gradx._momentum import normalize as normalize
 from gradx._momentum import normalized_sgd as normalized_sgd
 from gradx._momentum import sgd as sgd
 from gradx._momentum import trace as trace
+from gradx._sign import rprop as rprop
+from gradx._sign import scale_by_rprop as scale_by_rprop
 
 __version__ = "0.1.0"
 
@@ -54,6 +58,7 @@ OPTIMIZERS = {
     "nesterov": nesterov,
     "ema_momentum": ema_momentum,
     "normalized_sgd": normalized_sgd,
+    "rprop": rprop,
     "adagrad": adagrad,
     "rmsprop": rmsprop,
     "adadelta": adadelta,

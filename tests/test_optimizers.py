@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference_lookahead as ref_lookahead
+import reference_sign as ref_sign
 from jax.flatten_util import ravel_pytree
 
 import gradx
@@ -222,6 +224,15 @@ CASES = [
         quad=(_decay(3e-2, 500), 3000),
         rosen=(_decay(0.3, 500), 5000),
     ),
+    Case("rprop", gradx.rprop, ref_sign.rprop, quad=(1e-2, 300), rosen=(1e-2, 8000)),
+    Case(
+        "lookahead_momentum",
+        lambda lr, **hp: gradx.lookahead(gradx.momentum(lr, **hp), sync_period=5, alpha=0.5),
+        ref_lookahead.lookahead(ref.momentum, sync_period=5, alpha=0.5),
+        {"momentum": 0.8},
+        quad=(5e-3, 3000),
+        rosen=(1e-3, 10000),
+    ),
 ]
 IDS = [c.name for c in CASES]
 DTYPES = [np.float32, np.float64]
@@ -385,7 +396,8 @@ def test_keeps_dtypes(case, dtype):
         params = optax.apply_updates(params, updates)
     assert all(x.dtype == dtype for x in jax.tree.leaves((updates, params)))
     want = jnp.float64 if dtype == jnp.float64 else jnp.float32
-    assert all(v.dtype == want for v in gradx.hyperparams(state).values())
+    floats = [v for v in gradx.hyperparams(state).values() if jnp.issubdtype(v.dtype, jnp.floating)]
+    assert floats and all(v.dtype == want for v in floats)
     assert all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in jax.tree.leaves(params))
 
 

@@ -1,0 +1,350 @@
+"""Lookahead: k steps forward with any optimizer, then one step back (seed 004).
+
+``lookahead(inner, sync_period, alpha)`` wraps any optax or gradx optimizer. It is drop-in:
+params stay the user's plain pytree, the slow weights live in the state, and the update
+emitted at a sync moves the params onto the new slow point. ``alpha`` is a fixed step (as in
+the paper and ``optax.lookahead``) or ``"quadratic"``: fitted at every sync from the losses at
+the two ends of the cycle and the slope at its finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradx._core import HyperparamsState, check_tree, optimizer, wide
+
+# ----------------------------------------------------------------------------- states
+
+
+class LookaheadState(NamedTuple):
+    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
+    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync
+    fast_state: Any  # the inner optimizer's state
+
+
+class FittedLookaheadState(NamedTuple):
+    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
+    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync, 0..k
+    fast_state: Any  # the inner optimizer's state
+    loss_start: jax.Array  # shape=(), dtype=hyperparameter dtype: L(0), the loss at the start
+    alpha: jax.Array  # shape=(), dtype=hyperparameter dtype: α of the last sync (1 before it)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_NEEDS_VALUE = (
+    "lookahead: alpha='quadratic' needs the loss: call update(grads, state, params, value=loss)"
+)
+
+
+def _needs_params(params: Any) -> None:
+    if params is None:
+        raise ValueError(
+            "lookahead: update needs the params (the emitted update at a sync moves them onto "
+            "the slow weights): call update(grads, state, params)"
+        )
+
+
+def _keep_hyperparams(fresh: Any, current: Any) -> Any:
+    """``fresh`` (a new inner state) with the hyperparameters and step counts of ``current``.
+
+    ``reset_state`` restarts the inner optimizer's statistics, not its settings: values set
+    with ``gradx.set_hyperparams`` and the position of every schedule survive a sync.
+    """
+    if isinstance(fresh, HyperparamsState):
+        inner = _keep_hyperparams(fresh.inner_state, current.inner_state)
+        return HyperparamsState(current.count, current.hyperparams, current.scheduled, inner)
+    if isinstance(fresh, tuple) and hasattr(fresh, "_fields"):
+        return type(fresh)(*map(_keep_hyperparams, fresh, current))
+    if isinstance(fresh, (tuple, list)):
+        return type(fresh)(map(_keep_hyperparams, fresh, current))
+    if isinstance(fresh, Mapping):
+        return type(fresh)({k: _keep_hyperparams(v, current[k]) for k, v in fresh.items()})
+    return fresh
+
+
+def _reset(inner: optax.GradientTransformation, point: Any, current: Any) -> Any:
+    fresh = _keep_hyperparams(inner.init(point), current)
+    # Same dtypes as the running state, so that either can be selected under jit.
+    return jax.tree.map(lambda f, c: jnp.asarray(f, c.dtype), fresh, current)
+
+
+def _named(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def rename(factory: Callable[..., Any]) -> Callable[..., Any]:
+        factory.__name__ = factory.__qualname__ = name
+        return factory
+
+    return rename
+
+
+def fit_alpha(
+    loss_start: jax.Array,
+    loss_finish: jax.Array,
+    slope_finish: jax.Array,
+    alpha_min: jax.Array,
+    alpha_max: jax.Array,
+) -> jax.Array:
+    """The minimiser of L̂(α) = aα² + bα + c fitted to L(0), L(1) and L'(1), safeguarded.
+
+    c = L(0), a + b + c = L(1), 2a + b = L'(1) give a = L'(1) − (L(1) − L(0)) and
+    b = 2(L(1) − L(0)) − L'(1). If a > 0 (convex) the minimiser is −b / 2a = ½ − ½·(L(1) −
+    L(0)) / a, clipped to [alpha_min, alpha_max] (a nearly straight descending fit gives
+    alpha_max). Otherwise the parabola has no minimum (concave, or a straight line:
+    degenerate) and the model is not trusted away from the two measured points: α = 1 (the
+    finish) if L(1) ≤ L(0), else α = 0 (the start), clipped likewise.
+
+    The three inputs are divided by the largest of their magnitudes first (α does not depend
+    on the scale), so huge finite losses cannot overflow; the result is never NaN from finite
+    inputs, and with a NaN input it is the fallback.
+    """
+    scale = jnp.maximum(
+        jnp.maximum(jnp.abs(loss_start), jnp.abs(loss_finish)), jnp.abs(slope_finish)
+    )
+    scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, jnp.ones_like(scale))
+    rise = loss_finish / scale - loss_start / scale
+    a = slope_finish / scale - rise
+    convex = a > 0
+    vertex = 0.5 - 0.5 * rise / jnp.where(convex, a, jnp.ones_like(a))
+    fallback = jnp.where(loss_finish <= loss_start, jnp.ones_like(a), jnp.zeros_like(a))
+    alpha = jnp.where(convex & ~jnp.isnan(vertex), vertex, fallback)
+    return jnp.clip(alpha, alpha_min, alpha_max)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@optimizer(sync_period="int >= 1", alpha="[0, 1]")
+@_named("lookahead")
+def _fixed(
+    inner: optax.GradientTransformation,
+    sync_period: int,
+    alpha: float,
+    reset_state: bool,
+) -> optax.GradientTransformationExtraArgs:
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params: Any) -> LookaheadState:
+        return LookaheadState(
+            slow=jax.tree.map(jnp.asarray, params),
+            phase=jnp.zeros([], jnp.int32),
+            fast_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        _needs_params(params)
+        check_tree(updates, state.slow, "slow weights in the state")
+        k, a = jnp.asarray(sync_period), jnp.asarray(alpha)
+        steps, fast_state = inner.update(updates, state.fast_state, params, **extra_args)
+        phase = state.phase + 1
+        sync = phase >= k
+
+        def leaf(u, p, s):
+            s_w = wide(s, a)
+            finish = wide(p, a) + wide(u, a)
+            new = s_w + a * (finish - s_w)
+            jump = (new - wide(p, a)).astype(u.dtype)
+            return jnp.where(sync, jump, u), jnp.where(sync, new.astype(s.dtype), s)
+
+        out = jax.tree.map(leaf, steps, params, state.slow)
+        updates, slow = jax.tree.transpose(
+            jax.tree.structure(steps), jax.tree.structure((0, 0)), out
+        )
+        if reset_state:
+            fresh = _reset(inner, slow, fast_state)
+            fast_state = jax.tree.map(lambda f, c: jnp.where(sync, f, c), fresh, fast_state)
+        phase = jnp.where(sync, jnp.zeros_like(phase), phase)
+        return updates, LookaheadState(slow, phase, fast_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@optimizer(sync_period="int >= 1", alpha=">= 0", alpha_min=">= 0", alpha_max=">= 0")
+@_named("lookahead")
+def _fitted(
+    inner: optax.GradientTransformation,
+    sync_period: int,
+    alpha: float,
+    alpha_min: float,
+    alpha_max: float,
+    reset_state: bool,
+) -> optax.GradientTransformationExtraArgs:
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params: Any) -> FittedLookaheadState:
+        h = jnp.asarray(alpha_min).dtype
+        return FittedLookaheadState(
+            slow=jax.tree.map(jnp.asarray, params),
+            phase=jnp.zeros([], jnp.int32),
+            fast_state=inner.init(params),
+            loss_start=jnp.zeros([], h),
+            alpha=jnp.asarray(alpha, h),
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        _needs_params(params)
+        if extra_args.get("value") is None:
+            raise ValueError(_NEEDS_VALUE)
+        check_tree(updates, state.slow, "slow weights in the state")
+        value = jnp.asarray(extra_args["value"])
+        if value.shape != ():
+            raise ValueError(f"lookahead: value must be the scalar loss, got shape {value.shape}")
+        k, lo, hi = (jnp.asarray(x) for x in (sync_period, alpha_min, alpha_max))
+        h = state.alpha.dtype
+        value = value.astype(h)
+        # The first call of a cycle is at the start point (params == slow): its loss is L(0).
+        loss_start = jnp.where(state.phase == 0, value, state.loss_start)
+
+        def inner_step(_):
+            steps, fast_state = inner.update(updates, state.fast_state, params, **extra_args)
+            steps = jax.tree.map(lambda u, g: u.astype(g.dtype), steps, updates)
+            return steps, state.slow, fast_state, state.phase + 1, state.alpha
+
+        def sync(_):
+            # The (k+1)-th call: params are the finish, `updates` is ∇L(finish), used only for
+            # dL/dα(1) = ⟨∇L(finish), finish − start⟩; no inner step is taken with it.
+            slope = sum(
+                (
+                    jnp.sum(wide(g, lo).astype(h) * (wide(p, lo) - wide(s, lo)).astype(h))
+                    for g, p, s in zip(
+                        jax.tree.leaves(updates),
+                        jax.tree.leaves(params),
+                        jax.tree.leaves(state.slow),
+                        strict=True,
+                    )
+                ),
+                jnp.zeros([], h),
+            )
+            alpha = fit_alpha(loss_start, value, slope, lo.astype(h), hi.astype(h))
+            new = jax.tree.map(
+                lambda p, s: wide(s, alpha) + alpha * (wide(p, alpha) - wide(s, alpha)),
+                params,
+                state.slow,
+            )
+            jump = jax.tree.map(
+                lambda n, p, g: (n - wide(p, alpha)).astype(g.dtype), new, params, updates
+            )
+            slow = jax.tree.map(lambda n, s: n.astype(s.dtype), new, state.slow)
+            fast_state = _reset(inner, slow, state.fast_state) if reset_state else state.fast_state
+            return jump, slow, fast_state, jnp.zeros_like(state.phase), alpha
+
+        steps, slow, fast_state, phase, alpha = jax.lax.cond(
+            state.phase >= k, sync, inner_step, None
+        )
+        return steps, FittedLookaheadState(slow, phase, fast_state, loss_start, alpha)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _report_alpha(
+    opt: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """Copies the α of the last sync into the state's hyperparameters after every update."""
+
+    def update(updates, state, params=None, **extra_args):
+        updates, state = opt.update(updates, state, params, **extra_args)
+        used = state.inner_state.alpha.astype(state.hyperparams["alpha"].dtype)
+        return updates, state._replace(hyperparams={**state.hyperparams, "alpha": used})
+
+    return optax.GradientTransformationExtraArgs(opt.init, update)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def lookahead(
+    inner: optax.GradientTransformation,
+    sync_period: int | Callable[[jax.Array], Any] = 5,
+    alpha: float | str | Callable[[jax.Array], Any] = 0.5,
+    reset_state: bool = False,
+    alpha_range: tuple[float, float] = (0.0, 2.0),
+) -> optax.GradientTransformationExtraArgs:
+    """Lookahead: k steps forward with ``inner``, then one step back (seed 004).
+
+    Seed 004: take k steps with an optimizer A, then choose a point between the start and the
+    finish, x_res = (1 − α)·x_start + α·x_finish, and start the next k steps from x_res. With
+    φ the slow weights (φ₀ = θ₀) and t = 1, 2, ... counting updates::
+
+        θ ← θ + A(g_t)                               every update (k inner steps per cycle)
+        at the end of a cycle:  φ ← φ + α·(θ − φ);  θ ← φ
+
+    The params you hold are θ (the fast weights; gradients are taken there). At a sync the
+    emitted update is φ_new − θ, so after ``optax.apply_updates`` the params sit on the new
+    slow point. The slow weights are kept in the state.
+
+    **Fixed α** (a number in [0, 1], or a schedule): a cycle is ``sync_period`` = k calls; the
+    k-th call takes its inner step and then syncs, exactly like ``optax.lookahead`` (paper,
+    Algorithm 1).
+
+    **Fitted α** (``alpha="quadratic"``, seed 004): a cycle is k + 1 calls. Calls 1..k are
+    inner steps; call 1 is at the start φ and its ``value=`` is L(0). Call k + 1 is at the
+    finish θ: its ``value=`` is L(1), and its gradient gives dL/dα(1) = ⟨∇L(θ), θ − φ⟩. That
+    call takes no inner step (the gradient is used only where it was computed, for the
+    slope); it fits L̂(α) = aα² + bα + c to L(0), L(1), dL/dα(1), moves to the minimiser
+    α* = −b/2a clipped to ``alpha_range``, and emits the jump. Cost: one extra gradient (and
+    loss) per cycle, k + 1 evaluations for k inner steps; memory: one copy of the params.
+    When the fit has no minimum (a ≤ 0: concave or a straight line) the safer measured point
+    is taken: α = 1 if L(1) ≤ L(0), else α = 0. With minibatches L(0) and L(1) come from
+    different batches, so α is noisy; the range keeps it bounded.
+
+    Args:
+      inner: the fast optimizer, any optax ``GradientTransformation`` (gradx or optax).
+      sync_period: k ≥ 1, inner steps per cycle (an int, stored as an int32 hyperparameter).
+      alpha: α in [0, 1] (a number or a schedule), or ``"quadratic"`` to fit it at each sync.
+      reset_state: re-initialise the inner optimizer's state at each sync (as optax does).
+        Its hyperparameters and schedule step counts are kept, so values set with
+        ``gradx.set_hyperparams`` survive.
+      alpha_range: (α_min, α_max) with 0 ≤ α_min ≤ α_max, the clip of the fitted α; only
+        used with ``alpha="quadratic"``. The default (0, 2) allows extrapolating up to one
+        cycle's length past the finish. Stored as the hyperparameters ``alpha_min``,
+        ``alpha_max``.
+
+    Returns:
+      An optax transformation. ``update`` needs ``params`` (and ``value=`` with the fitted α).
+      Its state is a ``HyperparamsState`` holding ``sync_period`` and ``alpha`` (and
+      ``alpha_min``, ``alpha_max`` when fitted) around a ``LookaheadState`` (``slow``,
+      ``phase``, ``fast_state``; the fitted ``FittedLookaheadState`` adds ``loss_start`` and
+      ``alpha``). The inner optimizer's hyperparameters are found by ``gradx.hyperparams``
+      through it. With ``"quadratic"``, ``gradx.hyperparams(state)["alpha"]`` is the α of the
+      last sync (1 before the first); it is an output, and setting it has no effect.
+
+    Reference:
+      Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back",
+      NeurIPS 2019.
+
+    Note:
+      ``optax.lookahead(inner, sync_period, slow_step_size)`` needs its ``LookaheadParams``
+      (fast, slow) wrapper as params; gradx keeps params plain and gives the same fast
+      trajectory for a fixed α. optax has no defaults for k and α; gradx uses the paper's
+      k = 5, α = 0.5. optax's ``reset_state`` also resets the inner optimizer's
+      hyperparameters and step count. torch.optim and Keras have no lookahead.
+      ``value=`` and any other extra argument are passed on to ``inner``.
+    """
+    if not isinstance(inner, optax.GradientTransformation):
+        raise TypeError(
+            "lookahead: inner must be an optax GradientTransformation (an optimizer such as "
+            f"gradx.adam(1e-3)), got {type(inner).__name__}"
+        )
+    if not isinstance(reset_state, bool):
+        raise TypeError(f"lookahead: reset_state must be a bool, got {reset_state!r}")
+    if not isinstance(alpha, str):
+        return _fixed(inner, sync_period, alpha, reset_state)
+    if alpha != "quadratic":
+        raise ValueError(f"lookahead: alpha must be in [0, 1] or 'quadratic', got {alpha!r}")
+    try:
+        alpha_min, alpha_max = alpha_range
+        ok = 0 <= float(alpha_min) <= float(alpha_max) < np.inf
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            "lookahead: alpha_range must be (alpha_min, alpha_max) with "
+            f"0 <= alpha_min <= alpha_max, got {alpha_range!r}"
+        )
+    fitted = _fitted(inner, sync_period, 1.0, alpha_min, alpha_max, reset_state)
+    return _report_alpha(fitted)

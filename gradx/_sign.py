@@ -1,0 +1,190 @@
+"""Sign-based methods: Rprop, one adaptive step size per weight.
+
+Block: ``scale_by_rprop`` (the seed's rule, or iRprop⁻ with ``irprop_minus=True``, which is
+torch's). Optimizer: ``rprop``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradx._core import check_tree, optimizer, wide
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class RpropState(NamedTuple):
+    count: jax.Array  # shape=(), dtype=int32: updates so far; 0 means "no previous gradient"
+    step_size: Any  # like params (shape and dtype): α_i used by the last update
+    prev_grad: Any  # like params: the last gradient (0 where iRprop⁻ dropped it)
+
+
+def scale_by_rprop(
+    learning_rate: jax.typing.ArrayLike,
+    eta_plus: jax.typing.ArrayLike = 1.2,
+    eta_minus: jax.typing.ArrayLike = 0.6,
+    min_step: jax.typing.ArrayLike = 1e-6,
+    max_step: jax.typing.ArrayLike = 50.0,
+    irprop_minus: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: Rprop, u_i ← −α_i·sign(g_i) with a step size α_i per weight.
+
+    Rprop's step sizes are absolute lengths, so this block emits the descent update itself;
+    no ``scale_by_learning_rate`` follows it. With s_i = sign(g_i)·sign(g_i_prev), for
+    t = 1, 2, ...::
+
+        t = 1:  α_i ← clip(α⁰, min_step, max_step)                 (no previous gradient)
+        t > 1:  α_i ← clip(α_i·η⁺, min, max)   where s_i > 0
+                α_i ← clip(α_i·η⁻, min, max)   where s_i ≤ 0       (the seed's rule)
+        u_i = −α_i·sign(g_i)
+
+    With ``irprop_minus=True`` (iRprop⁻, torch's ``Rprop``), every step including the first
+    applies a factor and the clip: η⁺ where s_i > 0, η⁻ where s_i < 0, 1 where s_i = 0; and
+    where the sign flipped (s_i < 0) the gradient is taken as 0: that weight does not move,
+    and 0 is remembered as its previous gradient, so its next step size keeps its value.
+
+    α⁰ (``learning_rate``) is read at the first update, not at ``init``: a learning rate
+    set with ``gradx.set_hyperparams`` before the first update takes effect.
+
+    Args:
+      learning_rate: α⁰, the initial step size of every weight (number or scalar array).
+      eta_plus: η⁺ > 1, growth factor where the gradient kept its sign.
+      eta_minus: η⁻ in (0, 1), shrink factor.
+      min_step: lower clip of every α_i.
+      max_step: upper clip of every α_i.
+      irprop_minus: use iRprop⁻ (torch's convention) instead of the seed's rule.
+    """
+
+    def init(params: Any) -> RpropState:
+        return RpropState(
+            count=jnp.zeros([], jnp.int32),
+            step_size=jax.tree.map(jnp.zeros_like, params),
+            prev_grad=jax.tree.map(jnp.zeros_like, params),
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.step_size, "step sizes in the state")
+        lr, up, down, lo, hi = (
+            jnp.asarray(x) for x in (learning_rate, eta_plus, eta_minus, min_step, max_step)
+        )
+        first = state.count == 0
+
+        def leaf(g, prev, step):
+            # Signs, not the product g·prev: the product of two tiny gradients underflows to 0.
+            s = jnp.sign(g) * jnp.sign(prev)
+            one = jnp.ones([], up.dtype)
+            if irprop_minus:
+                factor = jnp.where(s > 0, up, jnp.where(s < 0, down, one))
+                g = jnp.where(s < 0, jnp.zeros_like(g), g)
+            else:
+                factor = jnp.where(first, one, jnp.where(s > 0, up, down))
+            start = jnp.where(first, lr.astype(up.dtype), wide(step, up))
+            step = jnp.clip(wide(start, lr) * factor, lo, hi)
+            u = -step * jnp.sign(wide(g, step))
+            return u.astype(g.dtype), g, step.astype(prev.dtype)
+
+        out = jax.tree.map(leaf, updates, state.prev_grad, state.step_size)
+        outer = jax.tree.structure(updates)
+        u, prev, step = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), out)
+        return u, RpropState(optax.safe_increment(state.count), step, prev)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+
+def _check_step_bounds(constructor: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds the one check the per-argument rules cannot make: min_step <= max_step."""
+    signature = inspect.signature(constructor)
+    fn = constructor.__name__
+
+    @functools.wraps(constructor)
+    def checked(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+        opt = constructor(*args, **kwargs)  # binds and checks each argument first
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        lo, hi = bound.arguments["min_step"], bound.arguments["max_step"]
+        concrete = [v for v in (lo, hi) if not callable(v) and not isinstance(v, jax.core.Tracer)]
+        if len(concrete) == 2 and np.asarray(lo) > np.asarray(hi):
+            raise ValueError(f"{fn}: min_step must be <= max_step ({hi!r}), got {lo!r}")
+        return opt
+
+    return checked
+
+
+@_check_step_bounds
+@optimizer(
+    learning_rate=">= 0", eta_plus="> 1", eta_minus="(0, 1)", min_step=">= 0", max_step="> 0"
+)
+def rprop(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    eta_plus: float = 1.2,
+    eta_minus: float = 0.6,
+    min_step: float = 1e-6,
+    max_step: float = 50.0,
+    irprop_minus: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Rprop: each weight moves by its own step size α_i along −sign(g_i) (seed 004).
+
+    Seed 004: choose α⁰ for all weights, then::
+
+        w_i^t = w_i^{t−1} − α_i^t·sign(∇_i L(w^{t−1}))
+        α_i^{t+1} = α_i^t·η⁺   if sign(∇_i L(w^t)·∇_i L(w^{t−1})) > 0
+        α_i^{t+1} = α_i^t·η⁻   if sign(∇_i L(w^t)·∇_i L(w^{t−1})) ≤ 0
+
+    with η⁺ = 1.2, η⁻ = 0.6 in the seed. Written per update t = 1, 2, ... with g^t the
+    gradient it receives and s_i = sign(g_i^t)·sign(g_i^{t−1})::
+
+        α_i^1 = clip(α⁰, min_step, max_step)                 (t = 1: no previous gradient,
+                                                              so nothing to adapt to)
+        α_i^t = clip(α_i^{t−1}·(η⁺ if s_i > 0 else η⁻), min_step, max_step)     (t > 1)
+        θ_i ← θ_i − α_i^t·sign(g_i^t)
+
+    So the first update already moves every weight with a nonzero gradient by α⁰, and each
+    later step size is adapted with the gradient it is about to be used with. A zero gradient
+    (s_i = 0) counts as "≤ 0" and shrinks the step, as in the seed.
+
+    Blocks: ``scale_by_rprop(α⁰, η⁺, η⁻, min_step, max_step)``.
+
+    Args:
+      learning_rate: α⁰ ≥ 0, the initial step size of every weight. It is read at the first
+        update (a schedule is evaluated at step 0; later values are not used, since every
+        α_i then adapts on its own).
+      eta_plus: η⁺ > 1.
+      eta_minus: η⁻ in (0, 1).
+      min_step: the smallest step size, ≥ 0.
+      max_step: the largest step size, > 0 and ≥ ``min_step``.
+      irprop_minus: iRprop⁻ instead of the seed's rule; see the Note.
+
+    Returns:
+      An optax transformation whose state is a ``HyperparamsState`` holding
+      ``learning_rate, eta_plus, eta_minus, min_step, max_step`` around an ``RpropState``
+      (``count``; ``step_size`` and ``prev_grad``, both like params).
+
+    References:
+      Riedmiller, Braun, "A direct adaptive method for faster backpropagation learning: the
+      RPROP algorithm", IEEE ICNN 1993.
+      Igel, Hüsken, "Improving the Rprop learning algorithm", NC 2000 (iRprop⁻).
+
+    Note:
+      The default η⁻ = 0.6 is the seed's; torch and optax default to η⁻ = 0.5 (both keep
+      η⁺ = 1.2, [1e-6, 50]). torch's ``Rprop`` is iRprop⁻: where the sign flipped it does not
+      move and forgets the gradient; a zero product keeps the step size; every step, the
+      first included, is clipped. ``irprop_minus=True`` gives exactly that, and
+      ``gradx.compat.torch.Rprop`` wraps it with torch's names and defaults. optax 0.2.8's
+      ``rprop`` returns the previous step's update (its first update is 0, optax PR #1725)
+      and never clips α⁰; gradx does not copy that.
+    """
+    return scale_by_rprop(
+        learning_rate, eta_plus, eta_minus, min_step, max_step, irprop_minus=irprop_minus
+    )

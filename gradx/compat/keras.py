@@ -1,0 +1,358 @@
+"""``keras.optimizers`` as gradx optimizers, with Keras 3's numbers.
+
+Each factory is named like its Keras class and takes that class's argument names and
+defaults: ``gradx.compat.keras.Adam(learning_rate=1e-3)`` stands for
+``keras.optimizers.Adam(learning_rate=1e-3)``. It returns a gradx optimizer built from gradx's
+blocks that reproduces Keras's trajectory for the same gradients (float64, to rounding). Its
+hyperparameters live in the state under Keras's names (``gradx.hyperparams(state)
+["beta_1"]``).
+
+What every Keras optimizer does, in Keras's order:
+
+1. ``clipnorm`` (each leaf to that L2 norm), ``clipvalue`` (each element to ±c) or
+   ``global_clipnorm`` (all leaves together); at most one of them;
+2. ``weight_decay``: decoupled, θ ← θ − γ·λ·θ (Keras multiplies λ by the learning rate);
+3. the optimizer's own step.
+
+Options that change Keras's training loop rather than the update (``use_ema``,
+``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
+``gradient_accumulation_steps``) cannot be honoured by an update rule and raise a
+``ValueError`` when set; ``name`` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradx._adaptive import (
+    inf_norm,
+    max_rms,
+    nesterov_ema,
+    precondition,
+    rms,
+    rss,
+    scale_by_adadelta,
+    scale_by_bias_correction,
+)
+from gradx._core import decoupled_weight_decay, optimizer, scale_by_learning_rate, wide
+from gradx._momentum import ema, trace
+
+__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
+
+_COMMON = dict(weight_decay=">= 0", clipnorm="> 0", clipvalue="> 0", global_clipnorm="> 0")
+
+
+def _refuse_training_loop_options(
+    cls: str,
+    use_ema: bool,
+    loss_scale_factor: Any,
+    gradient_accumulation_steps: Any,
+    ema_overwrite_frequency: Any,
+) -> None:
+    if use_ema:
+        raise ValueError(
+            f"{cls}: use_ema must be False, got True; keep an EMA of the params in your "
+            "training loop (e.g. optax.ema over params) instead"
+        )
+    if ema_overwrite_frequency is not None:
+        raise ValueError(
+            f"{cls}: ema_overwrite_frequency needs use_ema, got {ema_overwrite_frequency!r}"
+        )
+    if loss_scale_factor is not None:
+        raise ValueError(
+            f"{cls}: loss_scale_factor must be None, got {loss_scale_factor!r}; scale the loss "
+            "and unscale the gradients in your training loop"
+        )
+    if gradient_accumulation_steps is not None:
+        raise ValueError(
+            f"{cls}: gradient_accumulation_steps must be None, got "
+            f"{gradient_accumulation_steps!r}; wrap the optimizer in optax.MultiSteps"
+        )
+
+
+class ClipByNormState(NamedTuple):
+    """Per-leaf norm clipping keeps no state."""
+
+
+def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
+    """Block: each leaf g ← g·c / max(‖g‖, c) (Keras's ``clipnorm``, per variable)."""
+
+    def init(params: Any) -> ClipByNormState:
+        del params
+        return ClipByNormState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        c = jnp.asarray(max_norm)
+
+        def leaf(g):
+            g_ = wide(g, c)
+            return (g_ * c / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g_))), c)).astype(g.dtype)
+
+        return jax.tree.map(leaf, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _around(cls, step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, after=()):
+    """[clip] → step → scale_by_learning_rate → after → [decoupled weight decay]."""
+    clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
+    if len(clips) > 1:
+        raise ValueError(
+            f"{cls}: only one of clipnorm, clipvalue and global_clipnorm can be set, got "
+            f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}"
+        )
+    blocks = []
+    if clipnorm is not None:
+        blocks.append(clip_by_norm(clipnorm))
+    if clipvalue is not None:
+        blocks.append(optax.clip(clipvalue))
+    if global_clipnorm is not None:
+        blocks.append(optax.clip_by_global_norm(global_clipnorm))
+    blocks += [*step, scale_by_learning_rate(learning_rate), *after]
+    if weight_decay is not None:
+        blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
+    return optax.chain(*blocks)
+
+
+def _keras(**rules):
+    """@optimizer with the rules every Keras optimizer shares."""
+    return optimizer(learning_rate=">= 0", **rules, **_COMMON)
+
+
+@_keras(momentum="[0, 1]")
+def SGD(
+    learning_rate=0.01,
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="SGD",
+):
+    """``keras.optimizers.SGD``: v ← μ·v − γ·g; θ ← θ + v (Nesterov: θ ← θ + μ·v − γ·g).
+
+    γ sits inside the velocity, as in :func:`gradx.momentum`.
+    """
+    _refuse_training_loop_options(
+        "SGD", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    velocity = [trace(momentum, nesterov=nesterov)]
+    return _around(
+        "SGD", [], learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, velocity
+    )
+
+
+@_keras(rho="[0, 1)", momentum="[0, 1)", epsilon=">= 0")
+def RMSprop(
+    learning_rate=0.001,
+    rho=0.9,
+    momentum=0.0,
+    epsilon=1e-7,
+    centered=False,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="rmsprop",
+):
+    """``keras.optimizers.RMSprop``: θ ← θ − γ·g/√(v + ε) (ε inside the root).
+
+    With ``momentum``: b ← μ·b + γ·g/√(v + ε); θ ← θ − b. ``centered`` subtracts a².
+    """
+    _refuse_training_loop_options(
+        "RMSprop", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = [precondition(optax.identity(), rms(rho, eps_root=epsilon, centered=centered))]
+    return _around(
+        "RMSprop",
+        step,
+        learning_rate,
+        weight_decay,
+        clipnorm,
+        clipvalue,
+        global_clipnorm,
+        [trace(momentum)],
+    )
+
+
+@_keras(initial_accumulator_value=">= 0", epsilon=">= 0")
+def Adagrad(
+    learning_rate=0.001,
+    initial_accumulator_value=0.1,
+    epsilon=1e-7,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adagrad",
+):
+    """``keras.optimizers.Adagrad``: G ← G + g², θ ← θ − γ·g/√(G + ε), G₀ = 0.1."""
+    _refuse_training_loop_options(
+        "Adagrad", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = [precondition(optax.identity(), rss(initial_accumulator_value, eps_root=epsilon))]
+    return _around(
+        "Adagrad", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
+    )
+
+
+@_keras(rho="[0, 1)", epsilon=">= 0")
+def Adadelta(
+    learning_rate=0.001,
+    rho=0.95,
+    epsilon=1e-7,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adadelta",
+):
+    """``keras.optimizers.Adadelta``: Zeiler's rule times γ (Keras's default γ = 1e-3)."""
+    _refuse_training_loop_options(
+        "Adadelta", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = [scale_by_adadelta(rho, epsilon)]
+    return _around(
+        "Adadelta", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
+    )
+
+
+def _adam_step(beta_1, beta_2, epsilon, amsgrad):
+    # Keras's eps-hat form: γ·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε), AMSGrad over the raw v.
+    den = max_rms(beta_2, max_of="raw_v_no_correction") if amsgrad else rms(beta_2)
+    return [precondition(ema(beta_1, debias=True), den, epsilon), scale_by_bias_correction(beta_2)]
+
+
+_ADAM_RULES = dict(beta_1="[0, 1)", beta_2="[0, 1)", epsilon=">= 0")
+
+
+@_keras(**_ADAM_RULES)
+def Adam(
+    learning_rate=0.001,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    amsgrad=False,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adam",
+):
+    """``keras.optimizers.Adam``: θ ← θ − γ·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε) (the ε̂ form)."""
+    _refuse_training_loop_options(
+        "Adam", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = _adam_step(beta_1, beta_2, epsilon, amsgrad)
+    return _around("Adam", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
+
+
+@_keras(**_ADAM_RULES)
+def AdamW(
+    learning_rate=0.001,
+    weight_decay=0.004,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    amsgrad=False,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adamw",
+):
+    """``keras.optimizers.AdamW``: Keras's Adam with ``weight_decay=0.004`` by default."""
+    _refuse_training_loop_options(
+        "AdamW", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = _adam_step(beta_1, beta_2, epsilon, amsgrad)
+    return _around("AdamW", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
+
+
+@_keras(**_ADAM_RULES)
+def Adamax(
+    learning_rate=0.001,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adamax",
+):
+    """``keras.optimizers.Adamax``: u ← max(β₂·u, |g|); θ ← θ − γ·m/((1−β₁ᵗ)(u + ε))."""
+    _refuse_training_loop_options(
+        "Adamax", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = [precondition(ema(beta_1, debias=True), inf_norm(beta_2), epsilon)]
+    return _around(
+        "Adamax", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
+    )
+
+
+@_keras(**_ADAM_RULES)
+def Nadam(
+    learning_rate=0.001,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="nadam",
+):
+    """``keras.optimizers.Nadam``: Dozat's Nadam with μ_t = β₁(1 − ½·0.96ᵗ) (ψ = 1)."""
+    _refuse_training_loop_options(
+        "Nadam", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
+    )
+    step = [
+        precondition(nesterov_ema(beta_1, momentum_decay=1.0), rms(beta_2, debias=True), epsilon)
+    ]
+    return _around("Nadam", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)

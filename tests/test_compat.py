@@ -1,0 +1,187 @@
+"""gradx.compat.torch and gradx.compat.keras against trajectories recorded from the peers.
+
+``tests/golden/{torch,keras}.json`` were recorded once by ``tests/golden/record.py`` (torch
+2.13.0+cpu, Keras 3.15.1 on JAX, float64) on the two problems of ``tests/golden/problems.py``;
+every record is replayed here in float64 with the factory of the same name and kwargs.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from golden import problems
+
+import gradx
+import gradx.compat.keras
+import gradx.compat.torch
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+LIBRARIES = {"torch": gradx.compat.torch, "keras": gradx.compat.keras}
+RECORDS = [
+    (library, record)
+    for library in LIBRARIES
+    for record in json.loads((GOLDEN / f"{library}.json").read_text())["records"]
+]
+
+
+def replay(opt, problem, dtype=jnp.float64):
+    """Runs ``opt`` on a golden problem; returns ({"a": (STEPS, 3), "b": (STEPS, 2)}, state)."""
+    grad_fn = problems.grad_fn(problem)
+    params = {k: jnp.asarray(v, dtype) for k, v in problems.PARAMS0.items()}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    out = {"a": [], "b": []}
+    for k in range(problems.STEPS):
+        numpy_params = {n: np.asarray(v, np.float64) for n, v in params.items()}
+        grads = {n: jnp.asarray(v, dtype) for n, v in grad_fn(k, numpy_params).items()}
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        for n in out:
+            out[n].append(np.asarray(params[n], np.float64))
+    return {n: np.stack(v) for n, v in out.items()}, state
+
+
+def _id(item):
+    library, record = item
+    return f"{library}.{record['cls']}-{record['problem']}-{json.dumps(record['kwargs'], sort_keys=True)}"
+
+
+@pytest.mark.parametrize("item", RECORDS, ids=_id)
+def test_reproduces_the_peer_trajectory(item):
+    library, record = item
+    factory = getattr(LIBRARIES[library], record["cls"])
+    got, _ = replay(factory(**record["kwargs"]), record["problem"])
+    for name, want in record["trajectory"].items():
+        np.testing.assert_allclose(got[name], np.asarray(want), rtol=1e-6, atol=1e-9)
+
+
+def test_every_factory_is_covered_by_golden_data():
+    for library, module in LIBRARIES.items():
+        recorded = {r["cls"] for lib, r in RECORDS if lib == library}
+        assert set(module.__all__) <= recorded, library
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_factories_are_gradx_optimizers_with_hyperparameters_in_state(library):
+    for name in LIBRARIES[library].__all__:
+        opt = getattr(LIBRARIES[library], name)()
+        assert isinstance(opt, optax.GradientTransformationExtraArgs)
+        state = opt.init({"w": jnp.ones(2)})
+        assert gradx.hyperparams(state), name
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (
+            lambda: gradx.compat.keras.Adam(use_ema=True),
+            ValueError,
+            r"Adam: use_ema must be False, got True",
+        ),
+        (
+            lambda: gradx.compat.keras.SGD(gradient_accumulation_steps=4),
+            ValueError,
+            r"SGD: gradient_accumulation_steps must be None, got 4; wrap the optimizer in optax.MultiSteps",
+        ),
+        (
+            lambda: gradx.compat.keras.RMSprop(loss_scale_factor=128.0),
+            ValueError,
+            r"RMSprop: loss_scale_factor must be None",
+        ),
+        (
+            lambda: gradx.compat.keras.Adam(clipnorm=1.0, clipvalue=0.5),
+            ValueError,
+            r"Adam: only one of clipnorm, clipvalue and global_clipnorm can be set",
+        ),
+        (
+            lambda: gradx.compat.keras.Adam(beta_1=1.0),
+            ValueError,
+            r"Adam: beta_1 must be in \[0, 1\), got 1\.0",
+        ),
+        (
+            lambda: gradx.compat.keras.SGD(momentum=1.5),
+            ValueError,
+            r"SGD: momentum must be in \[0, 1\], got 1\.5",
+        ),
+        (
+            lambda: gradx.compat.keras.Adagrad(clipnorm=-1.0),
+            ValueError,
+            r"Adagrad: clipnorm must be > 0, got -1\.0",
+        ),
+    ],
+)
+def test_keras_options_that_cannot_be_honoured_are_errors(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_keras_hyperparameters_use_keras_names():
+    state = gradx.compat.keras.AdamW(weight_decay=0.01).init({"w": jnp.ones(2)})
+    assert set(gradx.hyperparams(state)) == {
+        "learning_rate",
+        "beta_1",
+        "beta_2",
+        "epsilon",
+        "weight_decay",
+    }
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (
+            lambda: gradx.compat.torch.SGD(nesterov=True),
+            ValueError,
+            r"SGD: nesterov=True requires momentum > 0 and dampening = 0, got momentum=0\.0",
+        ),
+        (
+            lambda: gradx.compat.torch.Adam(betas=(1.0, 0.999)),
+            ValueError,
+            r"Adam: betas must be \(beta1, beta2\) with 0 <= beta < 1, got \(1\.0, 0\.999\)",
+        ),
+        (
+            lambda: gradx.compat.torch.AdamW(lr=-1e-3),
+            ValueError,
+            r"AdamW: lr must be >= 0, got -0\.001",
+        ),
+        (
+            lambda: gradx.compat.torch.SGD(momentum=-0.5),
+            ValueError,
+            r"SGD: momentum must be >= 0, got -0\.5",
+        ),
+        (
+            lambda: gradx.compat.torch.RMSprop(alpha=1.5),
+            ValueError,
+            r"RMSprop: alpha must be in \[0, 1\], got 1\.5",
+        ),
+        (
+            lambda: gradx.compat.torch.Adagrad(lr_decay=-1.0),
+            ValueError,
+            r"Adagrad: lr_decay must be >= 0",
+        ),
+        (
+            lambda: gradx.compat.torch.NAdam(foreach="yes"),
+            TypeError,
+            r"NAdam: foreach must be a bool or None, got 'yes'",
+        ),
+    ],
+)
+def test_torch_arguments_are_validated_with_torch_names(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_torch_performance_flags_are_accepted_and_change_nothing():
+    plain, _ = replay(gradx.compat.torch.Adam(lr=0.1), "stream")
+    flagged, _ = replay(
+        gradx.compat.torch.Adam(
+            lr=0.1, foreach=True, fused=False, capturable=True, differentiable=True
+        ),
+        "stream",
+    )
+    for name in plain:
+        np.testing.assert_array_equal(plain[name], flagged[name])
