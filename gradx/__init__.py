@@ -11,6 +11,7 @@ from optax import chain as chain
 from optax import schedules as schedules
 
 from gradx import compat as compat
+from gradx import losses as losses
 from gradx._adaptive import adadelta as adadelta
 from gradx._adaptive import adagrad as adagrad
 from gradx._adaptive import adam as adam
@@ -48,6 +49,11 @@ from gradx._momentum import sgd as sgd
 from gradx._momentum import trace as trace
 from gradx._sign import rprop as rprop
 from gradx._sign import scale_by_rprop as scale_by_rprop
+from gradx.train import BestPoint as BestPoint
+from gradx.train import FitResult as FitResult
+from gradx.train import SweepResult as SweepResult
+from gradx.train import fit as fit
+from gradx.train import sweep as sweep
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,543 @@
+"""Training loops: ``fit`` one model, ``sweep`` one model per point of a hyperparameter grid.
+
+The data regimes of the seeds are one argument, ``batch_size``:
+
+* ``None``: full-batch gradient descent, one step per epoch on all N examples (seed 001's
+  ∂J/∂θ = (1/N) Σᵢ ∂ℓᵢ/∂θ); the data is not shuffled, the order cannot matter.
+* ``1``: stochastic gradient descent, N steps per epoch on one example each (seed 004's ∇L_s).
+* ``B``: minibatch SGD, ⌊N/B⌋ steps per epoch on B examples each (seed 004's ∇L_b).
+
+Every epoch draws a fresh permutation of the N examples,
+``jax.random.permutation(jax.random.fold_in(key, epoch), N)``, and cuts it into ⌊N/B⌋
+minibatches. **Remainder policy**: the last N mod B examples of each permutation are
+dropped, so every step sees a batch of exactly B examples (one compiled step shape, and
+each step's gradient has the same variance σ²/B, as in seed 001's noise-ball analysis).
+Because the permutation changes every epoch, a dropped example is dropped only in that
+epoch. :class:`FitResult` reports ``steps_per_epoch`` and ``dropped_per_epoch``; choose B
+dividing N to drop nothing.
+
+Data is any pytree of arrays with one leading example axis of length N (``(x, y)``,
+``{"image": x, "label": y}``, ...). ``loss_fn(params, batch)`` always receives a batch with
+that leading axis, of length B (length 1 for SGD, N for full batch).
+
+Compilation: one program per epoch: a ``lax.scan`` over the minibatches, with params and
+optimizer state donated so each epoch updates them in place. The program is cached by the
+shapes and by what the functions compute: two gradx optimizers built by the same constructor
+with different numbers (``gradx.sgd(0.1)``, ``gradx.sgd(0.3)``) share one compiled program,
+because their numbers live in the state. (optax's optimizers close over their numbers, so
+each new value is a new program.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradx._core import hyperparams, set_hyperparams
+
+__all__ = ["BestPoint", "FitResult", "SweepResult", "fit", "sweep"]
+
+LossFn = Callable[[Any, Any], jax.Array]
+EvalFn = Callable[[Any, Any], "jax.Array | Mapping[str, jax.Array]"]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the trained params.
+      opt_state: the optimizer state after the last step.
+      history: ``"loss"``: shape ``(epochs,)``, the mean of the minibatch losses of each
+        epoch (each at the params before its step, as Keras reports it); one more entry of
+        shape ``(epochs,)`` per metric of ``eval_fn``, evaluated at the end of each epoch.
+      epoch_seconds: shape ``(epochs,)``, wall time of each epoch (the first includes the
+        compilation, unless the program was already compiled).
+      steps_per_epoch: ⌊N/B⌋ (1 for full batch).
+      dropped_per_epoch: N mod B examples left out of each epoch's permutation.
+    """
+
+    params: Any
+    opt_state: Any
+    history: dict[str, np.ndarray]
+    epoch_seconds: np.ndarray
+    steps_per_epoch: int
+    dropped_per_epoch: int
+
+
+class BestPoint(NamedTuple):
+    """The best grid point of a sweep: its index, its hyperparameters and its score."""
+
+    index: int
+    values: dict[str, float]
+    score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """What :func:`sweep` returns: K trained models, one per grid point, stacked.
+
+    Attributes:
+      params: the trained params, every leaf with a leading axis of length K.
+      opt_state: the optimizer states, leading axis K.
+      history: like :attr:`FitResult.history`, every entry of shape ``(K, epochs)``.
+      grid: each swept hyperparameter's value at each point, shape ``(K,)``. Points are the
+        Cartesian product of the grid's arrays, the first name varying slowest.
+      epoch_seconds: shape ``(chunks, epochs)``, wall time of each chunk's epochs.
+      steps_per_epoch, dropped_per_epoch: as in :class:`FitResult`.
+    """
+
+    params: Any
+    opt_state: Any
+    history: dict[str, np.ndarray]
+    grid: dict[str, np.ndarray]
+    epoch_seconds: np.ndarray
+    steps_per_epoch: int
+    dropped_per_epoch: int
+
+    def __len__(self) -> int:
+        return len(next(iter(self.grid.values())))
+
+    def best(self, metric: str = "loss", mode: str = "min") -> BestPoint:
+        """The point with the best final-epoch value of ``history[metric]``.
+
+        Args:
+          metric: a key of :attr:`history` (``"loss"``, or a metric of ``eval_fn``).
+          mode: ``"min"`` (losses) or ``"max"`` (accuracies).
+
+        Returns:
+          ``BestPoint(index, values, score)``. Points whose value is NaN or infinite (a
+          diverged run) never win; ties go to the first point.
+        """
+        if metric not in self.history:
+            raise ValueError(
+                f"SweepResult.best: metric must be one of {sorted(self.history)}, got {metric!r}"
+            )
+        if mode not in ("min", "max"):
+            raise ValueError(f"SweepResult.best: mode must be 'min' or 'max', got {mode!r}")
+        final = np.asarray(self.history[metric][:, -1], np.float64)
+        finite = np.isfinite(final)
+        if not finite.any():
+            raise ValueError(
+                f"SweepResult.best: history[{metric!r}] must have a finite final value at some "
+                "point, got none (every run diverged)"
+            )
+        scores = np.where(finite, final if mode == "min" else -final, np.inf)
+        index = int(np.argmin(scores))
+        values = {name: float(v[index]) for name, v in self.grid.items()}
+        return BestPoint(index, values, float(final[index]))
+
+    def point(self, index: int) -> FitResult:
+        """Grid point ``index`` as a :class:`FitResult` (the run ``fit`` would have made)."""
+        if not -len(self) <= index < len(self):
+            raise ValueError(f"SweepResult.point: index must be in [0, {len(self)}), got {index}")
+        take = functools.partial(jax.tree.map, lambda x: x[index])
+        return FitResult(
+            params=take(self.params),
+            opt_state=take(self.opt_state),
+            history={k: v[index] for k, v in self.history.items()},
+            epoch_seconds=self.epoch_seconds.sum(axis=0) / self.epoch_seconds.shape[0],
+            steps_per_epoch=self.steps_per_epoch,
+            dropped_per_epoch=self.dropped_per_epoch,
+        )
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+class _Program:
+    """The static part of an epoch program: the functions (by identity) and the shapes.
+
+    A gradx optimizer's ``update`` depends only on its static configuration (its numbers are
+    in the state), so ``gradx.sgd(0.1)`` and ``gradx.sgd(0.3)`` share one update function and
+    one compiled epoch; optax optimizers close over their numbers and compile per value.
+    """
+
+    def __init__(self, loss_fn, update_fn, eval_fn, batch_size, steps, vmapped):
+        self.loss_fn, self.update_fn, self.eval_fn = loss_fn, update_fn, eval_fn
+        self.batch_size, self.steps, self.vmapped = batch_size, steps, vmapped
+        self._key = (loss_fn, update_fn, eval_fn, batch_size, steps, vmapped)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Program) and self._key == other._key
+
+
+def _metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str, jax.Array]:
+    out = eval_fn(params, eval_data)
+    out = dict(out) if isinstance(out, Mapping) else {"eval": out}
+    for name, value in out.items():
+        if name == "loss":
+            raise ValueError(
+                f"{fn}: eval_fn must not return a metric named 'loss' (that is the training "
+                "loss), got one; name it e.g. 'eval_loss'"
+            )
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"{fn}: eval_fn must return scalars, got shape {jnp.shape(value)} for {name!r}"
+            )
+    return out
+
+
+def _epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
+    """One epoch of one model: returns (params, opt_state, mean loss, metrics)."""
+    fn = "sweep" if program.vmapped else "fit"
+
+    def checked_loss(params, batch):
+        loss = program.loss_fn(params, batch)
+        if jnp.shape(loss) != ():
+            raise ValueError(f"{fn}: loss_fn must return a scalar, got shape {jnp.shape(loss)}")
+        return loss
+
+    def step(carry, indices):
+        params, opt_state = carry
+        if indices is None:
+            batch = data
+        else:
+            batch = jax.tree.map(lambda x: x.at[indices].get(mode="promise_in_bounds"), data)
+        loss, grads = jax.value_and_grad(checked_loss)(params, batch)
+        updates, opt_state = program.update_fn(grads, opt_state, params, value=loss)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    if program.batch_size is None:
+        (params, opt_state), loss = step((params, opt_state), None)
+        mean_loss = loss
+    else:
+        n = jax.tree.leaves(data)[0].shape[0]
+        used = program.steps * program.batch_size
+        order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+        batches = order[:used].reshape(program.steps, program.batch_size)
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
+        mean_loss = jnp.mean(losses)
+    metrics = {} if program.eval_fn is None else _metrics(fn, program.eval_fn, params, eval_data)
+    return params, opt_state, mean_loss, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+def _run_epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
+    if program.vmapped:
+        # One model per grid point: params and state carry the leading grid axis; data,
+        # key and epoch are shared, so every point sees the same minibatches.
+        one = functools.partial(_epoch, program)
+        return jax.vmap(one, in_axes=(0, 0, None, None, None, None))(
+            params, opt_state, data, eval_data, key, epoch
+        )
+    return _epoch(program, params, opt_state, data, eval_data, key, epoch)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_int(fn: str, name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
+    leaves, treedef = jax.tree.flatten(data)
+    if not leaves:
+        raise ValueError(f"{fn}: {name} must be a pytree of arrays, got one with no leaves")
+    arrays = [jnp.asarray(x) for x in leaves]
+    lengths = [a.shape[0] if a.ndim else None for a in arrays]
+    if None in lengths or len(set(lengths)) != 1 or lengths[0] == 0:
+        shapes = jax.tree.unflatten(treedef, [a.shape for a in arrays])
+        raise ValueError(
+            f"{fn}: {name} must be arrays with one leading example axis of the same nonzero "
+            f"length, got shapes {shapes}"
+        )
+    return jax.tree.unflatten(treedef, arrays), lengths[0]
+
+
+def _plan(fn: str, n: int, batch_size: int | None) -> tuple[int, int]:
+    if batch_size is None:
+        return 1, 0
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(f"{fn}: batch_size must be None or an integer >= 1, got {batch_size!r}")
+    if not 1 <= batch_size <= n:
+        raise ValueError(
+            f"{fn}: batch_size must be None or an integer in [1, {n}] (the number of "
+            f"examples), got {batch_size}"
+        )
+    return n // batch_size, n % batch_size
+
+
+def _check_key(fn: str, key: Any, batch_size: int | None) -> Any:
+    if key is None:
+        if batch_size is None:
+            return jax.random.key(0)  # full batch: never used
+        raise ValueError(
+            f"{fn}: key must be a JAX PRNG key (e.g. jax.random.key(0)) to shuffle "
+            f"minibatches, got None"
+        )
+    is_typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    is_raw = isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32
+    if not (is_typed or is_raw) or key.shape not in ((), (2,)):
+        raise ValueError(
+            f"{fn}: key must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
+            f"got {key!r}"
+        )
+    return key
+
+
+def _copy(tree: Any) -> Any:
+    # The epoch program donates params and state; never hand it the caller's own buffers.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar
+        return None
+    return tqdm(total=total, desc=desc, unit="epoch", leave=True)
+
+
+def _postfix(loss: float, metrics: Mapping[str, float]) -> dict[str, str]:
+    return {"loss": f"{loss:.4g}", **{k: f"{v:.4g}" for k, v in metrics.items()}}
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit(
+    loss_fn: LossFn,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    data: Any,
+    *,
+    batch_size: int | None,
+    epochs: int,
+    key: jax.Array | None,
+    eval_fn: EvalFn | None = None,
+    eval_data: Any = None,
+    opt_state: Any = None,
+    progress: bool = True,
+) -> FitResult:
+    """Trains ``params`` on ``data`` for ``epochs`` epochs; one compiled program per epoch.
+
+    Each step, on a minibatch b of B examples::
+
+        ℓ, g = value_and_grad(loss_fn)(θ, b)
+        u, s = optimizer.update(g, s, θ, value=ℓ)
+        θ ← θ + u
+
+    ``value=ℓ`` is the loss at the params where g was taken, for loss-aware transforms
+    (lookahead with a fitted step, line searches, reduce-on-plateau); optimizers that take
+    no extra arguments never see it. See the module docstring for the data regimes, the
+    per-epoch shuffle and the remainder policy (the last N mod B examples of each epoch's
+    permutation are dropped).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``; ``batch`` has the structure of ``data``
+        and a leading axis of length B.
+      params: the initial params, any pytree of arrays. They are copied, not consumed.
+      optimizer: any optax transformation (gradx or optax).
+      data: pytree of arrays with a leading example axis of length N.
+      batch_size: ``None`` (full batch), 1 (SGD) or B in [1, N] (minibatch).
+      epochs: number of passes over the data, >= 1.
+      key: JAX PRNG key for the shuffles; epoch e uses ``fold_in(key, e)``. May be None
+        only with ``batch_size=None``.
+      eval_fn: optional ``eval_fn(params, eval_data) -> scalar or {name: scalar}``, run at
+        the end of each epoch inside the epoch's program. A scalar is recorded as
+        ``"eval"``; the name ``"loss"`` is reserved for the training loss.
+      eval_data: any pytree passed to ``eval_fn``; defaults to ``data``.
+      opt_state: a state to start from instead of ``optimizer.init(params)``, e.g. one with
+        hyperparameters set by ``gradx.set_hyperparams``, or the state of an earlier fit.
+      progress: show a tqdm progress bar advancing once per epoch, with the loss and metrics.
+
+    Returns:
+      A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
+      ``steps_per_epoch`` and ``dropped_per_epoch``.
+    """
+    data, n = _prepare_data("fit", "data", data)
+    epochs = _check_int("fit", "epochs", epochs, 1)
+    steps, dropped = _plan("fit", n, batch_size)
+    key = _check_key("fit", key, batch_size)
+    if eval_fn is not None:
+        eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    params, opt_state = _copy((params, opt_state))
+    update = optax.with_extra_args_support(optimizer).update
+    program = _Program(loss_fn, update, eval_fn, batch_size, steps, vmapped=False)
+
+    history: dict[str, list[float]] = {"loss": []}
+    seconds = []
+    bar = _progress(progress, epochs, "fit")
+    try:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            params, opt_state, loss, metrics = _run_epoch(
+                program, params, opt_state, data, eval_data, key, jnp.int32(epoch)
+            )
+            loss, metrics = float(loss), {k: float(v) for k, v in metrics.items()}
+            seconds.append(time.perf_counter() - start)
+            history["loss"].append(loss)
+            for name, value in metrics.items():
+                history.setdefault(name, []).append(value)
+            if bar is not None:
+                bar.set_postfix(_postfix(loss, metrics), refresh=False)
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return FitResult(
+        params=params,
+        opt_state=opt_state,
+        history={k: np.asarray(v) for k, v in history.items()},
+        epoch_seconds=np.asarray(seconds),
+        steps_per_epoch=steps,
+        dropped_per_epoch=dropped,
+    )
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _grid_points(fn: str, grid: Mapping[str, Any], state: Any) -> dict[str, np.ndarray]:
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError(
+            f"{fn}: grid must be a non-empty dict of hyperparameter name -> 1-D array, got {grid!r}"
+        )
+    known = hyperparams(state)
+    axes = {}
+    for name, values in grid.items():
+        if name not in known:
+            raise ValueError(
+                f"{fn}: grid keys must be hyperparameters of the optimizer's state "
+                f"{sorted(known)} (gradx.hyperparams), got {name!r}; sweep needs an optimizer "
+                "that keeps its hyperparameters in its state, such as any gradx optimizer"
+            )
+        array = np.asarray(values)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(
+                f"{fn}: grid[{name!r}] must be a non-empty 1-D array, got shape {array.shape}"
+            )
+        for value in array:  # the optimizer's own rule for each concrete value
+            set_hyperparams(state, **{name: value.item()})
+        axes[name] = array
+    mesh = np.meshgrid(*axes.values(), indexing="ij")
+    return {name: m.reshape(-1) for name, m in zip(axes, mesh, strict=True)}
+
+
+def sweep(
+    loss_fn: LossFn,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    data: Any,
+    grid: Mapping[str, Any],
+    *,
+    batch_size: int | None,
+    epochs: int,
+    key: jax.Array | None,
+    chunk_size: int | None = None,
+    eval_fn: EvalFn | None = None,
+    eval_data: Any = None,
+    opt_state: Any = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Trains one model per point of a hyperparameter grid, many at once, under ``vmap``.
+
+    ``grid`` maps hyperparameter names (as in ``gradx.hyperparams(state)``) to 1-D arrays;
+    their Cartesian product, K points, is swept. Every point starts from the same params
+    and state; only its hyperparameters differ, written into the state with
+    ``gradx.set_hyperparams`` under ``jax.vmap``, so the optimizer's ``update`` runs batched
+    over the K states in one program. All points see the same shuffles (the same ``key``),
+    so their histories are comparable, and point k equals ``fit`` with that point's values.
+
+    The K points are trained ``chunk_size`` at a time (all at once by default): memory
+    grows with the chunk, not with K. The last chunk is padded by repeating its last point,
+    so every chunk runs the same compiled program; padded results are discarded.
+
+    Args:
+      loss_fn, params, optimizer, data, batch_size, epochs, key, eval_fn, eval_data,
+      opt_state, progress: as in :func:`fit`.
+      grid: ``{name: 1-D array}``; each value must satisfy the optimizer's rule for it.
+      chunk_size: grid points trained together, >= 1, or None for all K.
+
+    Returns:
+      A :class:`SweepResult`: params, states and histories with a leading axis of length K,
+      the grid values per point, and ``best(metric, mode)`` to pick a point.
+    """
+    fn = "sweep"
+    data, n = _prepare_data(fn, "data", data)
+    epochs = _check_int(fn, "epochs", epochs, 1)
+    steps, dropped = _plan(fn, n, batch_size)
+    key = _check_key(fn, key, batch_size)
+    if eval_fn is not None:
+        eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+    state0 = optimizer.init(params) if opt_state is None else opt_state
+    points = _grid_points(fn, grid, state0)
+    k = len(next(iter(points.values())))
+    chunk = k if chunk_size is None else min(_check_int(fn, "chunk_size", chunk_size, 1), k)
+    chunks = math.ceil(k / chunk)
+    update = optax.with_extra_args_support(optimizer).update
+    program = _Program(loss_fn, update, eval_fn, batch_size, steps, vmapped=True)
+    dtypes = {name: hyperparams(state0)[name].dtype for name in points}
+
+    def start(values):
+        # Fresh buffers for every chunk: the epoch program donates them.
+        batched_state = jax.vmap(lambda v: set_hyperparams(state0, **v))(values)
+        batched_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk, *jnp.shape(x))), params)
+        return _copy((batched_params, batched_state))
+
+    results, seconds = [], []
+    history: dict[str, list[np.ndarray]] = {}
+    bar = _progress(progress, chunks * epochs, "sweep")
+    try:
+        for c in range(chunks):
+            index = np.minimum(np.arange(c * chunk, (c + 1) * chunk), k - 1)  # pad: repeat
+            values = {name: jnp.asarray(v[index], dtypes[name]) for name, v in points.items()}
+            p, s = start(values)
+            chunk_history: dict[str, list[np.ndarray]] = {"loss": []}
+            chunk_seconds = []
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                p, s, loss, metrics = _run_epoch(
+                    program, p, s, data, eval_data, key, jnp.int32(epoch)
+                )
+                loss = np.asarray(loss)
+                metrics = {name: np.asarray(v) for name, v in metrics.items()}
+                chunk_seconds.append(time.perf_counter() - t0)
+                chunk_history["loss"].append(loss)
+                for name, v in metrics.items():
+                    chunk_history.setdefault(name, []).append(v)
+                if bar is not None:
+                    best = {name: float(np.nanmin(v)) for name, v in metrics.items()}
+                    bar.set_postfix(_postfix(float(np.nanmin(loss)), best), refresh=False)
+                    bar.update()
+            used = min(chunk, k - c * chunk)
+            results.append(jax.tree.map(lambda x, used=used: x[:used], (p, s)))
+            for name, rows in chunk_history.items():
+                history.setdefault(name, []).append(np.stack(rows, axis=1)[:used])
+            seconds.append(chunk_seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+    params_out, state_out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *results)
+    return SweepResult(
+        params=params_out,
+        opt_state=state_out,
+        history={name: np.concatenate(parts) for name, parts in history.items()},
+        grid=points,
+        epoch_seconds=np.asarray(seconds),
+        steps_per_epoch=steps,
+        dropped_per_epoch=dropped,
+    )

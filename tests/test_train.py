@@ -1,0 +1,356 @@
+"""fit and sweep: data regimes, shuffles, compilation counts, value=, and sweep == fit."""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradx
+from gradx import losses
+
+N, D = 23, 3
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(1), (N, D), jnp.float64)
+W_TRUE = jnp.array([1.0, -2.0, 0.5])
+Y = X @ W_TRUE
+DATA = {"x": X, "y": Y}
+P0 = {"w": jnp.zeros(D), "b": jnp.zeros(())}
+
+
+def loss_fn(params, batch):
+    return losses.mse(batch["x"] @ params["w"] + params["b"], batch["y"])
+
+
+def _reference_epochs(params, lr, batch_size, epochs, key=KEY):
+    """Plain Python SGD with the documented shuffles: fold_in(key, epoch), drop the rest."""
+    grad = jax.jit(jax.value_and_grad(loss_fn))
+    losses_per_epoch = []
+    for epoch in range(epochs):
+        if batch_size is None:
+            batches = [np.arange(N)]
+        else:
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), N))
+            steps = N // batch_size
+            batches = order[: steps * batch_size].reshape(steps, batch_size)
+        seen = []
+        for idx in batches:
+            value, g = grad(params, jax.tree.map(lambda a, idx=idx: a[idx], DATA))
+            params = jax.tree.map(lambda p, g: p - lr * g, params, g)
+            seen.append(float(value))
+        losses_per_epoch.append(np.mean(seen))
+    return params, np.asarray(losses_per_epoch)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5])
+def test_one_argument_gives_gd_sgd_and_minibatch(batch_size):
+    result = gradx.fit(
+        loss_fn, P0, gradx.sgd(0.05), DATA, batch_size=batch_size, epochs=3, key=KEY, progress=False
+    )
+    want_params, want_losses = _reference_epochs(P0, 0.05, batch_size, 3)
+    np.testing.assert_allclose(result.history["loss"], want_losses, rtol=1e-12)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), result.params, want_params
+    )
+    steps = {None: 1, 1: N, 5: N // 5}[batch_size]
+    assert (result.steps_per_epoch, result.dropped_per_epoch) == (
+        steps,
+        0 if batch_size in (None, 1) else N % 5,
+    )
+
+
+def test_every_epoch_is_a_fresh_permutation_and_the_key_matters():
+    seen = []
+
+    class Record(NamedTuple):
+        first: Any
+
+    def record_first_batch():
+        # value= carries the loss; record batch identity through the loss of the first step.
+        def init(params):
+            return Record(jnp.zeros((), jnp.float64))
+
+        def update(updates, state, params=None, **extra):
+            return jax.tree.map(jnp.zeros_like, updates), Record(extra["value"])
+
+        return optax.GradientTransformationExtraArgs(init, update)
+
+    def fit(key):
+        r = gradx.fit(
+            loss_fn, P0, record_first_batch(), DATA, batch_size=4, epochs=3, key=key, progress=False
+        )
+        return r.history["loss"]
+
+    a, b = fit(KEY), fit(jax.random.key(7))
+    seen.extend([a, b])
+    assert len(set(np.round(a, 12))) == 3  # params never move: losses differ by batches only
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, fit(KEY))  # same key, same shuffles
+
+
+def test_value_is_the_loss_at_the_params_the_gradient_was_taken_at():
+    class State(NamedTuple):
+        values: jax.Array  # shape=(steps,)
+        count: jax.Array
+
+    def recorder(steps):
+        def init(params):
+            return State(jnp.zeros(steps, jnp.float64), jnp.zeros((), jnp.int32))
+
+        def update(updates, state, params=None, *, value):
+            return (
+                jax.tree.map(lambda g: -0.05 * g, updates),
+                State(state.values.at[state.count].set(value), state.count + 1),
+            )
+
+        return optax.GradientTransformationExtraArgs(init, update)
+
+    result = gradx.fit(
+        loss_fn, P0, recorder(4), DATA, batch_size=5, epochs=1, key=KEY, progress=False
+    )
+    np.testing.assert_allclose(
+        result.opt_state.values.mean(), result.history["loss"][0], rtol=1e-12
+    )
+    # a plain optax transformation (no extra args) still works: value= is dropped for it
+    plain = gradx.fit(
+        loss_fn, P0, optax.sgd(0.05), DATA, batch_size=5, epochs=1, key=KEY, progress=False
+    )
+    np.testing.assert_allclose(plain.params["w"], result.params["w"], rtol=1e-12)
+
+
+def test_compiles_once_per_shape_not_per_epoch_or_learning_rate():
+    traces = []
+
+    def counted_loss(params, batch):
+        traces.append(1)
+        return loss_fn(params, batch)
+
+    for lr in (0.1, 0.05, 0.01):
+        gradx.fit(
+            counted_loss,
+            P0,
+            gradx.momentum(lr, momentum=0.5),
+            DATA,
+            batch_size=4,
+            epochs=3,
+            key=KEY,
+            progress=False,
+        )
+    assert len(traces) == 1
+    gradx.fit(
+        counted_loss, P0, gradx.momentum(0.1), DATA, batch_size=6, epochs=2, key=KEY, progress=False
+    )
+    assert len(traces) == 2  # a new batch shape is a new program
+    state = gradx.set_hyperparams(gradx.sgd(0.1).init(P0), learning_rate=0.3)
+    gradx.fit(
+        counted_loss,
+        P0,
+        gradx.sgd(0.1),
+        DATA,
+        batch_size=4,
+        epochs=2,
+        key=KEY,
+        opt_state=state,
+        progress=False,
+    )
+    assert len(traces) == 3  # a new optimizer is a new program, its learning rate is not
+
+
+def test_callers_params_survive_donation_and_eval_metrics_are_recorded():
+    params = {"w": jnp.ones(D), "b": jnp.zeros(())}
+
+    def eval_fn(p, data):
+        return {"eval_mse": loss_fn(p, data), "w0": p["w"][0]}
+
+    result = gradx.fit(
+        loss_fn,
+        params,
+        gradx.sgd(0.05),
+        DATA,
+        batch_size=5,
+        epochs=4,
+        key=KEY,
+        eval_fn=eval_fn,
+        eval_data=DATA,
+        progress=False,
+    )
+    np.testing.assert_array_equal(params["w"], 1.0)  # still readable: not donated
+    assert set(result.history) == {"loss", "eval_mse", "w0"}
+    assert result.history["eval_mse"].shape == (4,)
+    np.testing.assert_allclose(result.history["w0"][-1], result.params["w"][0], rtol=1e-12)
+    assert result.history["eval_mse"][-1] < result.history["eval_mse"][0]
+    assert result.epoch_seconds.shape == (4,)
+
+
+def test_progress_bar_is_printed_and_can_be_turned_off(capsys):
+    gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, batch_size=5, epochs=2, key=KEY, progress=True)
+    assert "2/2" in capsys.readouterr().err
+    gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, batch_size=5, epochs=2, key=KEY, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_sweep_points_equal_separate_fits():
+    grid = {"learning_rate": jnp.array([0.2, 0.05, 0.01]), "momentum": jnp.array([0.0, 0.7])}
+
+    def eval_fn(p, data):
+        return {"eval_mse": loss_fn(p, data)}
+
+    result = gradx.sweep(
+        loss_fn,
+        P0,
+        gradx.momentum(0.1),
+        DATA,
+        grid,
+        batch_size=4,
+        epochs=3,
+        key=KEY,
+        chunk_size=4,
+        eval_fn=eval_fn,
+        progress=False,
+    )
+    assert len(result) == 6
+    assert result.epoch_seconds.shape == (2, 3)  # two chunks, the second padded
+    np.testing.assert_allclose(result.grid["learning_rate"], [0.2, 0.2, 0.05, 0.05, 0.01, 0.01])
+    np.testing.assert_allclose(result.grid["momentum"], [0.0, 0.7] * 3)
+    assert result.history["loss"].shape == (6, 3)
+    assert result.params["w"].shape == (6, D)
+    for i in range(6):
+        lr, mu = float(result.grid["learning_rate"][i]), float(result.grid["momentum"][i])
+        alone = gradx.fit(
+            loss_fn,
+            P0,
+            gradx.momentum(lr, momentum=mu),
+            DATA,
+            batch_size=4,
+            epochs=3,
+            key=KEY,
+            eval_fn=eval_fn,
+            progress=False,
+        )
+        point = result.point(i)
+        for name in ("loss", "eval_mse"):
+            np.testing.assert_allclose(
+                point.history[name], alone.history[name], rtol=1e-5, atol=1e-12
+            )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12),
+            point.params,
+            alone.params,
+        )
+    best = result.best()
+    assert best.index == int(np.argmin(result.history["loss"][:, -1]))
+    assert best.values == {
+        "learning_rate": result.grid["learning_rate"][best.index],
+        "momentum": result.grid["momentum"][best.index],
+    }
+    assert result.best("eval_mse").score == pytest.approx(result.history["eval_mse"][:, -1].min())
+
+
+def test_best_skips_diverged_points():
+    result = gradx.sweep(
+        loss_fn,
+        P0,
+        gradx.sgd(0.1),
+        DATA,
+        {"learning_rate": [1e4, 0.1]},
+        batch_size=None,
+        epochs=60,
+        key=None,
+        progress=False,
+    )
+    assert not np.isfinite(result.history["loss"][0, -1])
+    assert result.best().index == 1
+    assert result.best(mode="max").index == 1  # NaN never wins, either way
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"batch_size": 0},
+            r"fit: batch_size must be None or an integer in \[1, 23\] \(the number of examples\), got 0",
+        ),
+        ({"batch_size": 24}, r"got 24"),
+        ({"batch_size": 2.0}, r"fit: batch_size must be None or an integer >= 1, got 2.0"),
+        ({"epochs": 0}, r"fit: epochs must be an integer >= 1, got 0"),
+        ({"key": None}, r"fit: key must be a JAX PRNG key"),
+        ({"key": 3}, r"fit: key must be a JAX PRNG key .*got 3"),
+        (
+            {"data": {"x": X, "y": Y[:5]}},
+            r"fit: data must be arrays with one leading example axis of the same nonzero length",
+        ),
+    ],
+)
+def test_fit_rejects_bad_arguments(kwargs, match):
+    args = {"batch_size": 4, "epochs": 1, "key": KEY, "data": DATA, **kwargs}
+    data = args.pop("data")
+    with pytest.raises(ValueError, match=match):
+        gradx.fit(loss_fn, P0, gradx.sgd(0.1), data, progress=False, **args)
+
+
+def test_fit_rejects_a_non_scalar_loss_and_a_metric_named_loss():
+    with pytest.raises(ValueError, match=r"fit: loss_fn must return a scalar, got shape \(4,\)"):
+        gradx.fit(
+            lambda p, b: b["y"] * p["b"],
+            P0,
+            gradx.sgd(0.1),
+            DATA,
+            batch_size=4,
+            epochs=1,
+            key=KEY,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match=r"fit: eval_fn must not return a metric named 'loss'"):
+        gradx.fit(
+            loss_fn,
+            P0,
+            gradx.sgd(0.1),
+            DATA,
+            batch_size=4,
+            epochs=1,
+            key=KEY,
+            eval_fn=lambda p, d: {"loss": 0.0},
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "grid, match",
+    [
+        (
+            {"lr": [0.1]},
+            r"sweep: grid keys must be hyperparameters of the optimizer's state \['learning_rate'\].*got 'lr'",
+        ),
+        (
+            {"learning_rate": [[0.1]]},
+            r"sweep: grid\['learning_rate'\] must be a non-empty 1-D array, got shape \(1, 1\)",
+        ),
+        ({"learning_rate": [0.1, -1.0]}, r"learning_rate must be >= 0, got -1.0"),
+        ({}, r"sweep: grid must be a non-empty dict"),
+    ],
+)
+def test_sweep_rejects_bad_grids(grid, match):
+    with pytest.raises(ValueError, match=match):
+        gradx.sweep(
+            loss_fn, P0, gradx.sgd(0.1), DATA, grid, batch_size=4, epochs=1, key=KEY, progress=False
+        )
+
+
+def test_sweep_result_best_rejects_unknown_metric():
+    result = gradx.sweep(
+        loss_fn,
+        P0,
+        gradx.sgd(0.1),
+        DATA,
+        {"learning_rate": [0.1]},
+        batch_size=None,
+        epochs=1,
+        key=None,
+        progress=False,
+    )
+    with pytest.raises(
+        ValueError, match=r"SweepResult.best: metric must be one of \['loss'\], got 'acc'"
+    ):
+        result.best("acc")
