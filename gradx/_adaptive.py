@@ -46,9 +46,9 @@ def _count_as(count: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    """num / den, and 0 where den is 0 (no NaN from a gradient that is 0 from the start)."""
-    positive = den > 0
-    return jnp.where(positive, num / jnp.where(positive, den, 1), 0)
+    """num / den, dividing by 1 where den is 0: there num is 0 too (every gradient so far
+    was 0), so a gradient that is 0 from the start gives a 0 step, not 0/0 = NaN."""
+    return num / jnp.where(den > 0, den, 1)
 
 
 # ----------------------------------------------------------------------------- fan-out

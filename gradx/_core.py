@@ -433,7 +433,9 @@ def scale_by_learning_rate(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         lr = jnp.asarray(learning_rate)
-        return jax.tree.map(lambda g: (-wide(g, lr) * lr).astype(g.dtype), updates), state
+        # g·(−γ), not −g·γ: the sign then folds into the scalar instead of costing a negate
+        # per element (γ is a runtime value, so XLA cannot fold it as it does for optax).
+        return jax.tree.map(lambda g: (wide(g, lr) * -lr).astype(g.dtype), updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 

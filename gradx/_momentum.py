@@ -25,7 +25,9 @@ class TraceState(NamedTuple):
 
 
 def trace(
-    decay: jax.typing.ArrayLike, nesterov: bool = False, dampening: jax.typing.ArrayLike = 0.0
+    decay: jax.typing.ArrayLike,
+    nesterov: bool = False,
+    dampening: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: heavy-ball velocity, v ← μ·v + (1 − d)·u; emits v (or u + μ·v with ``nesterov``).
 
@@ -37,7 +39,8 @@ def trace(
     Args:
       decay: μ, the momentum (a number or a scalar array).
       nesterov: emit the look-ahead step u + μ·v_new instead of v_new.
-      dampening: d, the share of each new u left out of the velocity after the first step.
+      dampening: d, the share of each new u left out of the velocity after the first step;
+        None (the default) is d = 0 without the extra multiply.
     """
 
     def init(params: Any) -> TraceState:
@@ -46,13 +49,21 @@ def trace(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         check_tree(updates, state.velocity, "velocity in the state")
-        mu, d = jnp.asarray(decay), jnp.asarray(dampening)
-        keep = jnp.where(state.count == 0, 1, 1 - d)
-        velocity = jax.tree.map(
-            lambda u, v: (mu * wide(v, mu, d) + keep * wide(u, mu, d)).astype(v.dtype),
-            updates,
-            state.velocity,
-        )
+        mu = jnp.asarray(decay)
+        if dampening is None:
+            velocity = jax.tree.map(
+                lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(v.dtype),
+                updates,
+                state.velocity,
+            )
+        else:
+            d = jnp.asarray(dampening)
+            keep = jnp.where(state.count == 0, 1, 1 - d)
+            velocity = jax.tree.map(
+                lambda u, v: (mu * wide(v, mu, d) + keep * wide(u, mu, d)).astype(v.dtype),
+                updates,
+                state.velocity,
+            )
         if nesterov:
             updates = jax.tree.map(
                 lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(u.dtype), updates, velocity

@@ -283,7 +283,9 @@ def SGD(
             f"{cls}: nesterov=True requires momentum > 0 and dampening = 0, got "
             f"momentum={momentum!r}, dampening={dampening!r}"
         )
-    opt = _sgd(lr, _off_if_zero(momentum), dampening, _off_if_zero(weight_decay), nesterov)
+    opt = _sgd(
+        lr, _off_if_zero(momentum), _off_if_zero(dampening), _off_if_zero(weight_decay), nesterov
+    )
     return _with_maximize(opt, maximize)
 
 
