@@ -39,6 +39,8 @@ from gradx._core import optimizer as optimizer
 from gradx._core import scale_by_learning_rate as scale_by_learning_rate
 from gradx._core import set_hyperparams as set_hyperparams
 from gradx._lookahead import lookahead as lookahead
+from gradx._lookahead import lookahead_fitted as lookahead_fitted
+from gradx._lookahead import lookahead_momentum as lookahead_momentum
 from gradx._momentum import ema as ema
 from gradx._momentum import ema_momentum as ema_momentum
 from gradx._momentum import momentum as momentum
@@ -73,4 +75,6 @@ OPTIMIZERS = {
     "amsgrad": amsgrad,
     "adamax": adamax,
     "nadam": nadam,
+    "lookahead_momentum": lookahead_momentum,
+    "lookahead_fitted": lookahead_fitted,
 }

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from gradx._core import HyperparamsState, check_tree, optimizer, wide
+from gradx._momentum import momentum
 
 # ----------------------------------------------------------------------------- states
 
@@ -348,3 +349,20 @@ def lookahead(
         )
     fitted = _fitted(inner, sync_period, 1.0, alpha_min, alpha_max, reset_state)
     return _report_alpha(fitted)
+
+
+# ----------------------------------------------------------------------------- for the races
+
+
+def lookahead_momentum(
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+    """Lookahead (k = 5, α = 0.5) around heavy-ball momentum (μ = 0.9)."""
+    return lookahead(momentum(learning_rate))
+
+
+def lookahead_fitted(
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+    """Lookahead (k = 5) around momentum, α fitted by a quadratic at each sync (seed 004)."""
+    return lookahead(momentum(learning_rate), alpha="quadratic")
