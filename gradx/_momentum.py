@@ -51,19 +51,14 @@ def trace(
         check_tree(updates, state.velocity, "velocity in the state")
         mu = jnp.asarray(decay)
         if dampening is None:
-            velocity = jax.tree.map(
-                lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(v.dtype),
-                updates,
-                state.velocity,
-            )
-        else:
-            d = jnp.asarray(dampening)
-            keep = jnp.where(state.count == 0, 1, 1 - d)
-            velocity = jax.tree.map(
-                lambda u, v: (mu * wide(v, mu, d) + keep * wide(u, mu, d)).astype(v.dtype),
-                updates,
-                state.velocity,
-            )
+            keep = 1  # a multiply by 1 that XLA folds away
+        else:  # torch: the first buffer is u itself, later ones keep (1 − d)·u
+            keep = jnp.where(state.count == 0, 1, 1 - jnp.asarray(dampening))
+        velocity = jax.tree.map(
+            lambda u, v: (mu * wide(v, mu) + keep * wide(u, mu)).astype(v.dtype),
+            updates,
+            state.velocity,
+        )
         if nesterov:
             updates = jax.tree.map(
                 lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(u.dtype), updates, velocity
