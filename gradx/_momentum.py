@@ -75,20 +75,36 @@ class EmaState(NamedTuple):
     mean: Any  # like params: the biased average m
 
 
-def ema(decay: jax.typing.ArrayLike, debias: bool = False) -> optax.GradientTransformationExtraArgs:
-    """Block: exponential moving average, m ← β·m + (1−β)·g with m₀ = 0.
+EMA_INITS = ("zero", "first")
 
-    Emits m, or m / (1 − βᵗ) with ``debias`` (t = 1, 2, ...); the state keeps the biased m.
-    The correction is computed in the hyperparameter dtype, then cast to the leaf's dtype.
+
+def ema(
+    decay: jax.typing.ArrayLike, debias: bool = False, init: str = "zero"
+) -> optax.GradientTransformationExtraArgs:
+    """Block: exponential moving average, m ← β·m + (1−β)·g.
+
+    ``init="zero"``: m₀ = 0 (the seeds, optax); emits m, or m / (1 − βᵗ) with ``debias``
+    (t = 1, 2, ...), the state keeping the biased m. ``init="first"``: m₁ = g₁, unbiased from
+    the start, which is torch's ``SGD(momentum=β, dampening=β)`` (torch's buffer adds
+    (1 − dampening)·g). The correction is
+    computed in the hyperparameter dtype, then cast to the leaf's dtype.
     """
+    if init not in EMA_INITS:
+        raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
+    if debias and init == "first":
+        raise ValueError(
+            "ema: debias=True corrects a zero start; with init='first' it must be False"
+        )
 
-    def init(params: Any) -> EmaState:
+    def init_state(params: Any) -> EmaState:
         return EmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         check_tree(updates, state.mean, "moving average in the state")
         beta = jnp.asarray(decay)
+        if init == "first":  # on the first step, m = g: as if β were 0 once
+            beta = jnp.where(state.count == 0, jnp.zeros_like(beta), beta)
         count = optax.safe_increment(state.count)
         mean = jax.tree.map(
             lambda g, m: (beta * wide(m, beta) + (1 - beta) * wide(g, beta)).astype(m.dtype),
@@ -102,7 +118,7 @@ def ema(decay: jax.typing.ArrayLike, debias: bool = False) -> optax.GradientTran
             updates = mean
         return updates, EmaState(count, mean)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init_state, update)
 
 
 class NormalizeState(NamedTuple):
@@ -237,7 +253,10 @@ def nesterov(
 
 @optimizer(learning_rate=">= 0", beta="[0, 1)")
 def ema_momentum(
-    learning_rate: optax.ScalarOrSchedule, beta: float = 0.9, bias_correction: bool = False
+    learning_rate: optax.ScalarOrSchedule,
+    beta: float = 0.9,
+    bias_correction: bool = False,
+    ema_init: str = "zero",
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum as an exponential moving average of gradients (seeds 001 and 002).
 
@@ -256,15 +275,19 @@ def ema_momentum(
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       beta: β in [0, 1).
       bias_correction: divide by 1 − βᵗ.
+      ema_init: ``"zero"`` (m₀ = 0, the seeds) or ``"first"`` (m₁ = g₁, torch's
+        ``SGD(momentum=β, dampening=β)``; no bias to correct, so bias_correction=False).
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``beta``.
 
     Note:
       Equal to ``optax.chain(optax.ema(β, debias=...), optax.scale(-γ))``. torch's
-      ``SGD(momentum=β, dampening=1-β)`` differs: its first buffer is g₁, undamped.
+      ``SGD(momentum=β, dampening=β)`` starts at g₁ instead: that is ``ema_init="first"``.
     """
-    return optax.chain(ema(beta, debias=bias_correction), scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        ema(beta, debias=bias_correction, init=ema_init), scale_by_learning_rate(learning_rate)
+    )
 
 
 @optimizer(learning_rate=">= 0")

@@ -185,3 +185,23 @@ def test_torch_performance_flags_are_accepted_and_change_nothing():
     )
     for name in plain:
         np.testing.assert_array_equal(plain[name], flagged[name])
+
+
+def test_ema_momentum_with_first_gradient_init_is_torch_sgd_with_dampening_beta():
+    # torch: buf_1 = g_1, buf = b buf + (1 - dampening) g; with dampening = b it is an EMA
+    # started at g_1. compat.torch.SGD's dampening is checked against torch's own trajectories.
+    torch_sgd, _ = replay(gradx.compat.torch.SGD(lr=0.1, momentum=0.9, dampening=0.9), "stream")
+    ema_first, _ = replay(gradx.ema_momentum(0.1, beta=0.9, ema_init="first"), "stream")
+    for name in torch_sgd:
+        np.testing.assert_allclose(ema_first[name], torch_sgd[name], rtol=1e-12, atol=1e-12)
+    zero_init, _ = replay(gradx.ema_momentum(0.1, beta=0.9), "stream")
+    assert np.abs(zero_init["a"] - torch_sgd["a"]).max() > 0.1
+
+
+def test_ema_init_switch_is_validated():
+    with pytest.raises(
+        ValueError, match=r"ema: init must be one of \('zero', 'first'\), got 'one'"
+    ):
+        gradx.ema(0.9, init="one")
+    with pytest.raises(ValueError, match=r"ema: debias=True corrects a zero start"):
+        gradx.ema_momentum(0.1, bias_correction=True, ema_init="first")
