@@ -328,10 +328,12 @@ def _locate(state: Any) -> dict[str, list[tuple[tuple[str, ...], str, bool]]]:
     return found
 
 
-def _keys(state: Any) -> dict[str, tuple[tuple[str, ...], str, bool]]:
-    """Public key -> location: the bare name when it is unique, else 'path/name'."""
+def _keys(
+    located: dict[str, list[tuple[tuple[str, ...], str, bool]]],
+) -> dict[str, tuple[tuple[str, ...], str, bool]]:
+    """Public key -> location (from _locate): the bare name when unique, else 'path/name'."""
     keys = {}
-    for name, places in _locate(state).items():
+    for name, places in located.items():
         for path, _, scheduled in places:
             key = name if len(places) == 1 else "/".join((*path, name))
             keys[key] = (path, name, scheduled)
@@ -352,7 +354,7 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
     A scheduled value is the one used at the last step (at step 0 before any update).
     """
     out = {}
-    for key, (path, name, scheduled) in _keys(state).items():
+    for key, (path, name, scheduled) in _keys(_locate(state)).items():
         node = _get(state, path)
         out[key] = (node.scheduled if scheduled else node.hyperparams)[name]
     return out
@@ -366,8 +368,8 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     ``jit``, ``grad`` and ``vmap`` (a batched value gives a batched state). Concrete values are
     checked against the rule the optimizer declared for that name.
     """
-    keys = _keys(state)
     located = _locate(state)
+    keys = _keys(located)
     for key, value in values.items():
         if key not in keys:
             if key in located:
@@ -444,9 +446,12 @@ class AddDecayedWeightsState(NamedTuple):
     """The weight-decay blocks keep no state."""
 
 
-def _needs_params(fn: str, params: Any) -> None:
+def needs_params(fn: str, params: Any, why: str) -> None:
+    """Raises unless ``params`` was given to ``update``; ``why`` says what it is needed for."""
     if params is None:
-        raise ValueError(f"{fn}: weight decay needs the params: call update(grads, state, params)")
+        raise ValueError(
+            f"{fn}: update needs the params ({why}): call update(grads, state, params)"
+        )
 
 
 def add_decayed_weights(
@@ -464,7 +469,7 @@ def add_decayed_weights(
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        _needs_params("add_decayed_weights", params)
+        needs_params("add_decayed_weights", params, "weight decay reads them")
         check_tree(updates, params, "params")
         wd = jnp.asarray(weight_decay)
         return jax.tree.map(
@@ -490,7 +495,7 @@ def decoupled_weight_decay(
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        _needs_params("decoupled_weight_decay", params)
+        needs_params("decoupled_weight_decay", params, "weight decay reads them")
         check_tree(updates, params, "params")
         wd, lr = jnp.asarray(weight_decay), jnp.asarray(learning_rate)
         return jax.tree.map(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._core import HyperparamsState, check_tree, optimizer, wide
+from gradx._core import HyperparamsState, check_tree, needs_params, optimizer, wide
 from gradx._momentum import momentum
 
 # ----------------------------------------------------------------------------- states
@@ -39,17 +39,10 @@ class FittedLookaheadState(NamedTuple):
 
 # ----------------------------------------------------------------------------- helpers
 
+_WHY_PARAMS = "the emitted update at a sync moves them onto the slow weights"
 _NEEDS_VALUE = (
     "lookahead: alpha='quadratic' needs the loss: call update(grads, state, params, value=loss)"
 )
-
-
-def _needs_params(params: Any) -> None:
-    if params is None:
-        raise ValueError(
-            "lookahead: update needs the params (the emitted update at a sync moves them onto "
-            "the slow weights): call update(grads, state, params)"
-        )
 
 
 def _keep_hyperparams(fresh: Any, current: Any) -> Any:
@@ -138,7 +131,7 @@ def _fixed(
         )
 
     def update(updates, state, params=None, **extra_args):
-        _needs_params(params)
+        needs_params("lookahead", params, _WHY_PARAMS)
         check_tree(updates, state.slow, "slow weights in the state")
         k, a = jnp.asarray(sync_period), jnp.asarray(alpha)
         steps, fast_state = inner.update(updates, state.fast_state, params, **extra_args)
@@ -188,7 +181,7 @@ def _fitted(
         )
 
     def update(updates, state, params=None, **extra_args):
-        _needs_params(params)
+        needs_params("lookahead", params, _WHY_PARAMS)
         if extra_args.get("value") is None:
             raise ValueError(_NEEDS_VALUE)
         check_tree(updates, state.slow, "slow weights in the state")

@@ -157,7 +157,7 @@ class SweepResult:
 # ----------------------------------------------------------------------------- the program
 
 
-class _Program:
+class _Program(NamedTuple):
     """The static part of an epoch program: the functions (by identity) and the shapes.
 
     A gradx optimizer's ``update`` depends only on its static configuration (its numbers are
@@ -165,16 +165,12 @@ class _Program:
     one compiled epoch; optax optimizers close over their numbers and compile per value.
     """
 
-    def __init__(self, loss_fn, update_fn, eval_fn, batch_size, steps, vmapped):
-        self.loss_fn, self.update_fn, self.eval_fn = loss_fn, update_fn, eval_fn
-        self.batch_size, self.steps, self.vmapped = batch_size, steps, vmapped
-        self._key = (loss_fn, update_fn, eval_fn, batch_size, steps, vmapped)
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Program) and self._key == other._key
+    loss_fn: LossFn
+    update_fn: Callable[..., Any]
+    eval_fn: EvalFn | None
+    batch_size: int | None
+    steps: int
+    vmapped: bool
 
 
 def _metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str, jax.Array]:
