@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib
 import inspect
 import math
+import operator
 import re
+import types
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -30,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from gradx._sharding import shard_like_params
 
 # ----------------------------------------------------------------------------- rules
 
@@ -39,7 +45,7 @@ class Rule:
     """The set a hyperparameter must lie in, written as in the error messages.
 
     ``"[0, 1)"``, ``"(0, 1]"``, ``">= 0"``, ``"> 0"``, ``"int >= 1"``, ``"any"``.
-    Every value must also be finite.
+    Every value must also be finite, both as given and as stored (see :meth:`check`).
     """
 
     text: str
@@ -79,21 +85,62 @@ class Rule:
         below = x <= self.high if self.high_closed else x < self.high
         return bool(np.all(above & below))
 
-    def check(self, fn: str, name: str, value: Any) -> None:
-        """Raises if a concrete ``value`` breaks the rule; tracers pass unchecked."""
+    def holds_traced(self, x: jax.Array) -> jax.Array:
+        """:meth:`holds` for an array that may be traced: a boolean array, all over ``x``."""
+        ok = jnp.isfinite(x) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.ones_like(x, bool)
+        if self.integer and jnp.issubdtype(x.dtype, jnp.inexact):
+            ok &= jnp.round(x) == x
+        if self.low > -math.inf:
+            low = jnp.asarray(self.low).astype(x.dtype)
+            ok &= x >= low if self.low_closed else x > low
+        if self.high < math.inf:
+            high = jnp.asarray(self.high).astype(x.dtype)
+            ok &= x <= high if self.high_closed else x < high
+        return jnp.all(ok)
+
+    def storage_dtype(self, dtype: Any = None) -> np.dtype:
+        """The dtype a value is stored in: int32 for an integer rule, else ``dtype``
+        (default float32, the narrowest dtype :func:`hyperparam_dtype` returns)."""
+        if self.integer:
+            return np.dtype(np.int32)
+        return np.dtype(jnp.float32 if dtype is None else dtype)
+
+    def check(self, fn: str, name: str, value: Any, dtype: Any = None) -> None:
+        """Raises if a concrete ``value`` breaks the rule; tracers pass unchecked.
+
+        The value is checked as given and as it will be stored, in ``dtype`` (see
+        :meth:`storage_dtype`): ``b1 = 1 − 1e−10`` is 1.0 in float32 and breaks
+        ``[0, 1)``; ``1e39`` is inf in float32 and breaks every rule.
+        """
         if isinstance(value, jax.core.Tracer):
             return
         if isinstance(value, bool) or not _is_number(value):
             raise TypeError(f"{fn}: {name} must be a number {self.text}, got {value!r}")
         if not self.holds(np.asarray(value)):
             raise ValueError(f"{fn}: {name} must be {self.text}, got {value!r}")
+        stored_dtype = self.storage_dtype(dtype)
+        if self.integer:
+            info = np.iinfo(stored_dtype)
+            if not info.min <= np.asarray(value) <= info.max:
+                raise ValueError(
+                    f"{fn}: {name} must be {self.text}, got {value!r}, which does not fit in "
+                    f"{stored_dtype.name}, the dtype it is stored in"
+                )
+            return
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            stored = np.asarray(value).astype(stored_dtype)
+        if not self.holds(stored):
+            raise ValueError(
+                f"{fn}: {name} must be {self.text}, got {value!r}, which rounds to "
+                f"{stored.item()!r} in {stored_dtype.name}, the dtype it is stored in"
+            )
 
-    def check_hyperparameter(self, fn: str, name: str, value: Any) -> bool:
+    def check_hyperparameter(self, fn: str, name: str, value: Any, dtype: Any = None) -> bool:
         """Checks a number, or a schedule's value at step 0; returns whether it is a schedule."""
         if callable(value) and not hasattr(value, "dtype"):
-            self.check(fn, f"{name} (its schedule's value at step 0)", value(0))
+            self.check(fn, f"{name} (its schedule's value at step 0)", value(0), dtype)
             return True
-        self.check(fn, name, value)
+        self.check(fn, name, value, dtype)
         return False
 
 
@@ -106,41 +153,112 @@ def _is_number(value: Any) -> bool:
     )
 
 
-# Every rule ever declared for a name; `set_hyperparams` checks a value against these.
-_RULES_BY_NAME: dict[str, set[Rule]] = {}
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Relation:
+    """A rule between two hyperparameters of one optimizer, e.g. ``"min_step <= max_step"``."""
+
+    left: str
+    op: str
+    right: str
+
+    @classmethod
+    def parse(cls, text: str) -> _Relation:
+        match = re.fullmatch(r"\s*(\w+)\s*(<=|<|>=|>)\s*(\w+)\s*", text)
+        if not match:
+            raise ValueError(
+                f"optimizer: a relation must look like 'min_step <= max_step', got {text!r}"
+            )
+        return cls(*match.groups())
+
+    def holds(self, left: Any, right: Any) -> Any:
+        return _COMPARISONS[self.op](left, right)
+
+    def message(self, fn: str, left: np.generic, right: np.generic) -> str:
+        # str, not repr: a float32 0.005 reads 0.005, not 0.004999999888241291.
+        return f"{fn}: {self.left} must be {self.op} {self.right} ({right!s}), got {left!s}"
+
+
+def _concrete(value: Any) -> np.generic | None:
+    """``value`` as a NumPy scalar, or None for a tracer (or a container of one)."""
+    leaves = jax.tree.leaves(value)
+    if len(leaves) != 1 or isinstance(leaves[0], jax.core.Tracer):
+        return None
+    return np.asarray(leaves[0])[()]
 
 
 # ----------------------------------------------------------------------------- dtypes
 
 
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real dtype of the same precision: float32 for complex64, float64 for complex128."""
+    dtype = jnp.dtype(dtype)
+    return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+
+
 def hyperparam_dtype(params: Any) -> jnp.dtype:
-    """float32, or the widest floating dtype among ``params`` when that is wider.
+    """float32, or the widest floating precision among ``params`` when that is wider.
 
     Never narrower than float32: with bfloat16 params, b2 = 0.999 must stay 0.999, not round to
-    1.0 (optax issue 1414).
+    1.0 (optax issue 1414). Complex params count as their real precision (complex64 as
+    float32, complex128 as float64): hyperparameters are real numbers.
     """
     dtype = jnp.dtype(jnp.float32)
     for leaf in jax.tree.leaves(params):
         leaf_dtype = getattr(leaf, "dtype", None)
-        if leaf_dtype is not None and jnp.issubdtype(leaf_dtype, jnp.floating):
-            dtype = _wider(dtype, leaf_dtype)
+        if leaf_dtype is not None and jnp.issubdtype(leaf_dtype, jnp.inexact):
+            dtype = _wider(dtype, real_dtype(leaf_dtype))
     return dtype
 
 
 def _wider(a: jnp.dtype, b: jnp.dtype) -> jnp.dtype:
-    # Not jnp.promote_types: that refuses float32 + float64 under strict promotion.
-    return jnp.dtype(b) if jnp.dtype(b).itemsize > jnp.dtype(a).itemsize else jnp.dtype(a)
+    """``a`` at the wider precision of ``a`` and ``b``, keeping ``a``'s kind (real or complex).
+
+    Not jnp.promote_types: that refuses float32 + float64 under strict promotion.
+    """
+    a, b = jnp.dtype(a), jnp.dtype(b)
+    ra, rb = real_dtype(a), real_dtype(b)
+    if rb.itemsize <= ra.itemsize or not jnp.issubdtype(rb, jnp.floating):
+        return a
+    # Spelled out: jnp.result_type(float64, complex64) is refused under strict promotion.
+    return jnp.dtype(f"complex{16 * rb.itemsize}") if jnp.issubdtype(a, jnp.complexfloating) else rb
 
 
 def wide(x: jax.Array, *hs: jax.Array) -> jax.Array:
-    """``x`` cast to the widest dtype of ``x`` and the hyperparameters ``hs``.
+    """``x`` cast to the widest precision of ``x`` and of ``hs``, keeping ``x``'s kind.
 
-    Blocks compute in that dtype and cast the result back to the leaf's own dtype, so bf16
-    params get float32 arithmetic for their scalars and keep their dtype. Weakly typed
-    scalars (Python numbers given to a block) take the other operand's dtype, as in JAX.
+    ``hs`` are the hyperparameters (and any other array the result is combined with). Blocks
+    compute in that dtype: bf16 or float16 params get float32 arithmetic for their scalars,
+    and a complex ``x`` stays complex (complex64 widened by a float64 ``h`` is complex128).
+    Weakly typed scalars (Python numbers given to a block) take the other operand's dtype,
+    as in JAX. Blocks return their result in this computed dtype; an optimizer built by
+    :func:`optimizer` casts its final update to the gradient's dtype once, at the end.
     """
     dtype = functools.reduce(_wider, [h.dtype for h in hs if not h.weak_type], x.dtype)
     return x.astype(dtype)
+
+
+def coef(h: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
+    """The scalar ``h`` as an array of ``x``'s dtype, so ``coef(h, x) * x`` needs no promotion.
+
+    ``x`` is the result of :func:`wide` over ``h``, so the cast never narrows a non-weak ``h``;
+    a complex ``x`` turns a real ``h`` into a complex scalar with zero imaginary part.
+    """
+    return jnp.asarray(h).astype(x.dtype)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """|x|², real: x² for real ``x``, (x·conj(x)).real for complex (optax's ``abs_sq``)."""
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        return (x * jnp.conj(x)).real
+    return jnp.square(x)
 
 
 # ----------------------------------------------------------------------------- structure
@@ -151,7 +269,12 @@ class TreeMismatchError(ValueError):
 
 
 def check_tree(updates: Any, reference: Any, what: str) -> None:
-    """Raises :class:`TreeMismatchError` unless ``updates`` has the structure of ``reference``."""
+    """Raises :class:`TreeMismatchError` unless ``updates`` has the structure of ``reference``
+    and each of its leaves the shape of the matching leaf of ``reference``.
+
+    Shapes are static, so the check costs nothing under ``jit``. Without it, a gradient of
+    shape (3, 1) for a param of shape (3,) would broadcast the update to (3, 3) silently.
+    """
     got, want = jax.tree.structure(updates), jax.tree.structure(reference)
     if got != want:
         raise TreeMismatchError(
@@ -159,13 +282,147 @@ def check_tree(updates: Any, reference: Any, what: str) -> None:
             f"  gradients: {got}\n  {what}: {want}\n"
             "Call init with params of the same structure as the gradients."
         )
+    leaves = jax.tree_util.tree_leaves_with_path(updates)
+    for (path, u), r in zip(leaves, jax.tree.leaves(reference), strict=True):
+        if np.shape(u) != np.shape(r):
+            raise TreeMismatchError(
+                f"the gradient at {jax.tree_util.keystr(path) or '(the root)'} has shape "
+                f"{np.shape(u)}, but the {what} there has shape {np.shape(r)}.\n"
+                "Each gradient must have the shape of its param."
+            )
+
+
+def _as_arrays(tree: Any, numpy_only: bool = False) -> Any:
+    """``tree`` with every leaf that is not a JAX array (a Python or NumPy number, a NumPy
+    array; with ``numpy_only``, NumPy ones only) made one, strongly typed, so that blocks can
+    read ``.dtype`` and ``.weak_type``."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.Array) or (numpy_only and not isinstance(x, (np.ndarray, np.generic))):
+            return x
+        return jnp.asarray(x, jnp.asarray(x).dtype)
+
+    return jax.tree.map(leaf, tree)
+
+
+def _check_inexact(fn: str, tree: Any, what: str) -> None:
+    """Refuses integer and boolean leaves: a descent step on them is not representable."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(
+                f"{fn}: {what} must be floating or complex arrays, got dtype {leaf.dtype} at "
+                f"{what}{jax.tree_util.keystr(path)}; cast them first, e.g. "
+                "jax.tree.map(lambda x: x.astype(jnp.float32), params)"
+            )
+
+
+# ----------------------------------------------------------------------------- runtime checks
+
+_RUNTIME_CHECKS = {"on": False}
+
+
+class _Switch:
+    def __init__(self, enabled: bool) -> None:
+        self.previous = _RUNTIME_CHECKS["on"]
+        _RUNTIME_CHECKS["on"] = enabled
+
+    def __enter__(self) -> _Switch:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _RUNTIME_CHECKS["on"] = self.previous
+
+
+def check_hyperparams(enabled: bool = True) -> _Switch:
+    """Switches on (or off) the runtime checks of hyperparameters in every optimizer's update.
+
+    Concrete values are always checked in Python: at construction (each number, and each
+    schedule's value at step 0, against the optimizer's rules, as stored in float32) and by
+    :func:`set_hyperparams` (in the state's dtype). What those checks cannot see is checked
+    at run time when this switch is on: at every ``update`` of an optimizer built by
+    :func:`optimizer`,
+
+    * every value in the state (including tracers given to :func:`set_hyperparams` under
+      ``jit`` or ``vmap``), every schedule's value at the current step and every value
+      injected from outside (``optax.inject_hyperparams``) is checked against its rule
+      (finite, in its set, an integer where the rule says so);
+    * the optimizer's relations between hyperparameters (rprop: ``min_step <= max_step``).
+
+    The checks are ``jax.experimental.checkify`` checks: wrap the function that calls
+    ``update`` in ``checkify.checkify`` (jitted or not) and call ``err.throw()`` on the error
+    it returns. Called eagerly without ``checkify``, a failed check raises at once; under
+    ``jit`` without ``checkify``, JAX refuses to trace a check. The switch is read when
+    ``update`` is traced: a program traced with the switch off has no checks and costs
+    nothing extra; one traced with it on keeps them. ``jax.jit`` reuses a traced program
+    for the same function, so switch before a jitted step is first called (or call
+    ``jax.clear_caches()``).
+
+    Use it as a function (``gradx.check_hyperparams(True)``, until switched off) or as a
+    context manager (``with gradx.check_hyperparams():``, restored on exit).
+
+    Args:
+      enabled: True to check, False to stop checking.
+
+    Returns:
+      A context manager that restores the previous setting on exit.
+    """
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"check_hyperparams: enabled must be a bool, got {enabled!r}")
+    return _Switch(bool(enabled))
+
+
+def _runtime_checks(
+    fn: str,
+    owner: type[HyperparamsState],
+    count: jax.Array,
+    values: dict[str, jax.Array],
+    schedules: Mapping[str, Any],
+    injected: Mapping[str, Any],
+) -> None:
+    from jax.experimental import checkify  # only when the checks are on
+
+    for name, value in values.items():
+        if name in schedules:
+            what = f"{name} (its schedule's value at step {{step}})"
+        elif name in injected:
+            what = f"{name} (the value given from outside at step {{step}})"
+        else:
+            what = f"{name} (at step {{step}})"
+        rule = owner.rules[name]
+        checkify.check(
+            rule.holds_traced(value),
+            f"{fn}: {what} must be {rule.text}, got {{value}}",
+            value=value,
+            step=count,
+        )
+    for relation in owner.relations:
+        if relation.left in values and relation.right in values:
+            left, right = values[relation.left], values[relation.right]
+            checkify.check(
+                jnp.all(relation.holds(left, right)),
+                f"{fn}: {relation.left} must be {relation.op} {relation.right} ({{right}}), "
+                "got {left} at step {step}",
+                left=left,
+                right=right,
+                step=count,
+            )
 
 
 # ----------------------------------------------------------------------------- the state
 
 
 class HyperparamsState(NamedTuple):
-    """State of an optimizer built by :func:`optimizer`."""
+    """State of an optimizer built by :func:`optimizer`.
+
+    Each optimizer declared with :func:`optimizer` gets its own subclass of this NamedTuple,
+    with the same four fields and no other leaves: ``isinstance(state, HyperparamsState)``
+    holds for all of them. The subclass carries, as class attributes, the optimizer's name
+    (``owner``), its rules (``rules``) and its relations, so :func:`set_hyperparams` checks a
+    value against the rule of the optimizer that owns it, and ``update`` refuses a state built
+    by another optimizer. The subclass pickles by a name registered in this module (the
+    factory's module and name), so a state unpickles in a new process; flax's msgpack and
+    orbax restore it from a target state as any NamedTuple.
+    """
 
     count: jax.Array  # shape=(), int32: updates so far; schedules are evaluated at it
     hyperparams: dict[str, jax.Array]  # shape=() each (batched: (K,)), hyperparameter dtype
@@ -173,17 +430,109 @@ class HyperparamsState(NamedTuple):
     inner_state: Any  # the state of the chain of blocks
 
 
-def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+# The state class of every declared optimizer, by registered name (the class's __qualname__).
+_STATE_CLASSES: dict[str, type[HyperparamsState]] = {}
+_STATE_PREFIX = "HyperparamsState["
+
+
+def _state_class(
+    factory: Callable[..., Any],
+    fn: str,
+    rules: Mapping[str, Rule],
+    relations: tuple[_Relation, ...],
+) -> type[HyperparamsState]:
+    """The state class of one optimizer declaration, registered for pickle.
+
+    Its ``__qualname__`` is a name that is the same in every process (the factory's module
+    and qualified name, and a digest of its rules), served by this module's ``__getattr__``,
+    so pickle finds the class by name. A later declaration of the same name (a notebook cell
+    run again) replaces the earlier one, as Python does for a redefined class.
+    """
+    module = getattr(factory, "__module__", None) or "__main__"
+    qualname = getattr(factory, "__qualname__", fn)
+    code = getattr(getattr(factory, "__code__", None), "co_name", "")
+    spec = repr((code, sorted((n, r.text) for n, r in rules.items()), relations))
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    key = f"{_STATE_PREFIX}{module}:{qualname}#{digest}]".replace(".", "/")
+    cls = type(
+        "HyperparamsState",
+        (HyperparamsState,),
+        {
+            "__slots__": (),
+            "__module__": __name__,
+            "__qualname__": key,
+            "__doc__": f"State of the optimizer {fn}: see gradx.HyperparamsState.",
+            "owner": fn,
+            "rules": types.MappingProxyType(dict(rules)),
+            "relations": relations,
+        },
+    )
+    _STATE_CLASSES[key] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """Serves the state class of each declared optimizer by its registered name (for pickle)."""
+    if name.startswith(_STATE_PREFIX):
+        if name not in _STATE_CLASSES:
+            # A state pickled in another process: importing the module that declares the
+            # optimizer registers its class.
+            module = name[len(_STATE_PREFIX) :].split(":", 1)[0].replace("/", ".")
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+        if name in _STATE_CLASSES:
+            return _STATE_CLASSES[name]
+        raise AttributeError(
+            f"gradx: no optimizer declared in this process has the state class {name!r}; "
+            "import the module that declares that optimizer first"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _flag_kind(annotation: Any) -> str | None:
+    """'bool' or 'optional' for a parameter annotated ``bool`` or ``bool | None``, else None."""
+    if annotation is bool:
+        return "bool"
+    text = str(annotation).replace(" ", "").replace("typing.", "")
+    if text == "bool":
+        return "bool"
+    if text in ("bool|None", "None|bool", "Optional[bool]", "Union[bool,None]"):
+        return "optional"
+    return None
+
+
+def _check_flag(fn: str, name: str, value: Any, kind: str) -> None:
+    if isinstance(value, (bool, np.bool_)) or (kind == "optional" and value is None):
+        return
+    allowed = "a bool or None" if kind == "optional" else "a bool"
+    raise TypeError(f"{fn}: {name} must be {allowed}, got {value!r}")
+
+
+def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Lifts a factory of blocks into an optimizer whose hyperparameters live in its state.
 
     ``rules`` names the numeric hyperparameters of the factory and the set each must lie in
-    (see :class:`Rule`). The other arguments (flags, callables that are not hyperparameters)
-    stay static. The returned constructor has the factory's signature and
+    (see :class:`Rule`); ``relations`` (positional) are rules between two of them, such as
+    ``"min_step <= max_step"``. The other arguments (flags, callables that are not
+    hyperparameters) stay static; one annotated ``bool`` (or ``bool | None``) must be one.
+    The returned constructor has the factory's signature and
 
-    * validates concrete values at construction: ``ValueError("adam: b1 must be in [0, 1),
-      got 1.5")``; a callable given for a hyperparameter is a schedule of the step count;
-    * ``init(params)`` stores each value as a scalar array of :func:`hyperparam_dtype`;
-    * ``update`` rebuilds the factory's chain from the values in the state.
+    * validates concrete values at construction, as stored in float32 (int32 for integer
+      rules): ``ValueError("adam: b1 must be in [0, 1), got 1.5")``;
+    * takes a callable for a hyperparameter as a schedule of the step count, and a JAX array
+      or tracer (what ``optax.inject_hyperparams`` passes) as a value set from outside: the
+      update uses the value it was built with, not the state's copy, and records it in the
+      state's ``scheduled`` like a schedule's value (so ``set_hyperparams`` refuses it);
+    * ``init(params)`` stores each number as a scalar array of :func:`hyperparam_dtype`;
+      params must be floating or complex (Python numbers are made arrays);
+    * ``update`` refuses a state built by another optimizer and gradients whose tree or
+      shapes differ from the params, rebuilds the factory's chain from the values in the
+      state, and returns updates in the dtype of the incoming gradient, leaf by leaf.
+
+    With :func:`check_hyperparams` switched on, ``update`` also checks every value at run
+    time.
 
     Example, Adam with a centered second moment in a few lines::
 
@@ -195,8 +544,14 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 gradx.scale_by_learning_rate(learning_rate))
     """
     parsed = {name: Rule.parse(text) for name, text in rules.items()}
-    for name, rule in parsed.items():
-        _RULES_BY_NAME.setdefault(name, set()).add(rule)
+    links = tuple(_Relation.parse(text) for text in relations)
+    for link in links:
+        for name in (link.left, link.right):
+            if name not in parsed:
+                raise TypeError(
+                    f"optimizer: the relation '{link.left} {link.op} {link.right}' names "
+                    f"{name!r}, which has no rule"
+                )
 
     def wrap(factory: Callable[..., Any]) -> Callable[..., optax.GradientTransformationExtraArgs]:
         fn = factory.__name__
@@ -204,6 +559,12 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         missing = set(parsed) - set(signature.parameters)
         if missing:
             raise TypeError(f"optimizer: {fn} has no arguments named {sorted(missing)}")
+        flags = {
+            name: "optional" if p.default is None else kind
+            for name, p in signature.parameters.items()
+            if name not in parsed and (kind := _flag_kind(p.annotation))
+        }
+        owner = _state_class(factory, fn, parsed, links)
 
         @functools.wraps(factory)
         def constructor(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
@@ -212,10 +573,12 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
             except TypeError as e:
                 raise TypeError(f"{fn}: {e}") from None
             bound.apply_defaults()
-            numbers, schedules, static = {}, {}, {}
+            numbers, schedules, injected, static = {}, {}, {}, {}
             for name, value in bound.arguments.items():
                 rule = parsed.get(name)
                 if rule is None or value is None:  # None switches a feature off
+                    if name in flags:
+                        _check_flag(fn, name, value, flags[name])
                     static[name] = value
                 elif rule.check_hyperparameter(fn, name, value):
                     schedules[name] = value
@@ -225,35 +588,48 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                             f"{fn}: {name} must be a scalar, got shape {np.shape(value)}; "
                             "batch hyperparameters with gradx.set_hyperparams under jax.vmap"
                         )
-                    numbers[name] = value
+                    (injected if isinstance(value, jax.Array) else numbers)[name] = value
+            given = {**numbers, **injected}
+            for link in links:
+                left, right = _concrete(given.get(link.left)), _concrete(given.get(link.right))
+                if left is not None and right is not None and not link.holds(left, right):
+                    raise ValueError(link.message(fn, left, right))
 
             # Build the chain once now, so that errors in the static arguments surface at
             # construction rather than at init.
-            factory(**static, **numbers, **{n: s(0) for n, s in schedules.items()})
+            factory(**static, **given, **{n: s(0) for n, s in schedules.items()})
 
             def as_array(name: str, value: Any, dtype: jnp.dtype) -> jax.Array:
                 return jnp.asarray(value, jnp.int32 if parsed[name].integer else dtype)
 
             def init(params: Any) -> HyperparamsState:
+                params = _as_arrays(params)
+                _check_inexact(fn, params, "params")
                 dtype = hyperparam_dtype(params)
                 hyperparams = {n: as_array(n, v, dtype) for n, v in numbers.items()}
                 scheduled = {n: as_array(n, s(0), dtype) for n, s in schedules.items()}
+                scheduled.update({n: as_array(n, v, dtype) for n, v in injected.items()})
                 inner = factory(**static, **hyperparams, **scheduled)
-                return HyperparamsState(
+                state = owner(
                     count=jnp.zeros([], jnp.int32),
                     hyperparams=hyperparams,
                     scheduled=scheduled,
                     inner_state=inner.init(params),
                 )
+                return shard_like_params(state, params)  # on a mesh: scalars replicated
 
-            key = (factory, fn, tuple(static.items()), tuple(schedules.items()))
-            try:
-                update = _shared_update(*key)
-            except TypeError:  # an unhashable static argument: no sharing for this one
-                update = _shared_update.__wrapped__(*key)
+            if injected:  # the values are part of this update: nothing to share
+                update = _make_update(owner, factory, fn, static, schedules, injected)
+            else:
+                key = (owner, factory, fn, tuple(static.items()), tuple(schedules.items()))
+                try:
+                    update = _shared_update(*key)
+                except TypeError:  # an unhashable static argument: no sharing for this one
+                    update = _shared_update.__wrapped__(*key)
             return optax.GradientTransformationExtraArgs(init, update)
 
         constructor.hyperparameter_rules = dict(parsed)  # type: ignore[attr-defined]
+        constructor.state_class = owner  # type: ignore[attr-defined]
         return constructor
 
     return wrap
@@ -261,7 +637,11 @@ def optimizer(**rules: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 @functools.lru_cache(maxsize=1024)
 def _shared_update(
-    factory: Callable[..., Any], fn: str, static_items: tuple, schedule_items: tuple
+    owner: type[HyperparamsState],
+    factory: Callable[..., Any],
+    fn: str,
+    static_items: tuple,
+    schedule_items: tuple,
 ) -> Callable[..., Any]:
     """The update of an @optimizer, one per static configuration.
 
@@ -269,28 +649,73 @@ def _shared_update(
     function, and anything that caches compiled programs by function (``jax.jit``,
     ``gradx.fit``) compiles once for both.
     """
-    static, schedules = dict(static_items), dict(schedule_items)
+    return _make_update(owner, factory, fn, dict(static_items), dict(schedule_items), {})
+
+
+def _make_update(
+    owner: type[HyperparamsState],
+    factory: Callable[..., Any],
+    fn: str,
+    static: dict[str, Any],
+    schedules: dict[str, Any],
+    injected: dict[str, Any],
+) -> Callable[..., Any]:
+    """The update of an @optimizer: the chain rebuilt from the state's values at every call,
+    with each schedule evaluated at the step count and each injected value as given."""
+    outside = set(schedules) | set(injected)
+    stored = set(owner.rules) - outside - {n for n, v in static.items() if v is None}
 
     def update(
         updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, HyperparamsState]:
-        if not isinstance(state, HyperparamsState):
-            raise TypeError(
-                f"{fn}: state must be the state this optimizer's init returned, "
-                f"got {type(state).__name__}"
+        if type(state) is not owner:
+            built_by = (
+                f"built by {type(state).owner}"
+                if isinstance(state, HyperparamsState) and hasattr(type(state), "owner")
+                else f"a {type(state).__name__}"
             )
+            raise TypeError(
+                f"{fn}: state must be the state this optimizer's init returned, got "
+                f"{built_by}; call {fn}'s init"
+            )
+        if set(state.hyperparams) != stored or set(state.scheduled) != outside:
+            raise TypeError(
+                f"{fn}: state must be the state this optimizer's init returned; it was built "
+                f"by a {fn} with other settings: it stores {sorted(state.hyperparams)} and "
+                f"takes {sorted(state.scheduled)} from schedules or from outside, where this "
+                f"one stores {sorted(stored)} and takes {sorted(outside)}"
+            )
+        # Python numbers, and NumPy values (a state restored by flax's msgpack), become arrays;
+        # in the inner state only NumPy values: a block there may keep a Python flag.
+        updates = _as_arrays(updates)
+        state = state._replace(
+            count=_as_arrays(state.count),
+            hyperparams=_as_arrays(state.hyperparams),
+            scheduled=_as_arrays(state.scheduled),
+            inner_state=_as_arrays(state.inner_state, numpy_only=True),
+        )
+        if params is not None:
+            params = _as_arrays(params)
+        _check_inexact(fn, updates, "gradients")
         scheduled = {
             n: jnp.asarray(s(state.count), state.scheduled[n].dtype) for n, s in schedules.items()
         }
+        scheduled.update({n: jnp.asarray(v, state.scheduled[n].dtype) for n, v in injected.items()})
+        if _RUNTIME_CHECKS["on"]:
+            values = {**state.hyperparams, **scheduled}
+            _runtime_checks(fn, owner, state.count, values, schedules, injected)
         inner = optax.with_extra_args_support(factory(**static, **state.hyperparams, **scheduled))
         try:
             if params is not None:
                 check_tree(updates, params, "params")
-            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+            out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         except TreeMismatchError as e:
             raise TreeMismatchError(f"{fn}: {e}") from None
+        # Blocks may return a wider dtype than the gradient (float16 steps are computed in
+        # float32): one cast per leaf, here at the end.
+        out = jax.tree.map(lambda u, g: jnp.asarray(u).astype(g.dtype), out, updates)
         count = optax.safe_increment(state.count)
-        return updates, HyperparamsState(count, state.hyperparams, scheduled, inner_state)
+        return out, owner(count, state.hyperparams, scheduled, inner_state)
 
     return update
 
@@ -364,12 +789,16 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     """A copy of ``state`` with new hyperparameter values, keyed as by :func:`hyperparams`.
 
     A value is cast to the dtype already in the state (float32, or the params' dtype when
-    wider; int32 for integer hyperparameters). It may be a tracer, so this works under
-    ``jit``, ``grad`` and ``vmap`` (a batched value gives a batched state). Concrete values are
-    checked against the rule the optimizer declared for that name.
+    wider; int32 for integer hyperparameters), and the leaf keeps its container (a flax
+    ``nnx.OptArray`` stays one). It may be a tracer, so this works under ``jit``, ``grad`` and
+    ``vmap`` (a batched value gives a batched state). Concrete values are checked, as they
+    will be stored, against the rule the owning optimizer declared for that name, and against
+    its relations (rprop: ``min_step <= max_step``); tracers are checked at run time only, by
+    :func:`check_hyperparams`.
     """
     located = _locate(state)
     keys = _keys(located)
+    touched = set()
     for key, value in values.items():
         if key not in keys:
             if key in located:
@@ -384,21 +813,41 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
         path, name, scheduled = keys[key]
         if scheduled:
             raise ValueError(
-                f"set_hyperparams: {key!r} follows a schedule, which sets it at every step; "
-                "build the optimizer with a number for it to set it by hand"
+                f"set_hyperparams: {key!r} follows a schedule or a value given from outside, "
+                "which sets it at every step: the optimizer was built with a callable or a JAX "
+                "array for it (optax.inject_hyperparams passes JAX arrays; set those in its "
+                f"state.hyperparams). Build the optimizer with a Python number for {key!r} to "
+                "set it by hand"
             )
-        for rule in _RULES_BY_NAME.get(name, ()):
-            rule.check("set_hyperparams", key, value)
+        node = _get(state, path)
+        old = jax.tree.leaves(node.hyperparams[name])[0]
+        rule = getattr(type(node), "rules", {}).get(name)
+        if rule is not None:
+            rule.check("set_hyperparams", key, value, old.dtype)
         if not isinstance(value, jax.core.Tracer) and not _is_number(value):
             raise TypeError(f"set_hyperparams: {key} must be a number, got {value!r}")
         state = _replace(state, path, name, value)
+        touched.add(path)
+    for path in touched:
+        _check_relations(_get(state, path))
     return state
+
+
+def _check_relations(node: HyperparamsState) -> None:
+    """The relations of the owning optimizer between values set by hand, where concrete."""
+    for link in getattr(type(node), "relations", ()):
+        if link.left in node.hyperparams and link.right in node.hyperparams:
+            left = _concrete(node.hyperparams[link.left])
+            right = _concrete(node.hyperparams[link.right])
+            if left is not None and right is not None and not link.holds(left, right):
+                raise ValueError(link.message("set_hyperparams", left, right))
 
 
 def _replace(node: Any, path: tuple[str, ...], name: str, value: Any) -> Any:
     if not path:
-        old = node.hyperparams[name]
-        new = jnp.asarray(value, old.dtype)
+        # tree.map over the old leaf keeps its container (flax nnx wraps state leaves in
+        # variables; a bare array there would be dropped by nnx's state filters).
+        new = jax.tree.map(lambda old: jnp.asarray(value, old.dtype), node.hyperparams[name])
         return node._replace(hyperparams={**node.hyperparams, name: new})
     key, rest = path[0], path[1:]
     if isinstance(node, tuple) and hasattr(node, "_fields"):
@@ -425,7 +874,8 @@ def scale_by_learning_rate(
 
     ``learning_rate`` is a number or a scalar array (inside an optimizer, the value from the
     state). To follow a schedule, build an optimizer with :func:`optimizer`, which evaluates
-    the schedule at the step count and passes the value here.
+    the schedule at the step count and passes the value here. The update is in the computed
+    dtype (:func:`wide` of g and γ), which may be wider than g's.
     """
 
     def init(params: Any) -> ScaleByLearningRateState:
@@ -437,7 +887,7 @@ def scale_by_learning_rate(
         lr = jnp.asarray(learning_rate)
         # g·(−γ), not −g·γ: the sign then folds into the scalar instead of costing a negate
         # per element (γ is a runtime value, so XLA cannot fold it as it does for optax).
-        return jax.tree.map(lambda g: (wide(g, lr) * -lr).astype(g.dtype), updates), state
+        return jax.tree.map(lambda g: wide(g, lr) * coef(-lr, wide(g, lr)), updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -454,17 +904,56 @@ def needs_params(fn: str, params: Any, why: str) -> None:
         )
 
 
+def _check_mask(fn: str, mask: Any) -> None:
+    """Raises unless ``mask`` is None, a callable, or a pytree of Python/NumPy bools."""
+    if mask is None or callable(mask):
+        return
+    for leaf in jax.tree.leaves(mask):
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(
+                f"{fn}: mask must be a pytree of bools (True = decay this leaf) or a function "
+                f"of the params returning one, got a leaf {leaf!r}"
+            )
+
+
+def _full_mask(fn: str, mask: Any, params: Any) -> Any:
+    """One bool per params leaf: ``mask`` (or ``mask(params)``) broadcast from a prefix tree."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    tree = mask(params) if callable(mask) else mask
+    _check_mask(fn, tree)
+    try:
+        return jax.tree.map(lambda b, sub: jax.tree.map(lambda _: b, sub), tree, params)
+    except ValueError:
+        raise TreeMismatchError(
+            f"{fn}: the mask tree does not match the params (it must have their structure "
+            f"or a prefix of it).\n  mask: {jax.tree.structure(tree)}\n"
+            f"  params: {jax.tree.structure(params)}"
+        ) from None
+
+
 def add_decayed_weights(
-    weight_decay: jax.typing.ArrayLike,
+    weight_decay: jax.typing.ArrayLike, mask: Any = None
 ) -> optax.GradientTransformationExtraArgs:
     """Block: coupled L2 decay, u ← g + λ·θ (before the optimizer's statistics see g).
 
     This is ``weight_decay=`` of torch's SGD, Adam, RMSprop, Adagrad, Adadelta, Adamax and
     NAdam, and ``optax.add_decayed_weights`` placed first in a chain.
+
+    Args:
+      weight_decay: λ (a number or a scalar array).
+      mask: which leaves decay. None (all), a pytree of bools with the params' structure (or
+        a prefix of it; True = decay), or a function of the params returning one, as
+        optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
+
+    Returns:
+      An optax transformation. Its update is in the computed dtype (:func:`wide` of g, λ
+      and θ), which may be wider than g's.
     """
+    _check_mask("add_decayed_weights", mask)
 
     def init(params: Any) -> AddDecayedWeightsState:
-        del params
+        _full_mask("add_decayed_weights", mask, params)  # a bad mask fails at init
         return AddDecayedWeightsState()
 
     def update(updates, state, params=None, **extra_args):
@@ -472,25 +961,44 @@ def add_decayed_weights(
         needs_params("add_decayed_weights", params, "weight decay reads them")
         check_tree(updates, params, "params")
         wd = jnp.asarray(weight_decay)
+
+        def leaf(g, p, decay):
+            if not decay:
+                return g
+            gw, pw = wide(g, wd, p), wide(p, wd, g)
+            return gw + coef(wd, pw) * pw
+
         return jax.tree.map(
-            lambda g, p: (wide(g, wd) + wd * wide(p, wd)).astype(g.dtype), updates, params
+            leaf, updates, params, _full_mask("add_decayed_weights", mask, params)
         ), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def decoupled_weight_decay(
-    weight_decay: jax.typing.ArrayLike, learning_rate: jax.typing.ArrayLike
+    weight_decay: jax.typing.ArrayLike, learning_rate: jax.typing.ArrayLike, mask: Any = None
 ) -> optax.GradientTransformationExtraArgs:
     """Block: decoupled decay, u ← u − γ·λ·θ (after ``scale_by_learning_rate``).
 
     The decay never enters the optimizer's statistics (Loshchilov & Hutter's AdamW). It
     equals torch's ``AdamW`` (θ ← (1 − γλ)·θ, then the step), optax's ``adamw`` and Keras's
     ``weight_decay=`` on any optimizer: all three multiply λ by the current learning rate.
+
+    Args:
+      weight_decay: λ (a number or a scalar array).
+      learning_rate: γ, the current learning rate.
+      mask: which leaves decay. None (all), a pytree of bools with the params' structure (or
+        a prefix of it; True = decay), or a function of the params returning one, as
+        optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
+
+    Returns:
+      An optax transformation. Its update is in the computed dtype (:func:`wide` of u, λ, γ
+      and θ), which may be wider than u's.
     """
+    _check_mask("decoupled_weight_decay", mask)
 
     def init(params: Any) -> AddDecayedWeightsState:
-        del params
+        _full_mask("decoupled_weight_decay", mask, params)  # a bad mask fails at init
         return AddDecayedWeightsState()
 
     def update(updates, state, params=None, **extra_args):
@@ -498,10 +1006,15 @@ def decoupled_weight_decay(
         needs_params("decoupled_weight_decay", params, "weight decay reads them")
         check_tree(updates, params, "params")
         wd, lr = jnp.asarray(weight_decay), jnp.asarray(learning_rate)
+
+        def leaf(u, p, decay):
+            if not decay:
+                return u
+            uw, pw = wide(u, wd, lr, p), wide(p, wd, lr, u)
+            return uw - coef(lr * wd, pw) * pw
+
         return jax.tree.map(
-            lambda u, p: (wide(u, wd, lr) - lr * wd * wide(p, wd, lr)).astype(u.dtype),
-            updates,
-            params,
+            leaf, updates, params, _full_mask("decoupled_weight_decay", mask, params)
         ), state
 
     return optax.GradientTransformationExtraArgs(init, update)

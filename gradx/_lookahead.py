@@ -53,7 +53,7 @@ def _keep_hyperparams(fresh: Any, current: Any) -> Any:
     """
     if isinstance(fresh, HyperparamsState):
         inner = _keep_hyperparams(fresh.inner_state, current.inner_state)
-        return HyperparamsState(current.count, current.hyperparams, current.scheduled, inner)
+        return current._replace(inner_state=inner)  # keeps the optimizer's state class
     if isinstance(fresh, tuple) and hasattr(fresh, "_fields"):
         return type(fresh)(*map(_keep_hyperparams, fresh, current))
     if isinstance(fresh, (tuple, list)):
@@ -63,10 +63,26 @@ def _keep_hyperparams(fresh: Any, current: Any) -> Any:
     return fresh
 
 
-def _reset(inner: optax.GradientTransformation, point: Any, current: Any) -> Any:
+def _reset(inner: optax.GradientTransformation, point: Any, current: Any, when: Any = True) -> Any:
+    """The inner state re-initialised at ``point`` where ``when`` holds, else ``current``.
+
+    Each fresh leaf takes the dtype of the running one, so that either can be selected under
+    jit. Leaves that are Python numbers or bools (optax's own lookahead test keeps a bool
+    flag in its inner state, which its update returns as a Python ``False``) become arrays.
+    """
     fresh = _keep_hyperparams(inner.init(point), current)
-    # Same dtypes as the running state, so that either can be selected under jit.
-    return jax.tree.map(lambda f, c: jnp.asarray(f, c.dtype), fresh, current)
+
+    def leaf(f: Any, c: Any) -> Any:
+        dtype = jnp.asarray(c).dtype
+        return jnp.where(when, jnp.asarray(f, dtype), jnp.asarray(c, dtype))
+
+    return jax.tree.map(leaf, fresh, current)
+
+
+def _unzip(outer: Any, out: Any, n: int) -> tuple[Any, ...]:
+    """``n`` trees shaped like ``outer`` from a tree of ``n``-tuples (empty trees included)."""
+    rows = outer.flatten_up_to(out)
+    return tuple(outer.unflatten([row[i] for row in rows]) for i in range(n))
 
 
 def _named(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -146,12 +162,9 @@ def _fixed(
             return jnp.where(sync, jump, u), jnp.where(sync, new.astype(s.dtype), s)
 
         out = jax.tree.map(leaf, steps, params, state.slow)
-        updates, slow = jax.tree.transpose(
-            jax.tree.structure(steps), jax.tree.structure((0, 0)), out
-        )
+        updates, slow = _unzip(jax.tree.structure(steps), out, 2)
         if reset_state:
-            fresh = _reset(inner, slow, fast_state)
-            fast_state = jax.tree.map(lambda f, c: jnp.where(sync, f, c), fresh, fast_state)
+            fast_state = _reset(inner, slow, fast_state, when=sync)
         phase = jnp.where(sync, jnp.zeros_like(phase), phase)
         return updates, LookaheadState(slow, phase, fast_state)
 

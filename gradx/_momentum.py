@@ -14,20 +14,87 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._core import check_tree, hyperparam_dtype, optimizer, scale_by_learning_rate, wide
+from gradx._core import (
+    abs_sq,
+    check_tree,
+    coef,
+    hyperparam_dtype,
+    optimizer,
+    real_dtype,
+    scale_by_learning_rate,
+    wide,
+)
+
+# ----------------------------------------------------------------------------- moment dtypes
+
+
+def dtype_arg(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
+    """``dtype`` as a real floating ``jnp.dtype``, or None; raises on anything else."""
+    if dtype is None:
+        return None
+    try:
+        canonical = jnp.dtype(dtype)
+    except TypeError:
+        canonical = None
+    if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
+        raise TypeError(
+            f"{fn}: {name} must be a real floating dtype (e.g. jnp.float32) or None, got {dtype!r}"
+        )
+    return canonical
+
+
+def moment_dtype(fn: str, name: str, leaf_dtype: Any, dtype: Any, real: bool) -> jnp.dtype:
+    """The dtype a moment of a params leaf is stored in.
+
+    ``dtype`` None follows the leaf; a ``real`` moment (of |g|²) of a complex leaf is real
+    (complex64 → float32). A first moment (``real=False``) of a complex leaf given a real
+    ``dtype`` is stored in its complex counterpart (float32 → complex64, float64 →
+    complex128).
+    """
+    leaf_dtype = jnp.dtype(leaf_dtype)
+    if dtype is None:
+        return real_dtype(leaf_dtype) if real else leaf_dtype
+    dtype = jnp.dtype(dtype)
+    if real or not jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+        return dtype
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        raise TypeError(
+            f"{fn}: {name} must be float32 or float64 for complex params (its complex "
+            f"counterpart stores the moment), got {dtype} for {leaf_dtype} params"
+        )
+    return jnp.dtype(f"complex{16 * dtype.itemsize}")
+
+
+def moment_zeros(
+    fn: str, name: str, params: Any, dtype: Any, real: bool = False, fill: Any = 0
+) -> Any:
+    """A moment like ``params``, filled with ``fill``, in :func:`moment_dtype` per leaf."""
+
+    def leaf(p):
+        p = jnp.asarray(p)
+        return jnp.full_like(p, fill, dtype=moment_dtype(fn, name, p.dtype, dtype, real))
+
+    return jax.tree.map(leaf, params)
+
+
+def stored(new: Any, old: Any) -> Any:
+    """The state's leaves: each value of ``new`` cast to the dtype ``old`` is stored in."""
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
 
 # ----------------------------------------------------------------------------- blocks
 
 
 class TraceState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken, t
-    velocity: Any  # like params: the running sum v
+    velocity: Any  # like params (dtype: accumulator_dtype if given): the running sum v
 
 
 def trace(
     decay: jax.typing.ArrayLike,
     nesterov: bool = False,
     dampening: jax.typing.ArrayLike | None = None,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: heavy-ball velocity, v ← μ·v + (1 − d)·u; emits v (or u + μ·v with ``nesterov``).
 
@@ -41,53 +108,67 @@ def trace(
       nesterov: emit the look-ahead step u + μ·v_new instead of v_new.
       dampening: d, the share of each new u left out of the velocity after the first step;
         None (the default) is d = 0 without the extra multiply.
+      accumulator_dtype: the dtype v is stored in (optax's name); None follows the params.
+
+    Returns:
+      An optax transformation. Its update is in the computed dtype (:func:`gradx._core.wide`
+      of u, μ and v), which may be wider than u's: the new v before it is rounded to its
+      storage dtype.
     """
+    acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> TraceState:
-        return TraceState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+        velocity = moment_zeros("trace", "accumulator_dtype", params, acc)
+        return TraceState(jnp.zeros([], jnp.int32), velocity)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         check_tree(updates, state.velocity, "velocity in the state")
         mu = jnp.asarray(decay)
         if dampening is None:
-            keep = 1  # a multiply by 1 that XLA folds away
+            keep = None  # no multiply at all
         else:  # torch: the first buffer is u itself, later ones keep (1 − d)·u
             keep = jnp.where(state.count == 0, 1, 1 - jnp.asarray(dampening))
-        velocity = jax.tree.map(
-            lambda u, v: (mu * wide(v, mu) + keep * wide(u, mu)).astype(v.dtype),
-            updates,
-            state.velocity,
-        )
+
+        def velocity_of(u, v):
+            uw, vw = wide(u, mu, v), wide(v, mu, u)
+            return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
+
+        velocity = jax.tree.map(velocity_of, updates, state.velocity)
         if nesterov:
-            updates = jax.tree.map(
-                lambda u, v: (mu * wide(v, mu) + wide(u, mu)).astype(u.dtype), updates, velocity
-            )
+            updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
             updates = velocity
-        return updates, TraceState(optax.safe_increment(state.count), velocity)
+        new_state = TraceState(optax.safe_increment(state.count), stored(velocity, state.velocity))
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 class EmaState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken, t
-    mean: Any  # like params: the biased average m
+    mean: Any  # like params (dtype: accumulator_dtype if given): the biased average m
 
 
 EMA_INITS = ("zero", "first")
 
 
 def ema(
-    decay: jax.typing.ArrayLike, debias: bool = False, init: str = "zero"
+    decay: jax.typing.ArrayLike,
+    debias: bool = False,
+    init: str = "zero",
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: exponential moving average, m ← β·m + (1−β)·g.
 
     ``init="zero"``: m₀ = 0 (the seeds, optax); emits m, or m / (1 − βᵗ) with ``debias``
     (t = 1, 2, ...), the state keeping the biased m. ``init="first"``: m₁ = g₁, unbiased from
     the start, which is torch's ``SGD(momentum=β, dampening=β)`` (torch's buffer adds
-    (1 − dampening)·g). The correction is
-    computed in the hyperparameter dtype, then cast to the leaf's dtype.
+    (1 − dampening)·g). The correction is computed in the hyperparameter dtype.
+
+    ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
+    params. The update is in the computed dtype (:func:`gradx._core.wide` of g, β and m),
+    which may be wider than g's: the new m before it is rounded to its storage dtype.
     """
     if init not in EMA_INITS:
         raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
@@ -95,9 +176,11 @@ def ema(
         raise ValueError(
             "ema: debias=True corrects a zero start; with init='first' it must be False"
         )
+    acc = dtype_arg("ema", "accumulator_dtype", accumulator_dtype)
 
     def init_state(params: Any) -> EmaState:
-        return EmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+        mean = moment_zeros("ema", "accumulator_dtype", params, acc)
+        return EmaState(jnp.zeros([], jnp.int32), mean)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -106,17 +189,18 @@ def ema(
         if init == "first":  # on the first step, m = g: as if β were 0 once
             beta = jnp.where(state.count == 0, jnp.zeros_like(beta), beta)
         count = optax.safe_increment(state.count)
-        mean = jax.tree.map(
-            lambda g, m: (beta * wide(m, beta) + (1 - beta) * wide(g, beta)).astype(m.dtype),
-            updates,
-            state.mean,
-        )
+
+        def mean_of(g, m):
+            gw, mw = wide(g, beta, m), wide(m, beta, g)
+            return coef(beta, mw) * mw + coef(1 - beta, gw) * gw
+
+        mean = jax.tree.map(mean_of, updates, state.mean)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
-            updates = jax.tree.map(lambda m: (wide(m, beta) / correction).astype(m.dtype), mean)
+            updates = jax.tree.map(lambda m: m / coef(correction, m), mean)
         else:
             updates = mean
-        return updates, EmaState(count, mean)
+        return updates, EmaState(count, stored(mean, state.mean))
 
     return optax.GradientTransformationExtraArgs(init_state, update)
 
@@ -128,7 +212,8 @@ class NormalizeState(NamedTuple):
 def normalize() -> optax.GradientTransformationExtraArgs:
     """Block: u ← g / ‖g‖, one L2 norm over the whole pytree; u = 0 where g = 0.
 
-    The norm is accumulated in float32 (or wider) whatever the leaves' dtype. Safe at
+    ‖g‖² = Σ|g|² (complex leaves count their modulus). The norm is accumulated in float32
+    (or wider) whatever the leaves' dtype, and the update is returned in that dtype. Safe at
     g = 0, also for ``jax.grad`` through the update (no NaN from the norm's derivative).
     """
 
@@ -141,11 +226,11 @@ def normalize() -> optax.GradientTransformationExtraArgs:
         leaves = jax.tree.leaves(updates)
         if not leaves:
             return updates, state
-        acc = hyperparam_dtype(updates)
-        squares = sum(jnp.sum(jnp.square(g.astype(acc))) for g in leaves)
+        acc = jnp.zeros([], hyperparam_dtype(updates))
+        squares = sum(jnp.sum(abs_sq(wide(g, acc))) for g in leaves)
         positive = squares > 0
         inverse = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, squares, 1)), 0)
-        return jax.tree.map(lambda g: (g.astype(acc) * inverse).astype(g.dtype), updates), state
+        return jax.tree.map(lambda g: wide(g, acc) * coef(inverse, wide(g, acc)), updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -153,9 +238,14 @@ def normalize() -> optax.GradientTransformationExtraArgs:
 # ----------------------------------------------------------------------------- optimizers
 
 
-@optimizer(learning_rate=">= 0")
-def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    """Gradient descent: θ ← θ − γ·g.
+@optimizer(learning_rate=">= 0", momentum="[0, 1)")
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Gradient descent: θ ← θ − γ·g; with ``momentum``, optax's ``sgd``.
 
     Batch GD, SGD and minibatch SGD are this same rule; they differ only in the gradient fed
     to it: g = ∇L(θ) over the whole training set (batch GD, seed 001's ∂J/∂θ), over one
@@ -163,24 +253,54 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     regime is a property of the data loop, not of the optimizer; ``gradx.fit`` picks it with
     one ``batch_size`` argument.
 
-    Blocks: ``scale_by_learning_rate(γ)``.
+    With a ``momentum`` μ (optax's and torch's form, γ outside the buffer), v₀ = 0::
+
+        v ← μ·v + g
+        θ ← θ − γ·v                (nesterov=False)
+        θ ← θ − γ·(g + μ·v)        (nesterov=True)
+
+    Blocks: ``scale_by_learning_rate(γ)``; with a momentum ``trace(μ, nesterov) →
+    scale_by_learning_rate(γ)``.
 
     Args:
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
+      momentum: μ in [0, 1), or None (the default) for plain gradient descent.
+      nesterov: the look-ahead form; needs a momentum.
+      mu_dtype: the dtype the buffer v is stored in (optax's ``accumulator_dtype``); None
+        follows the params. Needs a momentum.
 
     Returns:
       An optax ``GradientTransformationExtraArgs``; its state is a ``HyperparamsState``
-      holding ``learning_rate``.
+      holding ``learning_rate`` (and ``momentum``).
 
     Note:
-      Equal to ``optax.sgd(γ)``, ``torch.optim.SGD(lr=γ)`` and ``keras.optimizers.SGD(γ)``.
+      ``sgd(γ, μ, nesterov)`` equals ``optax.sgd(γ, μ, nesterov)`` and ``torch.optim.SGD(lr=γ,
+      momentum=μ, nesterov=...)``. :func:`momentum` and :func:`nesterov` keep γ inside the
+      velocity (the seeds' and Keras's form): the same numbers for a constant γ, not under a
+      schedule.
     """
-    return scale_by_learning_rate(learning_rate)
+    if momentum is None:
+        if nesterov:
+            raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None")
+        if mu_dtype is not None:
+            raise ValueError(
+                f"sgd: mu_dtype={mu_dtype!r} sets the momentum buffer's dtype, but "
+                "momentum=None keeps no buffer"
+            )
+        return scale_by_learning_rate(learning_rate)
+    dtype_arg("sgd", "mu_dtype", mu_dtype)
+    return optax.chain(
+        trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
 
 
 @optimizer(learning_rate=">= 0", momentum="[0, 1)")
 def momentum(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, nesterov: bool = False
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Heavy-ball momentum (seeds 000 and 004).
 
@@ -199,6 +319,7 @@ def momentum(
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       momentum: μ in [0, 1), the seeds' "viscosity".
       nesterov: use the look-ahead form.
+      mu_dtype: the dtype v is stored in; None follows the params.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -208,12 +329,16 @@ def momentum(
       momentum=μ)``, which keep γ outside the buffer. Under a schedule they differ; Keras's
       ``SGD`` keeps γ inside, as here.
     """
-    return optax.chain(scale_by_learning_rate(learning_rate), trace(momentum, nesterov=nesterov))
+    dtype_arg("momentum", "mu_dtype", mu_dtype)
+    return optax.chain(
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+    )
 
 
 @optimizer(learning_rate=">= 0", momentum="[0, 1)")
 def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, mu_dtype: Any = None
 ) -> optax.GradientTransformationExtraArgs:
     """Nesterov momentum: the gradient is taken at the look-ahead point (seed 004).
 
@@ -236,6 +361,7 @@ def nesterov(
     Args:
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       momentum: μ in [0, 1).
+      mu_dtype: the dtype v is stored in; None follows the params.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -248,7 +374,11 @@ def nesterov(
       Equal to ``optax.sgd(γ, μ, nesterov=True)`` and ``torch.optim.SGD(lr=γ, momentum=μ,
       nesterov=True)`` for a constant γ.
     """
-    return optax.chain(scale_by_learning_rate(learning_rate), trace(momentum, nesterov=True))
+    dtype_arg("nesterov", "mu_dtype", mu_dtype)
+    return optax.chain(
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov=True, accumulator_dtype=mu_dtype),
+    )
 
 
 @optimizer(learning_rate=">= 0", beta="[0, 1)")
@@ -257,6 +387,7 @@ def ema_momentum(
     beta: float = 0.9,
     bias_correction: bool = False,
     ema_init: str = "zero",
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum as an exponential moving average of gradients (seeds 001 and 002).
 
@@ -277,6 +408,7 @@ def ema_momentum(
       bias_correction: divide by 1 − βᵗ.
       ema_init: ``"zero"`` (m₀ = 0, the seeds) or ``"first"`` (m₁ = g₁, torch's
         ``SGD(momentum=β, dampening=β)``; no bias to correct, so bias_correction=False).
+      mu_dtype: the dtype m is stored in; None follows the params.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``beta``.
@@ -285,8 +417,10 @@ def ema_momentum(
       Equal to ``optax.chain(optax.ema(β, debias=...), optax.scale(-γ))``. torch's
       ``SGD(momentum=β, dampening=β)`` starts at g₁ instead: that is ``ema_init="first"``.
     """
+    dtype_arg("ema_momentum", "mu_dtype", mu_dtype)
     return optax.chain(
-        ema(beta, debias=bias_correction, init=ema_init), scale_by_learning_rate(learning_rate)
+        ema(beta, debias=bias_correction, init=ema_init, accumulator_dtype=mu_dtype),
+        scale_by_learning_rate(learning_rate),
     )
 
 

@@ -6,14 +6,10 @@ torch's). Optimizer: ``rprop``.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from gradx._core import check_tree, optimizer, wide
@@ -50,6 +46,8 @@ def scale_by_rprop(
     applies a factor and the clip: η⁺ where s_i > 0, η⁻ where s_i < 0, 1 where s_i = 0; and
     where the sign flipped (s_i < 0) the gradient is taken as 0: that weight does not move,
     and 0 is remembered as its previous gradient, so its next step size keeps its value.
+    A NaN gradient counts as 0 there (torch's sign(NaN) is 0): the weight does not move and
+    its step size is kept, instead of turning NaN for good.
 
     α⁰ (``learning_rate``) is read at the first update, not at ``init``: a learning rate
     set with ``gradx.set_hyperparams`` before the first update takes effect.
@@ -64,6 +62,13 @@ def scale_by_rprop(
     """
 
     def init(params: Any) -> RpropState:
+        for leaf in jax.tree.leaves(params):
+            if jnp.iscomplexobj(leaf):  # sign(g)·sign(g_prev) > 0 means nothing for complex g
+                raise TypeError(
+                    f"scale_by_rprop: params must be real, got a {jnp.result_type(leaf)} leaf; "
+                    "Rprop compares gradient signs, which complex numbers lack: optimize the "
+                    "real and imaginary parts as separate real params"
+                )
         return RpropState(
             count=jnp.zeros([], jnp.int32),
             step_size=jax.tree.map(jnp.zeros_like, params),
@@ -84,7 +89,10 @@ def scale_by_rprop(
             one = jnp.ones([], up.dtype)
             if irprop_minus:
                 factor = jnp.where(s > 0, up, jnp.where(s < 0, down, one))
-                g = jnp.where(s < 0, jnp.zeros_like(g), g)
+                # A NaN gradient acts as 0, as in torch, where sign(NaN) is 0: s = 0, so the
+                # factor is 1; the weight moves by step·sign(NaN) = 0; torch's prev becomes
+                # NaN, which makes the next s 0 again, just as the 0 stored here does.
+                g = jnp.where((s < 0) | jnp.isnan(g), jnp.zeros_like(g), g)
             else:
                 factor = jnp.where(first, one, jnp.where(s > 0, up, down))
             start = jnp.where(first, lr.astype(up.dtype), wide(step, up))
@@ -94,7 +102,8 @@ def scale_by_rprop(
 
         out = jax.tree.map(leaf, updates, state.prev_grad, state.step_size)
         outer = jax.tree.structure(updates)
-        u, prev, step = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), out)
+        rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
+        u, prev, step = (outer.unflatten([row[i] for row in rows]) for i in range(3))
         return u, RpropState(optax.safe_increment(state.count), step, prev)
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -103,28 +112,13 @@ def scale_by_rprop(
 # ----------------------------------------------------------------------------- optimizers
 
 
-def _check_step_bounds(constructor: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds the one check the per-argument rules cannot make: min_step <= max_step."""
-    signature = inspect.signature(constructor)
-    fn = constructor.__name__
-
-    @functools.wraps(constructor)
-    def checked(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-        opt = constructor(*args, **kwargs)  # binds and checks each argument first
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        lo, hi = bound.arguments["min_step"], bound.arguments["max_step"]
-        concrete = [v for v in (lo, hi) if not callable(v) and not isinstance(v, jax.core.Tracer)]
-        if len(concrete) == 2 and np.asarray(lo) > np.asarray(hi):
-            raise ValueError(f"{fn}: min_step must be <= max_step ({hi!r}), got {lo!r}")
-        return opt
-
-    return checked
-
-
-@_check_step_bounds
 @optimizer(
-    learning_rate=">= 0", eta_plus="> 1", eta_minus="(0, 1)", min_step=">= 0", max_step="> 0"
+    "min_step <= max_step",
+    learning_rate=">= 0",
+    eta_plus="> 1",
+    eta_minus="(0, 1)",
+    min_step=">= 0",
+    max_step="> 0",
 )
 def rprop(
     learning_rate: optax.ScalarOrSchedule = 0.01,

@@ -22,7 +22,13 @@ Activations are ``jax.nn``'s (``sigmoid``, ``tanh``, ``relu``, ``elu``, ``softma
 
 Input checks raise ``ValueError("fn: arg must be RULE, got VALUE")``: shapes must be
 equal (no broadcasting), predictions floating, labels of the right dtype, and, where the
-arrays are concrete (not under ``jit``), class indices in range and probabilities in [0, 1].
+arrays are concrete (called eagerly), class indices in [0, K) and probabilities (predictions
+and targets) in [0, 1].
+
+Traced values (under ``jit``, ``grad`` or ``vmap``) cannot be checked. There an out-of-range
+class index (−1 included, which plain indexing would read as the last class) or a probability
+outside [0, 1] makes its element's loss NaN, and so the mean and that element's gradient: the
+result is visibly wrong, never a finite wrong number. Valid inputs are unaffected (bit for bit).
 """
 
 from __future__ import annotations
@@ -72,6 +78,20 @@ def _targets_like(fn: str, targets: jax.typing.ArrayLike, predictions: jax.Array
     ):
         raise ValueError(f"{fn}: targets must be real numbers, got dtype {targets.dtype}")
     return targets.astype(predictions.dtype)
+
+
+def _nan_where(bad: jax.Array, x: jax.Array) -> jax.Array:
+    """``x`` with NaN where ``bad``, in value and in gradient (x·NaN there, x·1 elsewhere).
+
+    The traced form of the range checks: under ``jit`` a bad label or probability cannot be
+    refused, so its element is poisoned instead of giving a finite wrong loss.
+    """
+    nan, one = jnp.asarray(jnp.nan, x.dtype), jnp.ones([], x.dtype)
+    return x * jnp.where(bad, nan, one)
+
+
+def _outside_unit_interval(x: jax.Array) -> jax.Array:
+    return ~((x >= 0) & (x <= 1))  # NaN included
 
 
 def _in_unit_interval(fn: str, name: str, x: jax.typing.ArrayLike) -> None:
@@ -186,16 +206,23 @@ def binary_cross_entropy(
       Edge policy: at p = 0 or 1 each log is clamped at −100 (torch's choice), so the value
       is finite (100 per confidently wrong element) and the gradient is ±1e12/N, pointing
       away from the wrong certainty. Keras clips p to [1e-7, 1 − 1e-7] instead, which gives
-      16.1 and a zero gradient. NaN predictions are rejected when concrete.
+      16.1 and a zero gradient. NaN predictions are rejected when concrete. Under ``jit``
+      a probability or target outside [0, 1] cannot be refused: its element's loss is NaN,
+      which makes the mean NaN (torch refuses such probabilities; optax's
+      ``sigmoid_binary_cross_entropy`` gives a finite number for a target of 1.5).
     """
     fn = "binary_cross_entropy"
     predictions = _floating(fn, "predictions", predictions)
     targets = _targets_like(fn, targets, predictions)
     _in_unit_interval(fn, "targets", targets)
+    bad = _outside_unit_interval(targets)
     if from_logits:
-        return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(predictions, targets))
-    _in_unit_interval(fn, "predictions", predictions)
-    return jnp.mean(_bce_probabilities(predictions, targets))
+        elements = optax.losses.sigmoid_binary_cross_entropy(predictions, targets)
+    else:
+        _in_unit_interval(fn, "predictions", predictions)
+        bad = bad | _outside_unit_interval(predictions)
+        elements = _bce_probabilities(predictions, targets)
+    return jnp.mean(_nan_where(bad, elements))
 
 
 # ----------------------------------------------------------------------------- categorical
@@ -233,7 +260,8 @@ def categorical_cross_entropy(
 
     Targets come in three forms:
 
-    * integer class indices of shape ``predictions.shape[:-1]``, in [0, K);
+    * integer class indices of shape ``predictions.shape[:-1]``, in [0, K) (−1 is refused,
+      not read as the last class);
     * one-hot vectors of the predictions' shape;
     * soft labels (any distributions over the K classes) of the predictions' shape.
 
@@ -250,7 +278,10 @@ def categorical_cross_entropy(
     Note:
       The class axis is the last one (JAX's convention); torch's ``cross_entropy`` puts it
       at axis 1, which is the same for 2-D inputs. torch has no probability form; this one
-      equals ``nll_loss(log p)`` away from p = 0.
+      equals ``nll_loss(log p)`` away from p = 0. Concrete inputs are checked (indices in
+      [0, K), probabilities and distributions in [0, 1]); under ``jit`` an example that breaks
+      these has a NaN loss, so the mean is NaN (``optax.softmax_cross_entropy_with_integer_labels``
+      reads −1 as the last class).
     """
     fn = "categorical_cross_entropy"
     predictions = _floating(fn, "predictions", predictions)
@@ -279,25 +310,32 @@ def categorical_cross_entropy(
     elif targets.shape == predictions.shape:
         integer_targets = None
         targets = _targets_like(fn, targets, predictions)
+        _in_unit_interval(fn, "targets", targets)
     else:
         raise ValueError(
             f"{fn}: targets must be class indices of shape {predictions.shape[:-1]} or "
             f"distributions of shape {predictions.shape}, got shape {targets.shape}"
         )
 
+    # Per example: whether it breaks a rule that only traced inputs can reach here.
     if from_logits:
         log_p = jax.nn.log_softmax(predictions, axis=-1)
+        bad = jnp.zeros(predictions.shape[:-1], bool)
     else:
         _in_unit_interval(fn, "predictions", predictions)
         log_p = _clamped_log(predictions)
+        bad = jnp.any(_outside_unit_interval(predictions), axis=-1)
 
     if integer_targets is not None:
-        picked = jnp.take_along_axis(log_p, integer_targets[..., None], axis=-1)[..., 0]
+        bad = bad | (integer_targets < 0) | (integer_targets >= num_classes)
+        index = jnp.clip(integer_targets, 0, num_classes - 1)
+        picked = jnp.take_along_axis(log_p, index[..., None], axis=-1)[..., 0]
         if label_smoothing:
             alpha = jnp.asarray(label_smoothing, log_p.dtype)
             mean_log_p = jnp.mean(log_p, axis=-1)
-            return -jnp.mean((1 - alpha) * picked + alpha * mean_log_p)
-        return -jnp.mean(picked)
+            picked = (1 - alpha) * picked + alpha * mean_log_p
+        return -jnp.mean(_nan_where(bad, picked))
+    bad = bad | jnp.any(_outside_unit_interval(targets), axis=-1)
     if label_smoothing:
         targets = optax.smooth_labels(targets, jnp.asarray(label_smoothing, targets.dtype))
-    return -jnp.mean(jnp.sum(targets * log_p, axis=-1))
+    return -jnp.mean(_nan_where(bad, jnp.sum(targets * log_p, axis=-1)))

@@ -139,8 +139,8 @@ def test_construction_validates_concrete_hyperparameters(make, message):
             r"momentum: momentum must be a number in \[0, 1\), got True",
         ),
         (
-            lambda: gradx.sgd(0.1, momentum=0.9),
-            r"sgd: got an unexpected keyword argument 'momentum'",
+            lambda: gradx.sgd(0.1, beta=0.9),
+            r"sgd: got an unexpected keyword argument 'beta'",
         ),
     ],
 )

@@ -4,7 +4,7 @@
 ``gradx.compat.keras`` does the same for ``keras.optimizers``. Each factory returns an ordinary
 gradx optimizer (an ``optax.GradientTransformationExtraArgs`` with its hyperparameters in its
 state) whose numbers match the peer's, step for step: the path for porting a training script.
-The differences between the libraries are listed in ``CONVENTIONS.md``.
+The differences between the libraries are listed in ``docs/conventions.md``.
 """
 
 from gradx.compat import keras as keras

@@ -13,11 +13,21 @@ choose kernels, not numbers: they are accepted and ignored (JAX programs are alw
 differentiable and capturable). ``maximize=True`` ascends, as in torch. Bad values raise
 ``ValueError`` in gradx's format, named after the torch class, e.g.
 ``"Rprop: etas must be (eta_minus, eta_plus) with 0 < eta_minus < 1 < eta_plus, got (1.5, 1.2)"``.
-The conventions each class reproduces are listed in ``CONVENTIONS.md``.
+The conventions each class reproduces are listed in ``docs/conventions.md``.
+
+Passing the params first, torch's habit (``Adam(model.parameters(), lr=1e-3)``, or a pytree
+or model of arrays), raises a ``TypeError`` that shows the gradx spelling. torch's param
+groups (a list of dicts, each with its ``params`` and options) are refused the same way: JAX
+builds the optimizer before it sees the params, so which arrays form a group cannot be named
+here. The message spells the groups as ``optax.partition`` over labels, one optimizer per
+group; for the usual no-decay group on biases and norms, a weight-decay mask does the same.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -106,9 +116,99 @@ def _with_maximize(
     return optax.chain(_maximize(), opt) if maximize else opt
 
 
+# ----------------------------------------------------------------------------- torch's params
+
+
+def _looks_like_params(value: Any) -> bool:
+    """Whether a value given as ``lr`` (the first argument) is rather a model's params.
+
+    torch's first argument is the params (``model.parameters()``, a list of tensors or of
+    param groups); a JAX user's is a pytree of arrays or a callable model (nnx, equinox).
+    A number, a 0-d array or a schedule (a callable holding no arrays) is a learning rate.
+    """
+    if isinstance(value, (str, bytes, bool, int, float, complex, np.number)):
+        return False
+    if callable(value) and not hasattr(value, "dtype"):
+        leaves = jax.tree.leaves(value)
+        return any(np.ndim(leaf) > 0 for leaf in leaves if hasattr(leaf, "shape"))
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return np.ndim(value) > 0
+    return isinstance(value, Iterable) or jax.tree.leaves(value) != [value]
+
+
+def _param_groups(value: Any) -> list[Mapping[str, Any]] | None:
+    """torch's param groups (a list of dicts, each with ``"params"``), or None."""
+    if isinstance(value, (list, tuple)) and value:
+        if all(isinstance(g, Mapping) and "params" in g for g in value):
+            return list(value)
+    return None
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+def _call(cls: str, options: Mapping[str, Any]) -> str:
+    arguments = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return f"gradx.compat.torch.{cls}({arguments})"
+
+
+def _no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuses torch's habit of passing the params first, with the gradx spelling.
+
+    ``torch.optim.Adam(model.parameters(), lr=1e-3)`` is ``gradx.compat.torch.Adam(lr=1e-3)``
+    followed by ``opt.init(params)``: JAX optimizers are built before they see the params.
+    torch's param groups are refused too: which arrays form a group is not known when the
+    optimizer is built, so the message spells the groups as an ``optax.partition`` over
+    labels, one gradx optimizer per group.
+    """
+    cls = factory.__name__
+    names = list(inspect.signature(factory).parameters)  # lr, then torch's order
+
+    @functools.wraps(factory)
+    def checked(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+        if "params" in kwargs:
+            given, rest = kwargs.pop("params"), dict(zip(names, args, strict=False))
+        elif args and _looks_like_params(args[0]):
+            given, rest = args[0], dict(zip(names, args[1:], strict=False))
+        else:
+            return factory(*args, **kwargs)
+        options = {**rest, **kwargs}
+        groups = _param_groups(given)
+        if groups is not None:
+            labelled = ", ".join(
+                f'"group{i}": '
+                + _call(cls, {**options, **{k: v for k, v in g.items() if k != "params"}})
+                for i, g in enumerate(groups)
+            )
+            labels = "/".join(f'"group{i}"' for i in range(len(groups)))
+            raise TypeError(
+                f"{cls}: torch's param groups have no gradx form (the optimizer is built "
+                f"before it sees the params), got {len(groups)} groups. Give each group a "
+                f"label and its own optimizer:\n"
+                f"    opt = optax.partition({{{labelled}}}, param_labels)\n"
+                f"where param_labels is a pytree like the params holding {labels} (or a "
+                f"function of the params returning it). For the usual group without weight "
+                f"decay, gradx.adamw(..., mask=...) also does it in one optimizer."
+            )
+        raise TypeError(
+            f"{cls}: lr must be a number >= 0 or a schedule, got {_describe(given)}: "
+            f"gradx.compat.torch optimizers take no params (they get them at init). For "
+            f"torch.optim.{cls}(params, ...) write opt = {_call(cls, options)}, then "
+            f"state = opt.init(params)."
+        )
+
+    return checked
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 
+@_no_params
 def Rprop(
     lr: optax.ScalarOrSchedule = 0.01,
     etas: tuple[float, float] = (0.5, 1.2),
@@ -129,7 +229,10 @@ def Rprop(
         θ ← θ − step·sign(g);  prev ← g
 
     so the step size is clamped on every step, the first included, and a weight whose
-    gradient changed sign does not move on that step.
+    gradient changed sign does not move on that step. A NaN gradient acts as 0, as in torch:
+    torch's sign(NaN) is 0, so s = 0 (factor 1, the step size is kept), the weight moves by
+    step·sign(NaN) = 0, and the NaN stored as prev makes the next s 0 again, as a 0 would.
+    The weight carries on with the next finite gradient instead of turning NaN.
 
     This is ``gradx.rprop(lr, eta_plus=η⁺, eta_minus=η⁻, min_step, max_step,
     irprop_minus=True)``; its state holds the hyperparameters under gradx's names
@@ -151,7 +254,7 @@ def Rprop(
     Note:
       gradx's own ``gradx.rprop`` follows seed 004 instead (η⁻ = 0.6, a sign change still
       moves, a zero product shrinks the step, the first step is not adapted). optax 0.2.8's
-      ``rprop`` lags one step behind both (CONVENTIONS.md, Rprop).
+      ``rprop`` lags one step behind both (``docs/conventions.md``, Rprop).
     """
     cls = "Rprop"
     _check_number(cls, "lr", lr, ">= 0")
@@ -251,6 +354,7 @@ def _sgd(learning_rate, momentum, dampening, weight_decay, nesterov):
     return optax.chain(*_coupled(weight_decay), *velocity, scale_by_learning_rate(learning_rate))
 
 
+@_no_params
 def SGD(
     lr: optax.ScalarOrSchedule = 1e-3,
     momentum: float = 0.0,
@@ -300,6 +404,7 @@ def _rmsprop(learning_rate, alpha, eps, weight_decay, momentum, centered):
     )
 
 
+@_no_params
 def RMSprop(
     lr: optax.ScalarOrSchedule = 1e-2,
     alpha: float = 0.99,
@@ -349,6 +454,7 @@ def _adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, e
     )
 
 
+@_no_params
 def Adagrad(
     lr: optax.ScalarOrSchedule = 1e-2,
     lr_decay: float = 0.0,
@@ -388,6 +494,7 @@ def _adadelta(learning_rate, rho, eps, weight_decay):
     )
 
 
+@_no_params
 def Adadelta(
     lr: optax.ScalarOrSchedule = 1.0,
     rho: float = 0.9,
@@ -422,6 +529,7 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, amsgrad, decoupled):
     return optax.chain(*blocks)
 
 
+@_no_params
 def Adam(
     lr: optax.ScalarOrSchedule = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -458,6 +566,7 @@ def Adam(
     )
 
 
+@_no_params
 def AdamW(
     lr: optax.ScalarOrSchedule = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -527,6 +636,7 @@ def _adamax(learning_rate, b1, b2, eps, weight_decay):
     )
 
 
+@_no_params
 def Adamax(
     lr: optax.ScalarOrSchedule = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -571,6 +681,7 @@ def _nadam(learning_rate, b1, b2, eps, weight_decay, momentum_decay, decoupled):
     return optax.chain(*blocks)
 
 
+@_no_params
 def NAdam(
     lr: optax.ScalarOrSchedule = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),
