@@ -12,9 +12,16 @@ standardised with the training set's per-feature mean and standard deviation.
 Fairness: every optimizer gets the same budget (epochs, batch size, shuffles, initial
 weights) and its own best learning rate, chosen by ``gradx.sweep`` over one log-spaced grid
 (all learning rates in one vmapped program), trained on a training split and scored on a
-held-out validation split (highest validation accuracy, ties to the lowest validation loss).
-The chosen rate is then retrained by ``gradx.fit`` on the whole training set and scored on
-the test set, which no choice ever saw.
+held-out validation split. The chosen rate is then retrained by ``gradx.fit`` on the whole
+training set and scored on the test set, which no choice ever saw.
+
+The choice is made robust to noise (see :func:`choose`): each rate is scored by its mean
+validation accuracy over the last epochs; every rate within ``TIE_SE`` standard errors of
+the best score counts as tied with it, and the middle of the tied rates is taken. Training
+at a good learning rate is chaotic: a change in the last bit of one weight, or another CPU's
+rounding, moves the final accuracies by a few validation examples, and picking the single
+highest one then picks a different rate on another machine. The tied range is printed, so
+a reader sees which rates the data cannot tell apart.
 
 Splits: digits, 1797 images: 20% test (stratified, fixed seed 0), then 20% of the rest for
 validation. MNIST (``--dataset mnist``, downloaded once into ``--cache-dir``, default
@@ -56,6 +63,8 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 10}
 DEFAULT_LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, 0.5, 10))  # 1e-4 ... 3.16
 HIDDEN = (16, 16)
 CLASSES = 10
+SELECT_EPOCHS = 5  # the learning rate is scored by its mean validation accuracy over these
+TIE_SE = 1.5  # rates within this many standard errors of the best score count as tied
 
 MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -262,8 +271,10 @@ class Row(NamedTuple):
     at_edge: bool  # the chosen rate is the smallest or largest of the grid
     train_loss: float  # on the whole training set, at the final params
     test_accuracy: float
-    seconds_per_epoch: float  # median over epochs after the first (which compiles)
+    first_epoch_seconds: float  # the first epoch, compilation included
+    seconds_per_epoch: float  # median over the later epochs; NaN with a single epoch
     history: dict[str, np.ndarray]
+    tied: tuple[float, float] = (math.nan, math.nan)  # smallest and largest tied rate
 
 
 def _learning_rate_key(name: str, state: Any) -> str:
@@ -276,15 +287,42 @@ def _learning_rate_key(name: str, state: Any) -> str:
     return keys[0]
 
 
-def _choose(history: dict[str, np.ndarray]) -> int:
-    """Highest final validation accuracy; ties to the lowest final validation loss."""
-    accuracy = history["val_accuracy"][:, -1]
-    loss = history["val_loss"][:, -1]
-    ok = np.isfinite(loss) & np.isfinite(accuracy)
+class Choice(NamedTuple):
+    """The learning rate :func:`choose` picked, as a grid index, and the tied indices."""
+
+    index: int  # -1 when every rate diverged
+    tied: tuple[int, ...]
+
+
+def choose(history: dict[str, np.ndarray], n_val: int) -> Choice:
+    """The grid point to keep, chosen so that float noise cannot change it easily.
+
+    Each point k is scored by its mean validation accuracy over the last ``SELECT_EPOCHS``
+    epochs, a_k. Accuracy on ``n_val`` examples has a standard error of about
+    √(a(1 − a)/n_val), so points with a_k ≥ a_best − ``TIE_SE``·SE(a_best) are statistically
+    tied with the best; of the tied points (in grid order) the middle one is taken, the lower
+    middle for an even count. Points with a non-finite validation loss or accuracy in those
+    epochs (diverged runs) are never chosen.
+
+    Args:
+      history: ``{"val_accuracy": (K, epochs), "val_loss": (K, epochs)}``, K grid points in
+        increasing learning-rate order.
+      n_val: the number of validation examples.
+
+    Returns:
+      ``Choice(index, tied)``; ``index`` is -1 and ``tied`` empty if every point diverged.
+    """
+    window = slice(-min(SELECT_EPOCHS, history["val_accuracy"].shape[1]), None)
+    accuracy = np.asarray(history["val_accuracy"][:, window], np.float64)
+    loss = np.asarray(history["val_loss"][:, window], np.float64)
+    ok = np.isfinite(accuracy).all(axis=1) & np.isfinite(loss).all(axis=1)
     if not ok.any():
-        return -1
-    order = np.lexsort((np.where(ok, loss, np.inf), np.where(ok, -accuracy, np.inf)))
-    return int(order[0])
+        return Choice(-1, ())
+    score = np.where(ok, accuracy.mean(axis=1), -np.inf)
+    best = score.max()
+    standard_error = math.sqrt(best * (1 - best) / n_val)
+    tied = np.flatnonzero(score >= best - TIE_SE * standard_error)
+    return Choice(int(tied[(len(tied) - 1) // 2]), tuple(int(t) for t in tied))
 
 
 def race_one(
@@ -300,6 +338,7 @@ def race_one(
 ) -> Row:
     """Chooses ``name``'s learning rate on the validation split, then trains and tests it."""
     constructor = gradx.OPTIMIZERS[name]
+    learning_rates = sorted(learning_rates)  # choose() takes the middle of a tied range
     loss_fn, select_eval, final_eval = _functions(activation)
     init_key, shuffle_key = jax.random.split(jax.random.key(seed))
     features = data.sub.x.shape[1]
@@ -320,7 +359,7 @@ def race_one(
         eval_data=tuple(data.val),
         progress=progress,
     )
-    index = _choose(swept.history)
+    index, tied = choose(swept.history, len(data.val.y))
     if index < 0:
         raise CompareError(f"compare: {name} diverged at every learning rate {learning_rates}")
     lr = float(learning_rates[index])
@@ -337,31 +376,42 @@ def race_one(
         eval_data=(tuple(data.train), tuple(data.test)),
         progress=progress,
     )
-    later = result.epoch_seconds[1:] if epochs > 1 else result.epoch_seconds
     return Row(
         name=name,
         learning_rate=lr,
         at_edge=index in (0, len(learning_rates) - 1),
         train_loss=float(result.history["train_loss"][-1]),
         test_accuracy=float(result.history["test_accuracy"][-1]),
-        seconds_per_epoch=float(np.median(later)),
+        first_epoch_seconds=float(result.epoch_seconds[0]),
+        seconds_per_epoch=(float(np.median(result.epoch_seconds[1:])) if epochs > 1 else math.nan),
         history=result.history,
+        tied=(float(learning_rates[tied[0]]), float(learning_rates[tied[-1]])),
     )
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """The results as an aligned text table, best test accuracy first."""
-    header = ("optimizer", "learning rate", "final train loss", "test accuracy", "time/epoch")
+    header = (
+        "optimizer",
+        "learning rate",
+        "tied rates",
+        "final train loss",
+        "test accuracy",
+        "first epoch",
+        "time/epoch",
+    )
     lines = []
     for r in sorted(rows, key=lambda r: (-r.test_accuracy, r.train_loss)):
-        lr = f"{r.learning_rate:.3g}" + (" *" if r.at_edge else "")
+        lo, hi = r.tied
         lines.append(
             (
                 r.name,
-                lr,
+                f"{r.learning_rate:.3g}" + (" *" if r.at_edge else ""),
+                f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}",
                 f"{r.train_loss:.3g}",
                 f"{100 * r.test_accuracy:.2f}%",
-                f"{1000 * r.seconds_per_epoch:.1f} ms",
+                f"{1000 * r.first_epoch_seconds:.0f} ms",
+                "—" if math.isnan(r.seconds_per_epoch) else f"{1000 * r.seconds_per_epoch:.1f} ms",
             )
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
@@ -370,8 +420,17 @@ def format_table(rows: Sequence[Row]) -> str:
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
     out = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
+    window = min(SELECT_EPOCHS, *(len(r.history["train_loss"]) for r in rows))
+    out.append(
+        f"tied rates: mean validation accuracy over the last {window} epoch(s) within "
+        f"{TIE_SE:g} standard\n  errors of the best; the middle tied rate is the learning rate"
+    )
+    out.append(
+        "first epoch: compilation included; time/epoch: median of the later epochs"
+        + (" (— with one epoch)" if any(math.isnan(r.seconds_per_epoch) for r in rows) else "")
+    )
     if any(r.at_edge for r in rows):
-        out.append("* the best learning rate is at the edge of the grid; widen it with --lrs")
+        out.append("* the chosen learning rate is at the edge of the grid; widen it with --lrs")
     return "\n".join(out)
 
 
@@ -432,16 +491,41 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m gradx compare",
-        description="Train the seeds' digit network with every gradx optimizer, each at its "
-        "best learning rate (chosen by gradx.sweep on a validation split), under one budget.",
+        description="Train the course's digit network (a 16-16 hidden-layer MLP, "
+        "docs/seeds.md) with every gradx optimizer under one budget, each at its own learning "
+        "rate, chosen by gradx.sweep on a validation split; print a table (test accuracy, "
+        "final training loss, time per epoch) and draw a convergence plot.",
     )
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
-    p.add_argument("--epochs", type=positive_int, help="default: 30 (digits), 10 (mnist)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
-        "--optimizers", type=optimizer_list, default=names, help="default: all: " + ",".join(names)
+        "--dataset",
+        choices=("digits", "mnist"),
+        default="digits",
+        help="digits: scikit-learn's bundled 8x8 digits, offline, 64-16-16-10; mnist: "
+        "downloaded once into --cache-dir, 784-16-16-10 (default: %(default)s)",
     )
-    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu")
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="epochs of every run, selection and final (default: 30 for digits, 10 for mnist)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        help="minibatch size of every run, selection and final (default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimizers",
+        type=optimizer_list,
+        default=names,
+        help="comma-separated optimizers to compare (default: all: " + ",".join(names) + ")",
+    )
+    p.add_argument(
+        "--activation",
+        choices=tuple(ACTIVATIONS),
+        default="relu",
+        help="hidden-layer activation (default: %(default)s)",
+    )
     p.add_argument(
         "--lrs",
         type=rates,
@@ -449,7 +533,9 @@ def _parser() -> argparse.ArgumentParser:
         help="learning-rate grid (default: 10 points log-spaced from 1e-4 to 3.16)",
     )
     p.add_argument(
-        "--plot", default="compare.png", help="PNG path for the convergence plot ('' for none)"
+        "--plot",
+        default="compare.png",
+        help="PNG path for the convergence plot, '' for none (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
@@ -457,7 +543,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where MNIST is kept (default: $GRADX_CACHE_DIR or ~/.cache/gradx)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and of the minibatch shuffles, the same for every "
+        "optimizer (default: %(default)s)",
+    )
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
     return p
 

@@ -222,3 +222,13 @@ def test_compare_when_not_installed_says_so(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradx._compare", None)  # as if the module were absent
     assert main(["compare"]) == 1
     assert "compare is not available" in capsys.readouterr().err
+
+
+def test_compare_help_says_what_compare_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "peers" not in out
+    assert "train a digit classifier with every optimizer at its best learning rate" in out
+    assert main([]) == 0
+    assert "compare" in capsys.readouterr().out

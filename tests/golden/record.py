@@ -25,7 +25,7 @@ param group, ``.grad`` set by hand, ``opt.step()``. Keras: two ``keras.Variable`
 ``opt.apply_gradients``.
 
 After recording, :func:`self_check` replays every record with an independent NumPy transcription
-of the update rules in ``/work/shared/CONVENTIONS.md`` (see ``REFERENCES``) and prints the maximum
+of the update rules in ``docs/conventions.md`` (see ``REFERENCES``) and prints the maximum
 absolute difference per record; it fails if any difference exceeds ``1e-10``.
 """
 
