@@ -10,6 +10,8 @@ from optax import apply_updates as apply_updates
 from optax import chain as chain
 from optax import schedules as schedules
 
+from gradx import callbacks as callbacks
+from gradx import checkpoint as checkpoint
 from gradx import compat as compat
 from gradx import losses as losses
 from gradx._adaptive import adadelta as adadelta
@@ -32,6 +34,7 @@ from gradx._core import HyperparamsState as HyperparamsState
 from gradx._core import Rule as Rule
 from gradx._core import TreeMismatchError as TreeMismatchError
 from gradx._core import add_decayed_weights as add_decayed_weights
+from gradx._core import check_hyperparams as check_hyperparams
 from gradx._core import decoupled_weight_decay as decoupled_weight_decay
 from gradx._core import hyperparam_dtype as hyperparam_dtype
 from gradx._core import hyperparams as hyperparams
@@ -49,6 +52,9 @@ from gradx._momentum import normalize as normalize
 from gradx._momentum import normalized_sgd as normalized_sgd
 from gradx._momentum import sgd as sgd
 from gradx._momentum import trace as trace
+from gradx._sharding import fsdp as fsdp
+from gradx._sharding import shard_like_params as shard_like_params
+from gradx._sharding import state_shardings as state_shardings
 from gradx._sign import rprop as rprop
 from gradx._sign import scale_by_rprop as scale_by_rprop
 from gradx.train import BestPoint as BestPoint

@@ -1,0 +1,221 @@
+"""The epoch loop of ``fit``: history, warnings, callbacks, checkpoints and resume.
+
+The compiled work of an epoch is a function ``run(epoch, params, opt_state) -> (params,
+opt_state, loss, metrics, steps, dropped)`` (the in-memory program or the streamed groups);
+everything here happens on the host between two epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gradx import callbacks as _callbacks
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """fit's arguments for long runs, checked."""
+
+    callbacks: tuple[Any, ...] = ()
+    checkpoint_dir: Any = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    initial_epoch: int = 0
+    skip_nonfinite: bool = False
+
+
+def _is_int(x: Any, low: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def options(
+    fn: str,
+    *,
+    epochs: int,
+    callbacks: Sequence[Any] | None,
+    checkpoint_dir: Any,
+    checkpoint_every: int,
+    resume: bool,
+    initial_epoch: int,
+    skip_nonfinite: bool,
+) -> Options:
+    if not _is_int(initial_epoch, 0):
+        raise ValueError(f"{fn}: initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+    if initial_epoch >= epochs:
+        raise ValueError(
+            f"{fn}: initial_epoch must be < epochs (epochs is the index to stop at, as in "
+            f"Keras: initial_epoch=2, epochs=4 runs epochs 2 and 3), got initial_epoch="
+            f"{initial_epoch} with epochs={epochs}"
+        )
+    if not _is_int(checkpoint_every, 1):
+        raise ValueError(
+            f"{fn}: checkpoint_every must be an integer >= 1, got {checkpoint_every!r}"
+        )
+    if resume and checkpoint_dir is None:
+        raise ValueError(f"{fn}: resume=True needs checkpoint_dir, got checkpoint_dir=None")
+    callbacks = () if callbacks is None else tuple(callbacks)
+    for cb in callbacks:
+        if not (callable(cb) or hasattr(cb, "on_epoch_end")):
+            raise ValueError(
+                f"{fn}: callbacks must be functions (epoch, logs, params, opt_state) or "
+                f"gradx.callbacks.Callback objects, got {cb!r}"
+            )
+    return Options(
+        callbacks, checkpoint_dir, checkpoint_every, bool(resume), initial_epoch, skip_nonfinite
+    )
+
+
+def _hook(cb: Any, name: str) -> Callable[..., Any] | None:
+    if name == "on_epoch_end" and not hasattr(cb, "on_epoch_end"):
+        return cb  # a plain function
+    return getattr(cb, name, None)
+
+
+def _apply(fn: str, action: Any, params: Any, opt_state: Any) -> tuple[Any, Any, bool]:
+    if action is None:
+        return params, opt_state, False
+    if not isinstance(action, _callbacks.Action):
+        raise ValueError(
+            f"{fn}: a callback must return None or gradx.callbacks.Action, got {action!r}"
+        )
+    params = params if action.params is None else action.params
+    opt_state = opt_state if action.opt_state is None else action.opt_state
+    return params, opt_state, bool(action.stop)
+
+
+def run(
+    fn: str,
+    run_epoch: Callable[[int, Any, Any], tuple],
+    params: Any,
+    opt_state: Any,
+    *,
+    key: Any,
+    epochs: int,
+    opts: Options,
+    bar_factory: Callable[[int], Any],
+    postfix: Callable[[float, dict[str, float]], dict[str, str]],
+    counts: dict[str, int],
+) -> tuple[Any, Any, dict[str, list[float]], list[float], int, int]:
+    """The epochs ``opts.initial_epoch`` (or the checkpoint's) to ``epochs - 1``.
+
+    Returns (params, opt_state, history, epoch seconds, steps per epoch, dropped per epoch).
+    """
+    history: dict[str, list[float]] = {"loss": []}
+    seconds: list[float] = []
+    step_count, stopped, start = 0, False, opts.initial_epoch
+    for cb in opts.callbacks:
+        hook = _hook(cb, "on_train_begin")
+        if hook is not None:
+            hook()
+    checkpointer = None
+    if opts.checkpoint_dir is not None:
+        from gradx.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
+    try:
+        if opts.resume:
+            restored = checkpointer.restore(params, opt_state, key)
+            if restored is not None:
+                if opts.initial_epoch:
+                    raise ValueError(
+                        f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
+                        f"(it sets the epoch), got {opts.initial_epoch}"
+                    )
+                if restored["epochs_done"] > epochs:
+                    raise ValueError(
+                        f"{fn}: epochs must be >= the {restored['epochs_done']} epochs of the "
+                        f"checkpoint to resume, got {epochs}"
+                    )
+                params, opt_state = restored["params"], restored["opt_state"]
+                history = {k: list(v) for k, v in restored["history"].items()}
+                seconds = list(restored["epoch_seconds"])
+                start, step_count = restored["epochs_done"], restored["step"]
+                stopped = restored["stopped"]
+                for name in ("steps_per_epoch", "dropped_per_epoch"):
+                    counts[name] = restored[name]
+                for cb, state in zip(opts.callbacks, restored["callbacks"], strict=False):
+                    if state is not None:
+                        cb.set_state(state)
+        params, opt_state, history, seconds = _epochs(
+            fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
+            checkpointer, history, seconds, start, step_count, stopped, counts,
+        )  # fmt: skip
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    for cb in opts.callbacks:
+        hook = _hook(cb, "on_train_end")
+        if hook is not None:
+            params, opt_state, _ = _apply(fn, hook(params, opt_state), params, opt_state)
+    return (
+        params,
+        opt_state,
+        history,
+        seconds,
+        counts["steps_per_epoch"],
+        counts["dropped_per_epoch"],
+    )
+
+
+def _epochs(
+    fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
+    checkpointer, history, seconds, start, step_count, stopped, counts,
+):  # fmt: skip
+    warned = False
+    bar = bar_factory(max(epochs - start, 0)) if not stopped else None
+    try:
+        for epoch in range(start, epochs):
+            if stopped:
+                break
+            t0 = time.perf_counter()
+            params, opt_state, loss, metrics, steps, dropped = run_epoch(epoch, params, opt_state)
+            loss, metrics = float(loss), {k: float(v) for k, v in metrics.items()}
+            seconds.append(time.perf_counter() - t0)
+            counts["steps_per_epoch"], counts["dropped_per_epoch"] = steps, dropped
+            step_count += steps
+            history["loss"].append(loss)
+            for name, value in metrics.items():
+                history.setdefault(name, []).append(value)
+            if not (warned or opts.skip_nonfinite or math.isfinite(loss)):
+                warnings.warn(
+                    f"{fn}: the training loss of epoch {epoch} is {loss} (non-finite); "
+                    "pass skip_nonfinite=True to skip the steps whose loss or gradients are "
+                    "not finite",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                warned = True
+            if bar is not None:
+                bar.set_postfix(postfix(loss, metrics), refresh=False)
+                bar.update()
+            logs = {"loss": loss, **metrics}
+            for cb in opts.callbacks:
+                action = _hook(cb, "on_epoch_end")(epoch, dict(logs), params, opt_state)
+                params, opt_state, stop = _apply(fn, action, params, opt_state)
+                stopped = stopped or stop
+            if checkpointer is not None and checkpointer.due(
+                epoch + 1, last=stopped or epoch + 1 == epochs
+            ):
+                checkpointer.save(
+                    epochs_done=epoch + 1,
+                    step=step_count,
+                    params=params,
+                    opt_state=opt_state,
+                    key=key,
+                    history=history,
+                    seconds=seconds,
+                    stopped=stopped,
+                    plan=dict(counts),
+                    callbacks=[
+                        cb.get_state() if hasattr(cb, "get_state") else {} for cb in opts.callbacks
+                    ],
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    return params, opt_state, history, seconds

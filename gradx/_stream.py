@@ -1,0 +1,338 @@
+"""Streamed data for ``fit``: batches from an iterable, run compiled in groups of S steps.
+
+A stream is anything ``fit`` receives as ``data`` that is not a pytree of arrays:
+
+* a callable ``data(epoch) -> iterable of batches``: called once per epoch with the epoch's
+  index. The form to use for exact resume: a loader seeded by the epoch reproduces an
+  epoch's batches after a restart.
+* a re-iterable loader (a ``grain`` or ``torch`` DataLoader, a ``tf.data`` dataset turned to
+  NumPy, any object with ``__iter__`` but no ``__next__``): iterated afresh every epoch.
+* a one-shot iterator (a generator): it can feed one epoch, or an endless stream cut into
+  epochs of ``steps_per_epoch`` batches.
+
+Every batch is a pytree of NumPy or JAX arrays of one structure, with one leading batch axis
+of length B (the first batch's, or ``batch_size``). **Short-batch policy**: a batch whose
+leading axis is shorter than B (usually the last of an epoch) is dropped, and its examples
+are counted in ``FitResult.dropped_per_epoch``, as the in-memory path drops the remainder of
+its permutation; every step then has one shape, and the same gradient variance. Any other
+change of structure, shape or dtype is an error naming the batch.
+
+Batches are stacked on the host into groups of S = ``steps_per_execution`` steps; a group is
+one call of a compiled ``lax.scan`` over the same ``step`` the in-memory path scans, so the
+two paths give the same numbers bit for bit for the same batches. Calls are dispatched
+asynchronously: while the device computes a group, the host reads, stacks and transfers the
+next one (double buffering). A shorter last group is split into powers of two, so a run
+compiles at most 1 + log2(S) group programs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradx import _step
+
+
+def is_stream(data: Any) -> bool:
+    """Whether ``data`` is a stream of batches rather than a pytree of arrays."""
+    if isinstance(data, (Mapping, list, tuple, np.ndarray, jax.Array)):
+        return False
+    return callable(data) or isinstance(data, Iterable)
+
+
+def check_epochs(fn: str, data: Any, epochs_to_run: int, steps_per_epoch: int | None) -> None:
+    """A one-shot iterator can feed more than one epoch only when cut by steps_per_epoch."""
+    if isinstance(data, Iterator) and steps_per_epoch is None and epochs_to_run > 1:
+        raise ValueError(
+            f"{fn}: data is a one-shot iterator (such as a generator), which can feed one "
+            f"epoch, got epochs to run = {epochs_to_run}; pass a callable data(epoch) that "
+            "returns a fresh iterator, a re-iterable loader, or steps_per_epoch= to cut an "
+            "endless iterator into epochs"
+        )
+
+
+def epoch_iterator(fn: str, data: Any, epoch: int) -> Iterator[Any]:
+    """The batches of one epoch (see the module docstring for the three forms)."""
+    if isinstance(data, Iterator):
+        return data
+    source = data(epoch) if callable(data) and not isinstance(data, Iterable) else data
+    if not isinstance(source, Iterable):
+        raise ValueError(
+            f"{fn}: data(epoch) must return an iterable of batches, got "
+            f"{type(source).__name__} for epoch {epoch}"
+        )
+    return iter(source)
+
+
+class Spec:
+    """The batch structure every step must have: fixed by the first batch (or batch_size)."""
+
+    def __init__(self, fn: str, batch_size: int | None):
+        self.fn = fn
+        self.batch_size = batch_size
+        self.treedef = None
+        self.shapes: list[tuple[int, ...]] = []
+        self.dtypes: list[np.dtype] = []
+
+    def admit(self, batch: Any, index: int, epoch: int) -> list[Any] | int:
+        """The batch's leaves if it is a full batch, else the number of examples to drop."""
+        leaves, treedef = jax.tree.flatten(batch)
+        where = f"batch {index} of epoch {epoch}"
+        if not leaves or not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
+            leaves = [np.asarray(x) for x in leaves]
+        if not leaves:
+            raise ValueError(f"{self.fn}: data must yield pytrees of arrays, got {where} empty")
+        lengths = {x.shape[0] if x.ndim else None for x in leaves}
+        if None in lengths or len(lengths) != 1:
+            shapes = jax.tree.unflatten(treedef, [tuple(x.shape) for x in leaves])
+            raise ValueError(
+                f"{self.fn}: data must yield arrays with one leading batch axis of the same "
+                f"length, got shapes {shapes} in {where}"
+            )
+        (length,) = lengths
+        if self.treedef is None:
+            if self.batch_size is None:
+                self.batch_size = length
+            elif length > self.batch_size:
+                raise ValueError(
+                    f"{self.fn}: data must yield batches of batch_size={self.batch_size} "
+                    f"examples, got {length} in {where}"
+                )
+            self.treedef = treedef
+            self.shapes = [tuple(x.shape[1:]) for x in leaves]
+            self.dtypes = [np.dtype(x.dtype) for x in leaves]
+        got = (treedef, [tuple(x.shape[1:]) for x in leaves], [np.dtype(x.dtype) for x in leaves])
+        if got != (self.treedef, self.shapes, self.dtypes) or length > self.batch_size:
+            want = jax.tree.unflatten(
+                self.treedef,
+                [
+                    f"{d}{(self.batch_size, *s)}"
+                    for s, d in zip(self.shapes, self.dtypes, strict=True)
+                ],
+            )
+            have = jax.tree.unflatten(
+                treedef, [f"{np.dtype(x.dtype)}{tuple(x.shape)}" for x in leaves]
+            )
+            raise ValueError(
+                f"{self.fn}: data must yield batches of one structure, shape and dtype "
+                f"{want}, got {have} in {where}"
+            )
+        return leaves if length == self.batch_size else length
+
+
+def _stack(leaves_per_step: list[list[Any]], treedef: Any, put: Callable[[Any], Any]) -> Any:
+    columns = zip(*leaves_per_step, strict=True)
+    stacked = [
+        jnp.stack(col) if isinstance(col[0], jax.Array) else put(np.stack(col)) for col in columns
+    ]
+    return jax.tree.unflatten(treedef, stacked)
+
+
+def _sizes(n: int, group: int) -> list[int]:
+    """A full group, or a short one split into powers of two (few distinct programs)."""
+    if n == group:
+        return [n]
+    return [1 << b for b in reversed(range(n.bit_length())) if n >> b & 1]
+
+
+def groups(
+    fn: str,
+    it: Iterator[Any],
+    spec: Spec,
+    group: int,
+    epoch: int,
+    limit: int | None,
+    counts: dict[str, int],
+    put: Callable[[Any], Any] = jax.device_put,
+) -> Iterator[Any]:
+    """Stacked device groups of the epoch's full batches; counts steps and dropped examples."""
+    pending: list[list[Any]] = []
+    index = 0
+    while limit is None or counts["steps"] + len(pending) < limit:
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        admitted = spec.admit(batch, index, epoch)
+        index += 1
+        if isinstance(admitted, int):
+            counts["dropped"] += admitted
+            continue
+        pending.append(admitted)
+        if len(pending) == group:
+            counts["steps"] += group
+            yield _stack(pending, spec.treedef, put)
+            pending = []
+    start = 0
+    for size in _sizes(len(pending), group) if pending else ():
+        counts["steps"] += size
+        yield _stack(pending[start : start + size], spec.treedef, put)
+        start += size
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+def _run_group(program: Any, params: Any, opt_state: Any, batches: Any):
+    step = _step.make_step("fit", program)
+    (params, opt_state), out = jax.lax.scan(step, (params, opt_state), batches)
+    return params, opt_state, out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reduce_steps(program: Any, out: Any):
+    return _step.reduce_steps(program, out)
+
+
+def _reduce(program: Any, outs: list[Any]):
+    # Concatenated in its own program first: fused into the mean, the concatenation would
+    # change the order of the sum, and the epoch's loss would differ in its last bit from
+    # the in-memory path's mean over one array of all the steps.
+    out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+    return _reduce_steps(program, out)
+
+
+def run_epoch_stream(
+    program: Any,
+    params: Any,
+    opt_state: Any,
+    data: Any,
+    spec: Spec,
+    group: int,
+    epoch: int,
+    steps_per_epoch: int | None,
+    put: Callable[[Any], Any] = jax.device_put,
+):
+    """One streamed epoch: (params, opt_state, mean loss, extra history, steps, dropped)."""
+    fn = "fit"
+    counts = {"steps": 0, "dropped": 0}
+    it = epoch_iterator(fn, data, epoch)
+    outs = []
+    source = groups(fn, it, spec, group, epoch, steps_per_epoch, counts, put)
+    following = next(source, None)
+    while following is not None:
+        current = following
+        # Dispatch is asynchronous: the next group is read, stacked and transferred while
+        # the device computes this one.
+        params, opt_state, out = _run_group(program, params, opt_state, current)
+        outs.append(out)
+        following = next(source, None)
+    if counts["steps"] == 0:
+        raise ValueError(
+            f"{fn}: data must yield at least one full batch"
+            + (f" of {spec.batch_size} examples" if spec.batch_size else "")
+            + f" each epoch, got none in epoch {epoch}"
+            + (
+                f" ({counts['dropped']} examples in short batches dropped)"
+                if counts["dropped"]
+                else ""
+            )
+        )
+    if steps_per_epoch is not None and counts["steps"] < steps_per_epoch:
+        raise ValueError(
+            f"{fn}: data must yield steps_per_epoch={steps_per_epoch} full batches each epoch, "
+            f"got {counts['steps']} in epoch {epoch} (the iterator ran out)"
+        )
+    mean_loss, extra = _reduce(program, outs)
+    return params, opt_state, mean_loss, extra, counts["steps"], counts["dropped"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def run_eval(fn: str, eval_fn: Any, params: Any, eval_data: Any):
+    """eval_fn at the end of a streamed epoch, compiled once."""
+    from gradx.train import _metrics  # the in-memory path's checks, at trace time
+
+    return _metrics(fn, eval_fn, params, eval_data)
+
+
+def fit_stream(
+    loss_fn: Any,
+    params: Any,
+    optimizer: Any,
+    data: Any,
+    *,
+    batch_size: int | None,
+    epochs: int,
+    key: Any,
+    eval_fn: Any,
+    eval_data: Any,
+    opt_state: Any,
+    progress: bool,
+    mesh: Any,
+    shard_params: Any,
+    has_aux: bool,
+    skip_nonfinite: bool,
+    callbacks: Any,
+    checkpoint_dir: Any,
+    checkpoint_every: int,
+    resume: bool,
+    initial_epoch: int,
+    steps_per_epoch: int | None,
+    steps_per_execution: int,
+):
+    """``fit`` on streamed data (see the module docstring); same arguments and result."""
+    import optax
+
+    from gradx import _loop
+    from gradx.train import FitResult, _check_int, _check_key, _copy, _postfix, _Program, _progress
+
+    fn = "fit"
+    if mesh is not None or shard_params is not None:
+        raise ValueError(
+            f"{fn}: mesh= is not supported with streamed data yet; pass the data as arrays, "
+            "or train on one device"
+        )
+    epochs = _check_int(fn, "epochs", epochs, 1)
+    if batch_size is not None:
+        batch_size = _check_int(fn, "batch_size", batch_size, 1)
+    if steps_per_epoch is not None:
+        steps_per_epoch = _check_int(fn, "steps_per_epoch", steps_per_epoch, 1)
+    group = _check_int(fn, "steps_per_execution", steps_per_execution, 1)
+    key = None if key is None else _check_key(fn, key, None)
+    if eval_fn is not None:
+        if eval_data is None:
+            raise ValueError(
+                f"{fn}: eval_data must be given with eval_fn when data is a stream (there is "
+                "no in-memory data to default to), got None"
+            )
+        eval_data = jax.tree.map(jnp.asarray, eval_data)
+    opts = _loop.options(
+        fn, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
+        skip_nonfinite=bool(skip_nonfinite),
+    )  # fmt: skip
+    check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    params, opt_state = _copy((params, opt_state))
+    update = optax.with_extra_args_support(optimizer).update
+    program = _Program(
+        loss_fn, update, None, None, 0, vmapped=False,
+        has_aux=bool(has_aux), skip_nonfinite=bool(skip_nonfinite),
+    )  # fmt: skip
+    spec = Spec(fn, batch_size)
+
+    def run_epoch(epoch, params, opt_state):
+        params, opt_state, loss, extra, steps, dropped = run_epoch_stream(
+            program, params, opt_state, data, spec, group, epoch, steps_per_epoch
+        )
+        if eval_fn is not None:
+            extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data))
+        return params, opt_state, loss, extra, steps, dropped
+
+    params, opt_state, history, seconds, steps, dropped = _loop.run(
+        fn, run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
+        bar_factory=lambda total: _progress(progress, total, fn), postfix=_postfix,
+        counts={"steps_per_epoch": 0, "dropped_per_epoch": 0},
+    )  # fmt: skip
+    return FitResult(
+        params=params,
+        opt_state=opt_state,
+        history={k: np.asarray(v) for k, v in history.items()},
+        epoch_seconds=np.asarray(seconds),
+        steps_per_epoch=steps,
+        dropped_per_epoch=dropped,
+    )

@@ -1,0 +1,308 @@
+"""Callbacks for :func:`gradx.fit`: called once per epoch, after the compiled epoch returns.
+
+The protocol is small. A callback is either a plain function
+``callback(epoch, logs, params, opt_state)``, or an object with any of the methods of
+:class:`Callback`; fit calls ``on_train_begin()`` once, ``on_epoch_end(epoch, logs, params,
+opt_state)`` after every epoch and ``on_train_end(params, opt_state)`` once at the end. A
+hook returns ``None`` (change nothing) or an :class:`Action`: new params, a new optimizer
+state, and/or ``stop=True`` to end training after this epoch. ``logs`` is the epoch's
+history row: ``{"loss": ..., **metrics}`` as Python floats.
+
+``params`` and ``opt_state`` are the live buffers, donated to the next epoch's program: a
+callback that keeps them past its return must copy them (``jnp.array(x, copy=True)``), as
+:class:`EarlyStopping` does.
+
+For exact resume, a callback with internal counters implements ``get_state() -> dict`` (a
+dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradx._core import hyperparams, set_hyperparams
+
+__all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau"]
+
+
+class Action(NamedTuple):
+    """What a callback asks of fit; ``None`` fields are left unchanged."""
+
+    params: Any = None
+    opt_state: Any = None
+    stop: bool = False
+
+
+class Callback:
+    """Base class with the hooks fit calls; every method is optional."""
+
+    def on_train_begin(self) -> None:
+        """Called once before the first epoch (before a resumed state is loaded)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], params: Any, opt_state: Any):
+        """Called after each epoch; returns None or an :class:`Action`."""
+        del epoch, logs, params, opt_state
+
+    def on_train_end(self, params: Any, opt_state: Any):
+        """Called once after the last epoch; returns None or an :class:`Action`."""
+        del params, opt_state
+
+    def get_state(self) -> dict[str, Any]:
+        """The counters to checkpoint (numbers and arrays)."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_state`'s dict from a checkpoint."""
+        del state
+
+
+def _mode(fn: str, mode: str, monitor: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{fn}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def _monitored(fn: str, monitor: str, logs: dict[str, float]) -> float:
+    if monitor not in logs:
+        raise ValueError(
+            f"{fn}: monitor must be one of the logged names {sorted(logs)}, got {monitor!r}"
+        )
+    return float(logs[monitor])
+
+
+def _check(fn: str, name: str, value: Any, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{fn}: {name} must be {rule}, got {value!r}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class EarlyStopping(Callback):
+    """Stops training when a monitored quantity has stopped improving (Keras's rule).
+
+    At each epoch, with ``current = logs[monitor]``: an improvement is
+    ``current < best − min_delta`` (mode ``"min"``) or ``current > best + min_delta``
+    (``"max"``); the first monitored epoch always improves. ``wait`` counts epochs since the
+    last improvement; training stops at the end of the epoch where ``wait >= patience``
+    (never at epoch 0). A NaN never improves.
+
+    Args:
+      monitor: a key of the history: ``"loss"``, a metric of ``eval_fn`` or an aux output.
+      min_delta: the smallest change that counts as an improvement, >= 0.
+      patience: epochs without improvement before stopping, an integer >= 0.
+      mode: ``"min"``, ``"max"``, or ``"auto"`` (``"max"`` when ``monitor`` contains
+        ``"acc"``, else ``"min"``).
+      baseline: if set, ``wait`` restarts only for an improvement that also beats it.
+      restore_best_weights: at the end of training, hand back the params of the best epoch
+        (the optimizer state stays the last one, as in Keras, which restores weights only).
+      start_from_epoch: epochs before monitoring starts (a warm-up), an integer >= 0.
+
+    Reference: ``keras.callbacks.EarlyStopping`` (Keras 3).
+
+    Note: as Keras 3, ``restore_best_weights`` restores at the end of training whether or
+    not it stopped early. Differences: ``monitor`` defaults to ``"loss"`` (fit has no
+    ``val_loss`` of its own); ``mode="auto"`` reads the name (Keras asks the metric for its
+    direction); a ``monitor`` missing from the logs is an error, not a warning; no verbose.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ):
+        fn = "EarlyStopping"
+        _check(fn, "min_delta", min_delta, min_delta >= 0, ">= 0")
+        _check(fn, "patience", patience, _is_int(patience) and patience >= 0, "an integer >= 0")
+        _check(
+            fn,
+            "start_from_epoch",
+            start_from_epoch,
+            _is_int(start_from_epoch) and start_from_epoch >= 0,
+            "an integer >= 0",
+        )
+        self.monitor = monitor
+        self.min_delta = float(min_delta)
+        self.patience = patience
+        self.mode = _mode(fn, mode, monitor)
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.on_train_begin()
+
+    def on_train_begin(self) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_weights: Any = None
+
+    def _improves(self, current: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return current - (-self.min_delta) < reference
+        return current - self.min_delta > reference
+
+    def on_epoch_end(self, epoch, logs, params, opt_state):
+        del opt_state
+        current = _monitored("EarlyStopping", self.monitor, logs)
+        if epoch < self.start_from_epoch:
+            return None
+        keep = lambda: jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = keep(), epoch
+        self.wait += 1
+        if self._improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = keep()
+            if self.baseline is None or self._improves(current, self.baseline):
+                self.wait = 0
+            return None
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            return Action(stop=True)
+        return None
+
+    def on_train_end(self, params, opt_state):
+        del params, opt_state
+        if self.restore_best_weights and self.best_weights is not None:
+            return Action(params=self.best_weights)
+        return None
+
+    def get_state(self) -> dict[str, Any]:
+        state = {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": math.nan if self.best is None else self.best,
+            "has_best": int(self.best is not None),
+            "best_epoch": self.best_epoch,
+        }
+        if self.best_weights is not None:
+            state["best_weights"] = self.best_weights
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.wait = int(state["wait"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.best = float(state["best"]) if int(state["has_best"]) else None
+        self.best_epoch = int(state["best_epoch"])
+        self.best_weights = state.get("best_weights")
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when a quantity stops improving (Keras's rule).
+
+    At each epoch, with ``current = logs[monitor]``: in cooldown, the cooldown counter
+    decreases and ``wait`` restarts. An improvement is ``current < best − min_delta``
+    (``"max"``: ``current > best + min_delta``), starting from best = ±∞; it resets ``wait``.
+    Otherwise, out of cooldown, ``wait`` grows, and when it reaches ``patience`` and
+    γ > min_lr: γ ← max(γ·factor, min_lr), the cooldown starts and ``wait`` restarts.
+
+    The learning rate is a number in the optimizer's state (any gradx optimizer), written
+    with :func:`gradx.set_hyperparams`: a new value is new data, not a new program, so
+    nothing recompiles.
+
+    Args:
+      monitor: a key of the history (``"loss"``, a metric of ``eval_fn``, an aux output).
+      factor: γ ← γ·factor, in (0, 1).
+      patience: epochs without improvement before a reduction, an integer >= 0.
+      mode: ``"min"``, ``"max"``, or ``"auto"`` (``"max"`` when ``monitor`` contains
+        ``"acc"``).
+      min_delta: the smallest change that counts as an improvement, >= 0.
+      cooldown: epochs after a reduction during which ``wait`` stays 0, an integer >= 0.
+      min_lr: the lower bound of the learning rate, >= 0.
+      hyperparameter: the name in ``gradx.hyperparams(state)`` to reduce.
+
+    Reference: ``keras.callbacks.ReduceLROnPlateau`` (Keras 3), same defaults except
+    ``monitor`` (``"loss"`` here, as fit has no ``val_loss`` of its own).
+
+    Note: Keras compares γ > float32(min_lr); here γ is compared in the state's dtype. Keras
+    also writes ``learning_rate`` into the logs; read it here with ``gradx.hyperparams``. An
+    optimizer without the hyperparameter in its state (optax's) is an error.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        hyperparameter: str = "learning_rate",
+    ):
+        fn = "ReduceLROnPlateau"
+        _check(fn, "factor", factor, 0 < factor < 1, "in (0, 1)")
+        _check(fn, "patience", patience, _is_int(patience) and patience >= 0, "an integer >= 0")
+        _check(fn, "cooldown", cooldown, _is_int(cooldown) and cooldown >= 0, "an integer >= 0")
+        _check(fn, "min_delta", min_delta, min_delta >= 0, ">= 0")
+        _check(fn, "min_lr", min_lr, min_lr >= 0, ">= 0")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = patience
+        self.mode = _mode(fn, mode, monitor)
+        self.min_delta = float(min_delta)
+        self.cooldown = cooldown
+        self.min_lr = float(min_lr)
+        self.hyperparameter = hyperparameter
+        self.on_train_begin()
+
+    def on_train_begin(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _improves(self, current: float) -> bool:
+        if self.mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs, params, opt_state):
+        del epoch, params
+        current = _monitored("ReduceLROnPlateau", self.monitor, logs)
+        values = hyperparams(opt_state)
+        if self.hyperparameter not in values:
+            raise ValueError(
+                f"ReduceLROnPlateau: hyperparameter must be one of the optimizer state's "
+                f"{sorted(values)} (gradx.hyperparams), got {self.hyperparameter!r}"
+            )
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best, self.wait = current, 0
+            return None
+        if self.cooldown_counter > 0:
+            return None
+        self.wait += 1
+        if self.wait < self.patience:
+            return None
+        old = values[self.hyperparameter]
+        if not old > jnp.asarray(self.min_lr, old.dtype):
+            return None
+        new = max(float(old) * self.factor, self.min_lr)
+        self.cooldown_counter, self.wait = self.cooldown, 0
+        return Action(opt_state=set_hyperparams(opt_state, **{self.hyperparameter: new}))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])

@@ -1,0 +1,288 @@
+"""Callbacks (Keras's EarlyStopping and ReduceLROnPlateau), has_aux, and non-finite steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradx
+from gradx import losses
+from gradx.callbacks import Action, EarlyStopping, ReduceLROnPlateau
+
+N, D, B = 20, 3, 5
+KEY = jax.random.key(0)
+X = np.asarray(jax.random.normal(jax.random.key(1), (N, D), jnp.float64))
+Y = X @ np.array([1.0, -2.0, 0.5])
+DATA = {"x": X, "y": Y}
+P0 = {"w": jnp.zeros(D), "b": jnp.zeros(())}
+
+
+def loss_fn(params, batch):
+    return losses.mse(batch["x"] @ params["w"] + params["b"], batch["y"])
+
+
+def val_fn(params, data):
+    del data
+    return {"val": (params["w"][0] - 0.5) ** 2}  # w0 goes 0 -> 1: falls, then rises
+
+
+def batches(epoch, data=DATA):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(KEY, epoch), N))
+    return [{k: v[order[i * B : (i + 1) * B]] for k, v in data.items()} for i in range(N // B)]
+
+
+def keras_early_stopping(values, patience, min_delta=0.0):
+    """Keras 3's EarlyStopping.on_epoch_end, mode min, transcribed: (stop epoch, best epoch)."""
+    best, best_epoch, wait = None, 0, 0
+    for epoch, current in enumerate(values):
+        wait += 1
+        if best is None or current + min_delta < best:
+            best, best_epoch, wait = current, epoch, 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch, best_epoch
+    return None, best_epoch
+
+
+def test_early_stopping_unit_trace_by_hand():
+    stop = EarlyStopping(monitor="val", min_delta=0.05, patience=2, restore_best_weights=True)
+    stop.on_train_begin()
+    actions = []
+    for epoch, value in enumerate([1.0, 0.8, 0.79, 0.85]):
+        actions.append(stop.on_epoch_end(epoch, {"val": value}, {"w": jnp.array(epoch)}, None))
+    # 1.0 improves (first); 0.8 < 1.0 - 0.05 improves; 0.79 and 0.85 do not: stop at epoch 3
+    assert actions[:3] == [None, None, None] and actions[3] == Action(stop=True)
+    assert (stop.stopped_epoch, stop.best_epoch, stop.best) == (3, 1, 0.8)
+    assert int(stop.on_train_end(None, None).params["w"]) == 1
+    with pytest.raises(
+        ValueError,
+        match=r"EarlyStopping: monitor must be one of the logged names \['loss'\], got 'val'",
+    ):
+        stop.on_epoch_end(5, {"loss": 1.0}, None, None)
+    with pytest.raises(
+        ValueError, match=r"EarlyStopping: patience must be an integer >= 0, got -1"
+    ):
+        EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: factor must be in \(0, 1\), got 1.5"):
+        ReduceLROnPlateau(factor=1.5)
+
+
+def test_early_stopping_in_fit_stops_and_restores_the_best_weights():
+    common = dict(batch_size=B, key=KEY, eval_fn=val_fn, eval_data=DATA, progress=False)
+    free = gradx.fit(loss_fn, P0, gradx.sgd(0.01), DATA, epochs=30, **common)
+    stop_epoch, best_epoch = keras_early_stopping(free.history["val"], patience=2)
+    assert stop_epoch is not None and 0 < best_epoch < stop_epoch < 29  # the test has teeth
+
+    stopped = gradx.fit(
+        loss_fn, P0, gradx.sgd(0.01), DATA, epochs=30,
+        callbacks=[EarlyStopping("val", patience=2, restore_best_weights=True)], **common,
+    )  # fmt: skip
+    np.testing.assert_array_equal(stopped.history["val"], free.history["val"][: stop_epoch + 1])
+    best = gradx.fit(loss_fn, P0, gradx.sgd(0.01), DATA, epochs=best_epoch + 1, **common)
+    jax.tree.map(np.testing.assert_array_equal, stopped.params, best.params)
+
+
+def test_reduce_lr_on_plateau_unit_trace_by_hand():
+    state = gradx.sgd(1.0).init(P0)
+    reduce = ReduceLROnPlateau(factor=0.5, patience=1, cooldown=1, min_delta=0.0, min_lr=0.2)
+    seen = []
+    for epoch in range(6):
+        action = reduce.on_epoch_end(epoch, {"loss": 1.0}, P0, state)
+        if action is not None:
+            state = action.opt_state
+        seen.append(float(gradx.hyperparams(state)["learning_rate"]))
+    # e0 improves on +inf; e1 reduces; e2 leaves cooldown and reduces; e3 clips at min_lr;
+    # then lr > min_lr is false: no more reductions (Keras's rule, cooldown included)
+    assert seen == [1.0, 0.5, 0.25, 0.2, 0.2, 0.2]
+    with pytest.raises(
+        ValueError,
+        match=r"ReduceLROnPlateau: hyperparameter must be one of the optimizer state's \['learning_rate'\]",
+    ):
+        ReduceLROnPlateau(hyperparameter="lr", patience=0).on_epoch_end(0, {"loss": 1.0}, P0, state)
+
+
+def test_reduce_lr_on_plateau_in_fit_does_not_recompile():
+    traces = []
+
+    def counted(params, batch):
+        traces.append(1)
+        return loss_fn(params, batch)
+
+    reduce = ReduceLROnPlateau(factor=0.5, patience=0, min_delta=100.0)  # every epoch from 1
+    result = gradx.fit(
+        counted,
+        P0,
+        gradx.sgd(0.05),
+        DATA,
+        batch_size=B,
+        epochs=4,
+        key=KEY,
+        callbacks=[reduce],
+        progress=False,
+    )
+    assert len(traces) == 1  # four learning rates, one program
+    # the same run by hand: one epoch at a time, the rate written with set_hyperparams
+    params, state, losses_ = P0, gradx.sgd(0.05).init(P0), []
+    for epoch, lr in enumerate([0.05, 0.05, 0.025, 0.0125]):
+        state = gradx.set_hyperparams(state, learning_rate=lr)
+        r = gradx.fit(
+            loss_fn, params, gradx.sgd(0.05), DATA, batch_size=B, epochs=epoch + 1, key=KEY,
+            opt_state=state, initial_epoch=epoch, progress=False,
+        )  # fmt: skip
+        params, state = r.params, r.opt_state
+        losses_.append(r.history["loss"][0])
+    np.testing.assert_array_equal(result.history["loss"], losses_)
+    jax.tree.map(np.testing.assert_array_equal, result.params, params)
+    assert float(gradx.hyperparams(result.opt_state)["learning_rate"]) == 0.05 / 8
+
+
+def test_a_function_callback_sees_each_epoch_and_can_stop():
+    seen = []
+
+    def callback(epoch, logs, params, opt_state):
+        seen.append((epoch, sorted(logs)))
+        return Action(stop=epoch == 1)
+
+    result = gradx.fit(
+        loss_fn,
+        P0,
+        gradx.sgd(0.05),
+        DATA,
+        batch_size=B,
+        epochs=5,
+        key=KEY,
+        callbacks=[callback],
+        progress=False,
+    )
+    assert seen == [(0, ["loss"]), (1, ["loss"])] and result.history["loss"].shape == (2,)
+    with pytest.raises(
+        ValueError, match=r"fit: a callback must return None or gradx.callbacks.Action, got True"
+    ):
+        gradx.fit(
+            loss_fn,
+            P0,
+            gradx.sgd(0.05),
+            DATA,
+            batch_size=B,
+            epochs=1,
+            key=KEY,
+            callbacks=[lambda *a: True],
+            progress=False,
+        )
+
+
+def aux_loss(params, batch):
+    pred = batch["x"] @ params["w"] + params["b"]
+    return losses.mse(pred, batch["y"]), {"mae": jnp.mean(jnp.abs(pred - batch["y"]))}
+
+
+def reference(loss, lr, epochs, skip=False, data=DATA):
+    """Plain Python SGD over the documented shuffles: per-epoch mean loss, aux and skips."""
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    params, rows = P0, []
+    for epoch in range(epochs):
+        values, maes, skipped = [], [], 0
+        for batch in batches(epoch, data):
+            (value, aux), g = grad(params, batch)
+            finite = np.isfinite(value) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+            if skip and not finite:
+                skipped += 1
+                continue
+            params = jax.tree.map(lambda p, g: p - lr * g, params, g)
+            values.append(float(value))
+            maes.append(float(aux["mae"]))
+        rows.append((np.mean(values), np.mean(maes), skipped))
+    return params, np.asarray(rows)
+
+
+def test_has_aux_averages_the_aux_outputs_into_the_history():
+    result = gradx.fit(
+        aux_loss,
+        P0,
+        gradx.sgd(0.05),
+        DATA,
+        batch_size=B,
+        epochs=3,
+        key=KEY,
+        has_aux=True,
+        progress=False,
+    )
+    params, rows = reference(aux_loss, 0.05, 3)
+    np.testing.assert_allclose(result.history["loss"], rows[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(result.history["mae"], rows[:, 1], rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), result.params, params)
+
+
+@pytest.mark.parametrize(
+    "loss, has_aux, match",
+    [
+        (
+            aux_loss,
+            False,
+            r"fit: loss_fn must return a scalar, got a tuple of 2; it returns \(loss, aux\): pass has_aux=True",
+        ),
+        (lambda p, b: [loss_fn(p, b)], False, r"fit: loss_fn must return a scalar, got a list"),
+        (
+            loss_fn,
+            True,
+            r"fit: loss_fn must return \(loss, aux\) with has_aux=True, got shape \(\)",
+        ),
+        (
+            lambda p, b: (loss_fn(p, b), {"v": b["y"]}),
+            True,
+            r"fit: loss_fn's aux must be a dict of scalars, got shape \(5,\) for 'v'",
+        ),
+        (
+            lambda p, b: (loss_fn(p, b), {"skipped": 0.0 * b["y"][0]}),
+            True,
+            r"fit: loss_fn's aux must not use the name 'skipped'",
+        ),
+    ],
+)
+def test_a_non_scalar_loss_is_a_clear_error_not_a_tracer_error(loss, has_aux, match):
+    with pytest.raises(ValueError, match=match):
+        gradx.fit(
+            loss,
+            P0,
+            gradx.sgd(0.05),
+            DATA,
+            batch_size=B,
+            epochs=1,
+            key=KEY,
+            has_aux=has_aux,
+            progress=False,
+        )
+
+
+NAN_DATA = {"x": X, "y": Y.copy()}
+NAN_DATA["y"][7] = np.nan  # the loss and gradients of the batch holding example 7
+
+
+def test_skip_nonfinite_skips_those_steps_and_counts_them():
+    result = gradx.fit(
+        aux_loss, P0, gradx.momentum(0.05, momentum=0.5), NAN_DATA, batch_size=B, epochs=3, key=KEY,
+        has_aux=True, skip_nonfinite=True, progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(result.history["skipped"], [1, 1, 1])  # one batch holds #7
+    assert np.all(np.isfinite(result.history["loss"]))
+    assert int(result.opt_state.count) == 3 * (N // B - 1)  # skipped steps left the state as it was
+    # the same numbers as SGD run by hand over the finite batches only
+    unskipped = gradx.fit(
+        aux_loss, P0, gradx.sgd(0.05), NAN_DATA, batch_size=B, epochs=2, key=KEY, has_aux=True,
+        skip_nonfinite=True, progress=False,
+    )  # fmt: skip
+    params, rows = reference(aux_loss, 0.05, 2, skip=True, data=NAN_DATA)
+    np.testing.assert_allclose(unskipped.history["loss"], rows[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(unskipped.history["mae"], rows[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(unskipped.history["skipped"], rows[:, 2])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), unskipped.params, params
+    )
+
+
+def test_a_non_finite_loss_warns_once_naming_the_epoch():
+    with pytest.warns(RuntimeWarning, match=r"fit: the training loss of epoch 0 is nan") as record:
+        result = gradx.fit(
+            loss_fn, P0, gradx.sgd(0.05), NAN_DATA, batch_size=B, epochs=3, key=KEY, progress=False
+        )
+    assert len(record) == 1 and not np.isfinite(result.history["loss"]).any()
