@@ -428,6 +428,25 @@ def plan_data(
     return plan, data, n
 
 
+def put_group(fn: str, plan: Plan, stacked: np.ndarray) -> jax.Array:
+    """A group of S stacked host batches, (S, B, ...), split over the data axis on axis 1.
+
+    With several processes each passes its own batches of B examples; the global batch is
+    their concatenation in process order (B × processes examples a step).
+    """
+    axis = plan.mesh.axis_names[0]
+    d = plan.mesh.shape[axis]
+    b = stacked.shape[1] * jax.process_count()
+    if b % d:
+        raise ValueError(
+            f"{fn}: the batch size must be divisible by the {d} devices of the mesh's data "
+            f"axis {axis!r}, got batches of {b} examples"
+            + (f" ({stacked.shape[1]} per process)" if jax.process_count() > 1 else "")
+        )
+    sharding = NamedSharding(plan.mesh, P(None, axis))
+    return jax.make_array_from_process_local_data(sharding, stacked)
+
+
 def place_eval(plan: Plan | None, eval_data: Any) -> Any:
     """eval_data replicated on the plan's mesh (each process passing its own examples)."""
     if plan is None or eval_data is None:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import _step
+from gradx import _sharding, _step
 
 
 def is_stream(data: Any) -> bool:
@@ -127,6 +127,8 @@ class Spec:
 
 def _stack(leaves_per_step: list[list[Any]], treedef: Any, put: Callable[[Any], Any]) -> Any:
     columns = zip(*leaves_per_step, strict=True)
+    if put is not jax.device_put:  # onto a mesh: from the host, split as it is transferred
+        return jax.tree.unflatten(treedef, [put(np.stack(col)) for col in columns])
     stacked = [
         jnp.stack(col) if isinstance(col[0], jax.Array) else put(np.stack(col)) for col in columns
     ]
@@ -177,8 +179,10 @@ def groups(
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
 def _run_group(program: Any, params: Any, opt_state: Any, batches: Any):
-    step = _step.make_step("fit", program)
+    # On a mesh: each step's batch split over the data axis, params and state kept in place.
+    step = _sharding.constrain_step(program.plan, _step.make_step("fit", program))
     (params, opt_state), out = jax.lax.scan(step, (params, opt_state), batches)
+    params, opt_state = _sharding.constrain_carry(program.plan, (params, opt_state))
     return params, opt_state, out
 
 
@@ -280,11 +284,7 @@ def fit_stream(
     from gradx.train import FitResult, _check_int, _check_key, _copy, _postfix, _Program, _progress
 
     fn = "fit"
-    if mesh is not None or shard_params is not None:
-        raise ValueError(
-            f"{fn}: mesh= is not supported with streamed data yet; pass the data as arrays, "
-            "or train on one device"
-        )
+    plan = _sharding.fit_plan(fn, mesh, shard_params, params)
     epochs = _check_int(fn, "epochs", epochs, 1)
     if batch_size is not None:
         batch_size = _check_int(fn, "batch_size", batch_size, 1)
@@ -298,7 +298,7 @@ def fit_stream(
                 f"{fn}: eval_data must be given with eval_fn when data is a stream (there is "
                 "no in-memory data to default to), got None"
             )
-        eval_data = jax.tree.map(jnp.asarray, eval_data)
+        eval_data = _sharding.place_eval(plan, jax.tree.map(jnp.asarray, eval_data))
     opts = _loop.options(
         fn, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
@@ -308,16 +308,18 @@ def fit_stream(
     if opt_state is None:
         opt_state = optimizer.init(params)
     params, opt_state = _copy((params, opt_state))
+    params, opt_state, plan = _sharding.place_fit(plan, params, opt_state)
     update = optax.with_extra_args_support(optimizer).update
     program = _Program(
-        loss_fn, update, None, None, 0, vmapped=False,
+        loss_fn, update, None, None, 0, vmapped=False, plan=plan,
         has_aux=bool(has_aux), skip_nonfinite=bool(skip_nonfinite),
     )  # fmt: skip
     spec = Spec(fn, batch_size)
+    put = jax.device_put if plan is None else functools.partial(_sharding.put_group, fn, plan)
 
     def run_epoch(epoch, params, opt_state):
         params, opt_state, loss, extra, steps, dropped = run_epoch_stream(
-            program, params, opt_state, data, spec, group, epoch, steps_per_epoch
+            program, params, opt_state, data, spec, group, epoch, steps_per_epoch, put
         )
         if eval_fn is not None:
             extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data))
@@ -328,6 +330,7 @@ def fit_stream(
         bar_factory=lambda total: _progress(progress, total, fn), postfix=_postfix,
         counts={"steps_per_epoch": 0, "dropped_per_epoch": 0},
     )  # fmt: skip
+    params, opt_state = _sharding.to_user_mesh(plan, (params, opt_state))
     return FitResult(
         params=params,
         opt_state=opt_state,

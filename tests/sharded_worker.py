@@ -306,6 +306,41 @@ def _():
     )
 
 
+@check("streamed_fit_on_a_mesh")
+def _():
+    params, (x, y) = problem()
+    key, b = FIT["key"], FIT["batch_size"]
+
+    def batches(epoch):  # the in-memory path's own minibatches, fed from the host
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), len(x)))
+        for i in range(0, len(x) - b + 1, b):
+            yield (x[order[i : i + b]], y[order[i : i + b]])
+
+    one = gradx.fit(loss_fn, params, gradx.adam(0.01), (x, y), **FIT)
+    mesh = mesh_of("explicit")
+    kw = {**FIT, "key": None, "steps_per_execution": 3}
+    dp = gradx.fit(loss_fn, params, gradx.adam(0.01), batches, mesh=mesh, **kw)
+    rule = gradx.fsdp(mesh)
+    fs = gradx.fit(loss_fn, params, gradx.adam(0.01), batches, mesh=mesh, shard_params=rule, **kw)
+    for got, what in ((dp, "streamed data-parallel"), (fs, "streamed fsdp")):
+        close(got.params, one.params, f"{what} params")
+        close(got.opt_state, one.opt_state, f"{what} state")
+        np.testing.assert_allclose(got.history["loss"], one.history["loss"], rtol=1e-5)
+    assert fs.params["w1"].sharding.mesh == mesh and fs.params["w1"].sharding.spec == P(None, "d")
+    expect_follows("streamed fsdp state", fs.opt_state, fs.params, mesh)
+
+    def twelves(epoch):
+        yield (x[:12], y[:12])
+
+    raises(
+        "fit: the batch size must be divisible by the 8 devices of the mesh's data axis 'd', "
+        "got batches of 12 examples",
+        lambda: gradx.fit(
+            loss_fn, params, gradx.sgd(0.1), twelves, mesh=mesh, **{**kw, "batch_size": None}
+        ),
+    )
+
+
 # ----------------------------------------------------------------------------- 3. sweep
 
 

@@ -36,6 +36,7 @@ CHECKS = [
     "fit_equals_single_device[lookahead_fitted]",
     "fit_explicit_mesh_and_spec_tree",
     "fit_errors",
+    "streamed_fit_on_a_mesh",
     "sweep_over_devices",
 ]
 
@@ -78,7 +79,8 @@ def _free_port():
 
 
 def test_two_processes_equal_one(tmp_path):
-    """Two hosts, each feeding its half of the data, train the params one process trains."""
+    """Two hosts, each feeding its half of the data (as arrays, then streamed), train the
+    params one process trains."""
     out = tmp_path / "params.npz"
     port = str(_free_port())
     procs = [
@@ -105,9 +107,10 @@ def test_two_processes_equal_one(tmp_path):
     got = np.load(out)
     params, data = problem()
     want = gradx.fit(loss_fn, params, optimizer(), data, **FIT)
-    for name, value in want.params.items():
-        np.testing.assert_allclose(got[name], np.asarray(value), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["loss"], want.history["loss"], rtol=1e-5)
+    for prefix in ("", "streamed_"):  # arrays of each host's examples, and streamed batches
+        for name, value in want.params.items():
+            np.testing.assert_allclose(got[prefix + name], value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[prefix + "loss"], want.history["loss"], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- one device
