@@ -14,6 +14,7 @@ from gradx import callbacks as callbacks
 from gradx import checkpoint as checkpoint
 from gradx import compat as compat
 from gradx import losses as losses
+from gradx import search_space as search_space
 from gradx._adaptive import adadelta as adadelta
 from gradx._adaptive import adagrad as adagrad
 from gradx._adaptive import adam as adam
@@ -41,6 +42,7 @@ from gradx._core import hyperparams as hyperparams
 from gradx._core import optimizer as optimizer
 from gradx._core import scale_by_learning_rate as scale_by_learning_rate
 from gradx._core import set_hyperparams as set_hyperparams
+from gradx._gain import effective_learning_rate as effective_learning_rate
 from gradx._lookahead import lookahead as lookahead
 from gradx._lookahead import lookahead_fitted as lookahead_fitted
 from gradx._lookahead import lookahead_momentum as lookahead_momentum
@@ -52,6 +54,8 @@ from gradx._momentum import normalize as normalize
 from gradx._momentum import normalized_sgd as normalized_sgd
 from gradx._momentum import sgd as sgd
 from gradx._momentum import trace as trace
+from gradx._search import SearchResult as SearchResult
+from gradx._search import search as search
 from gradx._sharding import fsdp as fsdp
 from gradx._sharding import shard_like_params as shard_like_params
 from gradx._sharding import state_shardings as state_shardings
