@@ -85,11 +85,15 @@ def _all_finite(loss: jax.Array, grads: Any) -> jax.Array:
 def make_step(fn: str, program: Any):
     """``step((params, opt_state), batch) -> ((params, opt_state), (loss, aux, ok))``.
 
-    ``program`` gives ``loss_fn``, ``update_fn`` and the flags ``has_aux`` and
-    ``skip_nonfinite`` (read with defaults, so a program without the flags is plain).
+    ``program`` gives ``loss_fn``, ``update_fn`` and the flags ``has_aux``,
+    ``skip_nonfinite`` and ``diagnostics`` (read with defaults, so a program without the flags
+    is plain). With ``diagnostics`` (the last step of an epoch) the step returns the carry
+    ``(params, opt_state, (grads, params, updates))``: its gradient, the params it was taken
+    at and its update (0 if skipped), which :func:`gradx._gain.epoch_diagnostics` reads.
     """
     has_aux = getattr(program, "has_aux", False)
     skip = getattr(program, "skip_nonfinite", False)
+    diagnostics = getattr(program, "diagnostics", False)
     loss = checked_loss(fn, program.loss_fn, has_aux)
 
     def step(carry, batch):
@@ -97,13 +101,19 @@ def make_step(fn: str, program: Any):
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
         updates, new_state = program.update_fn(grads, opt_state, params, value=value)
         new_params = optax.apply_updates(params, updates)
+        if diagnostics:
+            steps = jax.tree.map(lambda u, p: jnp.asarray(u).astype(p.dtype), updates, params)
         if not skip:
-            return (new_params, new_state), (value, aux, jnp.bool_(True))
+            last = ((grads, params, steps),) if diagnostics else ()
+            return (new_params, new_state, *last), (value, aux, jnp.bool_(True))
         ok = _all_finite(value, grads)
         keep = lambda new, old: jnp.where(ok, new, old)  # exact: a select, no arithmetic
         new_params = jax.tree.map(keep, new_params, params)
         new_state = jax.tree.map(keep, new_state, opt_state)
-        return (new_params, new_state), (value, aux, ok)
+        if diagnostics:
+            steps = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), steps)
+        last = ((grads, params, steps),) if diagnostics else ()
+        return (new_params, new_state, *last), (value, aux, ok)
 
     return step
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx import _loop, _sharding, _step, _stream
+from gradx import _gain, _loop, _sharding, _step, _stream
 from gradx._core import hyperparams, set_hyperparams
 
 __all__ = ["BestPoint", "FitResult", "SweepResult", "fit", "sweep"]
@@ -175,6 +175,7 @@ class _Program(NamedTuple):
     plan: Any = None  # _sharding.Plan: where the arrays live on a mesh (None: one device)
     has_aux: bool = False  # loss_fn returns (loss, {name: scalar})
     skip_nonfinite: bool = False  # steps with a non-finite loss or gradient change nothing
+    diagnostics: bool = False  # record norms and α_ef quantiles per epoch (gradx._gain)
 
 
 def _metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str, jax.Array]:
@@ -196,26 +197,53 @@ def _metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str,
 def _epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
     """One epoch of one model: returns (params, opt_state, mean loss, metrics)."""
     fn = "sweep" if program.vmapped else "fit"
-    step = _step.make_step(fn, program)  # the step the streamed path scans too
+    step = _step.make_step(fn, program._replace(diagnostics=False))  # as the streamed path's
     step = _sharding.constrain_step(program.plan, step)  # on a mesh: batch split, carry put
+    # With diagnostics, the epoch's last step runs after the scan and also returns its
+    # (grads, params, updates): the other steps pay nothing (a carry of them costs ~10%).
+    last_step = _diagnosed(program.plan, _step.make_step(fn, program))
+    last = None
+
+    def gather(indices):
+        return jax.tree.map(lambda x: x.at[indices].get(mode="promise_in_bounds"), data)
 
     def indexed(carry, indices):
-        batch = jax.tree.map(lambda x: x.at[indices].get(mode="promise_in_bounds"), data)
-        return step(carry, batch)
+        return step(carry, gather(indices))
 
     if program.batch_size is None:
-        (params, opt_state), out = step((params, opt_state), data)
+        if program.diagnostics:
+            (params, opt_state, last), out = last_step((params, opt_state), data)
+        else:
+            (params, opt_state), out = step((params, opt_state), data)
         mean_loss, extra = _step.reduce_steps(program, out, stacked=False)
     else:
         n = jax.tree.leaves(data)[0].shape[0]
         used = program.steps * program.batch_size
         order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
         batches = order[:used].reshape(program.steps, program.batch_size)
-        (params, opt_state), out = jax.lax.scan(indexed, (params, opt_state), batches)
+        if program.diagnostics:
+            carry, head = jax.lax.scan(indexed, (params, opt_state), batches[:-1])
+            (params, opt_state, last), tail = last_step(carry, gather(batches[-1]))
+            out = jax.tree.map(lambda h, t: jnp.concatenate([h, t[None]]), head, tail)
+        else:
+            (params, opt_state), out = jax.lax.scan(indexed, (params, opt_state), batches)
         mean_loss, extra = _step.reduce_steps(program, out)
     params, opt_state = _sharding.constrain_carry(program.plan, (params, opt_state))
+    if last is not None:  # the epoch's last step: its norms and α_ef
+        extra = _gain.epoch_diagnostics(fn, program.update_fn, opt_state, *last, extra)
     metrics = {} if program.eval_fn is None else _metrics(fn, program.eval_fn, params, eval_data)
     return params, opt_state, mean_loss, _step.merge(fn, extra, metrics)
+
+
+def _diagnosed(plan: Any, step: Callable[..., Any]) -> Callable[..., Any]:
+    """A diagnostics step (returning the carry ``(params, opt_state, last)``) with the mesh
+    constraints of :func:`gradx._sharding.constrain_step` on its batch and its carry."""
+
+    def constrained(carry, batch):
+        (params, opt_state, last), out = step(carry, _sharding.constrain_batch(plan, batch))
+        return (*_sharding.constrain_carry(plan, (params, opt_state)), last), out
+
+    return constrained
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
@@ -231,6 +259,12 @@ def _run_epoch(program: _Program, params, opt_state, data, eval_data, key, epoch
 
 
 # ----------------------------------------------------------------------------- checks
+
+
+def _check_flag(fn: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _check_int(fn: str, name: str, value: Any, low: int) -> int:
@@ -324,6 +358,7 @@ def fit(
     shard_params: Any = None,
     has_aux: bool = False,
     skip_nonfinite: bool = False,
+    diagnostics: bool = False,
     callbacks: Sequence[Any] | None = None,
     checkpoint_dir: Any = None,
     checkpoint_every: int = 1,
@@ -379,6 +414,16 @@ def fit(
         and optimizer state stay as they were (any optimizer). ``history["skipped"]``
         counts the skipped steps; the epoch's loss (and aux) is the mean over the steps
         taken. Without it, the first epoch whose loss is not finite warns, once.
+      diagnostics: also record, per epoch, inside the epoch's program (no extra transfer),
+        of the epoch's *last* step: ``history["grad_norm"]``, ``["update_norm"]`` and
+        ``["update_ratio"]``, the global L2 norms ‖g‖, ‖u‖ and ‖u‖/‖θ‖ (θ after the step, so
+        params starting at 0 give a finite ratio), and ``history["alpha_q10"]``,
+        ``["alpha_q50"]``, ``["alpha_q90"]``, the 10/50/90% quantiles over all coordinates
+        of the effective learning rate α_ef (:func:`gradx.effective_learning_rate`, which
+        must know the optimizer: gradx's do, a bare optax one is refused). The last step
+        runs after the scan of the others, which pay nothing (if ``skip_nonfinite`` skipped
+        it, its gradient norm shows why and its update is 0). Off, the program is the one
+        compiled without it. In-memory data only.
       callbacks: functions ``(epoch, logs, params, opt_state)`` or
         :class:`gradx.callbacks.Callback` objects (``EarlyStopping``,
         ``ReduceLROnPlateau``), called after each epoch; they may change the params or the
@@ -410,6 +455,10 @@ def fit(
       A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
       ``steps_per_epoch`` and ``dropped_per_epoch``.
     """
+    if _stream.is_stream(data) and diagnostics:
+        raise ValueError(
+            "fit: diagnostics=True works with in-memory data (arrays), got a stream of batches"
+        )
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -440,6 +489,7 @@ def fit(
     program = _Program(
         loss_fn, update, eval_fn, batch_size, steps, vmapped=False,
         has_aux=bool(has_aux), skip_nonfinite=bool(skip_nonfinite),
+        diagnostics=_check_flag("fit", "diagnostics", diagnostics),
     )  # fmt: skip
     program = program._replace(plan=plan)
     opts = _loop.options(
@@ -515,6 +565,7 @@ def sweep(
     opt_state: Any = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    diagnostics: bool = False,
 ) -> SweepResult:
     """Trains one model per point of a hyperparameter grid, many at once, under ``vmap``.
 
@@ -546,6 +597,8 @@ def sweep(
         (population parallel; data replicated). ``chunk_size`` must then be a multiple of
         the device count D; by default one chunk of K rounded up to a multiple of D,
         padded as the last chunk is. One process only.
+      diagnostics: record per epoch and per point the norms and α_ef quantiles, as in
+        :func:`fit` (each history entry of shape ``(K, epochs)``).
 
     Returns:
       A :class:`SweepResult`: params, states and histories with a leading axis of length K,
@@ -566,7 +619,10 @@ def sweep(
     data, eval_data = _sharding.place_eval(plan, data), _sharding.place_eval(plan, eval_data)
     chunks = math.ceil(k / chunk)
     update = optax.with_extra_args_support(optimizer).update
-    program = _Program(loss_fn, update, eval_fn, batch_size, steps, vmapped=True)
+    program = _Program(
+        loss_fn, update, eval_fn, batch_size, steps, vmapped=True,
+        diagnostics=_check_flag(fn, "diagnostics", diagnostics),
+    )  # fmt: skip
     dtypes = {name: hyperparams(state0)[name].dtype for name in points}
 
     def start(values):

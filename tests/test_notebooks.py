@@ -20,6 +20,8 @@ EXPECTED = [
     "04_universal_approximation.ipynb",
     "05_lookahead_and_rprop.ipynb",
     "06_digits_and_sweeps.ipynb",
+    "07_curse_of_dimensionality.ipynb",
+    "08_effective_learning_rate.ipynb",
 ]
 MAX_TOTAL_BYTES = 3 * 1024 * 1024
 
