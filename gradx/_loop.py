@@ -66,7 +66,7 @@ def options(
                 f"gradx.callbacks.Callback objects, got {cb!r}"
             )
     return Options(
-        callbacks, checkpoint_dir, checkpoint_every, bool(resume), initial_epoch, skip_nonfinite
+        callbacks, checkpoint_dir, checkpoint_every, resume, initial_epoch, skip_nonfinite
     )
 
 

@@ -281,7 +281,7 @@ def fit_stream(
     import optax
 
     from gradx import _loop
-    from gradx.train import FitResult, _check_int, _check_key, _copy, _postfix, _Program, _progress
+    from gradx.train import _check_int, _check_key, _copy, _Program, _train
 
     fn = "fit"
     plan = _sharding.fit_plan(fn, mesh, shard_params, params)
@@ -302,7 +302,7 @@ def fit_stream(
     opts = _loop.options(
         fn, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
-        skip_nonfinite=bool(skip_nonfinite),
+        skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
     if opt_state is None:
@@ -312,7 +312,7 @@ def fit_stream(
     update = optax.with_extra_args_support(optimizer).update
     program = _Program(
         loss_fn, update, None, None, 0, vmapped=False, plan=plan,
-        has_aux=bool(has_aux), skip_nonfinite=bool(skip_nonfinite),
+        has_aux=has_aux, skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     spec = Spec(fn, batch_size)
     put = jax.device_put if plan is None else functools.partial(_sharding.put_group, fn, plan)
@@ -325,17 +325,5 @@ def fit_stream(
             extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data))
         return params, opt_state, loss, extra, steps, dropped
 
-    params, opt_state, history, seconds, steps, dropped = _loop.run(
-        fn, run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
-        bar_factory=lambda total: _progress(progress, total, fn), postfix=_postfix,
-        counts={"steps_per_epoch": 0, "dropped_per_epoch": 0},
-    )  # fmt: skip
-    params, opt_state = _sharding.to_user_mesh(plan, (params, opt_state))
-    return FitResult(
-        params=params,
-        opt_state=opt_state,
-        history={k: np.asarray(v) for k, v in history.items()},
-        epoch_seconds=np.asarray(seconds),
-        steps_per_epoch=steps,
-        dropped_per_epoch=dropped,
-    )
+    counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
+    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts)

@@ -459,6 +459,9 @@ def fit(
         raise ValueError(
             "fit: diagnostics=True works with in-memory data (arrays), got a stream of batches"
         )
+    has_aux = _check_flag("fit", "has_aux", has_aux)
+    skip_nonfinite = _check_flag("fit", "skip_nonfinite", skip_nonfinite)
+    resume = _check_flag("fit", "resume", resume)
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -487,15 +490,14 @@ def fit(
     eval_data = _sharding.place_eval(plan, eval_data)
     update = optax.with_extra_args_support(optimizer).update
     program = _Program(
-        loss_fn, update, eval_fn, batch_size, steps, vmapped=False,
-        has_aux=bool(has_aux), skip_nonfinite=bool(skip_nonfinite),
+        loss_fn, update, eval_fn, batch_size, steps, vmapped=False, plan=plan,
+        has_aux=has_aux, skip_nonfinite=skip_nonfinite,
         diagnostics=_check_flag("fit", "diagnostics", diagnostics),
     )  # fmt: skip
-    program = program._replace(plan=plan)
     opts = _loop.options(
         "fit", epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
-        skip_nonfinite=bool(skip_nonfinite),
+        skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
 
     def run_epoch(epoch, params, opt_state):
@@ -504,10 +506,20 @@ def fit(
         )
         return params, opt_state, loss, metrics, steps, dropped
 
+    counts = {"steps_per_epoch": steps, "dropped_per_epoch": dropped}
+    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts)
+
+
+def _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts) -> FitResult:
+    """fit's epochs (in memory or streamed): the host loop, then the result on the user's mesh.
+
+    ``run_epoch(epoch, params, opt_state)`` returns ``(params, opt_state, loss, metrics,
+    steps, dropped)``; ``counts`` are the steps and dropped examples reported if no epoch runs.
+    """
     params, opt_state, history, seconds, steps, dropped = _loop.run(
         "fit", run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
         bar_factory=lambda total: _progress(progress, total, "fit"), postfix=_postfix,
-        counts={"steps_per_epoch": steps, "dropped_per_epoch": dropped},
+        counts=counts,
     )  # fmt: skip
     params, opt_state = _sharding.to_user_mesh(plan, (params, opt_state))
     return FitResult(

@@ -286,3 +286,14 @@ def test_a_non_finite_loss_warns_once_naming_the_epoch():
             loss_fn, P0, gradx.sgd(0.05), NAN_DATA, batch_size=B, epochs=3, key=KEY, progress=False
         )
     assert len(record) == 1 and not np.isfinite(result.history["loss"]).any()
+
+
+@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume"])
+@pytest.mark.parametrize("data", [DATA, batches], ids=["arrays", "stream"])
+def test_a_flag_that_is_not_a_bool_is_refused_not_taken_as_true(flag, data):
+    # bool("false") is True: such a flag must be refused, never read as its truth value.
+    with pytest.raises(TypeError, match=f"fit: {flag} must be a bool, got 'false'"):
+        gradx.fit(
+            loss_fn, P0, gradx.sgd(0.05), data, batch_size=B, epochs=1, key=KEY,
+            progress=False, **{flag: "false"},
+        )  # fmt: skip
