@@ -1,9 +1,10 @@
 """Times one jitted update + apply of gradx and of optax for the same rule, in the same run.
 
     python benchmarks/update_step.py [--repeats 7] [--min-time 0.2] [--cases big,many]
-                                     [--only adam,sgd] [--hlo DIR]
+                                     [--only adam,sgd] [--hlo DIR] [--flat] [--torch-fused]
 
-For each case (one 16M-parameter float32 leaf; 1,000 leaves of 1,000) and each pair of the
+For each case (one 16M-parameter float32 leaf; 1,000 leaves of 1,000; with
+``--cases transformer``, a transformer-shaped tree of 192 leaves, 85M params) and each pair of the
 table ``PAIRS`` whose gradx optimizer exists, it builds
 
     step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))
@@ -50,11 +51,16 @@ class Pair:
     torch_make: Callable[[Any, float], Any] | None = None  # (torch params, lr) -> optimizer
 
 
+# --torch-fused: the optimizers that have a fused CPU kernel in torch use it.
+TORCH_FUSED = {"on": False, "names": ("Adam", "AdamW", "SGD", "Adagrad")}
+
+
 def _torch(name: str, **kwargs: Any) -> Callable[[Any, float], Any]:
     def make(params: Any, lr: float) -> Any:
         import torch
 
-        return getattr(torch.optim, name)(params, lr=lr, **kwargs)
+        extra = {"fused": True} if TORCH_FUSED["on"] and name in TORCH_FUSED["names"] else {}
+        return getattr(torch.optim, name)(params, lr=lr, **kwargs, **extra)
 
     return make
 
@@ -138,9 +144,22 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
 
 
+def transformer_shapes(blocks: int = 12, d: int = 768) -> tuple[tuple[int, ...], ...]:
+    """A GPT-2-small-shaped tree without embeddings: per block q, k, v, o (d×d) and their
+    biases, two layer norms (scale and bias), the MLP (d×4d, 4d×d) and its biases: 16 leaves,
+    7.1M params; 12 blocks: 192 leaves, 85M float32 params."""
+    one = [(d, d), (d,)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return tuple(one * blocks)
+
+
 CASES = {
     "big": Case("big", "1 leaf of 16M (2^24) float32", ((1 << 24,),)),
     "many": Case("many", "1,000 leaves of 1,000 float32", ((1000,),) * 1000),
+    "transformer": Case(
+        "transformer",
+        "transformer-shaped: 12 blocks, 192 leaves, 85M float32",
+        transformer_shapes(),
+    ),
 }
 
 
@@ -232,6 +251,10 @@ def measure(sides: dict[str, Any], grads: Any, repeats: int, min_time: float) ->
         "n": n,
         "median": {name: statistics.median(t) for name, t in times.items()},
         "ratios": ratios,
+        "paired": {
+            name: statistics.median(a / o for a, o in zip(t, times["optax"], strict=True))
+            for name, t in times.items()
+        },
     }
 
 
@@ -287,7 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="pair labels or gradx names, a,b")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if present")
     parser.add_argument("--hlo", type=pathlib.Path, help="write the compiled HLO of each side")
+    parser.add_argument(
+        "--flat", action="store_true", help="also time gradx.flat(optimizer) (a column)"
+    )
+    parser.add_argument(
+        "--torch-fused", action="store_true", help="torch's fused kernel where it has one"
+    )
     args = parser.parse_args(argv)
+    TORCH_FUSED["on"] = args.torch_fused
 
     try:
         if args.no_torch:
@@ -329,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  {'rule':<30} {'gradx_ms':>9} {'optax_ms':>9} {'ratio':>6} {'paired':>6}"
             f"  {'per-repeat':>11}"
         )
-        print(header + (f" {'torch_ms':>9}" if torch_version else "") + "   N  same rule")
+        header += f" {'flat_ms':>9} {'(paired)':>8}" if args.flat else ""
+        header += f" {'torch_ms':>9} {'(paired)':>8}" if torch_version else ""
+        print(header + "   N  same rule")
         grads = tree(case.shapes, 1, 1e-3)
         for pair, make in pairs:
             gradx_opt = make(LR, **pair.gradx_kwargs)
@@ -339,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, opt in (("gradx", gradx_opt), ("optax", optax_opt)):
                 params = tree(case.shapes, 0, 1.0)
                 sides[name] = Side(make_step(opt), params, opt.init(params))
+            if args.flat:
+                flat_opt = gradx.flat(make(LR, **pair.gradx_kwargs))
+                params = tree(case.shapes, 0, 1.0)
+                sides["flat"] = Side(make_step(flat_opt), params, flat_opt.init(params))
             hlo_line = None
             if args.hlo:
                 summaries = {}
@@ -365,8 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {pair.label:<30} {1e3 * med['gradx']:>9.3f} {1e3 * med['optax']:>9.3f} "
                 f"{ratio:>6.3f} {paired:>6.3f}  {lo:>5.2f}-{hi:<5.2f}"
             )
-            if torch_version:
-                line += f" {1e3 * med['torch']:>9.3f}" if "torch" in med else f" {'—':>9}"
+            for extra in ("flat", "torch") if args.flat else ("torch",):
+                if extra == "torch" and not torch_version:
+                    continue
+                if extra in med:
+                    line += f" {1e3 * med[extra]:>9.3f} {result['paired'][extra]:>7.2f}×"
+                else:
+                    line += f" {'—':>9} {'':>8}"
             same = "yes" if diff <= 1e-5 else f"NO ({diff:.1e})"
             print(f"{line} {result['n']:>3}  {same}  (max |Δθ| {diff:.0e})")
             if hlo_line:

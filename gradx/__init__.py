@@ -42,6 +42,8 @@ from gradx._core import hyperparams as hyperparams
 from gradx._core import optimizer as optimizer
 from gradx._core import scale_by_learning_rate as scale_by_learning_rate
 from gradx._core import set_hyperparams as set_hyperparams
+from gradx._flat import FlatState as FlatState
+from gradx._flat import flat as flat
 from gradx._gain import effective_learning_rate as effective_learning_rate
 from gradx._lookahead import lookahead as lookahead
 from gradx._lookahead import lookahead_fitted as lookahead_fitted

@@ -43,10 +43,12 @@ def _count_as(count: jax.Array, h: jax.Array) -> jax.Array:
     return count.astype(h.dtype)
 
 
-def _ema_of(rho: jax.Array, x: jax.Array, old: jax.Array) -> jax.Array:
-    """ρ·old + (1−ρ)·x, computed in :func:`wide` of both and ρ (complex if either is)."""
+def _ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> jax.Array:
+    """ρ·old + (1−ρ)·x, computed in :func:`wide` of both and ρ (complex if either is).
+
+    ``rest``: 1 − ρ computed once by the caller (a block calls this once per leaf)."""
     xw, ow = wide(x, rho, old), wide(old, rho, x)
-    return coef(rho, ow) * ow + coef(1 - rho, xw) * xw
+    return coef(rho, ow) * ow + coef(1 - rho if rest is None else rest, xw) * xw
 
 
 def _debiased(x: jax.Array, correction: Any) -> jax.Array:
@@ -98,7 +100,9 @@ def precondition(
             total = dw + coef(e, dw)
             # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
             # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
-            return nw / jnp.where(total > 0, total, 1).astype(nw.dtype)
+            # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
+            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
+            return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
 
         out = jax.tree.map(leaf, num, den)
         return out, PreconditionState(direction_state, by_state)
@@ -151,11 +155,14 @@ def rms(
         rho, e = jnp.asarray(decay), jnp.asarray(eps_root)
         count = optax.safe_increment(state.count)
         correction = 1 - rho ** _count_as(count, rho) if debias else 1
+        rest = 1 - rho
 
-        nu = jax.tree.map(lambda g, v: _ema_of(rho, abs_sq(wide(g, rho, v)), v), updates, state.nu)
+        nu = jax.tree.map(
+            lambda g, v: _ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, state.nu
+        )
         mean = ()
         if centered:
-            mean = jax.tree.map(lambda g, a: _ema_of(rho, g, a), updates, state.mean)
+            mean = jax.tree.map(lambda g, a: _ema_of(rho, g, a, rest), updates, state.mean)
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)

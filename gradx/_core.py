@@ -18,6 +18,7 @@ The callable is static; the step count lives in the state.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -242,6 +243,8 @@ def wide(x: jax.Array, *hs: jax.Array) -> jax.Array:
     :func:`optimizer` casts its final update to the gradient's dtype once, at the end.
     """
     dtype = functools.reduce(_wider, [h.dtype for h in hs if not h.weak_type], x.dtype)
+    if dtype == x.dtype and not getattr(x, "weak_type", True):
+        return x  # the common case: no cast to trace (one per leaf and operand adds up)
     return x.astype(dtype)
 
 
@@ -251,7 +254,10 @@ def coef(h: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
     ``x`` is the result of :func:`wide` over ``h``, so the cast never narrows a non-weak ``h``;
     a complex ``x`` turns a real ``h`` into a complex scalar with zero imaginary part.
     """
-    return jnp.asarray(h).astype(x.dtype)
+    h = jnp.asarray(h)
+    if h.dtype == x.dtype and not h.weak_type:
+        return h  # already the right scalar: no cast to trace
+    return h.astype(x.dtype)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -652,6 +658,13 @@ def _shared_update(
     return _make_update(owner, factory, fn, dict(static_items), dict(schedule_items), {})
 
 
+def _cast_like(u: Any, g: jax.Array) -> jax.Array:
+    """``u`` in ``g``'s dtype (strongly typed); no cast traced when it already is."""
+    if isinstance(u, jax.Array) and u.dtype == g.dtype and not u.weak_type:
+        return u
+    return jnp.asarray(u).astype(g.dtype)
+
+
 def _make_update(
     owner: type[HyperparamsState],
     factory: Callable[..., Any],
@@ -713,7 +726,7 @@ def _make_update(
             raise TreeMismatchError(f"{fn}: {e}") from None
         # Blocks may return a wider dtype than the gradient (float16 steps are computed in
         # float32): one cast per leaf, here at the end.
-        out = jax.tree.map(lambda u, g: jnp.asarray(u).astype(g.dtype), out, updates)
+        out = jax.tree.map(_cast_like, out, updates)
         count = optax.safe_increment(state.count)
         return out, owner(count, state.hyperparams, scheduled, inner_state)
 
@@ -885,9 +898,15 @@ def scale_by_learning_rate(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         lr = jnp.asarray(learning_rate)
+        neg = -lr  # once per step, not once per leaf
         # g·(−γ), not −g·γ: the sign then folds into the scalar instead of costing a negate
         # per element (γ is a runtime value, so XLA cannot fold it as it does for optax).
-        return jax.tree.map(lambda g: wide(g, lr) * coef(-lr, wide(g, lr)), updates), state
+
+        def leaf(g):
+            gw = wide(g, lr)
+            return gw * coef(neg, gw)
+
+        return jax.tree.map(leaf, updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -916,10 +935,20 @@ def _check_mask(fn: str, mask: Any) -> None:
             )
 
 
+# True while gradx.flat runs an optimizer on packed buffers (one per dtype), whose leaves are
+# no longer the params': a mask naming leaves would silently decay the wrong coordinates.
+_FLAT_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("gradx_flat", default=False)
+
+
 def _full_mask(fn: str, mask: Any, params: Any) -> Any:
     """One bool per params leaf: ``mask`` (or ``mask(params)``) broadcast from a prefix tree."""
     if mask is None:
         return jax.tree.map(lambda _: True, params)
+    if _FLAT_ACTIVE.get():
+        raise ValueError(
+            f"{fn}: mask must be None inside gradx.flat, got {mask!r}: flat packs the leaves "
+            "into one buffer per dtype, so a mask cannot name them; use the per-leaf optimizer"
+        )
     tree = mask(params) if callable(mask) else mask
     _check_mask(fn, tree)
     try:

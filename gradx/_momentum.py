@@ -189,10 +189,11 @@ def ema(
         if init == "first":  # on the first step, m = g: as if β were 0 once
             beta = jnp.where(state.count == 0, jnp.zeros_like(beta), beta)
         count = optax.safe_increment(state.count)
+        rest = 1 - beta  # once per step, not once per leaf
 
         def mean_of(g, m):
             gw, mw = wide(g, beta, m), wide(m, beta, g)
-            return coef(beta, mw) * mw + coef(1 - beta, gw) * gw
+            return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, state.mean)
         if debias:

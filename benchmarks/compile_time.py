@@ -1,0 +1,375 @@
+"""Trace and compile time of one jitted update + apply: gradx, gradx.flat and optax, same run.
+
+    python benchmarks/compile_time.py [--quick] [--rules adam,momentum,rmsprop]
+                                      [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
+                                      [--repeats 5] [--skip-step] [--skip-mlp] [--skip-fit]
+
+For every rule and number of leaves L it builds, for each side, a fresh
+
+    step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))  # update + apply
+
+and times ``step.lower(...)`` (tracing and lowering to StableHLO: "trace") and
+``.compile()`` (XLA: "compile") separately. Functions are new closures every time and no
+persistent compilation cache is configured, so nothing is reused; the sides are compiled in
+alternating order (gradx first at one size, optax first at the next). Then it times the
+compiled steps, interleaved, ``--repeats`` measurements each (median; ``paired`` is the median
+of the per-repeat ratios flat/optax and gradx/optax).
+
+Leaves (``--shapes``): ``uniform``: every leaf has shape (1000,), so XLA compiles one kernel
+for all leaves of optax and of per-leaf gradx (it deduplicates identical fused kernels);
+``distinct``: leaf i has shape (1000 + i,), every kernel is a new one, as in a model whose
+leaves all differ.
+
+It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves)
+and the first ``gradx.fit`` epoch of the digits network (64-16-16-10, Adam, batch 32) against
+the optax-tutorial loop's first epoch (jitted step per minibatch, host batches); both include
+compilation. ``--quick`` skips the 4,000-leaf size. With ``--cache-dir DIR`` JAX's persistent
+compilation cache is on: run it twice, and the second run's first epochs reuse the programs
+the first run compiled (``gradx.fit`` and ``gradx.sweep`` programs are found by their HLO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gradx
+
+LR = 1e-3
+
+RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+    "adam": (lambda: gradx.adam(LR), lambda: optax.adam(LR)),
+    "momentum": (
+        lambda: gradx.momentum(LR, momentum=0.9),
+        lambda: optax.sgd(LR, momentum=0.9),
+    ),
+    "rmsprop": (
+        lambda: gradx.rmsprop(LR, decay=0.9, eps=1e-8),
+        lambda: optax.rmsprop(LR, decay=0.9, eps=1e-8, eps_in_sqrt=False),
+    ),
+}
+
+
+def sides_for(rule: str) -> dict[str, Callable[[], Any]]:
+    make_gradx, make_optax = RULES[rule]
+    return {
+        "gradx": make_gradx,
+        "flat": lambda: gradx.flat(make_gradx()),
+        "optax": make_optax,
+    }
+
+
+def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
+    if kind == "uniform":
+        return [(1000,)] * n
+    return [(1000 + i,) for i in range(n)]
+
+
+def make_step(opt: Any) -> Callable[..., Any]:
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def trace_compile(jitted: Any, *args: Any) -> tuple[float, float, Any]:
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, compiled
+
+
+class Stepper:
+    def __init__(self, compiled: Any, params: Any, state: Any):
+        self.compiled, self.params, self.state = compiled, params, state
+
+    def run(self, grads: Any, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            self.params, self.state = self.compiled(self.params, self.state, grads)
+        jax.block_until_ready((self.params, self.state))
+        return (time.perf_counter() - start) / n
+
+
+def interleaved(steppers: dict[str, Stepper], grads: Any, repeats: int, min_time: float):
+    for s in steppers.values():
+        s.run(grads, 2)
+    one = min(s.run(grads, 1) for s in steppers.values())
+    n = max(1, min(1000, math.ceil(min_time / max(one, 1e-9))))
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    names = list(steppers)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(steppers[name].run(grads, n))
+    return times
+
+
+def update_table(args: argparse.Namespace) -> None:
+    shape = "(1000,)" if args.shapes == "uniform" else "(1000 + i,)"
+    print(
+        f"\n### One update + apply, leaves of shape {shape}"
+        "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
+    )
+    print(
+        "| rule | leaves | gradx trace / compile | flat trace / compile | optax trace / compile "
+        "| gradx/optax (trace+compile) | flat/optax | gradx step ms | flat step ms | "
+        "optax step ms |"
+    )
+    print("|---|---:|---|---|---|---:|---:|---|---|---:|")
+    flip = False
+    for rule in args.rules.split(","):
+        for n in [int(x) for x in args.leaves.split(",")]:
+            shapes = shapes_of(n, args.shapes)
+            keys = jax.random.split(jax.random.key(0), n)
+            grads = [1e-3 * jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
+            makers = sides_for(rule)
+            order = list(makers)[::-1] if flip else list(makers)
+            flip = not flip
+            tc, steppers = {}, {}
+            for name in order:
+                opt = makers[name]()
+                params = [jnp.ones(s, jnp.float32) for s in shapes]
+                state = opt.init(params)
+                t, c, compiled = trace_compile(make_step(opt), params, state, grads)
+                tc[name] = (t, c)
+                steppers[name] = Stepper(compiled, params, state)
+            total = {k: sum(v) for k, v in tc.items()}
+            if args.skip_step:
+                step_text = ["—", "—", "—"]
+            else:
+                times = interleaved(steppers, grads, args.repeats, args.min_time)
+                med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+                paired = {
+                    k: statistics.median(
+                        a / b for a, b in zip(times[k], times["optax"], strict=True)
+                    )
+                    for k in ("gradx", "flat")
+                }
+                step_text = [
+                    f"{med['gradx']:.3f} ({paired['gradx']:.2f}×)",
+                    f"{med['flat']:.3f} ({paired['flat']:.2f}×)",
+                    f"{med['optax']:.3f}",
+                ]
+            del steppers
+            print(
+                f"| {rule} | {n} | {tc['gradx'][0]:.2f} / {tc['gradx'][1]:.2f} "
+                f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} "
+                f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} "
+                f"| {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
+                f"| {' | '.join(step_text)} |"
+            )
+            sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+def mlp_table(args: argparse.Namespace) -> None:
+    layers, width, batch = 50, 64, 32
+    key = jax.random.key(1)
+    params = []
+    for i in range(layers):
+        key, k = jax.random.split(key)
+        params.append(
+            {
+                "w": jax.random.normal(k, (width, width)) / math.sqrt(width),
+                "b": jnp.zeros((width,)) + 0.01 * i,
+            }
+        )
+    x = jax.random.normal(key, (batch, width))
+
+    def make(opt: Any) -> Callable[..., Any]:
+        def loss(p: Any) -> jax.Array:
+            h = x
+            for layer in p:
+                h = jnp.tanh(h @ layer["w"] + layer["b"])
+            return jnp.mean(h**2)
+
+        def step(p: Any, s: Any) -> tuple[Any, Any, jax.Array]:
+            value, g = jax.value_and_grad(loss)(p)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s, value
+
+        return jax.jit(step, donate_argnums=(0, 1))
+
+    print("\n### 50-layer MLP train step (width 64, 100 leaves, Adam): trace / compile s\n")
+    print("| side | trace s | compile s | total vs optax |")
+    print("|---|---:|---:|---:|")
+    sides = sides_for("adam")
+    tc = {}
+    for name in ("optax", "gradx", "flat"):
+        opt = sides[name]()
+        p = jax.tree.map(jnp.copy, params)
+        t, c, _ = trace_compile(make(opt), p, opt.init(p))
+        tc[name] = (t, c)
+    for name in ("gradx", "flat", "optax"):
+        t, c = tc[name]
+        print(f"| {name} | {t:.2f} | {c:.2f} | {(t + c) / sum(tc['optax']):.2f}× |")
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def digits_data(n: int = 1437) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 64), dtype=np.float32)
+    w = rng.standard_normal((64, 10), dtype=np.float32)
+    return x, np.argmax(x @ w, axis=1).astype(np.int32)
+
+
+def digits_params() -> list[dict[str, jax.Array]]:
+    sizes = [64, 16, 16, 10]
+    key = jax.random.key(0)
+    out = []
+    for a, b in itertools.pairwise(sizes):
+        key, k = jax.random.split(key)
+        out.append({"w": jax.random.normal(k, (a, b)) / math.sqrt(a), "b": jnp.zeros((b,))})
+    return out
+
+
+def make_loss() -> Callable[[Any, Any], jax.Array]:
+    def loss_fn(params: Any, batch: Any) -> jax.Array:  # a new function every call: no reuse
+        x, y = batch
+        h = x
+        for i, layer in enumerate(params):
+            h = h @ layer["w"] + layer["b"]
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+    return loss_fn
+
+
+def first_fit_epoch(opt: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(first epoch s, second epoch s) of gradx.fit."""
+    result = gradx.fit(
+        make_loss(), digits_params(), opt, (x, y), batch_size=32, epochs=2,
+        key=jax.random.key(0), progress=False,
+    )  # fmt: skip
+    return float(result.epoch_seconds[0]), float(result.epoch_seconds[1])
+
+
+def first_loop_epoch(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(first epoch s, second epoch s) of the optax-tutorial loop with optax.adam."""
+    loss_fn = make_loss()
+    opt = optax.adam(LR)
+
+    @jax.jit
+    def step(params, state, xb, yb):
+        value, grads = jax.value_and_grad(loss_fn)(params, (xb, yb))
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    params = digits_params()
+    state = opt.init(params)
+    rng = np.random.default_rng(0)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        order = rng.permutation(len(x))
+        for i in range(len(x) // 32):
+            idx = order[i * 32 : (i + 1) * 32]
+            params, state, _ = step(params, state, x[idx], y[idx])
+        jax.block_until_ready(params)
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
+
+
+def fit_table(args: argparse.Namespace) -> None:
+    x, y = digits_data()
+    first_fit_epoch(gradx.adam(LR), x, y)  # warm JAX's own caches (jnp helpers) for both
+    first_loop_epoch(x, y)
+    runs: dict[str, list[tuple[float, float]]] = {"fit": [], "fit_flat": [], "loop": []}
+    for r in range(args.fit_repeats):
+        order = ["fit", "fit_flat", "loop"] if r % 2 == 0 else ["loop", "fit_flat", "fit"]
+        for name in order:
+            if name == "fit":
+                runs[name].append(first_fit_epoch(gradx.adam(LR), x, y))
+            elif name == "fit_flat":
+                runs[name].append(first_fit_epoch(gradx.flat(gradx.adam(LR)), x, y))
+            else:
+                runs[name].append(first_loop_epoch(x, y))
+    print(
+        "\n### First epoch, digits network 64-16-16-10 (1437 examples, batch 32, Adam), "
+        f"median of {args.fit_repeats} fresh runs\n"
+    )
+    print("| contender | first epoch s (incl. compile) | vs loop (paired) | next epoch s |")
+    print("|---|---:|---:|---:|")
+    labels = {
+        "fit": "`gradx.fit(adam)`",
+        "fit_flat": "`gradx.fit(flat(adam))`",
+        "loop": "optax-tutorial loop (`optax.adam`)",
+    }
+    for name in ("fit", "fit_flat", "loop"):
+        first = statistics.median(a for a, _ in runs[name])
+        nxt = statistics.median(b for _, b in runs[name])
+        paired = statistics.median(
+            a / b for (a, _), (b, _) in zip(runs[name], runs["loop"], strict=True)
+        )
+        print(f"| {labels[name]} | {first:.3f} | {paired:.2f}× | {nxt:.4f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip the 4,000-leaf size")
+    parser.add_argument("--rules", default="adam,momentum,rmsprop")
+    parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
+    parser.add_argument("--shapes", default="uniform", choices=("uniform", "distinct"))
+    parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
+    parser.add_argument("--min-time", type=float, default=0.1, help="seconds per measurement")
+    parser.add_argument("--fit-repeats", type=int, default=3)
+    parser.add_argument("--skip-step", action="store_true", help="no step times")
+    parser.add_argument("--skip-update", action="store_true", help="no update table")
+    parser.add_argument("--skip-mlp", action="store_true")
+    parser.add_argument("--skip-fit", action="store_true")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="use JAX's persistent compilation cache in this directory (run twice: the second "
+        "run's first epochs are those with a warm cache); use with --skip-update --skip-mlp",
+    )
+    args = parser.parse_args(argv)
+    if args.leaves is None:
+        args.leaves = "10,100,1000" if args.quick else "10,100,1000,4000"
+    if args.cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    elif jax.config.jax_compilation_cache_dir:
+        print("a persistent compilation cache is configured: unset it to measure compile time")
+        return 1
+    device = jax.devices()[0]
+    print("$ python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]))
+    print(
+        f"jax {jax.__version__}, optax {optax.__version__}, gradx {gradx.__version__}; "
+        f"{device.platform} {device.device_kind}, {os.cpu_count()} CPU cores; "
+        f"load average at start {os.getloadavg()[0]:.2f}"
+    )
+    if not args.skip_update:
+        update_table(args)
+    if not args.skip_mlp:
+        mlp_table(args)
+    if not args.skip_fit:
+        fit_table(args)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""gradx.flat: the many-leaf path equals the per-leaf path across the optimizer table."""
+
+from __future__ import annotations
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_optimizers import CASES
+
+import gradx
+
+IDS = [c.name for c in CASES]
+
+# A tree with a scalar, vectors, matrices, a 3-D leaf and two float dtypes (two buffers);
+# b and f, e and g share a shape (sliced at runtime offsets), the others have their own.
+SHAPES = {"a": (3, 4), "b": (5,), "c": (), "d": (2, 2, 2), "e": (7,), "f": (5,), "g": (7,)}
+DTYPES = {
+    "a": jnp.float32,
+    "b": jnp.float32,
+    "c": jnp.float32,
+    "d": jnp.float64,
+    "e": jnp.float64,
+    "f": jnp.float32,
+    "g": jnp.float64,
+}
+
+
+def _params(seed: int = 0) -> dict[str, jax.Array]:
+    keys = jax.random.split(jax.random.key(seed), len(SHAPES))
+    return {
+        name: jax.random.normal(k, SHAPES[name], DTYPES[name])
+        for k, name in zip(keys, sorted(SHAPES), strict=True)
+    }
+
+
+def _loss(params: dict[str, jax.Array]) -> jax.Array:
+    # Different curvature per leaf, so that every leaf's trajectory is distinct.
+    total = jnp.zeros((), jnp.float64)
+    for i, name in enumerate(sorted(params)):
+        x = params[name].astype(jnp.float64)
+        total = total + (i + 1) * jnp.sum(x**2) + jnp.sum(jnp.sin(3.0 * x))
+    return total
+
+
+def _run(opt, steps: int = 6, state=None):
+    params = _params()
+    state = opt.init(params) if state is None else state
+
+    @jax.jit
+    def step(params, state):
+        value, grads = jax.value_and_grad(_loss)(params)
+        updates, state = opt.update(grads, state, params, value=value)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+ULPS = 8  # after 6 steps; 3 seen (nadam_optax_convention, float64), all others bit-equal
+
+
+def _ulps(got: jax.Array, want: jax.Array) -> float:
+    """The largest difference in units in the last place of ``want``."""
+    got, want = np.asarray(got), np.asarray(want)
+    return float(np.max(np.abs(got - want) / np.spacing(np.abs(want)), initial=0.0))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_flat_equals_per_leaf(case):
+    want, want_state = _run(case.make(0.01, **case.hp))
+    got, got_state = _run(gradx.flat(case.make(0.01, **case.hp)))
+    for name in SHAPES:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+        # The same operations on the same numbers; XLA fuses and vectorizes a long buffer and
+        # a short leaf differently (e.g. where it contracts a multiply-add), so a coordinate
+        # may differ in its last bit; normalized_sgd also sums its one norm in another order.
+        assert _ulps(got[name], want[name]) <= ULPS, (name, _ulps(got[name], want[name]))
+    assert isinstance(got_state, gradx.FlatState)
+    want_hp, got_hp = gradx.hyperparams(want_state), gradx.hyperparams(got_state)
+    assert sorted(got_hp) == sorted(want_hp)
+    for name in want_hp:
+        np.testing.assert_array_equal(got_hp[name], want_hp[name])
+
+
+def test_flat_state_is_a_few_buffers_and_the_program_does_not_grow_with_leaves():
+    params = _params()
+    state = gradx.flat(gradx.adam(0.1)).init(params)
+    moments = jax.tree.leaves(state.inner_state.inner_state)
+    # mu and nu: one 1-D buffer per dtype each (float32: 12+5+1+5, float64: 8+7+7)
+    assert sorted(x.shape for x in moments if x.ndim) == [(22,), (22,), (23,), (23,)]
+    assert len(state.offsets) == 4  # b, f; e, g
+
+    def sqrt_count(n: int, opt) -> int:
+        leaves = [jnp.ones((3,), jnp.float32)] * n
+        s = opt.init(leaves)
+        jaxpr = jax.make_jaxpr(lambda g, s: opt.update(g, s, leaves))(leaves, s)
+        return str(jaxpr).count(" sqrt ")
+
+    assert sqrt_count(50, gradx.flat(gradx.adam(0.1))) == 1  # one buffer: one sqrt
+    assert sqrt_count(50, gradx.adam(0.1)) == 50  # per leaf: one each
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name in ("adam", "rprop", "lookahead_momentum")], ids=str
+)
+def test_big_leaves_keep_their_own_buffer(case):
+    # max_leaf_size=8: a (12 elements) is its own buffer; d (8) and the others are packed
+    opt = gradx.flat(case.make(0.01, **case.hp), max_leaf_size=8)
+    state = opt.init(_params())
+    shapes = sorted({x.shape for x in jax.tree.leaves(state) if x.ndim})
+    assert (3, 4) in shapes and (11,) in shapes and (22,) in shapes  # a; b+c+f; d+e+g
+    want, _ = _run(case.make(0.01, **case.hp))
+    got, _ = _run(opt)
+    for name in SHAPES:
+        assert _ulps(got[name], want[name]) <= ULPS
+
+
+def test_leaves_of_one_shape_share_one_kernel():
+    # 40 leaves of one shape: with runtime offsets every slice + apply is the same kernel
+    leaves = [jnp.full((7,), float(i), jnp.float32) for i in range(40)] + [jnp.ones((3,))]
+    grads = [jnp.full((7,), 0.1 * i, jnp.float32) for i in range(40)] + [jnp.ones((3,))]
+
+    def compiled(opt):
+        def step(p, s, g):
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        state = opt.init(leaves)
+        return jax.jit(step).lower(leaves, state, grads).compile(), state
+
+    shared, state = compiled(gradx.flat(gradx.adam(0.1)))
+    assert len(state.offsets) == 40  # the (3,) leaf has a shape of its own: constant offset
+    constant, state_c = compiled(gradx.flat(gradx.adam(0.1), share_kernels=False))
+    assert state_c.offsets == ()
+    assert shared.as_text().count("dynamic-slice(") == 40
+    assert constant.as_text().count("dynamic-slice(") == 0
+    got, _ = shared(leaves, state, grads)
+    want, _ = constant(leaves, state_c, grads)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(gradx.TreeMismatchError, match="flat: the state was built for"):
+        gradx.flat(gradx.adam(0.1)).update(grads, state_c, leaves)
+    with pytest.raises(TypeError, match="flat: share_kernels must be a bool, got 1"):
+        gradx.flat(gradx.adam(0.1), share_kernels=1)
+
+
+def test_set_hyperparams_and_vmap_sweep_through_flat():
+    opt = gradx.flat(gradx.momentum(0.1, momentum=0.9))
+    per_leaf = gradx.momentum(0.1, momentum=0.9)
+    params = _params()
+    lrs = jnp.asarray([0.01, 0.05, 0.2], jnp.float32)
+    grads = jax.grad(_loss)(params)
+
+    def one(opt, lr):
+        state = gradx.set_hyperparams(opt.init(params), learning_rate=lr)
+        updates, state = opt.update(grads, state, params)
+        updates, _ = opt.update(grads, state, params)
+        return updates
+
+    got = jax.jit(jax.vmap(lambda lr: one(opt, lr)))(lrs)
+    want = jax.jit(jax.vmap(lambda lr: one(per_leaf, lr)))(lrs)
+    for name in SHAPES:
+        np.testing.assert_array_equal(got[name], want[name])
+    state = gradx.set_hyperparams(opt.init(params), learning_rate=0.3)
+    assert float(gradx.hyperparams(state)["learning_rate"]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="learning_rate must be >= 0"):
+        gradx.set_hyperparams(state, learning_rate=-1.0)
+
+
+def test_flat_state_pickles_and_continues():
+    opt = gradx.flat(gradx.adam(0.05))
+    _, state = _run(opt, steps=3)
+    restored = pickle.loads(pickle.dumps(jax.device_get(state)))
+    want, _ = _run(opt, steps=2, state=state)
+    got, _ = _run(opt, steps=2, state=restored)
+    for name in SHAPES:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_fit_and_sweep_with_flat_equal_per_leaf():
+    x = jax.random.normal(jax.random.key(3), (64, 5), jnp.float32)
+    y = x @ jnp.arange(1.0, 6.0, dtype=jnp.float32)[:, None]
+    params = {"w": jnp.zeros((5, 1), jnp.float32), "b": jnp.zeros((1,), jnp.float32)}
+
+    def loss_fn(p, batch):
+        xb, yb = batch
+        return jnp.mean((xb @ p["w"] + p["b"][None, :] - yb) ** 2)
+
+    kw = dict(batch_size=16, epochs=2, key=jax.random.key(0), progress=False)
+    want = gradx.fit(loss_fn, params, gradx.adam(0.05), (x, y), **kw)
+    got = gradx.fit(loss_fn, params, gradx.flat(gradx.adam(0.05)), (x, y), **kw)
+    for name in params:  # to the last bits, as in test_flat_equals_per_leaf
+        assert _ulps(got.params[name], want.params[name]) <= ULPS
+    assert _ulps(got.history["loss"], want.history["loss"]) <= ULPS
+    grid = {"learning_rate": np.asarray([0.01, 0.1], np.float32)}
+    want_sweep = gradx.sweep(loss_fn, params, gradx.adam(0.05), (x, y), grid, **kw)
+    got_sweep = gradx.sweep(loss_fn, params, gradx.flat(gradx.adam(0.05)), (x, y), grid, **kw)
+    assert _ulps(got_sweep.history["loss"], want_sweep.history["loss"]) <= ULPS
+
+
+def test_flat_refuses_what_it_cannot_do():
+    params = _params()
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="flat: max_leaf_size must be None or an integer"):
+            gradx.flat(gradx.adam(0.1), max_leaf_size=bad)
+    with pytest.raises(ValueError, match=r"weight_decay: mask must be None inside gradx\.flat"):
+        gradx.flat(gradx.adamw(0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))).init(
+            params
+        )
+    opt = gradx.flat(gradx.adam(0.1))
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    with pytest.raises(gradx.TreeMismatchError, match="flat: the gradient at"):
+        opt.update({**grads, "b": jnp.ones((5, 1), jnp.float32)}, state, params)
+    with pytest.raises(TypeError, match="flat: each gradient must have its param's dtype"):
+        opt.update({**grads, "b": jnp.ones((5,), jnp.float64)}, state, params)
+    with pytest.raises(TypeError, match="flat: state must be the FlatState"):
+        opt.update(grads, gradx.adam(0.1).init(params), params)
+
+
+# ----------------------------------------------------------------------------- compile cache
+
+_CACHE_WORKER = """
+import json, logging, sys
+import jax
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+messages = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+logger = logging.getLogger("jax._src.compiler")
+logger.setLevel(logging.DEBUG)
+logger.addHandler(Keep())
+import jax.numpy as jnp, numpy as np, gradx
+x = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+y = x.sum(axis=1, keepdims=True)
+params = {"w": jnp.zeros((5, 1)), "b": jnp.zeros((1,))}
+def loss(p, b):
+    return jnp.mean((b[0] @ p["w"] + p["b"][None, :] - b[1]) ** 2)
+kw = dict(batch_size=8, epochs=1, key=jax.random.key(0), progress=False)
+fit = gradx.fit(loss, params, gradx.adam(0.01), (x, y), **kw)
+sweep = gradx.sweep(loss, params, gradx.adam(0.01), (x, y), {"learning_rate": [0.01, 0.1]}, **kw)
+epoch = [m for m in messages if "'jit__run_epoch'" in m]
+print(json.dumps({
+    "hits": sum(m.startswith("Persistent compilation cache hit") for m in epoch),
+    "misses": sum("CACHE MISS" in m for m in epoch),
+    "loss": [float(fit.history["loss"][0]), *map(float, sweep.history["loss"][:, 0])],
+}))
+"""
+
+
+def test_fit_and_sweep_reuse_the_persistent_compilation_cache_across_processes(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_WORKER, str(tmp_path)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert (first["hits"], first["misses"]) == (0, 2)  # fit's epoch program and sweep's
+    assert any(p.name.startswith("jit__run_epoch") for p in tmp_path.iterdir())
+    second = run()  # a new process: both programs come from the cache, none is compiled
+    assert (second["hits"], second["misses"]) == (2, 0)
+    assert second["loss"] == first["loss"]
