@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from gradx import callbacks as _callbacks
 
 
@@ -29,8 +31,11 @@ class Options:
     skip_nonfinite: bool = False
 
 
-def _is_int(x: Any, low: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+def _check_int(fn: str, name: str, value: Any, low: int) -> int:
+    """``value`` as an int, or a ValueError unless it is an integer >= ``low`` (bools are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def options(
@@ -44,18 +49,14 @@ def options(
     initial_epoch: int,
     skip_nonfinite: bool,
 ) -> Options:
-    if not _is_int(initial_epoch, 0):
-        raise ValueError(f"{fn}: initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+    initial_epoch = _check_int(fn, "initial_epoch", initial_epoch, 0)
     if initial_epoch >= epochs:
         raise ValueError(
             f"{fn}: initial_epoch must be < epochs (epochs is the index to stop at, as in "
             f"Keras: initial_epoch=2, epochs=4 runs epochs 2 and 3), got initial_epoch="
             f"{initial_epoch} with epochs={epochs}"
         )
-    if not _is_int(checkpoint_every, 1):
-        raise ValueError(
-            f"{fn}: checkpoint_every must be an integer >= 1, got {checkpoint_every!r}"
-        )
+    checkpoint_every = _check_int(fn, "checkpoint_every", checkpoint_every, 1)
     if resume and checkpoint_dir is None:
         raise ValueError(f"{fn}: resume=True needs checkpoint_dir, got checkpoint_dir=None")
     callbacks = () if callbacks is None else tuple(callbacks)

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx import _gain, _loop, _sharding, _step, _stream
+from gradx import _core, _gain, _loop, _sharding, _step, _stream
 from gradx._core import hyperparams, set_hyperparams
+from gradx._loop import _check_int
 
 __all__ = ["BestPoint", "FitResult", "SweepResult", "fit", "sweep"]
 
@@ -262,15 +263,8 @@ def _run_epoch(program: _Program, params, opt_state, data, eval_data, key, epoch
 
 
 def _check_flag(fn: str, name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+    _core._check_flag(fn, name, value, "bool")  # the optimizers' check: bool("false") is True
     return bool(value)
-
-
-def _check_int(fn: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
