@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -37,10 +38,10 @@ class FlatState(NamedTuple):
     """
 
     inner_state: Any
-    # int32 scalars, one per leaf sliced out of a shared buffer: where it starts. Constant,
-    # but runtime values to XLA: the kernels that slice leaves of one shape are then one
-    # kernel, compiled once, as the per-leaf path's are (a constant offset would make each a
-    # kernel of its own).
+    # int32 scalars, one per run of leaves sliced out of a shared buffer: where the run
+    # starts (see _runs). Constant, but runtime values to XLA: the kernels that slice leaves
+    # of one shape are then a few kernels, compiled once each, as the per-leaf path's are (a
+    # constant offset per leaf would make each a kernel of its own).
     offsets: tuple[jax.Array, ...] = ()
 
 
@@ -99,10 +100,18 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
     return tuple(buffers)
 
 
-def _sliced(layout: _Layout, share_kernels: bool = True) -> list[int]:
-    """The leaves sliced at a runtime offset, in leaf order: those that share a buffer with
-    others and, with ``share_kernels``, a shape with another leaf of that buffer (a leaf of
-    a shape of its own gets a kernel of its own anyway: a constant offset costs nothing)."""
+def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
+    """The leaves sliced at a runtime offset, as runs: each a few leaves of one shape in one
+    buffer, in leaf order, that share one runtime start (the run's first leaf's offset).
+
+    A leaf of a run is sliced at ``start + delta``, ``delta`` its distance from the run's
+    first leaf, a constant of its kernel: runs with the same spacing (leaves of one shape
+    side by side, or repeated blocks of a model) share their kernels. A class of m leaves of
+    one shape is cut into runs of ⌈√m⌉ leaves, so about √m kernels and √m runtime starts: a
+    start per leaf would cost an input and an output of the step per leaf (about 2 µs each
+    on CPU), one start per class a kernel per leaf. A leaf of a shape of its own is not in a
+    run: it gets a kernel of its own anyway, and a constant offset costs nothing.
+    Empty without ``share_kernels``."""
     if not share_kernels:
         return []
     classes: dict[tuple[int, tuple[int, ...]], list[int]] = {}
@@ -111,27 +120,35 @@ def _sliced(layout: _Layout, share_kernels: bool = True) -> list[int]:
             for i in indices:
                 b, _, _, shape = layout.slots[i]
                 classes.setdefault((b, shape), []).append(i)
-    return sorted(i for members in classes.values() if len(members) > 1 for i in members)
+    runs = []
+    for members in classes.values():
+        if len(members) > 1:
+            length = math.isqrt(len(members) - 1) + 1  # ⌈√m⌉
+            runs += [tuple(members[k : k + length]) for k in range(0, len(members), length)]
+    return sorted(runs)
 
 
 def _offsets(layout: _Layout, share_kernels: bool) -> tuple[jax.Array, ...]:
-    """The start of each leaf sliced at a runtime offset, as int32 scalars (see FlatState)."""
+    """The start of each run (see :func:`_runs`), as int32 scalars (see FlatState)."""
     out = []
-    for i in _sliced(layout, share_kernels):
-        _, offset, size, _ = layout.slots[i]
-        if offset + size > np.iinfo(np.int32).max:
+    for run in _runs(layout, share_kernels):
+        _, last, size, _ = layout.slots[run[-1]]
+        if last + size > np.iinfo(np.int32).max:
             raise ValueError(
                 f"flat: the leaves of one dtype must total fewer than 2**31 elements, got "
-                f"{offset + size}; lower max_leaf_size so that big leaves stay unpacked"
+                f"{last + size}; lower max_leaf_size so that big leaves stay unpacked"
             )
-        out.append(jnp.asarray(offset, jnp.int32))
+        out.append(jnp.asarray(layout.slots[run[0]][1], jnp.int32))
     return tuple(out)
 
 
 def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
     """The inverse of :func:`_pack`: each leaf sliced out of its buffer and reshaped."""
     buffers = tuple(buffers)
-    where = dict(zip(_sliced(layout, bool(offsets)), offsets, strict=True))
+    where = {}  # leaf -> (its run's runtime start, its distance from it)
+    for run, start in zip(_runs(layout, bool(offsets)), offsets, strict=True):
+        first = layout.slots[run[0]][1]
+        where.update((i, (start, layout.slots[i][1] - first)) for i in run)
     leaves = []
     for i, (b, offset, size, shape) in enumerate(layout.slots):
         buf = buffers[b]
@@ -139,7 +156,9 @@ def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
             leaves.append(buf if offset is None else jnp.reshape(buf, shape))
             continue
         if i in where:
-            part = jax.lax.dynamic_slice(buf, (where[i],), (size,))
+            start, delta = where[i]
+            at = start if delta == 0 else start + np.int32(delta)
+            part = jax.lax.dynamic_slice(buf, (at,), (size,))
         else:
             part = jax.lax.slice(buf, (offset,), (offset + size,))
         leaves.append(jnp.reshape(part, shape))
@@ -191,12 +210,12 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
                         f"{jax.tree_util.keystr(path) or '(the root)'}"
                     )
             packed_params = _pack(params, layout)
-        want = len(_sliced(layout, share_kernels))
+        want = len(_runs(layout, share_kernels))
         if len(state.offsets) != want:
             raise TreeMismatchError(
-                f"flat: the state was built for params with {len(state.offsets)} leaves sliced "
-                f"at a runtime offset, but the gradients have {want}; call init with params "
-                "of the gradients' structure and the same flat settings"
+                f"flat: the state was built for params with {len(state.offsets)} runs of leaves "
+                f"sliced at a runtime offset, but the gradients have {want}; call init with "
+                "params of the gradients' structure and the same flat settings"
             )
         with _inside():
             out, inner_state = inner_update(
@@ -237,9 +256,12 @@ def flat(
     O(L); what remains per leaf is one slice of the update (fused with the apply) and the
     copy of each gradient into its buffer. XLA compiles one kernel per distinct fused
     computation and shares identical ones; a slice at a constant offset would be a kernel of
-    its own for every leaf, so by default (``share_kernels``) leaves that share a shape are
-    sliced at an offset the program reads at run time (one int32 scalar per such leaf in the
-    state), and all of them share one kernel, as in the per-leaf path.
+    its own for every leaf, so by default (``share_kernels``) the m leaves that share a shape
+    are cut into runs of ⌈√m⌉ side by side, each run starts at an offset the program reads
+    at run time (an int32 scalar per run in the state), and each leaf is sliced at its run's
+    start plus a constant: runs spaced alike share their kernels, so about √m kernels are
+    compiled and √m offsets are read per step, where a runtime offset per leaf would be an
+    input and an output of the step per leaf (about 2 µs each per step on CPU).
 
     ``gradx.hyperparams``, ``gradx.set_hyperparams`` (also under ``vmap``, so ``gradx.sweep``
     works), ``check_hyperparams``, pickling and orbax checkpoints see the inner optimizer's
@@ -253,11 +275,9 @@ def flat(
       max_leaf_size: leaves with more elements than this (default 16,384) are not packed: a
         kernel of their own costs little next to their memory traffic, and packing would
         copy them every step. None packs every leaf.
-      share_kernels: slice leaves that share a shape at runtime offsets (see above): compile
-        time then grows with the number of distinct shapes, not of leaves, for about 2 µs
-        per such leaf per step on CPU (the offsets are inputs of the step). False: constant
-        offsets, a kernel per leaf to compile, the fastest steps for cheap rules (sgd,
-        momentum) once compiled.
+      share_kernels: slice leaves that share a shape at runtime offsets, by runs (see
+        above): compile time then grows with √ of the number of leaves of each shape. False:
+        constant offsets, a kernel per leaf to compile.
 
     Returns:
       An optax transformation with the params' pytree for params, gradients and updates;

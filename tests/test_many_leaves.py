@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ def test_flat_state_is_a_few_buffers_and_the_program_does_not_grow_with_leaves()
     moments = jax.tree.leaves(state.inner_state.inner_state)
     # mu and nu: one 1-D buffer per dtype each (float32: 12+5+1+5, float64: 8+7+7)
     assert sorted(x.shape for x in moments if x.ndim) == [(22,), (22,), (23,), (23,)]
-    assert len(state.offsets) == 4  # b, f; e, g
+    assert len(state.offsets) == 2  # one run each: b, f; e, g
 
     def sqrt_count(n: int, opt) -> int:
         leaves = [jnp.ones((3,), jnp.float32)] * n
@@ -134,11 +135,17 @@ def test_leaves_of_one_shape_share_one_kernel():
         return jax.jit(step).lower(leaves, state, grads).compile(), state
 
     shared, state = compiled(gradx.flat(gradx.adam(0.1)))
-    assert len(state.offsets) == 40  # the (3,) leaf has a shape of its own: constant offset
+    # runs of ⌈√40⌉ = 7 leaves: 6 runtime starts; the (3,) leaf has a shape of its own
+    assert len(state.offsets) == 6
+    np.testing.assert_array_equal(state.offsets, [0, 49, 98, 147, 196, 245])
     constant, state_c = compiled(gradx.flat(gradx.adam(0.1), share_kernels=False))
     assert state_c.offsets == ()
-    assert shared.as_text().count("dynamic-slice(") == 40
+    text = shared.as_text()
+    assert text.count("dynamic-slice(") == 40
     assert constant.as_text().count("dynamic-slice(") == 0
+    # each leaf at its run's start plus 7 * (its place in the run): 6 distinct constants
+    # (the first of a run adds nothing), the same in every run, so 7 distinct kernels
+    assert {int(c) for c in re.findall(r"s32\[\] constant\((\d+)\)", text)} >= {7, 14, 35, 42}
     got, _ = shared(leaves, state, grads)
     want, _ = constant(leaves, state_c, grads)
     for a, b in zip(got, want, strict=True):
