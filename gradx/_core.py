@@ -28,6 +28,7 @@ import math
 import operator
 import re
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -632,6 +633,8 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                     update = _shared_update(*key)
                 except TypeError:  # an unhashable static argument: no sharing for this one
                     update = _shared_update.__wrapped__(*key)
+            if _elementwise(factory, static):
+                ELEMENTWISE.add(update)
             return optax.GradientTransformationExtraArgs(init, update)
 
         constructor.hyperparameter_rules = dict(parsed)  # type: ignore[attr-defined]
@@ -639,6 +642,26 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
         return constructor
 
     return wrap
+
+
+#: The updates of gradx's own optimizers built from numbers, flags and such optimizers only
+#: (no user block, no mask): every coordinate is treated alike, so ``gradx.fit`` may run them packed
+#: (``gradx.flat``). A block that does not (Keras's per-variable ``clipnorm``) refuses to run
+#: packed; ``fit`` then runs leaf by leaf.
+ELEMENTWISE: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+_PLAIN = (bool, int, float, complex, str, np.dtype, type, np.generic)
+
+
+def _elementwise(factory: Callable[..., Any], static: Mapping[str, Any]) -> bool:
+    module = getattr(factory, "__module__", None) or ""
+
+    def plain(v: Any) -> bool:
+        if isinstance(v, optax.GradientTransformation):  # lookahead's inner optimizer
+            return v.update in ELEMENTWISE
+        return v is None or isinstance(v, _PLAIN)
+
+    return module.startswith("gradx.") and all(plain(v) for v in static.values())
 
 
 @functools.lru_cache(maxsize=1024)

@@ -95,9 +95,34 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
         if layout.slots[indices[0]][1] is None:  # a big leaf: its own buffer, no copy
             buffers.append(leaves[indices[0]])
             continue
-        parts = [jnp.reshape(leaves[i], (-1,)) for i in indices]
+        small = [leaves[i] for i in indices]
+        concrete, device = _placement(small)
+        if concrete:  # init, fit: on the host, no program to compile
+            parts = [np.asarray(x).reshape(-1) for x in small]
+            buffers.append(jax.device_put(np.concatenate(parts), device))
+            continue
+        parts = [jnp.reshape(x, (-1,)) for x in small]
         buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
     return tuple(buffers)
+
+
+def _placement(leaves: list[Any]) -> tuple[bool, Any]:
+    """``(True, device)`` when these arrays are concrete and on one device, where their
+    buffer goes (None: the default device, uncommitted, as eager jnp ops would leave it),
+    else ``(False, None)``. Packing on the host then costs a copy, where the same eager jnp
+    ops would compile a program per leaf shape (about 10 ms each on CPU)."""
+    devices, committed = set(), False
+    for x in leaves:
+        if isinstance(x, jax.core.Tracer):
+            return False, None
+        if isinstance(x, jax.Array):
+            if len(x.devices()) != 1 or not x.is_fully_addressable:
+                return False, None
+            devices |= x.devices()
+            committed = committed or x.committed
+    if len(devices) > 1:
+        return False, None
+    return True, (devices.pop() if committed else None)
 
 
 def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
@@ -223,7 +248,13 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
             )
         return _unpack(out, layout, state.offsets), FlatState(inner_state, state.offsets)
 
+    update.gradx_flat = True  # type: ignore[attr-defined]
     return update
+
+
+def is_flat(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a :func:`flat` one."""
+    return getattr(getattr(optimizer, "update", None), "gradx_flat", False) is True
 
 
 #: Leaves with more elements than this keep their own buffer by default: a kernel per leaf
@@ -320,3 +351,155 @@ def flat(
             return FlatState(inner.init(_pack(params, layout)), _offsets(layout, share))
 
     return optax.GradientTransformationExtraArgs(init, _flat_update(inner.update, limit, share))
+
+
+# ----------------------------------------------------------------------------- inside fit
+
+
+class _Correspondence(NamedTuple):
+    """How an optimizer's state over the params and its state over the packed buffers match:
+    the same containers, where each subtree mirroring the params (a moment) is, packed, a
+    tuple of buffers. Static; computed from shapes only."""
+
+    prefix: Any  # the treedef both states share once the mirrors are taken as leaves
+    mirrors: tuple[bool, ...]  # per leaf of the prefix: a mirror of the params?
+    params_treedef: Any
+    params_shapes: tuple[tuple[int, ...], ...]
+    buffer_shapes: tuple[tuple[int, ...], ...]
+
+    def is_mirror(self, node: Any) -> bool:
+        leaves, treedef = jax.tree.flatten(node)
+        return treedef == self.params_treedef and all(
+            hasattr(x, "shape") and tuple(x.shape) == s
+            for x, s in zip(leaves, self.params_shapes, strict=True)
+        )
+
+    def is_packed(self, node: Any) -> bool:
+        return (
+            type(node) is tuple
+            and len(node) == len(self.buffer_shapes)
+            and all(
+                hasattr(x, "shape") and tuple(x.shape) == s
+                for x, s in zip(node, self.buffer_shapes, strict=True)
+            )
+        )
+
+
+def _correspondence(inner: Any, params: Any, layout: _Layout) -> _Correspondence | None:
+    """The correspondence of the two layouts of ``inner``'s state, or None if there is none
+    (a state that is not made of mirrors of the params and of leaves the layout keeps)."""
+    per_leaf = jax.eval_shape(inner.init, params)
+    with _inside():
+        packed = jax.eval_shape(lambda p: inner.init(_pack(p, layout)), params)
+    leaves, params_treedef = jax.tree.flatten(params)
+    buffers = jax.eval_shape(lambda p: _pack(p, layout), params)
+    c = _Correspondence(
+        None,
+        (),
+        params_treedef,
+        tuple(tuple(x.shape) for x in leaves),
+        tuple(tuple(b.shape) for b in buffers),
+    )
+    a, a_def = jax.tree.flatten(per_leaf, is_leaf=c.is_mirror)
+    b, b_def = jax.tree.flatten(packed, is_leaf=c.is_packed)
+    if a_def != b_def:
+        return None
+    mirrors = tuple(c.is_mirror(x) for x in a)
+    for x, y, m in zip(a, b, mirrors, strict=True):
+        if m != c.is_packed(y):
+            return None
+        if not m and (x.shape, x.dtype) != (y.shape, y.dtype):
+            return None
+        if m and any(  # each buffer holds one dtype: the mirror's leaves of it must agree
+            len({np.dtype(jax.tree.leaves(x)[i].dtype) for i in members}) != 1
+            for members in layout.members
+        ):
+            return None
+    return c._replace(prefix=a_def, mirrors=mirrors)
+
+
+class Packing(NamedTuple):
+    """``gradx.fit`` running an optimizer packed: ``optimizer`` is ``flat(the user's)``, and
+    :meth:`pack` / :meth:`unpack` move its state between the user's layout (the params'
+    pytree) and the packed one, on the host (a handful of copies, once per fit, per
+    checkpoint and per epoch for a callback that reads the state)."""
+
+    optimizer: optax.GradientTransformationExtraArgs
+    layout: _Layout
+    correspondence: _Correspondence
+
+    def pack(self, state: Any) -> FlatState:
+        """The user's state (the optimizer's own init layout) as ``optimizer``'s state."""
+        c = self.correspondence
+        nodes, treedef = jax.tree.flatten(state, is_leaf=c.is_mirror)
+        if treedef != c.prefix:
+            raise TreeMismatchError(
+                "fit: opt_state does not have the structure of optimizer.init(params)"
+            )
+
+        def pack(node: Any) -> tuple[jax.Array, ...]:
+            leaves = jax.tree.leaves(node)
+            out = []
+            for indices in self.layout.members:
+                if self.layout.slots[indices[0]][1] is None:  # a big leaf: as it is
+                    out.append(jnp.asarray(leaves[indices[0]]))
+                else:
+                    parts = [np.asarray(leaves[i]).ravel() for i in indices]
+                    out.append(jax.device_put(np.concatenate(parts)))
+            return tuple(out)
+
+        inner = [pack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
+        return FlatState(
+            jax.tree.unflatten(treedef, inner), _offsets(self.layout, share_kernels=True)
+        )
+
+    def unpack(self, state: FlatState) -> Any:
+        """``optimizer``'s state in the user's layout (that of the optimizer's own init)."""
+        c = self.correspondence
+        nodes, treedef = jax.tree.flatten(state.inner_state, is_leaf=c.is_packed)
+
+        def unpack(buffers: tuple[Any, ...]) -> Any:
+            host: dict[int, np.ndarray] = {}
+            leaves = []
+            for b, offset, size, shape in self.layout.slots:
+                if offset is None:
+                    leaves.append(buffers[b])  # a big leaf: its own buffer, no copy
+                    continue
+                if b not in host:
+                    host[b] = np.asarray(buffers[b])
+                leaves.append(jax.device_put(host[b][offset : offset + size].reshape(shape)))
+            return jax.tree.unflatten(self.layout.treedef, leaves)
+
+        user = [unpack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
+        return jax.tree.unflatten(treedef, user)
+
+
+def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packing | None, str]:
+    """``(Packing, "")`` when ``fit`` can run ``optimizer`` packed and it pays off, else
+    ``(None, why not)``: a gradx optimizer built from numbers and flags (one of the library's
+    own, with no mask and no user block: those treat every coordinate alike), over params
+    with at least two leaves of at most ``MAX_LEAF_SIZE`` elements and one dtype (else there
+    is nothing to pack), whose state runs packed (Keras's per-variable ``clipnorm`` does not)
+    and maps leaf for leaf onto the packed one."""
+    from gradx._core import ELEMENTWISE
+
+    if optimizer.update not in ELEMENTWISE:
+        return None, (
+            "it runs only gradx's own optimizers packed (built from numbers and flags, "
+            "without a weight-decay mask): pass gradx.flat(optimizer) to pack another"
+        )
+    params = _as_arrays(params)
+    layout = _layout(params, MAX_LEAF_SIZE)
+    if not any(len(m) > 1 for m in layout.members):
+        return None, (
+            f"no two params leaves of one dtype have at most {MAX_LEAF_SIZE} elements: "
+            "there is nothing to pack"
+        )
+    inner = optax.with_extra_args_support(optimizer)
+    try:
+        c = _correspondence(inner, params, layout)
+    except ValueError as e:  # a block that refuses to run packed
+        return None, str(e)
+    if c is None:
+        return None, "its state does not map leaf for leaf onto a packed state"
+    return Packing(flat(optimizer), layout, c), ""

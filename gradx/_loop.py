@@ -101,8 +101,12 @@ def run(
     bar_factory: Callable[[int], Any],
     postfix: Callable[[float, dict[str, float]], dict[str, str]],
     counts: dict[str, int],
+    view: Any = None,
 ) -> tuple[Any, Any, dict[str, list[float]], list[float], int, int]:
     """The epochs ``opts.initial_epoch`` (or the checkpoint's) to ``epochs - 1``.
+
+    ``view``: when the epochs run a packed optimizer (:class:`gradx._flat.Packing`), its
+    ``unpack``/``pack`` give callbacks and checkpoints the state in the user's layout.
 
     Returns (params, opt_state, history, epoch seconds, steps per epoch, dropped per epoch).
     """
@@ -120,7 +124,8 @@ def run(
         checkpointer = Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
     try:
         if opts.resume:
-            restored = checkpointer.restore(params, opt_state, key)
+            template = opt_state if view is None else view.unpack(opt_state)
+            restored = checkpointer.restore(params, template, key)
             if restored is not None:
                 if opts.initial_epoch:
                     raise ValueError(
@@ -133,6 +138,8 @@ def run(
                         f"checkpoint to resume, got {epochs}"
                     )
                 params, opt_state = restored["params"], restored["opt_state"]
+                if view is not None:
+                    opt_state = view.pack(opt_state)
                 history = {k: list(v) for k, v in restored["history"].items()}
                 seconds = list(restored["epoch_seconds"])
                 start, step_count = restored["epochs_done"], restored["step"]
@@ -144,7 +151,7 @@ def run(
                         cb.set_state(state)
         params, opt_state, history, seconds = _epochs(
             fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
-            checkpointer, history, seconds, start, step_count, stopped, counts,
+            checkpointer, history, seconds, start, step_count, stopped, counts, view,
         )  # fmt: skip
     finally:
         if checkpointer is not None:
@@ -152,7 +159,7 @@ def run(
     for cb in opts.callbacks:
         hook = _hook(cb, "on_train_end")
         if hook is not None:
-            params, opt_state, _ = _apply(fn, hook(params, opt_state), params, opt_state)
+            params, opt_state, _ = _call(fn, cb, view, params, opt_state, hook)
     return (
         params,
         opt_state,
@@ -163,9 +170,24 @@ def run(
     )
 
 
+# gradx's own callbacks read only the hyperparameters (set_hyperparams finds them in any
+# layout) and the params: they get the packed state as it is.
+_LAYOUT_FREE = (_callbacks.EarlyStopping, _callbacks.ReduceLROnPlateau)
+
+
+def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args: Any):
+    """``hook(*args, params, state)`` with the state in the user's layout, and its action
+    applied: (params, opt_state, stop)."""
+    if view is None or isinstance(cb, _LAYOUT_FREE):
+        return _apply(fn, hook(*args, params, opt_state), params, opt_state)
+    user = view.unpack(opt_state)
+    params, new, stop = _apply(fn, hook(*args, params, user), params, user)
+    return params, (opt_state if new is user else view.pack(new)), stop
+
+
 def _epochs(
     fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
-    checkpointer, history, seconds, start, step_count, stopped, counts,
+    checkpointer, history, seconds, start, step_count, stopped, counts, view,
 ):  # fmt: skip
     warned = False
     bar = bar_factory(max(epochs - start, 0)) if not stopped else None
@@ -196,8 +218,10 @@ def _epochs(
                 bar.update()
             logs = {"loss": loss, **metrics}
             for cb in opts.callbacks:
-                action = _hook(cb, "on_epoch_end")(epoch, dict(logs), params, opt_state)
-                params, opt_state, stop = _apply(fn, action, params, opt_state)
+                hook = _hook(cb, "on_epoch_end")
+                params, opt_state, stop = _call(
+                    fn, cb, view, params, opt_state, hook, epoch, dict(logs)
+                )
                 stopped = stopped or stop
             if checkpointer is not None and checkpointer.due(
                 epoch + 1, last=stopped or epoch + 1 == epochs
@@ -206,7 +230,7 @@ def _epochs(
                     epochs_done=epoch + 1,
                     step=step_count,
                     params=params,
-                    opt_state=opt_state,
+                    opt_state=opt_state if view is None else view.unpack(opt_state),
                     key=key,
                     history=history,
                     seconds=seconds,

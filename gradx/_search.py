@@ -36,6 +36,7 @@ from gradx.train import (
     LossFn,
     _check_int,
     _check_key,
+    _minibatches,
     _postfix,
     _prepare_data,
     _Program,
@@ -274,8 +275,9 @@ class _Population:
             rows = members[c * chunk : c * chunk + used]
             for epoch in range(e0, e1):
                 t0 = time.perf_counter()
+                batches = _minibatches(self.program, self.key, epoch, self.data)
                 p, s, loss, metrics = _run_epoch(
-                    self.program, p, s, self.data, self.eval_data, self.key, jnp.int32(epoch)
+                    self.program, p, s, self.data, self.eval_data, batches
                 )
                 out = {"loss": np.asarray(loss), **{n: np.asarray(v) for n, v in metrics.items()}}
                 self.seconds.append(time.perf_counter() - t0)

@@ -1,8 +1,9 @@
 """One training step, shared by the in-memory epoch and the streamed groups of ``fit``.
 
 Both paths scan the same ``step`` function, so given the same batches they compute the same
-numbers bit for bit; they differ only in where a step's batch comes from (gathered from the
-data on the device, or stacked from a stream on the host).
+numbers (bit for bit leaf by leaf; packed, to the last bits of a step); they differ only in
+where a step's batch comes from (gathered from the data on the device, or stacked from a
+stream on the host).
 
 A step returns ``(loss, aux, ok)`` per step: ``aux`` is the ``{name: scalar}`` of a
 ``has_aux`` loss (empty otherwise); ``ok`` is False for a step skipped by

@@ -19,7 +19,10 @@ change of structure, shape or dtype is an error naming the batch.
 
 Batches are stacked on the host into groups of S = ``steps_per_execution`` steps; a group is
 one call of a compiled ``lax.scan`` over the same ``step`` the in-memory path scans, so the
-two paths give the same numbers bit for bit for the same batches. Calls are dispatched
+two paths give the same numbers for the same batches: bit for bit leaf by leaf
+(``flat=False``); with the optimizer packed (fit's default for gradx's optimizers, see
+``fit``'s ``flat``) XLA fuses the two programs differently and a step may differ in its last
+bits. Calls are dispatched
 asynchronously: while the device computes a group, the host reads, stacks and transfers the
 next one (double buffering). A shorter last group is split into powers of two, so a run
 compiles at most 1 + log2(S) group programs.
@@ -276,12 +279,13 @@ def fit_stream(
     initial_epoch: int,
     steps_per_epoch: int | None,
     steps_per_execution: int,
+    flat: bool | None,
 ):
     """``fit`` on streamed data (see the module docstring); same arguments and result."""
     import optax
 
     from gradx import _loop
-    from gradx.train import _check_int, _check_key, _copy, _Program, _train
+    from gradx.train import _check_int, _check_key, _copy, _packing, _Program, _train
 
     fn = "fit"
     plan = _sharding.fit_plan(fn, mesh, shard_params, params)
@@ -305,6 +309,10 @@ def fit_stream(
         skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
+    packing = _packing(flat, optimizer, params, plan, diagnostics=False)
+    if packing is not None:  # as the in-memory fit does: the same program, the same numbers
+        optimizer = packing.optimizer
+        opt_state = None if opt_state is None else packing.pack(opt_state)
     if opt_state is None:
         opt_state = optimizer.init(params)
     params, opt_state = _copy((params, opt_state))
@@ -326,4 +334,4 @@ def fit_stream(
         return params, opt_state, loss, extra, steps, dropped
 
     counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
-    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts)
+    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)

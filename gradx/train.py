@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx import _core, _gain, _loop, _sharding, _step, _stream
+from gradx import _core, _flat, _gain, _loop, _sharding, _step, _stream
 from gradx._core import hyperparams, set_hyperparams
 from gradx._loop import _check_int
 
@@ -195,8 +195,29 @@ def _metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str,
     return out
 
 
-def _epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
-    """One epoch of one model: returns (params, opt_state, mean loss, metrics)."""
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _draw_minibatches(key, epoch, n: int, steps: int, batch_size: int) -> jax.Array:
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def _minibatches(program: _Program, key, epoch: int, data) -> jax.Array | None:
+    """The example indices of each step of ``epoch``, shape (steps, B): the permutation
+    ``jax.random.permutation(fold_in(key, epoch), N)`` cut into ⌊N/B⌋ rows (None for full
+    batch). A program of its own, compiled once per (N, steps, B) in a process and shared by
+    every fit, sweep and search (inside the epoch program it cost every new epoch program
+    about 0.25 s of compile time on CPU, a third of a small model's first epoch)."""
+    if program.batch_size is None:
+        return None
+    n = jax.tree.leaves(data)[0].shape[0]
+    return _draw_minibatches(key, jnp.int32(epoch), n, program.steps, program.batch_size)
+
+
+def _epoch(program: _Program, params, opt_state, data, eval_data, batches):
+    """One epoch of one model: returns (params, opt_state, mean loss, metrics).
+
+    ``batches``: the example indices of each step (:func:`_minibatches`), None for full
+    batch."""
     fn = "sweep" if program.vmapped else "fit"
     step = _step.make_step(fn, program._replace(diagnostics=False))  # as the streamed path's
     step = _sharding.constrain_step(program.plan, step)  # on a mesh: batch split, carry put
@@ -218,10 +239,6 @@ def _epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
             (params, opt_state), out = step((params, opt_state), data)
         mean_loss, extra = _step.reduce_steps(program, out, stacked=False)
     else:
-        n = jax.tree.leaves(data)[0].shape[0]
-        used = program.steps * program.batch_size
-        order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-        batches = order[:used].reshape(program.steps, program.batch_size)
         if program.diagnostics:
             carry, head = jax.lax.scan(indexed, (params, opt_state), batches[:-1])
             (params, opt_state, last), tail = last_step(carry, gather(batches[-1]))
@@ -248,15 +265,15 @@ def _diagnosed(plan: Any, step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-def _run_epoch(program: _Program, params, opt_state, data, eval_data, key, epoch):
+def _run_epoch(program: _Program, params, opt_state, data, eval_data, batches):
     if program.vmapped:
-        # One model per grid point: params and state carry the leading grid axis; data,
-        # key and epoch are shared, so every point sees the same minibatches.
+        # One model per grid point: params and state carry the leading grid axis; data
+        # and minibatches are shared, so every point sees the same minibatches.
         one = functools.partial(_epoch, program)
-        return jax.vmap(one, in_axes=(0, 0, None, None, None, None))(
-            params, opt_state, data, eval_data, key, epoch
+        return jax.vmap(one, in_axes=(0, 0, None, None, None))(
+            params, opt_state, data, eval_data, batches
         )
-    return _epoch(program, params, opt_state, data, eval_data, key, epoch)
+    return _epoch(program, params, opt_state, data, eval_data, batches)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -315,7 +332,9 @@ def _check_key(fn: str, key: Any, batch_size: int | None) -> Any:
 
 def _copy(tree: Any) -> Any:
     # The epoch program donates params and state; never hand it the caller's own buffers.
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+    # (A transfer, in place: an eager jnp.array copy compiles a program per leaf shape, about
+    # 10 ms each on CPU.)
+    return jax.device_put(tree, may_alias=False)
 
 
 def _progress(enabled: bool, total: int, desc: str):
@@ -360,6 +379,7 @@ def fit(
     initial_epoch: int = 0,
     steps_per_epoch: int | None = None,
     steps_per_execution: int = 16,
+    flat: bool | None = None,
 ) -> FitResult:
     """Trains ``params`` on ``data`` for ``epochs`` epochs; one compiled program per epoch.
 
@@ -437,6 +457,18 @@ def fit(
         cut a one-shot iterator into several epochs).
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
         ``lax.scan`` over S stacked batches), >= 1.
+      flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in one buffer
+        per dtype instead of one array per leaf, so a step is a few kernels instead of a few
+        per leaf. ``None`` (default): whenever it can and there is something to pack: a
+        gradx optimizer built from numbers and flags (gradx's own, without a weight-decay
+        ``mask``; ``lookahead`` of one), params with at least two leaves of one dtype of at
+        most 16,384 elements, no ``mesh``, no ``diagnostics``. ``False``:
+        never; ``True``: raise where it cannot. The numbers are the per-leaf ones (bit for
+        bit in 22 of the 23 rows of the optimizer table, within 3 ulps in the other), and
+        ``opt_state`` (given and returned), callbacks that read the state and checkpoints
+        see the optimizer's own layout (moved on the host, once per fit and per use). On
+        CPU the digits network's first epoch compiles in 0.7× the time (6 leaves), and a
+        1,000-leaf Adam step takes 0.35× optax's.
 
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one); see :mod:`gradx._stream` for what an epoch is,
@@ -456,6 +488,8 @@ def fit(
     has_aux = _check_flag("fit", "has_aux", has_aux)
     skip_nonfinite = _check_flag("fit", "skip_nonfinite", skip_nonfinite)
     resume = _check_flag("fit", "resume", resume)
+    if flat is not None:
+        flat = _check_flag("fit", "flat", flat)
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -464,6 +498,7 @@ def fit(
             skip_nonfinite=skip_nonfinite, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch, steps_per_execution=steps_per_execution,
+            flat=flat,
         )  # fmt: skip
     if steps_per_epoch is not None:
         raise ValueError(
@@ -477,6 +512,11 @@ def fit(
     key = _check_key("fit", key, batch_size)
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+    diagnostics = _check_flag("fit", "diagnostics", diagnostics)
+    packing = _packing(flat, optimizer, params, plan, diagnostics)
+    if packing is not None:  # the same numbers, packed: see gradx.flat
+        optimizer = packing.optimizer
+        opt_state = None if opt_state is None else packing.pack(opt_state)
     if opt_state is None:
         opt_state = optimizer.init(params)
     params, opt_state = _copy((params, opt_state))
@@ -485,8 +525,7 @@ def fit(
     update = optax.with_extra_args_support(optimizer).update
     program = _Program(
         loss_fn, update, eval_fn, batch_size, steps, vmapped=False, plan=plan,
-        has_aux=has_aux, skip_nonfinite=skip_nonfinite,
-        diagnostics=_check_flag("fit", "diagnostics", diagnostics),
+        has_aux=has_aux, skip_nonfinite=skip_nonfinite, diagnostics=diagnostics,
     )  # fmt: skip
     opts = _loop.options(
         "fit", epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
@@ -495,26 +534,54 @@ def fit(
     )  # fmt: skip
 
     def run_epoch(epoch, params, opt_state):
+        batches = _minibatches(program, key, epoch, data)
         params, opt_state, loss, metrics = _run_epoch(
-            program, params, opt_state, data, eval_data, key, jnp.int32(epoch)
+            program, params, opt_state, data, eval_data, batches
         )
         return params, opt_state, loss, metrics, steps, dropped
 
     counts = {"steps_per_epoch": steps, "dropped_per_epoch": dropped}
-    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts)
+    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)
 
 
-def _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts) -> FitResult:
+def _packing(flat: bool | None, optimizer, params, plan, diagnostics: bool):
+    """How fit runs ``optimizer`` packed (:func:`gradx._flat.packing`), or None: with
+    ``flat=None`` when it can and it pays off, never with ``flat=False``; ``flat=True``
+    raises where it cannot."""
+    if flat is False:
+        return None
+    if _flat.is_flat(optimizer):
+        return None  # packed already: the user's layout is the packed one
+    if plan is not None:
+        why = "on a mesh each leaf keeps its own sharding: fit runs leaf by leaf"
+    elif diagnostics:
+        why = "diagnostics=True reads the state leaf by leaf"
+    else:
+        packing, why = _flat.packing(optimizer, params)
+        if packing is not None:
+            return packing
+    if flat:
+        raise ValueError(f"fit: flat=True cannot run this optimizer packed: {why}")
+    return None
+
+
+def _train(
+    run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing=None
+) -> FitResult:
     """fit's epochs (in memory or streamed): the host loop, then the result on the user's mesh.
 
     ``run_epoch(epoch, params, opt_state)`` returns ``(params, opt_state, loss, metrics,
     steps, dropped)``; ``counts`` are the steps and dropped examples reported if no epoch runs.
+    With ``packing`` (:class:`gradx._flat.Packing`) the epochs run the packed optimizer, and
+    callbacks, checkpoints and the result see the state in the user's layout.
     """
     params, opt_state, history, seconds, steps, dropped = _loop.run(
         "fit", run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
         bar_factory=lambda total: _progress(progress, total, "fit"), postfix=_postfix,
-        counts=counts,
+        counts=counts, view=packing,
     )  # fmt: skip
+    if packing is not None:
+        opt_state = packing.unpack(opt_state)
     params, opt_state = _sharding.to_user_mesh(plan, (params, opt_state))
     return FitResult(
         params=params,
@@ -649,9 +716,8 @@ def sweep(
             chunk_seconds = []
             for epoch in range(epochs):
                 t0 = time.perf_counter()
-                p, s, loss, metrics = _run_epoch(
-                    program, p, s, data, eval_data, key, jnp.int32(epoch)
-                )
+                batches = _minibatches(program, key, epoch, data)
+                p, s, loss, metrics = _run_epoch(program, p, s, data, eval_data, batches)
                 loss = np.asarray(loss)
                 metrics = {name: np.asarray(v) for name, v in metrics.items()}
                 chunk_seconds.append(time.perf_counter() - t0)

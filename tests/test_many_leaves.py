@@ -219,6 +219,12 @@ def test_flat_refuses_what_it_cannot_do():
         gradx.flat(gradx.adamw(0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))).init(
             params
         )
+    from gradx.compat import keras
+
+    # Keras's clipnorm clips each variable by its own norm: packed, it would clip a buffer
+    with pytest.raises(ValueError, match="clip_by_norm: clipnorm clips each variable"):
+        gradx.flat(keras.Adam(0.1, clipnorm=1.0)).init(params)
+    gradx.flat(keras.Adam(0.1, global_clipnorm=1.0)).init(params)  # one norm: packs
     opt = gradx.flat(gradx.adam(0.1))
     state = opt.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
@@ -281,3 +287,129 @@ def test_fit_and_sweep_reuse_the_persistent_compilation_cache_across_processes(t
     second = run()  # a new process: both programs come from the cache, none is compiled
     assert (second["hits"], second["misses"]) == (2, 0)
     assert second["loss"] == first["loss"]
+
+
+# ----------------------------------------------------------------------------- fit packs
+
+
+def _fit_problem():
+    # Two dtypes, leaves of several shapes, and one leaf too big to pack (max 16,384).
+    params = {
+        "w1": jnp.full((5, 8), 0.1, jnp.float32),
+        "b1": jnp.zeros((8,), jnp.float32),
+        "w2": jnp.full((8, 1), 0.1, jnp.float32),
+        "b2": jnp.zeros((1,), jnp.float32),
+        "big": jnp.zeros((16385,), jnp.float32),
+        "s": jnp.ones((3,), jnp.float64),
+        "t": jnp.ones((3,), jnp.float64),
+    }
+    x = jax.random.normal(jax.random.key(3), (64, 5), jnp.float32)
+    y = jnp.sin(x @ jnp.arange(1.0, 6.0, dtype=jnp.float32))[:, None]
+
+    def loss_fn(p, batch):
+        xb, yb = batch
+        h = jnp.tanh(xb @ p["w1"] + p["b1"][None, :])
+        out = h @ p["w2"] + p["b2"][None, :] + 1e-3 * jnp.mean(p["big"])
+        extra = jnp.sum((p["s"] - 0.5) ** 2 + (p["t"] - 2.0) ** 2).astype(jnp.float32)
+        return jnp.mean((out - yb) ** 2) + 1e-2 * extra
+
+    return loss_fn, params, (x, y)
+
+
+FIT_KW = dict(batch_size=16, epochs=3, key=jax.random.key(0), progress=False)
+
+
+def _assert_close_runs(got, want):
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        assert a.dtype == b.dtype and _ulps(a, b) <= ULPS
+    assert jax.tree.structure(got.opt_state) == jax.tree.structure(want.opt_state)
+    for a, b in zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(want.opt_state), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and _ulps(a, b) <= ULPS
+    assert _ulps(got.history["loss"], want.history["loss"]) <= ULPS
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fit_packs_by_itself_and_returns_the_optimizers_own_state(case, monkeypatch):
+    loss_fn, params, data = _fit_problem()
+    packed = []
+    real = gradx.train._flat.packing
+
+    def spy(optimizer, p):
+        out = real(optimizer, p)
+        packed.append(out[0] is not None)
+        return out
+
+    monkeypatch.setattr(gradx.train._flat, "packing", spy)
+    want = gradx.fit(loss_fn, params, case.make(0.01, **case.hp), data, flat=False, **FIT_KW)
+    got = gradx.fit(loss_fn, params, case.make(0.01, **case.hp), data, **FIT_KW)
+    assert packed == [True]  # every optimizer of the table is gradx's own: it packs
+    _assert_close_runs(got, want)
+    # The state is the optimizer's own layout: it continues by hand, and fit takes it back.
+    opt = case.make(0.01, **case.hp)
+    assert jax.tree.structure(got.opt_state) == jax.tree.structure(opt.init(params))
+    again = gradx.fit(loss_fn, got.params, opt, data, opt_state=got.opt_state, **FIT_KW)
+    again_leaf = gradx.fit(
+        loss_fn, want.params, opt, data, opt_state=want.opt_state, flat=False, **FIT_KW
+    )
+    _assert_close_runs(again, again_leaf)
+
+
+def test_fit_runs_leaf_by_leaf_where_packing_would_change_the_rule():
+    loss_fn, params, data = _fit_problem()
+    mask = {k: k.startswith("w") for k in params}
+    from gradx.compat import keras
+
+    for opt, why in [
+        (gradx.adamw(0.01, mask=mask), "built from numbers and flags"),
+        (keras.Adam(0.01, clipnorm=0.5), "clipnorm clips each variable by its own norm"),
+        (optax.sgd(0.01, momentum=0.9), "gradx's own optimizers"),
+        (gradx.chain(optax.clip_by_block_rms(1.0), gradx.sgd(0.1)), "gradx's own optimizers"),
+    ]:
+        want = gradx.fit(loss_fn, params, opt, data, flat=False, **FIT_KW)
+        got = gradx.fit(loss_fn, params, opt, data, **FIT_KW)  # leaf by leaf, by itself
+        for a, b in zip(
+            jax.tree.leaves((got.params, got.opt_state, got.history["loss"])),
+            jax.tree.leaves((want.params, want.opt_state, want.history["loss"])),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match=f"fit: flat=True cannot run this optimizer .*{why}"):
+            gradx.fit(loss_fn, params, opt, data, flat=True, **FIT_KW)
+    with pytest.raises(ValueError, match=r"fit: flat=True cannot .*diagnostics=True"):
+        gradx.fit(loss_fn, params, gradx.adam(0.1), data, flat=True, diagnostics=True, **FIT_KW)
+    one = {"w": jnp.zeros((5, 1), jnp.float32)}
+    with pytest.raises(ValueError, match=r"fit: flat=True cannot .*nothing to pack"):
+        gradx.fit(lambda p, b: jnp.sum(b[0] @ p["w"]), one, gradx.adam(0.1), data, flat=True,
+                  **FIT_KW)  # fmt: skip
+    with pytest.raises(TypeError, match=r"fit: flat must be a bool, got .yes."):
+        gradx.fit(loss_fn, params, gradx.adam(0.1), data, flat="yes", **FIT_KW)
+
+
+def test_packed_fit_shows_callbacks_and_checkpoints_the_users_layout(tmp_path):
+    loss_fn, params, data = _fit_problem()
+    opt = gradx.adam(0.01)
+    seen = []
+
+    def halve_lr_at_1(epoch, logs, params, opt_state):
+        seen.append(jax.tree.structure(opt_state))
+        if epoch == 1:
+            lr = gradx.hyperparams(opt_state)["learning_rate"] / 2
+            return gradx.callbacks.Action(
+                opt_state=gradx.set_hyperparams(opt_state, learning_rate=lr)
+            )
+        return None
+
+    kw = dict(FIT_KW, callbacks=[halve_lr_at_1])
+    want = gradx.fit(loss_fn, params, opt, data, flat=False, **kw)
+    assert len(set(seen)) == 1 and seen[0] == jax.tree.structure(opt.init(params))
+    seen.clear()
+    got = gradx.fit(loss_fn, params, opt, data, **kw)
+    assert len(set(seen)) == 1 and seen[0] == jax.tree.structure(opt.init(params))
+    _assert_close_runs(got, want)
+    assert float(gradx.hyperparams(got.opt_state)["learning_rate"]) == np.float32(0.005)
+    # A checkpoint holds the user's layout: a packed run resumes one written leaf by leaf.
+    ck = dict(FIT_KW, checkpoint_dir=tmp_path / "ck")
+    gradx.fit(loss_fn, params, opt, data, flat=False, **dict(ck, epochs=2))
+    resumed = gradx.fit(loss_fn, params, opt, data, resume=True, **ck)
+    whole = gradx.fit(loss_fn, params, opt, data, flat=False, **FIT_KW)
+    _assert_close_runs(resumed, whole)

@@ -44,14 +44,30 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def assert_trees_close(a, b):
+    """Equal to float64 rounding: last-bit differences of a step, grown over 15 steps."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype
+        np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [lambda: gradx.momentum(0.05, momentum=0.9), lambda: gradx.adam(0.05)],
     ids=["momentum", "adam"],
 )
 @pytest.mark.parametrize("group", [1, 2, 16])
-def test_stream_equals_in_memory_bit_for_bit(make_optimizer, group):
-    common = dict(epochs=3, eval_fn=eval_fn, eval_data=DATA, has_aux=True, progress=False)
+@pytest.mark.parametrize("flat", [False, None], ids=["per_leaf", "packed"])
+def test_stream_equals_in_memory_bit_for_bit(make_optimizer, group, flat):
+    # Leaf by leaf (flat=False) the two programs give the same bits. Packed (fit's default
+    # for gradx optimizers), XLA fuses the gradient into the packing copy differently in the
+    # two programs: a step may differ in its last bits (as flat and per-leaf do), and after
+    # 15 steps momentum is within 36 ulps (5e-15 relative).
+    common = dict(
+        epochs=3, eval_fn=eval_fn, eval_data=DATA, has_aux=True, progress=False, flat=flat
+    )
     memory = gradx.fit(aux_loss, P0, make_optimizer(), DATA, batch_size=B, key=KEY, **common)
     stream = gradx.fit(
         aux_loss,
@@ -64,10 +80,11 @@ def test_stream_equals_in_memory_bit_for_bit(make_optimizer, group):
         **common,
     )
     assert set(stream.history) == {"loss", "mean_pred", "eval_mse"}
+    same = assert_trees_equal if flat is False else assert_trees_close
     for name in memory.history:
-        np.testing.assert_array_equal(stream.history[name], memory.history[name])
-    assert_trees_equal(stream.params, memory.params)
-    assert_trees_equal(stream.opt_state, memory.opt_state)
+        same(stream.history[name], memory.history[name])
+    same(stream.params, memory.params)
+    same(stream.opt_state, memory.opt_state)
     assert (stream.steps_per_epoch, stream.dropped_per_epoch) == (N // B, N % B)
 
 

@@ -38,7 +38,13 @@ from gradx._adaptive import (
     scale_by_adadelta,
     scale_by_bias_correction,
 )
-from gradx._core import decoupled_weight_decay, optimizer, scale_by_learning_rate, wide
+from gradx._core import (
+    _FLAT_ACTIVE,
+    decoupled_weight_decay,
+    optimizer,
+    scale_by_learning_rate,
+    wide,
+)
 from gradx._momentum import ema, trace
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
@@ -81,12 +87,22 @@ class ClipByNormState(NamedTuple):
 def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
     """Block: each leaf g ← g·c / max(‖g‖, c) (Keras's ``clipnorm``, per variable)."""
 
+    def refuse_packed() -> None:
+        if _FLAT_ACTIVE.get():  # a packed buffer is many variables: their norms would mix
+            raise ValueError(
+                "clip_by_norm: clipnorm clips each variable by its own norm; inside "
+                "gradx.flat the variables are packed into one buffer per dtype, so it cannot "
+                "see them: use global_clipnorm, or the per-leaf optimizer"
+            )
+
     def init(params: Any) -> ClipByNormState:
         del params
+        refuse_packed()
         return ClipByNormState()
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        refuse_packed()
         c = jnp.asarray(max_norm)
 
         def leaf(g):
