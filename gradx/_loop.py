@@ -178,7 +178,7 @@ _LAYOUT_FREE = (_callbacks.EarlyStopping, _callbacks.ReduceLROnPlateau)
 def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args: Any):
     """``hook(*args, params, state)`` with the state in the user's layout, and its action
     applied: (params, opt_state, stop)."""
-    if view is None or isinstance(cb, _LAYOUT_FREE):
+    if view is None or type(cb) in _LAYOUT_FREE:  # a subclass may read more
         return _apply(fn, hook(*args, params, opt_state), params, opt_state)
     user = view.unpack(opt_state)
     params, new, stop = _apply(fn, hook(*args, params, user), params, user)
