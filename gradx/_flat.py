@@ -304,9 +304,10 @@ def flat(
 
     ``gradx.hyperparams``, ``gradx.set_hyperparams`` (also under ``vmap``, so ``gradx.sweep``
     works), ``check_hyperparams``, pickling and orbax checkpoints see the inner optimizer's
-    state under :class:`FlatState`. ``gradx.fit`` takes a flat optimizer as any other (it
-    does not wrap one by itself); the state it returns is in the packed layout (continue with
-    the same flat optimizer).
+    state under :class:`FlatState`. ``gradx.fit`` packs gradx's own optimizers by itself
+    (its ``flat`` argument) and gives their state back in their own layout; given a flat
+    optimizer, it runs it as any other and returns the packed layout (continue with the same
+    flat optimizer).
 
     Args:
       optimizer: any gradx optimizer or block (or an optax transformation that treats every

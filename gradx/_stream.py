@@ -22,10 +22,9 @@ one call of a compiled ``lax.scan`` over the same ``step`` the in-memory path sc
 two paths give the same numbers for the same batches: bit for bit leaf by leaf
 (``flat=False``); with the optimizer packed (fit's default for gradx's optimizers, see
 ``fit``'s ``flat``) XLA fuses the two programs differently and a step may differ in its last
-bits. Calls are dispatched
-asynchronously: while the device computes a group, the host reads, stacks and transfers the
-next one (double buffering). A shorter last group is split into powers of two, so a run
-compiles at most 1 + log2(S) group programs.
+bits. Calls are dispatched asynchronously: while the device computes a group, the host
+reads, stacks and transfers the next one (double buffering). A shorter last group is split
+into powers of two, so a run compiles at most 1 + log2(S) group programs.
 """
 
 from __future__ import annotations
