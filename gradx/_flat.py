@@ -376,19 +376,19 @@ class _Correspondence(NamedTuple):
     params_shapes: tuple[tuple[int, ...], ...]
     buffer_shapes: tuple[tuple[int, ...], ...]
 
-    def is_mirror(self, node: Any) -> bool:
+    def is_mirror(self, node: Any, lead: tuple[int, ...] = ()) -> bool:
         leaves, treedef = jax.tree.flatten(node)
         return treedef == self.params_treedef and all(
-            hasattr(x, "shape") and tuple(x.shape) == s
+            hasattr(x, "shape") and tuple(x.shape) == lead + s
             for x, s in zip(leaves, self.params_shapes, strict=True)
         )
 
-    def is_packed(self, node: Any) -> bool:
+    def is_packed(self, node: Any, lead: tuple[int, ...] = ()) -> bool:
         return (
             type(node) is tuple
             and len(node) == len(self.buffer_shapes)
             and all(
-                hasattr(x, "shape") and tuple(x.shape) == s
+                hasattr(x, "shape") and tuple(x.shape) == lead + s
                 for x, s in zip(node, self.buffer_shapes, strict=True)
             )
         )
@@ -462,10 +462,15 @@ class Packing(NamedTuple):
             jax.tree.unflatten(treedef, inner), _offsets(self.layout, share_kernels=True)
         )
 
-    def unpack(self, state: FlatState) -> Any:
-        """``optimizer``'s state in the user's layout (that of the optimizer's own init)."""
+    def unpack(self, state: FlatState, batch_dims: int = 0) -> Any:
+        """``optimizer``'s state in the user's layout (that of the optimizer's own init);
+        ``batch_dims``: leading axes every leaf has (sweep's grid axis)."""
         c = self.correspondence
-        nodes, treedef = jax.tree.flatten(state.inner_state, is_leaf=c.is_packed)
+        leaves = jax.tree.leaves(state)
+        lead = tuple(leaves[0].shape[:batch_dims]) if leaves else ()
+        nodes, treedef = jax.tree.flatten(
+            state.inner_state, is_leaf=lambda node: c.is_packed(node, lead)
+        )
 
         def unpack(buffers: tuple[Any, ...]) -> Any:
             host: dict[int, np.ndarray] = {}
@@ -476,9 +481,12 @@ class Packing(NamedTuple):
                     continue
                 if b not in host:
                     host[b] = np.asarray(buffers[b])
-                leaves.append(jax.device_put(host[b][offset : offset + size].reshape(shape)))
+                part = host[b][..., offset : offset + size].reshape(lead + shape)
+                leaves.append(jax.device_put(part))
             return jax.tree.unflatten(self.layout.treedef, leaves)
 
+        if treedef != c.prefix:
+            raise TreeMismatchError("flat: the state does not have the packed layout")
         user = [unpack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
         return jax.tree.unflatten(treedef, user)
 

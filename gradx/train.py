@@ -544,10 +544,10 @@ def fit(
     return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)
 
 
-def _packing(flat: bool | None, optimizer, params, plan, diagnostics: bool):
-    """How fit runs ``optimizer`` packed (:func:`gradx._flat.packing`), or None: with
-    ``flat=None`` when it can and it pays off, never with ``flat=False``; ``flat=True``
-    raises where it cannot."""
+def _packing(flat: bool | None, optimizer, params, plan, diagnostics: bool, fn: str = "fit"):
+    """How fit (or sweep) runs ``optimizer`` packed (:func:`gradx._flat.packing`), or None:
+    with ``flat=None`` when it can and it pays off, never with ``flat=False``; ``flat=True``
+    raises where it cannot. ``plan``: the mesh plan (or mesh), None on one device."""
     if flat is False:
         return None
     if _flat.is_flat(optimizer):
@@ -561,7 +561,7 @@ def _packing(flat: bool | None, optimizer, params, plan, diagnostics: bool):
         if packing is not None:
             return packing
     if flat:
-        raise ValueError(f"fit: flat=True cannot run this optimizer packed: {why}")
+        raise ValueError(f"{fn}: flat=True cannot run this optimizer packed: {why}")
     return None
 
 
@@ -639,6 +639,7 @@ def sweep(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     diagnostics: bool = False,
+    flat: bool | None = None,
 ) -> SweepResult:
     """Trains one model per point of a hyperparameter grid, many at once, under ``vmap``.
 
@@ -672,6 +673,8 @@ def sweep(
         padded as the last chunk is. One process only.
       diagnostics: record per epoch and per point the norms and α_ef quantiles, as in
         :func:`fit` (each history entry of shape ``(K, epochs)``).
+      flat: run the optimizer packed, as :func:`fit` does (same rule, same default; off
+        with ``mesh``); the returned ``opt_state`` is in the optimizer's own layout.
 
     Returns:
       A :class:`SweepResult`: params, states and histories with a leading axis of length K,
@@ -684,6 +687,13 @@ def sweep(
     key = _check_key(fn, key, batch_size)
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+    diagnostics = _check_flag(fn, "diagnostics", diagnostics)
+    if flat is not None:
+        flat = _check_flag(fn, "flat", flat)
+    packing = _packing(flat, optimizer, params, mesh, diagnostics, fn)
+    if packing is not None:  # as fit does: every point's state packed
+        optimizer = packing.optimizer
+        opt_state = None if opt_state is None else packing.pack(opt_state)
     state0 = optimizer.init(params) if opt_state is None else opt_state
     points = _grid_points(fn, grid, state0)
     k = len(next(iter(points.values())))
@@ -693,8 +703,7 @@ def sweep(
     chunks = math.ceil(k / chunk)
     update = optax.with_extra_args_support(optimizer).update
     program = _Program(
-        loss_fn, update, eval_fn, batch_size, steps, vmapped=True,
-        diagnostics=_check_flag(fn, "diagnostics", diagnostics),
+        loss_fn, update, eval_fn, batch_size, steps, vmapped=True, diagnostics=diagnostics,
     )  # fmt: skip
     dtypes = {name: hyperparams(state0)[name].dtype for name in points}
 
@@ -741,6 +750,8 @@ def sweep(
         if bar is not None:
             bar.close()
     params_out, state_out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *results)
+    if packing is not None:
+        state_out = packing.unpack(state_out, batch_dims=1)
     params_out, state_out = _sharding.to_user_mesh(plan, (params_out, state_out))
     return SweepResult(
         params=params_out,

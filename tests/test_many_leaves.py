@@ -413,3 +413,19 @@ def test_packed_fit_shows_callbacks_and_checkpoints_the_users_layout(tmp_path):
     resumed = gradx.fit(loss_fn, params, opt, data, resume=True, **ck)
     whole = gradx.fit(loss_fn, params, opt, data, flat=False, **FIT_KW)
     _assert_close_runs(resumed, whole)
+
+
+def test_sweep_packs_too_and_returns_each_points_own_state():
+    loss_fn, params, data = _fit_problem()
+    grid = {"learning_rate": np.asarray([0.003, 0.03], np.float32)}
+    kw = dict(FIT_KW, epochs=2)
+    for make in (lambda: gradx.adam(0.01), lambda: gradx.momentum(0.01, momentum=0.9)):
+        want = gradx.sweep(loss_fn, params, make(), data, grid, flat=False, **kw)
+        got = gradx.sweep(loss_fn, params, make(), data, grid, **kw)
+        _assert_close_runs(got, want)
+        one = make().init(params)  # each point's state is the optimizer's own layout
+        assert jax.tree.structure(got.opt_state) == jax.tree.structure(one)
+        for a, b in zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(one), strict=True):
+            assert a.shape == (2, *b.shape) and a.dtype == b.dtype
+    with pytest.raises(ValueError, match=r"sweep: flat=True cannot .*gradx's own"):
+        gradx.sweep(loss_fn, params, optax.sgd(0.1), data, grid, flat=True, **kw)
