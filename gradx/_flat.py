@@ -419,9 +419,9 @@ def _correspondence(inner: Any, params: Any, layout: _Layout) -> _Correspondence
             return None
         if not m and (x.shape, x.dtype) != (y.shape, y.dtype):
             return None
-        if m and any(  # each buffer holds one dtype: the mirror's leaves of it must agree
-            len({np.dtype(jax.tree.leaves(x)[i].dtype) for i in members}) != 1
-            for members in layout.members
+        if m and any(  # each buffer holds one dtype: the mirror's leaves in it have it
+            {np.dtype(jax.tree.leaves(x)[i].dtype) for i in members} != {np.dtype(buf.dtype)}
+            for members, buf in zip(layout.members, y, strict=True)
         ):
             return None
     return c._replace(prefix=a_def, mirrors=mirrors)
@@ -437,13 +437,13 @@ class Packing(NamedTuple):
     layout: _Layout
     correspondence: _Correspondence
 
-    def pack(self, state: Any) -> FlatState:
+    def pack(self, state: Any, fn: str = "fit") -> FlatState:
         """The user's state (the optimizer's own init layout) as ``optimizer``'s state."""
         c = self.correspondence
         nodes, treedef = jax.tree.flatten(state, is_leaf=c.is_mirror)
         if treedef != c.prefix:
             raise TreeMismatchError(
-                "fit: opt_state does not have the structure of optimizer.init(params)"
+                f"{fn}: opt_state does not have the structure of optimizer.init(params)"
             )
 
         def pack(node: Any) -> tuple[jax.Array, ...]:

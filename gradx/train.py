@@ -693,7 +693,7 @@ def sweep(
     packing = _packing(flat, optimizer, params, mesh, diagnostics, fn)
     if packing is not None:  # as fit does: every point's state packed
         optimizer = packing.optimizer
-        opt_state = None if opt_state is None else packing.pack(opt_state)
+        opt_state = None if opt_state is None else packing.pack(opt_state, fn)
     state0 = optimizer.init(params) if opt_state is None else opt_state
     points = _grid_points(fn, grid, state0)
     k = len(next(iter(points.values())))

@@ -429,3 +429,13 @@ def test_sweep_packs_too_and_returns_each_points_own_state():
             assert a.shape == (2, *b.shape) and a.dtype == b.dtype
     with pytest.raises(ValueError, match=r"sweep: flat=True cannot .*gradx's own"):
         gradx.sweep(loss_fn, params, optax.sgd(0.1), data, grid, flat=True, **kw)
+
+
+def test_packed_fit_refuses_a_state_of_another_structure():
+    loss_fn, params, data = _fit_problem()
+    wrong = gradx.adam(0.01).init({k: v for k, v in params.items() if k != "b2"})
+    with pytest.raises(gradx.TreeMismatchError, match=r"fit: opt_state does not have the"):
+        gradx.fit(loss_fn, params, gradx.adam(0.01), data, opt_state=wrong, **FIT_KW)
+    grid = {"learning_rate": np.asarray([0.01], np.float32)}
+    with pytest.raises(gradx.TreeMismatchError, match=r"sweep: opt_state does not have the"):
+        gradx.sweep(loss_fn, params, gradx.adam(0.01), data, grid, opt_state=wrong, **FIT_KW)
