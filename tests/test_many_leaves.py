@@ -439,3 +439,33 @@ def test_packed_fit_refuses_a_state_of_another_structure():
     grid = {"learning_rate": np.asarray([0.01], np.float32)}
     with pytest.raises(gradx.TreeMismatchError, match=r"sweep: opt_state does not have the"):
         gradx.sweep(loss_fn, params, gradx.adam(0.01), data, grid, opt_state=wrong, **FIT_KW)
+
+
+def test_runs_of_irregularly_spaced_leaves_slice_the_right_coordinates():
+    # 60 leaves of 4 shapes in a shuffled order: runs whose spacing differs get kernels of
+    # their own, and every leaf must still get its own coordinates back.
+    rng = np.random.default_rng(0)
+    shapes = [(3,), (2, 2), (5,), (1,)]
+    order = rng.integers(0, len(shapes), 60)
+    params = [jnp.asarray(rng.standard_normal(shapes[k]), jnp.float32) for k in order]
+    grads = [jnp.asarray(rng.standard_normal(shapes[k]), jnp.float32) for k in order]
+
+    def run(opt):
+        state = opt.init(params)
+
+        @jax.jit
+        def step(p, s):
+            u, s = opt.update(grads, s, p)
+            return optax.apply_updates(p, u), s
+
+        p = params
+        for _ in range(3):
+            p, state = step(p, state)
+        return p, state
+
+    want, _ = run(gradx.adam(0.1))
+    got, state = run(gradx.flat(gradx.adam(0.1)))
+    assert 4 < len(state.offsets) < 60  # runs, not one start per leaf
+    for a, b in zip(got, want, strict=True):  # float32 rounding; a wrong slice is O(1) off
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
