@@ -284,7 +284,7 @@ def fit_stream(
     import optax
 
     from gradx import _loop
-    from gradx.train import _check_int, _check_key, _copy, _packing, _Program, _train
+    from gradx.train import _check_int, _check_key, _copy, _Program, _start, _train
 
     fn = "fit"
     plan = _sharding.fit_plan(fn, mesh, shard_params, params)
@@ -308,12 +308,8 @@ def fit_stream(
         skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
-    packing = _packing(flat, optimizer, params, plan, diagnostics=False)
-    if packing is not None:  # as the in-memory fit does: the same program, the same numbers
-        optimizer = packing.optimizer
-        opt_state = None if opt_state is None else packing.pack(opt_state)
-    if opt_state is None:
-        opt_state = optimizer.init(params)
+    # Packed as the in-memory fit is: the same program, the same numbers.
+    packing, optimizer, opt_state = _start(fn, flat, optimizer, params, opt_state, plan, False)
     params, opt_state = _copy((params, opt_state))
     params, opt_state, plan = _sharding.place_fit(plan, params, opt_state)
     update = optax.with_extra_args_support(optimizer).update

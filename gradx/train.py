@@ -488,8 +488,6 @@ def fit(
     has_aux = _check_flag("fit", "has_aux", has_aux)
     skip_nonfinite = _check_flag("fit", "skip_nonfinite", skip_nonfinite)
     resume = _check_flag("fit", "resume", resume)
-    if flat is not None:
-        flat = _check_flag("fit", "flat", flat)
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -513,12 +511,9 @@ def fit(
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
     diagnostics = _check_flag("fit", "diagnostics", diagnostics)
-    packing = _packing(flat, optimizer, params, plan, diagnostics)
-    if packing is not None:  # the same numbers, packed: see gradx.flat
-        optimizer = packing.optimizer
-        opt_state = None if opt_state is None else packing.pack(opt_state)
-    if opt_state is None:
-        opt_state = optimizer.init(params)
+    packing, optimizer, opt_state = _start(
+        "fit", flat, optimizer, params, opt_state, plan, diagnostics
+    )
     params, opt_state = _copy((params, opt_state))
     params, opt_state, plan = _sharding.place_fit(plan, params, opt_state)
     eval_data = _sharding.place_eval(plan, eval_data)
@@ -544,7 +539,23 @@ def fit(
     return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)
 
 
-def _packing(flat: bool | None, optimizer, params, plan, diagnostics: bool, fn: str = "fit"):
+def _start(fn: str, flat, optimizer, params, opt_state, plan, diagnostics: bool):
+    """``(packing, the optimizer to run, its starting state)`` for fit, its streamed path and
+    sweep: ``optimizer`` packed (:func:`_packing`) when it is, and ``opt_state`` (the user's,
+    in the optimizer's own layout) packed for it, or its init."""
+    if flat is not None:
+        flat = _check_flag(fn, "flat", flat)
+    packing = _packing(fn, flat, optimizer, params, plan, diagnostics)
+    if packing is not None:  # the same numbers, packed: see gradx.flat
+        optimizer = packing.optimizer
+        if opt_state is not None:
+            opt_state = packing.pack(opt_state, fn)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    return packing, optimizer, opt_state
+
+
+def _packing(fn: str, flat: bool | None, optimizer, params, plan, diagnostics: bool):
     """How fit (or sweep) runs ``optimizer`` packed (:func:`gradx._flat.packing`), or None:
     with ``flat=None`` when it can and it pays off, never with ``flat=False``; ``flat=True``
     raises where it cannot. ``plan``: the mesh plan (or mesh), None on one device."""
@@ -688,13 +699,7 @@ def sweep(
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
     diagnostics = _check_flag(fn, "diagnostics", diagnostics)
-    if flat is not None:
-        flat = _check_flag(fn, "flat", flat)
-    packing = _packing(flat, optimizer, params, mesh, diagnostics, fn)
-    if packing is not None:  # as fit does: every point's state packed
-        optimizer = packing.optimizer
-        opt_state = None if opt_state is None else packing.pack(opt_state, fn)
-    state0 = optimizer.init(params) if opt_state is None else opt_state
+    packing, optimizer, state0 = _start(fn, flat, optimizer, params, opt_state, mesh, diagnostics)
     points = _grid_points(fn, grid, state0)
     k = len(next(iter(points.values())))
     chunk = k if chunk_size is None else min(_check_int(fn, "chunk_size", chunk_size, 1), k)
