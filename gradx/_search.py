@@ -42,6 +42,7 @@ from gradx.train import (
     _Program,
     _progress,
     _run_epoch,
+    _start,
     fit,
 )
 from gradx.train import _plan as _batches
@@ -403,6 +404,7 @@ def search(
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
+    flat: bool | None = None,
     eta: int | None = None,
     min_epochs: int | None = None,
     ready: int | None = None,
@@ -458,6 +460,9 @@ def search(
       mesh: a ``jax.sharding.Mesh``: the population axis is split over its devices, as in
         :func:`gradx.sweep` (``chunk_size`` a multiple of the device count; a population
         that does not fill the devices is padded by repeating its last member).
+      flat: run the optimizer packed, as :func:`gradx.fit` and :func:`gradx.sweep` do (same
+        rule, same default; off with ``mesh``); the returned ``opt_state`` is in the
+        optimizer's own layout.
       eta, min_epochs: halving's η >= 2 (default 3) and first rung r >= 1 (default 1).
       ready, fraction, perturb, resample_probability: PBT's epochs between exploit steps
         (default 2), truncation fraction in (0, 0.5] (default 0.25), factors (default
@@ -524,7 +529,9 @@ def search(
             raise ValueError(f"{fn}: params must be a pytree of arrays (or pass init_fn), got None")
         template = params
         pop_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *jnp.shape(x))), params)
-    state0 = optimizer.init(template) if opt_state is None else opt_state
+    # Packed when fit would pack (gradx.flat): state0, and every member's state, in the packed
+    # layout; the result's opt_state is unpacked back into the optimizer's own.
+    packing, optimizer, state0 = _start(fn, flat, optimizer, template, opt_state, mesh, False)
     if method != "random" and metric != "loss":  # known before any training
         shapes = jax.eval_shape(eval_fn, template, eval_data)
         names = sorted(shapes) if isinstance(shapes, Mapping) else ["eval"]
@@ -558,7 +565,7 @@ def search(
     values = {name: v.astype(dtypes[name]) for name, v in samples.items()}
 
     def with_values(params_k, v):
-        state = opt_state if opt_state is not None else optimizer.init(params_k)
+        state = state0 if opt_state is not None else optimizer.init(params_k)
         return set_hyperparams(state, **v)
 
     pop_states = jax.vmap(with_values)(pop_params, {n: jnp.asarray(v) for n, v in values.items()})
@@ -637,6 +644,8 @@ def search(
         if pop.bar is not None:
             pop.bar.close()
 
+    if packing is not None:
+        pop_states = packing.unpack(pop_states, batch_dims=1)
     pop_params, pop_states = _sharding.to_user_mesh(plan, (pop_params, pop_states))
     return SearchResult(
         method=method,

@@ -431,6 +431,42 @@ def test_sweep_packs_too_and_returns_each_points_own_state():
         gradx.sweep(loss_fn, params, optax.sgd(0.1), data, grid, flat=True, **kw)
 
 
+def test_search_packs_too_through_pbt_copies_and_returns_each_members_own_state():
+    loss_fn, params, data = _fit_problem()
+    space = {"learning_rate": gradx.search_space.loguniform(1e-3, 0.1)}
+    kw = dict(FIT_KW, epochs=4, method="pbt", num_samples=4, ready=2)
+    packed = []
+    real = gradx.train._flat.packing
+
+    def spy(optimizer, p):
+        out = real(optimizer, p)
+        packed.append(out[0] is not None)
+        return out
+
+    for make in (lambda: gradx.adam(0.01), lambda: gradx.momentum(0.01, momentum=0.9)):
+        want = gradx.search(loss_fn, params, make(), data, space, flat=False, **kw)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(gradx.train._flat, "packing", spy)
+            got = gradx.search(loss_fn, params, make(), data, space, **kw)
+        assert packed.pop() is True
+        assert got.lineage == want.lineage  # the same copies, the same perturbed values
+        _assert_close_runs(got, want)
+        one = make().init(params)  # each member's state is the optimizer's own layout
+        assert jax.tree.structure(got.opt_state) == jax.tree.structure(one)
+        for a, b in zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(one), strict=True):
+            assert a.shape == (4, *b.shape) and a.dtype == b.dtype
+    # A given opt_state (the optimizer's own layout) is packed for every member.
+    start = gradx.fit(loss_fn, params, gradx.adam(0.01), data, flat=False, **FIT_KW)
+    kw = dict(FIT_KW, epochs=2, method="random", num_samples=2)
+    want = gradx.search(loss_fn, start.params, gradx.adam(0.01), data, space,
+                        opt_state=start.opt_state, flat=False, **kw)  # fmt: skip
+    got = gradx.search(loss_fn, start.params, gradx.adam(0.01), data, space,
+                       opt_state=start.opt_state, **kw)  # fmt: skip
+    _assert_close_runs(got, want)
+    with pytest.raises(ValueError, match=r"search: flat=True cannot .*gradx's own"):
+        gradx.search(loss_fn, params, optax.sgd(0.1), data, space, flat=True, **kw)
+
+
 def test_packed_fit_refuses_a_state_of_another_structure():
     loss_fn, params, data = _fit_problem()
     wrong = gradx.adam(0.01).init({k: v for k, v in params.items() if k != "b2"})
@@ -439,6 +475,10 @@ def test_packed_fit_refuses_a_state_of_another_structure():
     grid = {"learning_rate": np.asarray([0.01], np.float32)}
     with pytest.raises(gradx.TreeMismatchError, match=r"sweep: opt_state does not have the"):
         gradx.sweep(loss_fn, params, gradx.adam(0.01), data, grid, opt_state=wrong, **FIT_KW)
+    space = {"learning_rate": 0.01}
+    with pytest.raises(gradx.TreeMismatchError, match=r"search: opt_state does not have the"):
+        gradx.search(loss_fn, params, gradx.adam(0.01), data, space, num_samples=1,
+                     opt_state=wrong, **FIT_KW)  # fmt: skip
 
 
 def test_runs_of_irregularly_spaced_leaves_slice_the_right_coordinates():
