@@ -2,16 +2,18 @@
 
     python benchmarks/compile_time.py [--quick] [--rules adam,momentum,rmsprop]
                                       [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
-                                      [--repeats 5] [--skip-step] [--skip-mlp] [--skip-fit]
+                                      [--repeats 5] [--compile-repeats 3] [--skip-step]
+                                      [--skip-mlp] [--skip-fit]
 
 For every rule and number of leaves L it builds, for each side, a fresh
 
     step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))  # update + apply
 
 and times ``step.lower(...)`` (tracing and lowering to StableHLO: "trace") and
-``.compile()`` (XLA: "compile") separately. Functions are new closures every time and no
-persistent compilation cache is configured, so nothing is reused; the sides are compiled in
-alternating order (gradx first at one size, optax first at the next). Then it times the
+``.compile()`` (XLA: "compile") separately, ``--compile-repeats`` times per side (medians; the
+ratio is that of the medians of trace + compile). Functions are new closures every time and
+no persistent compilation cache is configured, so nothing is reused; the sides are compiled in
+alternating order (the order flips between repeats and between sizes). Then it times the
 compiled steps, interleaved, ``--repeats`` measurements each (median; ``paired`` is the median
 of the per-repeat ratios flat/optax and gradx/optax).
 
@@ -144,15 +146,21 @@ def update_table(args: argparse.Namespace) -> None:
             makers = sides_for(rule)
             order = list(makers)[::-1] if flip else list(makers)
             flip = not flip
-            tc, steppers = {}, {}
-            for name in order:
-                opt = makers[name]()
-                params = [jnp.ones(s, jnp.float32) for s in shapes]
-                state = opt.init(params)
-                t, c, compiled = trace_compile(make_step(opt), params, state, grads)
-                tc[name] = (t, c)
-                steppers[name] = Stepper(compiled, params, state)
-            total = {k: sum(v) for k, v in tc.items()}
+            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
+            steppers = {}
+            for r in range(args.compile_repeats):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    opt = makers[name]()
+                    params = [jnp.ones(s, jnp.float32) for s in shapes]
+                    state = opt.init(params)
+                    t, c, compiled = trace_compile(make_step(opt), params, state, grads)
+                    samples[name].append((t, c))
+                    steppers[name] = Stepper(compiled, params, state)
+            tc = {
+                k: (statistics.median(t for t, _ in v), statistics.median(c for _, c in v))
+                for k, v in samples.items()
+            }
+            total = {k: statistics.median(t + c for t, c in v) for k, v in samples.items()}
             if args.skip_step:
                 step_text = ["—", "—", "—"]
             else:
@@ -339,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
     parser.add_argument("--shapes", default="uniform", choices=("uniform", "distinct"))
     parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
+    parser.add_argument(
+        "--compile-repeats", type=int, default=3, help="fresh trace + compile per side and size"
+    )
     parser.add_argument("--min-time", type=float, default=0.1, help="seconds per measurement")
     parser.add_argument("--fit-repeats", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="no step times")

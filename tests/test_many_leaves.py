@@ -328,18 +328,24 @@ def _assert_close_runs(got, want):
     assert _ulps(got.history["loss"], want.history["loss"]) <= ULPS
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_fit_packs_by_itself_and_returns_the_optimizers_own_state(case, monkeypatch):
-    loss_fn, params, data = _fit_problem()
-    packed = []
+@pytest.fixture
+def packed(monkeypatch):
+    """Whether each packing decision of fit, sweep or search packed (a spy on it)."""
+    calls = []
     real = gradx.train._flat.packing
 
     def spy(optimizer, p):
         out = real(optimizer, p)
-        packed.append(out[0] is not None)
+        calls.append(out[0] is not None)
         return out
 
     monkeypatch.setattr(gradx.train._flat, "packing", spy)
+    return calls
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fit_packs_by_itself_and_returns_the_optimizers_own_state(case, packed):
+    loss_fn, params, data = _fit_problem()
     want = gradx.fit(loss_fn, params, case.make(0.01, **case.hp), data, flat=False, **FIT_KW)
     got = gradx.fit(loss_fn, params, case.make(0.01, **case.hp), data, **FIT_KW)
     assert packed == [True]  # every optimizer of the table is gradx's own: it packs
@@ -431,23 +437,13 @@ def test_sweep_packs_too_and_returns_each_points_own_state():
         gradx.sweep(loss_fn, params, optax.sgd(0.1), data, grid, flat=True, **kw)
 
 
-def test_search_packs_too_through_pbt_copies_and_returns_each_members_own_state():
+def test_search_packs_too_through_pbt_copies_and_returns_each_members_own_state(packed):
     loss_fn, params, data = _fit_problem()
     space = {"learning_rate": gradx.search_space.loguniform(1e-3, 0.1)}
     kw = dict(FIT_KW, epochs=4, method="pbt", num_samples=4, ready=2)
-    packed = []
-    real = gradx.train._flat.packing
-
-    def spy(optimizer, p):
-        out = real(optimizer, p)
-        packed.append(out[0] is not None)
-        return out
-
     for make in (lambda: gradx.adam(0.01), lambda: gradx.momentum(0.01, momentum=0.9)):
         want = gradx.search(loss_fn, params, make(), data, space, flat=False, **kw)
-        with pytest.MonkeyPatch.context() as m:
-            m.setattr(gradx.train._flat, "packing", spy)
-            got = gradx.search(loss_fn, params, make(), data, space, **kw)
+        got = gradx.search(loss_fn, params, make(), data, space, **kw)
         assert packed.pop() is True
         assert got.lineage == want.lineage  # the same copies, the same perturbed values
         _assert_close_runs(got, want)
