@@ -2,8 +2,8 @@
 
     python benchmarks/compile_time.py [--quick] [--rules adam,momentum,rmsprop]
                                       [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
-                                      [--repeats 5] [--compile-repeats 3] [--skip-step]
-                                      [--skip-mlp] [--skip-fit]
+                                      [--repeats 5] [--compile-repeats 3] [--inject]
+                                      [--skip-step] [--skip-mlp] [--skip-fit]
 
 For every rule and number of leaves L it builds, for each side, a fresh
 
@@ -12,8 +12,10 @@ For every rule and number of leaves L it builds, for each side, a fresh
 and times ``step.lower(...)`` (tracing and lowering to StableHLO: "trace") and
 ``.compile()`` (XLA: "compile") separately, ``--compile-repeats`` times per side (medians; the
 ratio is that of the medians of trace + compile). Functions are new closures every time and
-no persistent compilation cache is configured, so nothing is reused; the sides are compiled in
-alternating order (the order flips between repeats and between sizes). Then it times the
+no persistent compilation cache is configured, so nothing is reused; the sides are compiled
+in alternating order (the order flips between repeats and between sizes). With ``--inject``
+a fourth side is optax with its hyperparameters as runtime values in its state
+(``optax.inject_hyperparams``), as gradx keeps them for every optimizer. Then it times the
 compiled steps, interleaved, ``--repeats`` measurements each (median; ``paired`` is the median
 of the per-repeat ratios flat/optax and gradx/optax).
 
@@ -55,26 +57,35 @@ import gradx
 
 LR = 1e-3
 
-RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
-    "adam": (lambda: gradx.adam(LR), lambda: optax.adam(LR)),
+# gradx, optax, and optax with its hyperparameters as runtime values in the state
+# (optax.inject_hyperparams: what gradx does for every optimizer).
+RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]] = {
+    "adam": (
+        lambda: gradx.adam(LR),
+        lambda: optax.adam(LR),
+        lambda: optax.inject_hyperparams(optax.adam)(
+            learning_rate=LR, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0
+        ),
+    ),
     "momentum": (
         lambda: gradx.momentum(LR, momentum=0.9),
         lambda: optax.sgd(LR, momentum=0.9),
+        lambda: optax.inject_hyperparams(optax.sgd)(learning_rate=LR, momentum=0.9),
     ),
     "rmsprop": (
         lambda: gradx.rmsprop(LR, decay=0.9, eps=1e-8),
         lambda: optax.rmsprop(LR, decay=0.9, eps=1e-8, eps_in_sqrt=False),
+        lambda: optax.inject_hyperparams(optax.rmsprop, static_args=("eps_in_sqrt",))(
+            learning_rate=LR, decay=0.9, eps=1e-8, eps_in_sqrt=False
+        ),
     ),
 }
 
 
-def sides_for(rule: str) -> dict[str, Callable[[], Any]]:
-    make_gradx, make_optax = RULES[rule]
-    return {
-        "gradx": make_gradx,
-        "flat": lambda: gradx.flat(make_gradx()),
-        "optax": make_optax,
-    }
+def sides_for(rule: str, inject: bool) -> dict[str, Callable[[], Any]]:
+    make_gradx, make_optax, make_inject = RULES[rule]
+    sides = {"gradx": make_gradx, "flat": lambda: gradx.flat(make_gradx()), "optax": make_optax}
+    return {**sides, "inject": make_inject} if inject else sides
 
 
 def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
@@ -131,19 +142,24 @@ def update_table(args: argparse.Namespace) -> None:
         f"\n### One update + apply, leaves of shape {shape}"
         "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
     )
+    inject = (
+        (" inject trace / compile |", " gradx/inject |", "---|---:|")
+        if args.inject
+        else ("", "", "")
+    )
     print(
         "| rule | leaves | gradx trace / compile | flat trace / compile | optax trace / compile "
-        "| gradx/optax (trace+compile) | flat/optax | gradx step ms | flat step ms | "
-        "optax step ms |"
+        f"|{inject[0]} gradx/optax (trace+compile) | flat/optax |{inject[1]} gradx step ms | "
+        "flat step ms | optax step ms |"
     )
-    print("|---|---:|---|---|---|---:|---:|---|---|---:|")
+    print(f"|---|---:|---|---|---|{inject[2]}---:|---:|---|---|---:|")
     flip = False
     for rule in args.rules.split(","):
         for n in [int(x) for x in args.leaves.split(",")]:
             shapes = shapes_of(n, args.shapes)
             keys = jax.random.split(jax.random.key(0), n)
             grads = [1e-3 * jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
-            makers = sides_for(rule)
+            makers = sides_for(rule, args.inject)
             order = list(makers)[::-1] if flip else list(makers)
             flip = not flip
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
@@ -178,12 +194,20 @@ def update_table(args: argparse.Namespace) -> None:
                     f"{med['optax']:.3f}",
                 ]
             del steppers
+            injected = (
+                (
+                    f" {tc['inject'][0]:.2f} / {tc['inject'][1]:.2f} |",
+                    f" {total['gradx'] / total['inject']:.2f}× |",
+                )
+                if args.inject
+                else ("", "")
+            )
             print(
                 f"| {rule} | {n} | {tc['gradx'][0]:.2f} / {tc['gradx'][1]:.2f} "
                 f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} "
-                f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} "
-                f"| {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
-                f"| {' | '.join(step_text)} |"
+                f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
+                f" {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
+                f"|{injected[1]} {' | '.join(step_text)} |"
             )
             sys.stdout.flush()
 
@@ -352,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-time", type=float, default=0.1, help="seconds per measurement")
     parser.add_argument("--fit-repeats", type=int, default=3)
+    parser.add_argument(
+        "--inject",
+        action="store_true",
+        help="also compile optax with optax.inject_hyperparams (runtime hyperparameters)",
+    )
     parser.add_argument("--skip-step", action="store_true", help="no step times")
     parser.add_argument("--skip-update", action="store_true", help="no update table")
     parser.add_argument("--skip-mlp", action="store_true")
