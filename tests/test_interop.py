@@ -68,8 +68,11 @@ WRAPPERS = {
     [
         (lambda: gradx.adam(1e-2), lambda: optax.adam(1e-2)),
         (lambda: gradx.momentum(1e-2, 0.9), lambda: optax.sgd(1e-2, 0.9)),
+        # the many-leaf path: the wrappers see a FlatState, and masks and partitions give it
+        # subtrees to pack
+        (lambda: gradx.flat(gradx.adam(1e-2)), lambda: optax.adam(1e-2)),
     ],
-    ids=["adam", "momentum"],
+    ids=["adam", "momentum", "flat-adam"],
 )
 def test_optax_wrappers_give_optax_numbers(wrapper, pair):
     ours, theirs = (WRAPPERS[wrapper](make()) for make in pair)
@@ -106,9 +109,11 @@ def _linen_fit(tx):
     return state
 
 
-def test_flax_linen_train_state_matches_optax():
+@pytest.mark.parametrize("make", [gradx.adam, lambda lr: gradx.flat(gradx.adam(lr))],
+                         ids=["adam", "flat-adam"])  # fmt: skip
+def test_flax_linen_train_state_matches_optax(make):
     with jax.numpy_dtype_promotion("standard"):
-        ours, theirs = _linen_fit(gradx.adam(1e-2)), _linen_fit(optax.adam(1e-2))
+        ours, theirs = _linen_fit(make(1e-2)), _linen_fit(optax.adam(1e-2))
     for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(theirs.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
     assert gradx.hyperparams(ours.opt_state)["learning_rate"] == np.float32(1e-2)
@@ -134,9 +139,11 @@ def _equinox_fit(opt):
     return model
 
 
-def test_equinox_filtered_training_matches_optax():
+@pytest.mark.parametrize("make", [gradx.adamw, lambda lr, **kw: gradx.flat(gradx.adamw(lr, **kw))],
+                         ids=["adamw", "flat-adamw"])  # fmt: skip
+def test_equinox_filtered_training_matches_optax(make):
     with jax.numpy_dtype_promotion("standard"):
-        ours = _equinox_fit(gradx.adamw(1e-2, weight_decay=0.1))
+        ours = _equinox_fit(make(1e-2, weight_decay=0.1))  # decay reads the params: packed too
         theirs = _equinox_fit(optax.adamw(1e-2, weight_decay=0.1))
     leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
     for a, b in zip(leaves(ours), leaves(theirs), strict=True):
