@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -174,6 +175,15 @@ def _offsets(layout: _Layout, share_kernels: bool) -> tuple[jax.Array, ...]:
     return tuple(out)
 
 
+# Offsets are never negative: without JAX's wrap-around of a negative start (a compare and a
+# select traced per leaf, 0.3 s of the trace at 1,000 leaves) where JAX has the option.
+_NONNEGATIVE = (
+    {"allow_negative_indices": False}
+    if "allow_negative_indices" in inspect.signature(jax.lax.dynamic_slice).parameters
+    else {}
+)
+
+
 def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
     """The inverse of :func:`_pack`: each leaf sliced out of its buffer and reshaped."""
     buffers = tuple(buffers)
@@ -189,8 +199,8 @@ def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
             continue
         if i in where:
             start, delta = where[i]
-            at = start if delta == 0 else start + np.int32(delta)
-            part = jax.lax.dynamic_slice(buf, (at,), (size,))
+            at = start if delta == 0 else jax.lax.add(start, np.int32(delta))
+            part = jax.lax.dynamic_slice(buf, (at,), (size,), **_NONNEGATIVE)
         else:
             part = jax.lax.slice(buf, (offset,), (offset + size,))
         leaves.append(jnp.reshape(part, shape))
