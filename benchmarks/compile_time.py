@@ -82,7 +82,7 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
 }
 
 
-def sides_for(rule: str, inject: bool) -> dict[str, Callable[[], Any]]:
+def sides_for(rule: str, inject: bool = False) -> dict[str, Callable[[], Any]]:
     make_gradx, make_optax, make_inject = RULES[rule]
     sides = {"gradx": make_gradx, "flat": lambda: gradx.flat(make_gradx()), "optax": make_optax}
     return {**sides, "inject": make_inject} if inject else sides
