@@ -24,7 +24,8 @@ for all leaves of optax and of per-leaf gradx (it deduplicates identical fused k
 ``distinct``: leaf i has shape (1000 + i,), every kernel is a new one, as in a model whose
 leaves all differ.
 
-It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves)
+It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves;
+medians of ``--compile-repeats``)
 and the first ``gradx.fit`` epoch of the digits network (64-16-16-10, Adam, batch 32; packed
 by default, and with ``flat=False``) against the optax-tutorial loop's first epoch (jitted
 step per minibatch, host batches); both include compilation. One fit and one loop run first
@@ -247,15 +248,19 @@ def mlp_table(args: argparse.Namespace) -> None:
     print("| side | trace s | compile s | total vs optax |")
     print("|---|---:|---:|---:|")
     sides = sides_for("adam")
-    tc = {}
-    for name in ("optax", "gradx", "flat"):
-        opt = sides[name]()
-        p = jax.tree.map(jnp.copy, params)
-        t, c, _ = trace_compile(make(opt), p, opt.init(p))
-        tc[name] = (t, c)
+    order = ["optax", "gradx", "flat"]
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
+    for r in range(args.compile_repeats):
+        for name in order if r % 2 == 0 else order[::-1]:
+            opt = sides[name]()
+            p = jax.tree.map(jnp.copy, params)
+            t, c, _ = trace_compile(make(opt), p, opt.init(p))
+            samples[name].append((t, c))
+    total = {k: statistics.median(t + c for t, c in v) for k, v in samples.items()}
     for name in ("gradx", "flat", "optax"):
-        t, c = tc[name]
-        print(f"| {name} | {t:.2f} | {c:.2f} | {(t + c) / sum(tc['optax']):.2f}× |")
+        t = statistics.median(t for t, _ in samples[name])
+        c = statistics.median(c for _, c in samples[name])
+        print(f"| {name} | {t:.2f} | {c:.2f} | {total[name] / total['optax']:.2f}× |")
 
 
 # ----------------------------------------------------------------------------- fit
