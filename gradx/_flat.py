@@ -278,6 +278,14 @@ def is_flat(optimizer: Any) -> bool:
 #: costs little next to their memory traffic, and packing would copy them every step.
 MAX_LEAF_SIZE = 1 << 14
 
+#: The leaves ``fit``, ``sweep`` and ``search`` pack by themselves (:func:`packing`): at most
+#: this many elements. Inside their scanned epoch a kernel costs well under a microsecond on
+#: CPU, while a packed step makes four more passes over the packed elements (the gradients'
+#: copy, the update buffer): 200 leaves, Adam, per step packed / leaf by leaf: 0.77× at 512
+#: elements, 1.02× at 1,024, 1.28× at 2,048, 1.69× at 8,192; the first epoch compiles in
+#: about half the time at every size.
+FIT_MAX_LEAF_SIZE = 1 << 10
+
 
 def flat(
     optimizer: optax.GradientTransformation,
@@ -505,9 +513,9 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
     """``(Packing, "")`` when ``fit`` can run ``optimizer`` packed and it pays off, else
     ``(None, why not)``: a gradx optimizer built from numbers and flags (one of the library's
     own, with no mask and no user block: those treat every coordinate alike), over params
-    with at least two leaves of at most ``MAX_LEAF_SIZE`` elements and one dtype (else there
-    is nothing to pack), whose state runs packed (Keras's per-variable ``clipnorm`` does not)
-    and maps leaf for leaf onto the packed one."""
+    with at least two leaves of at most ``FIT_MAX_LEAF_SIZE`` elements and one dtype (else
+    there is nothing to pack; bigger leaves keep their own buffers), whose state runs packed
+    (Keras's per-variable ``clipnorm`` does not) and maps leaf for leaf onto the packed one."""
     from gradx._core import ELEMENTWISE
 
     if optimizer.update not in ELEMENTWISE:
@@ -518,10 +526,10 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
     params = _as_arrays(params)
     if not _placement(jax.tree.leaves(params))[0]:
         return None, "the params are spread over several devices: each keeps its sharding"
-    layout = _layout(params, MAX_LEAF_SIZE)
+    layout = _layout(params, FIT_MAX_LEAF_SIZE)
     if not any(len(m) > 1 for m in layout.members):
         return None, (
-            f"no two params leaves of one dtype have at most {MAX_LEAF_SIZE} elements: "
+            f"no two params leaves of one dtype have at most {FIT_MAX_LEAF_SIZE} elements: "
             "there is nothing to pack"
         )
     inner = optax.with_extra_args_support(optimizer)
@@ -531,4 +539,4 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
         return None, str(e)
     if c is None:
         return None, "its state does not map leaf for leaf onto a packed state"
-    return Packing(flat(optimizer), layout, c), ""
+    return Packing(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE), layout, c), ""

@@ -361,7 +361,8 @@ def test_fit_and_sweep_reuse_the_persistent_compilation_cache_across_processes(t
 
 
 def _fit_problem():
-    # Two dtypes, leaves of several shapes, and one leaf too big to pack (max 16,384).
+    # Two dtypes, leaves of several shapes, and one leaf too big to pack (fit: max 1,024;
+    # gradx.flat's default: 16,384).
     params = {
         "w1": jnp.full((5, 8), 0.1, jnp.float32),
         "b1": jnp.zeros((8,), jnp.float32),
@@ -426,6 +427,18 @@ def test_fit_packs_by_itself_and_returns_the_optimizers_own_state(case, packed):
         loss_fn, want.params, opt, data, opt_state=want.opt_state, flat=False, **FIT_KW
     )
     _assert_close_runs(again, again_leaf)
+
+
+def test_fit_packs_leaves_of_at_most_1024_elements_and_leaves_bigger_ones_alone():
+    # In fit's scanned epoch a bigger leaf costs more passes packed than kernels leaf by leaf.
+    params = {"a": jnp.zeros((32, 32)), "b": jnp.zeros((1025,)), "c": jnp.zeros((3,))}
+    packing, why = gradx.train._flat.packing(gradx.adam(0.1), params)
+    assert why == "" and gradx.train._flat.FIT_MAX_LEAF_SIZE == 1024
+    state = packing.pack(gradx.adam(0.1).init(params))
+    shapes = {x.shape for x in jax.tree.leaves(state.inner_state) if x.ndim}
+    assert shapes == {(1024 + 3,), (1025,)}  # a and c in one buffer, b in its own
+    big = {"a": jnp.zeros((1025,)), "b": jnp.zeros((2000,))}
+    assert gradx.train._flat.packing(gradx.adam(0.1), big)[0] is None
 
 
 def test_fit_runs_leaf_by_leaf_where_packing_would_change_the_rule():
