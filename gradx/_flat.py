@@ -322,8 +322,11 @@ def flat(
 
     ``gradx.hyperparams``, ``gradx.set_hyperparams`` (also under ``vmap``, so ``gradx.sweep``
     works), ``check_hyperparams``, pickling and orbax checkpoints see the inner optimizer's
-    state under :class:`FlatState`. ``gradx.fit`` packs gradx's own optimizers by itself
-    (its ``flat`` argument) and gives their state back in their own layout; given a flat
+    state under :class:`FlatState`. ``gradx.fit``, ``sweep`` and ``search`` pack gradx's own
+    optimizers by themselves (their ``flat`` argument), over leaves of at most
+    ``FIT_MAX_LEAF_SIZE`` (1,024) elements, since inside their scanned epoch a kernel per leaf
+    costs less than in a step called on its own, and give the state back in the optimizer's
+    own layout; given a flat
     optimizer, it runs it as any other and returns the packed layout (continue with the same
     flat optimizer).
 

@@ -542,9 +542,9 @@ def fit(
 
 
 def _start(fn: str, flat, optimizer, params, opt_state, plan, diagnostics: bool):
-    """``(packing, the optimizer to run, its starting state)`` for fit, its streamed path and
-    sweep: ``optimizer`` packed (:func:`_packing`) when it is, and ``opt_state`` (the user's,
-    in the optimizer's own layout) packed for it, or its init."""
+    """``(packing, the optimizer to run, its starting state)`` for fit, its streamed path,
+    sweep and search: ``optimizer`` packed (:func:`_packing`) when it is, and ``opt_state``
+    (the user's, in the optimizer's own layout) packed for it, or its init."""
     if flat is not None:
         flat = _check_flag(fn, "flat", flat)
     packing = _packing(fn, flat, optimizer, params, plan, diagnostics)
@@ -558,9 +558,9 @@ def _start(fn: str, flat, optimizer, params, opt_state, plan, diagnostics: bool)
 
 
 def _packing(fn: str, flat: bool | None, optimizer, params, plan, diagnostics: bool):
-    """How fit (or sweep) runs ``optimizer`` packed (:func:`gradx._flat.packing`), or None:
-    with ``flat=None`` when it can and it pays off, never with ``flat=False``; ``flat=True``
-    raises where it cannot. ``plan``: the mesh plan (or mesh), None on one device."""
+    """How fit (or sweep, or search) runs ``optimizer`` packed (:func:`gradx._flat.packing`),
+    or None: with ``flat=None`` when it can and it pays off, never with ``flat=False``;
+    ``flat=True`` raises where it cannot. ``plan``: the mesh plan (or mesh), None on one device."""
     if flat is False:
         return None
     if _flat.is_flat(optimizer):
