@@ -98,12 +98,17 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
         small = [leaves[i] for i in indices]
         concrete, device = _placement(small)
         if concrete:  # init, fit: on the host, no program to compile
-            parts = [np.asarray(x).reshape(-1) for x in small]
-            buffers.append(jax.device_put(np.concatenate(parts), device))
+            buffers.append(_host_buffer(small, device))
             continue
         parts = [jnp.reshape(x, (-1,)) for x in small]
         buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
     return tuple(buffers)
+
+
+def _host_buffer(leaves: list[Any], device: Any = None) -> jax.Array:
+    """Concrete ``leaves`` raveled and concatenated on the host, then put on ``device``
+    (None: the default device, uncommitted)."""
+    return jax.device_put(np.concatenate([np.asarray(x).reshape(-1) for x in leaves]), device)
 
 
 def _placement(leaves: list[Any]) -> tuple[bool, Any]:
@@ -473,9 +478,8 @@ class Packing(NamedTuple):
             for indices in self.layout.members:
                 if self.layout.slots[indices[0]][1] is None:  # a big leaf: as it is
                     out.append(jnp.asarray(leaves[indices[0]]))
-                else:
-                    parts = [np.asarray(leaves[i]).ravel() for i in indices]
-                    out.append(jax.device_put(np.concatenate(parts)))
+                else:  # uncommitted, as fit's own init would be: no second compile
+                    out.append(_host_buffer([leaves[i] for i in indices]))
             return tuple(out)
 
         inner = [pack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
