@@ -958,7 +958,7 @@ def _check_mask(fn: str, mask: Any) -> None:
             )
 
 
-# True while gradx.flat runs an optimizer on packed buffers (one per dtype), whose leaves are
+# True while gradx.flat runs an optimizer on packed buffers (a few per dtype), whose leaves are
 # no longer the params': a mask naming leaves would silently decay the wrong coordinates.
 _FLAT_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("gradx_flat", default=False)
 
@@ -970,7 +970,7 @@ def _full_mask(fn: str, mask: Any, params: Any) -> Any:
     if _FLAT_ACTIVE.get():
         raise ValueError(
             f"{fn}: mask must be None inside gradx.flat, got {mask!r}: flat packs the leaves "
-            "into one buffer per dtype, so a mask cannot name them; use the per-leaf optimizer"
+            "into a few buffers per dtype, so a mask cannot name them; use the per-leaf optimizer"
         )
     tree = mask(params) if callable(mask) else mask
     _check_mask(fn, tree)

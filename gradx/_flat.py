@@ -2,7 +2,7 @@
 
 A model with hundreds or thousands of leaves gives an optimizer hundreds or thousands of small
 elementwise kernels to trace, compile and launch per step, each with its own fixed cost.
-:func:`flat` packs the leaves of each dtype into one 1-D buffer, keeps the inner optimizer's
+:func:`flat` packs the leaves of each dtype into a few 1-D buffers, keeps the inner optimizer's
 state in that packed layout (its moments are a few long vectors), and runs the inner optimizer
 once per buffer: a step concatenates the gradients (and the params, when the rule reads them)
 and slices the updates back into the params' shapes. The params themselves stay the user's
@@ -30,11 +30,12 @@ __all__ = ["FlatState", "flat"]
 class FlatState(NamedTuple):
     """State of :func:`flat`: the inner optimizer's state over the packed buffers.
 
-    ``inner_state`` is what ``optimizer.init`` returns for a tuple of buffers: one 1-D buffer
-    per dtype of the small leaves (in the order the dtypes first occur in the params' leaves),
-    then each big leaf as it is (see :func:`flat`'s ``max_leaf_size``), so its moments are a
-    few long vectors. ``gradx.hyperparams`` and ``gradx.set_hyperparams`` find the inner
-    optimizer's hyperparameters under it by the same names.
+    ``inner_state`` is what ``optimizer.init`` returns for a tuple of buffers: the small leaves
+    of each dtype in 1-D buffers of at most 256 leaves each (``LEAVES_PER_BUFFER``; dtypes in
+    the order they first occur in the params' leaves), then each big leaf as it is (see
+    :func:`flat`'s ``max_leaf_size``), so its moments are a few long vectors.
+    ``gradx.hyperparams`` and ``gradx.set_hyperparams`` find the inner optimizer's
+    hyperparameters under it by the same names.
     """
 
     inner_state: Any
@@ -54,28 +55,41 @@ class _Layout(NamedTuple):
     members: tuple[tuple[int, ...], ...]  # per buffer: the leaf indices, in order
 
 
+#: The most leaves concatenated into one buffer. XLA's CPU code for a concatenation costs
+#: about 0.2 ms to compile per operand up to a few hundred and more beyond (1,000 operands:
+#: 0.26 s, 3,000: 1.4 s), so the small leaves of a dtype are split evenly into buffers of at
+#: most this many (1,000 leaves: 4 buffers of 250); the optimizer's few extra kernels over
+#: them cost nothing next to that.
+LEAVES_PER_BUFFER = 256
+
+
 def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
-    """Small leaves packed by dtype (in order of first occurrence), then the big ones alone."""
+    """Small leaves packed by dtype (in order of first occurrence), at most
+    ``LEAVES_PER_BUFFER`` to a buffer; then the big ones alone."""
     leaves, treedef = jax.tree.flatten(tree)
-    dtypes: list[np.dtype] = []
-    packed: list[list[int]] = []
-    offsets: list[int] = []
+    by_dtype: dict[np.dtype, list[int]] = {}  # insertion order: first occurrence
     solo: list[int] = []
-    place: dict[int, tuple[int, int | None]] = {}
     for i, leaf in enumerate(leaves):
         size = int(np.prod(leaf.shape, dtype=np.int64))
         if max_leaf_size is not None and size > max_leaf_size:
             solo.append(i)
-            continue
-        dtype = np.dtype(leaf.dtype)
-        if dtype not in dtypes:
-            dtypes.append(dtype)
-            packed.append([])
-            offsets.append(0)
-        b = dtypes.index(dtype)
-        place[i] = (b, offsets[b])
-        packed[b].append(i)
-        offsets[b] += size
+        else:
+            by_dtype.setdefault(np.dtype(leaf.dtype), []).append(i)
+    packed: list[list[int]] = []
+    for indices in by_dtype.values():
+        count = -(-len(indices) // LEAVES_PER_BUFFER)  # buffers, as even as can be
+        base, extra = divmod(len(indices), count)
+        start = 0
+        for c in range(count):
+            stop = start + base + (c < extra)
+            packed.append(indices[start:stop])
+            start = stop
+    place: dict[int, tuple[int, int | None]] = {}
+    for b, indices in enumerate(packed):
+        offset = 0
+        for i in indices:
+            place[i] = (b, offset)
+            offset += int(np.prod(leaves[i].shape, dtype=np.int64))
     for j, i in enumerate(solo):
         place[i] = (len(packed) + j, None)
     slots = tuple(
@@ -87,8 +101,8 @@ def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
 
 
 def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
-    """One 1-D buffer per dtype of the small leaves, raveled and concatenated; then each big
-    leaf as it is."""
+    """The 1-D buffers of the small leaves (see :func:`_layout`), raveled and concatenated;
+    then each big leaf as it is."""
     leaves = jax.tree.leaves(tree)
     buffers = []
     for indices in layout.members:
@@ -100,8 +114,9 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
         if concrete:  # init, fit: on the host, no program to compile
             buffers.append(_host_buffer(small, device))
             continue
-        parts = [jnp.reshape(x, (-1,)) for x in small]
-        buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+        # lax, not jnp: a thousand leaves make the wrappers' overhead a visible part of a trace
+        parts = [x if x.ndim == 1 else jax.lax.reshape(x, (x.size,)) for x in small]
+        buffers.append(parts[0] if len(parts) == 1 else jax.lax.concatenate(parts, 0))
     return tuple(buffers)
 
 
@@ -134,8 +149,9 @@ def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
     """The leaves sliced at a runtime offset, as runs: each a few leaves of one shape in one
     buffer, in leaf order, that share one runtime start (the run's first leaf's offset).
 
-    A leaf of a run is sliced at ``start + delta``, ``delta`` its distance from the run's
-    first leaf, a constant of its kernel: runs with the same spacing (leaves of one shape
+    A run is sliced out of its buffer at ``start`` as one segment, and each of its leaves
+    out of the segment at ``delta``, its distance from the run's first leaf, a constant of
+    its kernel: runs with the same spacing (leaves of one shape
     side by side, or repeated blocks of a model) share their kernels. A class of m leaves of
     one shape is cut into runs of ⌈∛m⌉ leaves (:func:`_run_length`), so about ∛m kernels and
     m/∛m runtime starts: a start per leaf would cost an input and an output of the step per
@@ -192,23 +208,26 @@ _NONNEGATIVE = (
 def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
     """The inverse of :func:`_pack`: each leaf sliced out of its buffer and reshaped."""
     buffers = tuple(buffers)
-    where = {}  # leaf -> (its run's runtime start, its distance from it)
+    where = {}  # leaf -> (its run's segment, its distance from the run's start)
     for run, start in zip(_runs(layout, bool(offsets)), offsets, strict=True):
-        first = layout.slots[run[0]][1]
-        where.update((i, (start, layout.slots[i][1] - first)) for i in run)
+        b, first, _, _ = layout.slots[run[0]]
+        _, last, size, _ = layout.slots[run[-1]]
+        segment = jax.lax.dynamic_slice(
+            buffers[b], (start,), (last + size - first,), **_NONNEGATIVE
+        )
+        where.update((i, (segment, layout.slots[i][1] - first)) for i in run)
     leaves = []
     for i, (b, offset, size, shape) in enumerate(layout.slots):
         buf = buffers[b]
         if offset is None or size == buf.shape[0]:
-            leaves.append(buf if offset is None else jnp.reshape(buf, shape))
+            leaves.append(buf if offset is None else jax.lax.reshape(buf, shape))
             continue
         if i in where:
-            start, delta = where[i]
-            at = start if delta == 0 else jax.lax.add(start, np.int32(delta))
-            part = jax.lax.dynamic_slice(buf, (at,), (size,), **_NONNEGATIVE)
+            segment, delta = where[i]
+            part = jax.lax.slice(segment, (delta,), (delta + size,))
         else:
             part = jax.lax.slice(buf, (offset,), (offset + size,))
-        leaves.append(jnp.reshape(part, shape))
+        leaves.append(part if len(shape) == 1 else jax.lax.reshape(part, shape))
     return jax.tree.unflatten(layout.treedef, leaves)
 
 
@@ -298,11 +317,13 @@ def flat(
     max_leaf_size: int | None = MAX_LEAF_SIZE,
     share_kernels: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-    """Runs ``optimizer`` over one contiguous buffer per dtype instead of leaf by leaf.
+    """Runs ``optimizer`` over a few contiguous buffers per dtype instead of leaf by leaf.
 
     For every dtype among the params, the leaves of that dtype with at most ``max_leaf_size``
-    elements are raveled and concatenated (in ``jax.tree.leaves`` order) into one 1-D buffer
-    b_d; bigger leaves are buffers of their own, uncopied. The inner optimizer's state is
+    elements are raveled and concatenated (in ``jax.tree.leaves`` order) into 1-D buffers
+    b_1, ..., b_D of at most 256 consecutive leaves each (split evenly: 1,000 leaves make
+    4 buffers of 250, since XLA compiles one concatenation of n operands in time that grows
+    faster than n); bigger leaves are buffers of their own, uncopied. The inner optimizer's state is
     ``optimizer.init((b_1, ..., b_D, big_1, ...))``, and a step is::
 
         (u_1, ..., u_D, ...), s ← optimizer.update(pack(g), s, pack(θ))
@@ -318,10 +339,11 @@ def flat(
     copy of each gradient into its buffer. XLA compiles one kernel per distinct fused
     computation and shares identical ones; a slice at a constant offset would be a kernel of
     its own for every leaf, so by default (``share_kernels``) the m leaves that share a shape
-    are cut into runs of ⌈∛m⌉ side by side, each run starts at an offset the program reads
-    at run time (an int32 scalar per run in the state), and each leaf is sliced at its run's
-    start plus a constant: runs spaced alike share their kernels, so about ∛m kernels are
-    compiled and m/∛m offsets are read per step (1,000 leaves: 10 and 100), where a runtime
+    in a buffer are cut into runs of ⌈∛m⌉ side by side, each run starts at an offset the
+    program reads at run time (an int32 scalar per run in the state), the run is sliced out
+    there and each leaf out of the run at a constant: runs spaced alike share their kernels,
+    so about ∛m kernels are compiled and m/∛m offsets are read per step (1,000 leaves of one
+    shape, 4 buffers of 250: 7 kernels and 144 offsets), where a runtime
     offset per leaf would be an input and an output of the step per leaf (about 3 µs each
     per step on CPU).
 
@@ -359,11 +381,11 @@ def flat(
     Note:
       ``optax.flatten`` packs everything into one buffer (casting to a common dtype) and
       copies params, gradients and updates through it every step; here each dtype keeps its
-      own buffer and only the gradients (and the params, for rules that read them) are
+      own buffers and only the gradients (and the params, for rules that read them) are
       copied in. Transforms that treat leaves differently (optax's ``masked``,
       ``multi_transform``, per-leaf clipping like ``clip_by_block_rms``) would see one leaf
-      per dtype: keep those outside ``flat``. All leaves of one dtype go to one buffer on
-      one device: for params sharded over a mesh (``fsdp``) use the per-leaf optimizer.
+      per buffer: keep those outside ``flat``. The buffers of a dtype live on one
+      device: for params sharded over a mesh (``fsdp``) use the per-leaf optimizer.
     """
     if max_leaf_size is not None and (
         isinstance(max_leaf_size, bool)

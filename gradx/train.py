@@ -457,8 +457,8 @@ def fit(
         cut a one-shot iterator into several epochs).
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
         ``lax.scan`` over S stacked batches), >= 1.
-      flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in one buffer
-        per dtype instead of one array per leaf, so a step is a few kernels instead of a few
+      flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
+        buffers per dtype instead of one array per leaf, so a step is a few kernels instead of a few
         per leaf. ``None`` (default): whenever it can and there is something to pack: a
         gradx optimizer built from numbers and flags (gradx's own, without a weight-decay
         ``mask``; ``lookahead`` of one), params with at least two leaves of one dtype of at

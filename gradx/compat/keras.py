@@ -91,7 +91,7 @@ def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation
         if _FLAT_ACTIVE.get():  # a packed buffer is many variables: their norms would mix
             raise ValueError(
                 "clip_by_norm: clipnorm clips each variable by its own norm; inside "
-                "gradx.flat the variables are packed into one buffer per dtype, so it cannot "
+                "gradx.flat the variables are packed into buffers by dtype, so it cannot "
                 "see them: use global_clipnorm, or the per-leaf optimizer"
             )
 
