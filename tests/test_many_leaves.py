@@ -626,3 +626,21 @@ def test_many_leaves_of_a_dtype_split_evenly_into_buffers_of_at_most_256():
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert _ulps(a, b) <= ULPS
+
+
+def test_fit_packs_300_leaves_into_two_buffers_and_gives_back_the_users_layout(packed):
+    # More small leaves than one buffer holds: fit's host-side pack and unpack of the state
+    # go through both buffers, and the run is the per-leaf one.
+    params = [jnp.full((2,), 0.1 * (i % 7), jnp.float32) for i in range(300)]
+    x = jax.random.normal(jax.random.key(4), (64, 2), jnp.float32)
+    scale = jnp.arange(1.0, 301.0, dtype=jnp.float32) / 300
+
+    def loss_fn(p, xb):
+        stacked = jnp.stack(p)  # (300, 2)
+        return jnp.mean((xb @ stacked.T - scale[None, :]) ** 2)
+
+    want = gradx.fit(loss_fn, params, gradx.adam(0.01), x, flat=False, **FIT_KW)
+    got = gradx.fit(loss_fn, params, gradx.adam(0.01), x, **FIT_KW)
+    assert packed == [True]
+    assert [len(m) for m in gradx.train._flat._layout(params, 1024).members] == [150, 150]
+    _assert_close_runs(got, want)
