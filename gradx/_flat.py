@@ -151,8 +151,8 @@ def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
 
     A run is sliced out of its buffer at ``start`` as one segment, and each of its leaves
     out of the segment at ``delta``, its distance from the run's first leaf, a constant of
-    its kernel: runs with the same spacing (leaves of one shape
-    side by side, or repeated blocks of a model) share their kernels. A class of m leaves of
+    its kernel: runs with the same spacing (leaves of one shape side by side, or repeated
+    blocks of a model) share their kernels. A class of m leaves of
     one shape is cut into runs of ⌈∛m⌉ leaves (:func:`_run_length`), so about ∛m kernels and
     m/∛m runtime starts: a start per leaf would cost an input and an output of the step per
     leaf (about 3 µs each on CPU), one start per class a kernel per leaf. A leaf of a shape
@@ -323,8 +323,8 @@ def flat(
     elements are raveled and concatenated (in ``jax.tree.leaves`` order) into 1-D buffers
     b_1, ..., b_D of at most 256 consecutive leaves each (split evenly: 1,000 leaves make
     4 buffers of 250, since XLA compiles one concatenation of n operands in time that grows
-    faster than n); bigger leaves are buffers of their own, uncopied. The inner optimizer's state is
-    ``optimizer.init((b_1, ..., b_D, big_1, ...))``, and a step is::
+    faster than n); bigger leaves are buffers of their own, uncopied. The inner optimizer's
+    state is ``optimizer.init((b_1, ..., b_D, big_1, ...))``, and a step is::
 
         (u_1, ..., u_D, ...), s ← optimizer.update(pack(g), s, pack(θ))
         u ← unpack(u_1, ..., u_D, ...)        # each small leaf sliced out and reshaped
@@ -343,9 +343,8 @@ def flat(
     program reads at run time (an int32 scalar per run in the state), the run is sliced out
     there and each leaf out of the run at a constant: runs spaced alike share their kernels,
     so about ∛m kernels are compiled and m/∛m offsets are read per step (1,000 leaves of one
-    shape, 4 buffers of 250: 7 kernels and 144 offsets), where a runtime
-    offset per leaf would be an input and an output of the step per leaf (about 3 µs each
-    per step on CPU).
+    shape, 4 buffers of 250: runs of 7, 144 offsets), where a runtime offset per leaf
+    would be an input and an output of the step per leaf (about 3 µs each per step on CPU).
 
     ``gradx.hyperparams``, ``gradx.set_hyperparams`` (also under ``vmap``, so ``gradx.sweep``
     works), ``check_hyperparams``, pickling and orbax checkpoints see the inner optimizer's

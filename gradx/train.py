@@ -458,8 +458,9 @@ def fit(
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
         ``lax.scan`` over S stacked batches), >= 1.
       flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
-        buffers per dtype instead of one array per leaf, so a step is a few kernels instead of a few
-        per leaf. ``None`` (default): whenever it can and there is something to pack: a
+        buffers per dtype instead of one array per leaf, so a step is a few kernels instead
+        of a few per leaf. ``None`` (default): whenever it can and there is something to
+        pack: a
         gradx optimizer built from numbers and flags (gradx's own, without a weight-decay
         ``mask``; ``lookahead`` of one), params with at least two leaves of one dtype of at
         most 1,024 elements on one device, no ``mesh``, no ``diagnostics``; bigger leaves
