@@ -67,11 +67,11 @@ def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
     """Small leaves packed by dtype (in order of first occurrence), at most
     ``LEAVES_PER_BUFFER`` to a buffer; then the big ones alone."""
     leaves, treedef = jax.tree.flatten(tree)
+    sizes = [int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves]
     by_dtype: dict[np.dtype, list[int]] = {}  # insertion order: first occurrence
     solo: list[int] = []
     for i, leaf in enumerate(leaves):
-        size = int(np.prod(leaf.shape, dtype=np.int64))
-        if max_leaf_size is not None and size > max_leaf_size:
+        if max_leaf_size is not None and sizes[i] > max_leaf_size:
             solo.append(i)
         else:
             by_dtype.setdefault(np.dtype(leaf.dtype), []).append(i)
@@ -89,13 +89,10 @@ def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
         offset = 0
         for i in indices:
             place[i] = (b, offset)
-            offset += int(np.prod(leaves[i].shape, dtype=np.int64))
+            offset += sizes[i]
     for j, i in enumerate(solo):
         place[i] = (len(packed) + j, None)
-    slots = tuple(
-        (*place[i], int(np.prod(leaf.shape, dtype=np.int64)), tuple(leaf.shape))
-        for i, leaf in enumerate(leaves)
-    )
+    slots = tuple((*place[i], sizes[i], tuple(leaf.shape)) for i, leaf in enumerate(leaves))
     members = tuple(tuple(m) for m in packed) + tuple((i,) for i in solo)
     return _Layout(treedef, slots, members)
 
@@ -152,12 +149,11 @@ def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
     A run is sliced out of its buffer at ``start`` as one segment, and each of its leaves
     out of the segment at ``delta``, its distance from the run's first leaf, a constant of
     its kernel: runs with the same spacing (leaves of one shape side by side, or repeated
-    blocks of a model) share their kernels. A class of m leaves of
-    one shape is cut into runs of ⌈∛m⌉ leaves (:func:`_run_length`), so about ∛m kernels and
-    m/∛m runtime starts: a start per leaf would cost an input and an output of the step per
-    leaf (about 3 µs each on CPU), one start per class a kernel per leaf. A leaf of a shape
-    of its own is not in a run: it gets a kernel of its own anyway, and a constant offset
-    costs nothing.
+    blocks of a model) share their kernels. A class of m leaves of one shape is cut into runs
+    of ⌈∛m⌉ leaves (:func:`_run_length`), so about ∛m kernels and m/∛m runtime starts: a
+    start per leaf would cost an input and an output of the step per leaf (about 3 µs each
+    on CPU), one start per class a kernel per leaf. A leaf of a shape of its own is not in a
+    run: it gets a kernel of its own anyway, and a constant offset costs nothing.
     Empty without ``share_kernels``."""
     if not share_kernels:
         return []

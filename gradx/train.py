@@ -460,18 +460,18 @@ def fit(
       flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
         buffers per dtype instead of one array per leaf, so a step is a few kernels instead
         of a few per leaf. ``None`` (default): whenever it can and there is something to
-        pack: a
-        gradx optimizer built from numbers and flags (gradx's own, without a weight-decay
-        ``mask``; ``lookahead`` of one), params with at least two leaves of one dtype of at
-        most 1,024 elements on one device, no ``mesh``, no ``diagnostics``; bigger leaves
-        keep buffers of their own (in the scanned epoch, packing them costs more passes over
-        memory than it saves in kernels: 1.3× per step at 2,048 elements on CPU). ``False``:
-        never; ``True``: raise where it cannot. The numbers are the per-leaf ones (bit for
-        bit in 22 of the 23 rows of the optimizer table, within 3 ulps in the other), and
-        ``opt_state`` (given and returned), callbacks that read the state and checkpoints
-        see the optimizer's own layout (moved on the host, once per fit and per use). On
-        CPU the digits network's first epoch (6 leaves, Adam) takes about 0.7× the time of the
-        leaf-by-leaf one; 200 leaves of 512 step in 0.77× the time.
+        pack: a gradx optimizer built from numbers and flags (gradx's own, without a
+        weight-decay ``mask``; ``lookahead`` of one), params with at least two leaves of one
+        dtype of at most 1,024 elements on one device, no ``mesh``, no ``diagnostics``;
+        bigger leaves keep buffers of their own (in the scanned epoch, packing them costs
+        more passes over memory than it saves in kernels: 1.3× per step at 2,048 elements on
+        CPU). ``False``: never; ``True``: raise where it cannot. The numbers are the
+        per-leaf ones (bit for bit in 22 of the 23 rows of the optimizer table, within 3
+        ulps in the other), and ``opt_state`` (given and returned), callbacks that read the
+        state and checkpoints see the optimizer's own layout (moved on the host, once per
+        fit and per use). On CPU the digits network's first epoch (6 leaves, Adam) takes
+        about 0.7× the time of the leaf-by-leaf one; 200 leaves of 512 step in 0.77× the
+        time.
 
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one); see :mod:`gradx._stream` for what an epoch is,
