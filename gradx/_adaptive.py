@@ -51,6 +51,15 @@ def _ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> j
     return coef(rho, ow) * ow + coef(1 - rho if rest is None else rest, xw) * xw
 
 
+def _plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
+    """x + e in x's dtype; nothing is traced when ``given`` (e as the caller received it) is a
+    Python 0, such as rmsprop's ε_root with ε outside the root: XLA drops the x + 0 from the
+    compiled program anyway, and at 1,000 leaves its tracing and lowering cost time."""
+    if isinstance(given, (int, float)) and not isinstance(given, bool) and given == 0:
+        return x
+    return x + coef(e, x)
+
+
 def _debiased(x: jax.Array, correction: Any) -> jax.Array:
     """x / correction; a correction of Python 1 (no bias correction) skips the division."""
     if isinstance(correction, int) and correction == 1:
@@ -97,7 +106,7 @@ def precondition(
 
         def leaf(n, d):
             nw, dw = wide(n, e, d), wide(d, e, n)
-            total = dw + coef(e, dw)
+            total = _plus(dw, e, eps)
             # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
             # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
             # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
@@ -169,7 +178,7 @@ def rms(
             var = _debiased(vw, correction)
             if a is not None:
                 var = jnp.maximum(var - abs_sq(_debiased(wide(a, rho, e, v), correction)), 0)
-            return jnp.sqrt(var + coef(e, var))
+            return jnp.sqrt(_plus(var, e, eps_root))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
         new_mean = stored(mean, state.mean) if centered else ()
@@ -266,7 +275,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, state.sum_of_squares)
-        out = jax.tree.map(lambda s: jnp.sqrt(s + coef(e, s)), total)
+        out = jax.tree.map(lambda s: jnp.sqrt(_plus(s, e, eps_root)), total)
         return out, RssState(stored(total, state.sum_of_squares))
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -106,6 +106,24 @@ def test_flat_state_is_a_few_buffers_and_the_program_does_not_grow_with_leaves()
     assert sqrt_count(50, gradx.adam(0.1)) == 50  # per leaf: one each
 
 
+def test_a_static_zero_eps_adds_nothing_per_leaf():
+    # rmsprop with ε outside the root has ε_root = 0, and precondition's default ε is 0: XLA
+    # drops x + 0 from the compiled program, but tracing and lowering it cost time per leaf.
+    def adds_of_zero(opt) -> int:
+        leaves = [jnp.ones((3,), jnp.float32)] * 20
+        jaxpr = jax.make_jaxpr(lambda g, s: opt.update(g, s, leaves))(leaves, opt.init(leaves))
+        return sum(
+            e.primitive.name == "add"
+            and any(hasattr(v, "val") and np.ndim(v.val) == 0 and v.val == 0 for v in e.invars)
+            for e in jaxpr.eqns
+        )
+
+    assert adds_of_zero(gradx.rmsprop(0.1)) == 0
+    assert adds_of_zero(gradx.adagrad(0.1)) == 0  # ε_root = 0
+    assert adds_of_zero(gradx.adagrad(0.1, eps_in_sqrt=True)) == 0  # precondition's ε = 0
+    assert adds_of_zero(gradx.precondition(optax.identity(), gradx.rms(0.9))) == 0
+
+
 @pytest.mark.parametrize(
     "case", [c for c in CASES if c.name in ("adam", "rprop", "lookahead_momentum")], ids=str
 )
