@@ -15,7 +15,9 @@ ratio is that of the medians of trace + compile). Functions are new closures eve
 no persistent compilation cache is configured, so nothing is reused; the sides are compiled
 in alternating order (the order flips between repeats and between sizes). With ``--inject``
 a fourth side is optax with its hyperparameters as runtime values in its state
-(``optax.inject_hyperparams``), as gradx keeps them for every optimizer. Then it times the
+(``optax.inject_hyperparams``), as gradx keeps them for every optimizer. Each row also counts
+the instructions of each side's optimized HLO (fused computations included): XLA's compile
+time follows that count, which does not move with the machine's load. Then it times the
 compiled steps, interleaved, ``--repeats`` measurements each (median; ``paired`` is the median
 of the per-repeat ratios flat/optax and gradx/optax).
 
@@ -42,6 +44,7 @@ import argparse
 import itertools
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -103,6 +106,14 @@ def make_step(opt: Any) -> Callable[..., Any]:
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def instructions(compiled: Any) -> int:
+    """HLO instructions in the optimized program, fused computations included: XLA's compile
+    time grows with this count, and unlike a time it does not move with the machine's load."""
+    return sum(
+        1 for line in compiled.as_text().splitlines() if re.match(r"\s+(ROOT )?%?\S+ = ", line)
+    )
+
+
 def trace_compile(jitted: Any, *args: Any) -> tuple[float, float, Any]:
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)
@@ -150,10 +161,10 @@ def update_table(args: argparse.Namespace) -> None:
     )
     print(
         "| rule | leaves | gradx trace / compile | flat trace / compile | optax trace / compile "
-        f"|{inject[0]} gradx/optax (trace+compile) | flat/optax |{inject[1]} gradx step ms | "
-        "flat step ms | optax step ms |"
+        f"|{inject[0]} gradx/optax (trace+compile) | flat/optax |{inject[1]} HLO instructions "
+        "gradx / flat / optax | gradx step ms | flat step ms | optax step ms |"
     )
-    print(f"|---|---:|---|---|---|{inject[2]}---:|---:|---|---|---:|")
+    print(f"|---|---:|---|---|---|{inject[2]}---:|---:|---|---|---|---:|")
     flip = False
     for rule in args.rules.split(","):
         for n in [int(x) for x in args.leaves.split(",")]:
@@ -164,7 +175,7 @@ def update_table(args: argparse.Namespace) -> None:
             order = list(makers)[::-1] if flip else list(makers)
             flip = not flip
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
-            steppers = {}
+            steppers, count = {}, {}
             for r in range(args.compile_repeats):
                 for name in order if r % 2 == 0 else order[::-1]:
                     opt = makers[name]()
@@ -173,6 +184,7 @@ def update_table(args: argparse.Namespace) -> None:
                     t, c, compiled = trace_compile(make_step(opt), params, state, grads)
                     samples[name].append((t, c))
                     steppers[name] = Stepper(compiled, params, state)
+                    count[name] = instructions(compiled)
             tc = {
                 k: (statistics.median(t for t, _ in v), statistics.median(c for _, c in v))
                 for k, v in samples.items()
@@ -208,7 +220,8 @@ def update_table(args: argparse.Namespace) -> None:
                 f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} "
                 f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
                 f" {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
-                f"|{injected[1]} {' | '.join(step_text)} |"
+                f"|{injected[1]} {count['gradx']} / {count['flat']} / {count['optax']} "
+                f"| {' | '.join(step_text)} |"
             )
             sys.stdout.flush()
 
