@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--digits", action="store_true", help="the digits sweep instead")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error(f"--epochs must be at least 2 (the first compiles), got {args.epochs}")
     sizes = [int(s) for s in args.sizes.split(",")]
     print("$ python " + shlex.join(sys.argv))
     if args.digits:
