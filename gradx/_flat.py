@@ -75,15 +75,11 @@ def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
             solo.append(i)
         else:
             by_dtype.setdefault(np.dtype(leaf.dtype), []).append(i)
-    packed: list[list[int]] = []
-    for indices in by_dtype.values():
-        count = -(-len(indices) // LEAVES_PER_BUFFER)  # buffers, as even as can be
-        base, extra = divmod(len(indices), count)
-        start = 0
-        for c in range(count):
-            stop = start + base + (c < extra)
-            packed.append(indices[start:stop])
-            start = stop
+    packed = [  # each dtype's leaves in the fewest buffers, as even as can be
+        part.tolist()
+        for indices in by_dtype.values()
+        for part in np.array_split(indices, -(-len(indices) // LEAVES_PER_BUFFER))
+    ]
     place: dict[int, tuple[int, int | None]] = {}
     for b, indices in enumerate(packed):
         offset = 0
