@@ -28,6 +28,7 @@ import optax
 
 from gradx import _sharding
 from gradx._core import hyperparams, set_hyperparams
+from gradx.callbacks import metric_mode
 from gradx.search_space import Distribution
 from gradx.train import (
     BestPoint,
@@ -129,11 +130,14 @@ class SearchResult:
     def __len__(self) -> int:
         return len(self.epochs_trained)
 
-    def best(self, metric: str = "loss", mode: str = "min") -> BestPoint:
+    def best(self, metric: str = "loss", mode: str = "auto") -> BestPoint:
         """The member with the best final-epoch value of ``history[metric]``.
 
         Only members that trained to the last epoch compete (halving's survivors). NaN or
-        infinite values never win; ties go to the first member.
+        infinite values never win; ties go to the first member. ``mode``: ``"min"``,
+        ``"max"``, or ``"auto"``, read from the name by :func:`gradx.callbacks.metric_mode`
+        (``"val_acc"`` is maximised, ``"loss"`` minimised, a name of unknown direction is
+        refused).
 
         Returns:
           ``BestPoint(index, values, score)``; ``values`` are the member's hyperparameters
@@ -143,8 +147,7 @@ class SearchResult:
             raise ValueError(
                 f"SearchResult.best: metric must be one of {sorted(self.history)}, got {metric!r}"
             )
-        if mode not in ("min", "max"):
-            raise ValueError(f"SearchResult.best: mode must be 'min' or 'max', got {mode!r}")
+        mode = metric_mode("SearchResult.best", metric, mode)
         final = np.asarray(self.history[metric][:, -1], np.float64)
         index = _ranking(final, mode)[0]
         if not np.isfinite(final[index]):
@@ -398,7 +401,7 @@ def search(
     eval_fn: EvalFn | None = None,
     eval_data: Any = None,
     metric: str = "loss",
-    mode: str = "min",
+    mode: str = "auto",
     init_fn: Callable[[jax.Array], Any] | None = None,
     opt_state: Any = None,
     chunk_size: int | None = None,
@@ -451,7 +454,10 @@ def search(
         samples, PBT's draws and ``init_fn``'s keys are derived from it.
       metric, mode: what halving and PBT select by: a key of the history (``"loss"``, the
         training loss, or a metric of ``eval_fn`` such as a validation accuracy), at the
-        last epoch before the cut; ``mode`` ``"min"`` or ``"max"``. NaN ranks last.
+        last epoch before the cut; ``mode`` ``"min"``, ``"max"``, or ``"auto"`` (read from
+        the name by :func:`gradx.callbacks.metric_mode`: ``"val_acc"`` is maximised,
+        ``"loss"`` minimised, a name of unknown direction is refused for halving and PBT).
+        NaN ranks last.
       init_fn: ``init_fn(key) -> params``: each member starts from its own params, drawn
         from its own key (:attr:`SearchResult.member_keys`), so a search also averages over
         initialisation noise; the states are ``optimizer.init`` of each member's params.
@@ -482,8 +488,10 @@ def search(
     fn = "search"
     if method not in METHODS:
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
-    if mode not in ("min", "max"):
-        raise ValueError(f"{fn}: mode must be 'min' or 'max', got {mode!r}")
+    if method != "random":  # halving and PBT rank by metric; random search never does
+        mode = metric_mode(fn, metric, mode)
+    elif mode not in ("auto", "min", "max"):
+        raise ValueError(f"{fn}: mode must be 'auto', 'min' or 'max', got {mode!r}")
     if metric != "loss" and eval_fn is None:
         raise ValueError(
             f"{fn}: metric must be 'loss' without an eval_fn (the other metrics come from "

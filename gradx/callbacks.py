@@ -19,6 +19,7 @@ dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every chec
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 
 from gradx._core import hyperparams, set_hyperparams
 
-__all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau"]
+__all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau", "metric_mode"]
 
 
 class Action(NamedTuple):
@@ -60,12 +61,47 @@ class Callback:
         del state
 
 
-def _mode(fn: str, mode: str, monitor: str) -> str:
+# Names whose direction is known: a substring of the lower-cased name, or a whole word of it
+# (split at anything but letters and digits), so "mae" in "val_mae" counts and in "maes" not.
+_UP_PARTS = ("acc", "fmeasure", "precision", "recall")
+_UP_WORDS = ("auc", "f1", "iou", "r2")
+_DOWN_PARTS = ("loss", "error", "crossentropy")
+_DOWN_WORDS = ("mse", "mae", "rmse", "mape", "msle", "nll", "err", "perplexity")
+
+
+def metric_mode(fn: str, metric: str, mode: str = "auto", arg: str = "metric") -> str:
+    """``"min"`` or ``"max"``: the direction in which ``metric`` improves.
+
+    ``mode`` ``"min"`` or ``"max"`` is returned as given. ``"auto"`` reads the name, as
+    Keras 2 did (Keras 3 asks the metric object, which a history of numbers does not have):
+    ``"max"`` for accuracy-like names (containing ``acc``, ``precision``, ``recall``,
+    ``fmeasure``, or the word ``auc``, ``f1``, ``iou``, ``r2``), ``"min"`` for loss-like
+    names (containing ``loss``, ``error``, ``crossentropy``, or the word ``mse``, ``mae``,
+    ``rmse``, ``mape``, ``msle``, ``nll``, ``err``, ``perplexity``). Any other name (fit's
+    ``"eval"`` for a scalar ``eval_fn``, ``"val"``, a name of both kinds) is refused: a
+    guessed direction would silently pick the worst run. ``arg`` names the argument in the
+    error (``"monitor"`` for the callbacks).
+
+    The one rule of :class:`EarlyStopping`, :class:`ReduceLROnPlateau`,
+    :meth:`gradx.SweepResult.best`, :meth:`gradx.SearchResult.best` and :func:`gradx.search`.
+    """
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{fn}: mode must be 'auto', 'min' or 'max', got {mode!r}")
-    if mode == "auto":
-        return "max" if "acc" in monitor else "min"
-    return mode
+    if mode != "auto":
+        return mode
+    name = str(metric).lower()
+    words = set(re.split(r"[^a-z0-9]+", name))
+    compact = re.sub(r"[^a-z0-9]+", "", name)
+    up = any(p in compact for p in _UP_PARTS) or bool(words & set(_UP_WORDS))
+    down = any(p in compact for p in _DOWN_PARTS) or bool(words & set(_DOWN_WORDS))
+    if up != down:
+        return "max" if up else "min"
+    raise ValueError(
+        f"{fn}: {arg} must have a name from which mode='auto' can tell its direction "
+        "(accuracy-like names such as 'val_acc', 'auc', 'f1' go up; loss-like names such as "
+        f"'loss', 'val_mse', 'error' go down), got {metric!r}, a name of "
+        f"{'both kinds' if up else 'neither kind'}; pass mode='min' or mode='max'"
+    )
 
 
 def _monitored(fn: str, monitor: str, logs: dict[str, float]) -> float:
@@ -98,8 +134,9 @@ class EarlyStopping(Callback):
       monitor: a key of the history: ``"loss"``, a metric of ``eval_fn`` or an aux output.
       min_delta: the smallest change that counts as an improvement, >= 0.
       patience: epochs without improvement before stopping, an integer >= 0.
-      mode: ``"min"``, ``"max"``, or ``"auto"`` (``"max"`` when ``monitor`` contains
-        ``"acc"``, else ``"min"``).
+      mode: ``"min"``, ``"max"``, or ``"auto"``: read from the name by
+        :func:`metric_mode` (``"max"`` for accuracy-like names such as ``"val_acc"``,
+        ``"min"`` for loss-like ones such as ``"loss"``; any other name is refused).
       baseline: if set, ``wait`` restarts only for an improvement that also beats it.
       restore_best_weights: at the end of training, hand back the params of the best epoch
         (the optimizer state stays the last one, as in Keras, which restores weights only).
@@ -109,8 +146,9 @@ class EarlyStopping(Callback):
 
     Note: as Keras 3, ``restore_best_weights`` restores at the end of training whether or
     not it stopped early. Differences: ``monitor`` defaults to ``"loss"`` (fit has no
-    ``val_loss`` of its own); ``mode="auto"`` reads the name (Keras asks the metric for its
-    direction); a ``monitor`` missing from the logs is an error, not a warning; no verbose.
+    ``val_loss`` of its own); ``mode="auto"`` reads the name (Keras 3 asks the metric for its
+    direction, and also refuses one it cannot tell); a ``monitor`` missing from the logs is an
+    error, not a warning; no verbose.
     """
 
     def __init__(
@@ -136,7 +174,7 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.min_delta = float(min_delta)
         self.patience = patience
-        self.mode = _mode(fn, mode, monitor)
+        self.mode = metric_mode(fn, monitor, mode, "monitor")
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = start_from_epoch
@@ -220,8 +258,8 @@ class ReduceLROnPlateau(Callback):
       monitor: a key of the history (``"loss"``, a metric of ``eval_fn``, an aux output).
       factor: γ ← γ·factor, in (0, 1).
       patience: epochs without improvement before a reduction, an integer >= 0.
-      mode: ``"min"``, ``"max"``, or ``"auto"`` (``"max"`` when ``monitor`` contains
-        ``"acc"``).
+      mode: ``"min"``, ``"max"``, or ``"auto"`` (read from the name by
+        :func:`metric_mode`; a name of unknown direction is refused).
       min_delta: the smallest change that counts as an improvement, >= 0.
       cooldown: epochs after a reduction during which ``wait`` stays 0, an integer >= 0.
       min_lr: the lower bound of the learning rate, >= 0.
@@ -255,7 +293,7 @@ class ReduceLROnPlateau(Callback):
         self.monitor = monitor
         self.factor = float(factor)
         self.patience = patience
-        self.mode = _mode(fn, mode, monitor)
+        self.mode = metric_mode(fn, monitor, mode, "monitor")
         self.min_delta = float(min_delta)
         self.cooldown = cooldown
         self.min_lr = float(min_lr)

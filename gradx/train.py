@@ -45,6 +45,7 @@ import optax
 from gradx import _core, _flat, _gain, _loop, _sharding, _step, _stream
 from gradx._core import hyperparams, set_hyperparams
 from gradx._loop import _check_int
+from gradx.callbacks import metric_mode
 
 __all__ = ["BestPoint", "FitResult", "SweepResult", "fit", "sweep"]
 
@@ -112,12 +113,15 @@ class SweepResult:
     def __len__(self) -> int:
         return len(next(iter(self.grid.values())))
 
-    def best(self, metric: str = "loss", mode: str = "min") -> BestPoint:
+    def best(self, metric: str = "loss", mode: str = "auto") -> BestPoint:
         """The point with the best final-epoch value of ``history[metric]``.
 
         Args:
           metric: a key of :attr:`history` (``"loss"``, or a metric of ``eval_fn``).
-          mode: ``"min"`` (losses) or ``"max"`` (accuracies).
+          mode: ``"min"``, ``"max"``, or ``"auto"``: read from the name by
+            :func:`gradx.callbacks.metric_mode` (``"max"`` for accuracy-like names such as
+            ``"val_acc"``, ``"min"`` for loss-like ones such as ``"loss"``; any other name,
+            such as fit's ``"eval"``, is refused).
 
         Returns:
           ``BestPoint(index, values, score)``. Points whose value is NaN or infinite (a
@@ -127,8 +131,7 @@ class SweepResult:
             raise ValueError(
                 f"SweepResult.best: metric must be one of {sorted(self.history)}, got {metric!r}"
             )
-        if mode not in ("min", "max"):
-            raise ValueError(f"SweepResult.best: mode must be 'min' or 'max', got {mode!r}")
+        mode = metric_mode("SweepResult.best", metric, mode)
         final = np.asarray(self.history[metric][:, -1], np.float64)
         finite = np.isfinite(final)
         if not finite.any():

@@ -7,7 +7,7 @@ import pytest
 
 import gradx
 from gradx import losses
-from gradx.callbacks import Action, EarlyStopping, ReduceLROnPlateau
+from gradx.callbacks import Action, EarlyStopping, ReduceLROnPlateau, metric_mode
 
 N, D, B = 20, 3, 5
 KEY = jax.random.key(0)
@@ -45,7 +45,9 @@ def keras_early_stopping(values, patience, min_delta=0.0):
 
 
 def test_early_stopping_unit_trace_by_hand():
-    stop = EarlyStopping(monitor="val", min_delta=0.05, patience=2, restore_best_weights=True)
+    stop = EarlyStopping(
+        monitor="val", min_delta=0.05, patience=2, mode="min", restore_best_weights=True
+    )
     stop.on_train_begin()
     actions = []
     for epoch, value in enumerate([1.0, 0.8, 0.79, 0.85]):
@@ -75,7 +77,8 @@ def test_early_stopping_in_fit_stops_and_restores_the_best_weights():
 
     stopped = gradx.fit(
         loss_fn, P0, gradx.sgd(0.01), DATA, epochs=30,
-        callbacks=[EarlyStopping("val", patience=2, restore_best_weights=True)], **common,
+        callbacks=[EarlyStopping("val", patience=2, mode="min", restore_best_weights=True)],
+        **common,
     )  # fmt: skip
     np.testing.assert_array_equal(stopped.history["val"], free.history["val"][: stop_epoch + 1])
     best = gradx.fit(loss_fn, P0, gradx.sgd(0.01), DATA, epochs=best_epoch + 1, **common)
@@ -297,3 +300,31 @@ def test_a_flag_that_is_not_a_bool_is_refused_not_taken_as_true(flag, data):
             loss_fn, P0, gradx.sgd(0.05), data, batch_size=B, epochs=1, key=KEY,
             progress=False, **{flag: "false"},
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("loss", "min"), ("val_loss", "min"), ("eval_mse", "min"), ("val_mae", "min"),
+        ("mean_squared_error", "min"), ("top1_err", "min"), ("cross_entropy", "min"),
+        ("acc", "max"), ("val_accuracy", "max"), ("test_acc", "max"), ("val_auc", "max"),
+        ("f1", "max"), ("precision", "max"), ("val_recall", "max"),
+    ],
+)  # fmt: skip
+def test_metric_mode_reads_the_direction_from_the_name(name, mode):
+    assert metric_mode("f", name) == mode
+    assert metric_mode("f", name, "min") == "min" and metric_mode("f", name, "max") == "max"
+
+
+@pytest.mark.parametrize("name", ["eval", "val", "grad_norm", "acc_loss"])
+def test_metric_mode_refuses_a_name_of_unknown_direction(name):
+    with pytest.raises(ValueError, match=rf"f: metric must have a name .*got '{name}'.*"
+                       r"pass mode='min' or mode='max'"):  # fmt: skip
+        metric_mode("f", name)
+    with pytest.raises(ValueError, match=rf"EarlyStopping: monitor must .*got '{name}'"):
+        EarlyStopping(name)
+    with pytest.raises(ValueError, match=rf"ReduceLROnPlateau: monitor must .*got '{name}'"):
+        ReduceLROnPlateau(name)
+    assert EarlyStopping(name, mode="max").mode == "max"  # an explicit mode wins
+    with pytest.raises(ValueError, match=r"f: mode must be 'auto', 'min' or 'max', got 'up'"):
+        metric_mode("f", "loss", "up")

@@ -337,3 +337,31 @@ def test_integer_and_choice_hyperparameters():
     with pytest.raises(ValueError, match=r"sync_period must be an integer >= 1, got 1\.5"):
         gradx.search(loss_fn, params, opt, data, {"sync_period": choice([1.5, 2])},
                      num_samples=8, epochs=1, **RUN)  # fmt: skip
+
+
+def test_halving_and_best_maximise_an_accuracy_by_default():
+    params, data = problem()
+
+    def accuracy_fn(params, batch):  # accuracy-like: higher is better
+        return {
+            "val_acc": 1.0 / (1.0 + loss_fn(params, batch)),
+            "val_score": loss_fn(params, batch),
+        }
+
+    kw = dict(num_samples=9, epochs=2, **dict(RUN, eval_fn=accuracy_fn))
+    space = {"learning_rate": loguniform(1e-4, 1e-1)}
+    got = gradx.search(loss_fn, params, gradx.adam(1e-3), data, space, method="halving",
+                       metric="val_acc", **kw)  # fmt: skip
+    first = got.rungs[0]
+    assert len(set(first.scores.tolist())) == 9  # the ranking has teeth
+    best3 = np.sort(first.members[np.argsort(-first.scores, kind="stable")[:3]])
+    np.testing.assert_array_equal(first.kept, best3)  # the highest accuracies survive
+    alive = got.epochs_trained == 2
+    want = int(np.flatnonzero(alive)[np.argmax(got.history["val_acc"][alive, -1])])
+    assert got.best("val_acc").index == want
+    assert got.best("val_acc", mode="min").index != want  # an explicit mode wins
+    with pytest.raises(ValueError, match=r"search: metric must have a name .*got 'val_score'"):
+        gradx.search(loss_fn, params, gradx.adam(1e-3), data, space, method="pbt",
+                     metric="val_score", **kw)  # fmt: skip
+    with pytest.raises(ValueError, match=r"SearchResult.best: metric must have a name"):
+        got.best("val_score")

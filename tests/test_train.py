@@ -354,3 +354,26 @@ def test_sweep_result_best_rejects_unknown_metric():
         ValueError, match=r"SweepResult.best: metric must be one of \['loss'\], got 'acc'"
     ):
         result.best("acc")
+
+
+def test_sweep_result_best_reads_the_direction_from_the_name():
+    def scores(params, data):
+        mse = loss_fn(params, data)
+        return {"val_acc": 1.0 - mse, "val_mse": mse, "val_score": mse}
+
+    result = gradx.sweep(
+        loss_fn, P0, gradx.sgd(0.1), DATA, {"learning_rate": [1e-4, 0.05, 0.01]},
+        batch_size=None, epochs=3, key=None, eval_fn=scores, progress=False,
+    )  # fmt: skip
+    final_mse = result.history["val_mse"][:, -1]
+    assert int(np.argmin(final_mse)) == 1 and int(np.argmax(final_mse)) == 0  # has teeth
+    assert result.best("val_acc").index == 1  # an accuracy is maximised
+    assert result.best("val_mse").index == 1 and result.best().index == 1  # losses minimised
+    assert result.best("val_acc", mode="min").index == 0  # an explicit mode wins
+    with pytest.raises(
+        ValueError,
+        match=r"SweepResult.best: metric must have a name .*got 'val_score', a name of "
+        r"neither kind; pass mode='min' or mode='max'",
+    ):
+        result.best("val_score")
+    assert result.best("val_score", "max").index == 0
