@@ -42,6 +42,7 @@ from gradx.train import (
     _prepare_data,
     _Program,
     _progress,
+    _rule_error,
     _run_epoch,
     _start,
     fit,
@@ -331,6 +332,10 @@ def _check_values(state0: Any, values: dict[str, np.ndarray], rows: Any, what: s
         try:
             set_hyperparams(state0, **point)
         except (ValueError, TypeError) as e:
+            where = {name: f"space[{name!r}]" for name in point}
+            error = _rule_error("search", e, where, f" (the {what} value of member {k})")
+            if error is not None:  # one value breaks its rule: name the space's key
+                raise error from None
             raise ValueError(
                 f"search: the {what} hyperparameters of member {k}, {point}, cannot be set "
                 f"in the optimizer's state: {e}"

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx._core import hyperparams, set_hyperparams
+from gradx._core import _keys, _locate, hyperparams, set_hyperparams
 
 __all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau", "metric_mode"]
 
@@ -270,7 +270,8 @@ class ReduceLROnPlateau(Callback):
 
     Note: Keras compares γ > float32(min_lr); here γ is compared in the state's dtype. Keras
     also writes ``learning_rate`` into the logs; read it here with ``gradx.hyperparams``. An
-    optimizer without the hyperparameter in its state (optax's) is an error.
+    optimizer without the hyperparameter in its state (optax's), or with one that follows a
+    schedule, is an error, raised by fit before the first epoch (:meth:`check_state`).
     """
 
     def __init__(
@@ -305,6 +306,31 @@ class ReduceLROnPlateau(Callback):
         self.wait = 0
         self.cooldown_counter = 0
 
+    def _values(self, fn: str, opt_state: Any) -> dict[str, Any]:
+        values = hyperparams(opt_state)
+        if self.hyperparameter not in values:
+            raise ValueError(
+                f"{fn}: hyperparameter must be one of the optimizer state's "
+                f"{sorted(values)} (gradx.hyperparams), got {self.hyperparameter!r}"
+            )
+        return values
+
+    def check_state(self, fn: str, opt_state: Any) -> None:
+        """Raises unless ``opt_state`` holds the hyperparameter as a number this callback can
+        set: fit calls it before the first epoch, so a schedule fails now, not at the first
+        plateau, ``patience`` epochs in."""
+        name = self.hyperparameter
+        self._values(f"{fn}: ReduceLROnPlateau", opt_state)
+        if _keys(_locate(opt_state))[name][2]:  # (path, name, scheduled)
+            raise ValueError(
+                f"{fn}: ReduceLROnPlateau(hyperparameter={name!r}) must find a constant {name} "
+                "in the optimizer's state, got one that follows a schedule (the optimizer was "
+                f"built with a callable or a JAX array for it), which it cannot change; build "
+                f"the optimizer with a number for {name} (e.g. gradx.adam(1e-3)), or keep the "
+                "schedule and chain optax.contrib.reduce_on_plateau() after the optimizer "
+                "(it scales the updates when the loss stalls)"
+            )
+
     def _improves(self, current: float) -> bool:
         if self.mode == "min":
             return current < self.best - self.min_delta
@@ -313,12 +339,7 @@ class ReduceLROnPlateau(Callback):
     def on_epoch_end(self, epoch, logs, params, opt_state):
         del epoch, params
         current = _monitored("ReduceLROnPlateau", self.monitor, logs)
-        values = hyperparams(opt_state)
-        if self.hyperparameter not in values:
-            raise ValueError(
-                f"ReduceLROnPlateau: hyperparameter must be one of the optimizer state's "
-                f"{sorted(values)} (gradx.hyperparams), got {self.hyperparameter!r}"
-            )
+        values = self._values("ReduceLROnPlateau", opt_state)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0

@@ -45,7 +45,7 @@ import optax
 from gradx import _core, _flat, _gain, _loop, _sharding, _step, _stream
 from gradx._core import hyperparams, set_hyperparams
 from gradx._loop import _check_int
-from gradx.callbacks import metric_mode
+from gradx.callbacks import ReduceLROnPlateau, metric_mode
 
 __all__ = ["BestPoint", "FitResult", "SweepResult", "fit", "sweep"]
 
@@ -592,6 +592,9 @@ def _train(
     With ``packing`` (:class:`gradx._flat.Packing`) the epochs run the packed optimizer, and
     callbacks, checkpoints and the result see the state in the user's layout.
     """
+    for cb in opts.callbacks:  # before the first epoch, not at the first plateau
+        if isinstance(cb, ReduceLROnPlateau):
+            cb.check_state("fit", opt_state)
     params, opt_state, history, seconds, steps, dropped = _loop.run(
         "fit", run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
         bar_factory=lambda total: _progress(progress, total, "fit"), postfix=_postfix,
@@ -632,11 +635,32 @@ def _grid_points(fn: str, grid: Mapping[str, Any], state: Any) -> dict[str, np.n
             raise ValueError(
                 f"{fn}: grid[{name!r}] must be a non-empty 1-D array, got shape {array.shape}"
             )
-        for value in array:  # the optimizer's own rule for each concrete value
-            set_hyperparams(state, **{name: value.item()})
+        for i, value in enumerate(array):  # the optimizer's own rule for each concrete value
+            try:
+                set_hyperparams(state, **{name: value.item()})
+            except (ValueError, TypeError) as e:
+                error = _rule_error(fn, e, {name: f"grid[{name!r}]"}, f" (at index {i})")
+                if error is None:
+                    error = ValueError(
+                        f"{fn}: grid[{name!r}] must hold values the optimizer's state can take, "
+                        f"got {value.item()!r} at index {i}: {e}"
+                    )
+                raise error from None
         axes[name] = array
     mesh = np.meshgrid(*axes.values(), indexing="ij")
     return {name: m.reshape(-1) for name, m in zip(axes, mesh, strict=True)}
+
+
+def _rule_error(fn: str, error: Exception, where: Mapping[str, str], at: str) -> Exception | None:
+    """``error``, raised by ``set_hyperparams`` for a value breaking the optimizer's rule for
+    one of the names in ``where``, told as ``fn``'s about that argument: ``"sweep:
+    grid['learning_rate'] must be >= 0, got -1.0 (at index 2)"``; None for another error."""
+    text = str(error)
+    for name, label in where.items():
+        own = f"set_hyperparams: {name} must be "
+        if text.startswith(own):
+            return type(error)(f"{fn}: {label} must be {text[len(own) :]}{at}")
+    return None
 
 
 def sweep(

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradx
@@ -328,3 +329,27 @@ def test_metric_mode_refuses_a_name_of_unknown_direction(name):
     assert EarlyStopping(name, mode="max").mode == "max"  # an explicit mode wins
     with pytest.raises(ValueError, match=r"f: mode must be 'auto', 'min' or 'max', got 'up'"):
         metric_mode("f", "loss", "up")
+
+
+def test_reduce_lr_on_plateau_refuses_a_schedule_before_the_first_epoch():
+    epochs = []
+    schedule = optax.linear_schedule(0.05, 0.01, 100)
+    kw = dict(batch_size=B, epochs=3, key=KEY, progress=False)
+    reduce = ReduceLROnPlateau(patience=1)
+    with pytest.raises(
+        ValueError,
+        match=r"fit: ReduceLROnPlateau\(hyperparameter='learning_rate'\) must find a constant "
+        r"learning_rate .*follows a schedule.*optax.contrib.reduce_on_plateau",
+    ):
+        gradx.fit(loss_fn, P0, gradx.sgd(schedule), DATA,
+                  callbacks=[lambda e, *_: epochs.append(e), reduce], **kw)  # fmt: skip
+    assert epochs == []  # refused before training, not at the first plateau
+    with pytest.raises(
+        ValueError, match=r"fit: ReduceLROnPlateau: hyperparameter must be one of .*\[\]"
+    ):
+        gradx.fit(loss_fn, P0, optax.sgd(0.05), DATA, callbacks=[reduce], **kw)
+    streamed = gradx.sgd(schedule)  # streamed data: the same check
+    with pytest.raises(ValueError, match=r"fit: ReduceLROnPlateau\(hyperparameter='learning"):
+        gradx.fit(loss_fn, P0, streamed, batches, callbacks=[reduce], **kw)
+    # A constant learning rate trains (the fix the message gives).
+    gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=[reduce], **kw)

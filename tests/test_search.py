@@ -103,7 +103,11 @@ def test_bad_distributions_are_refused(build, match):
 def test_every_sampled_value_is_checked_against_the_rule():
     params, data = problem()
     opt = gradx.adam(1e-3)
-    with pytest.raises(ValueError, match=r"b1 must be in \[0, 1\), got 1\.\d+"):
+    with pytest.raises(
+        ValueError,
+        match=r"search: space\['b1'\] must be in \[0, 1\), got 1\.\d+ \(the sampled value of "
+        r"member \d+\)",
+    ):
         gradx.search(loss_fn, params, opt, data, {"b1": uniform(0.5, 1.5)},
                      num_samples=16, epochs=1, **RUN)  # fmt: skip
     with pytest.raises(ValueError, match=r"space keys must be hyperparameters.*got 'momentum'"):
@@ -365,3 +369,14 @@ def test_halving_and_best_maximise_an_accuracy_by_default():
                      metric="val_score", **kw)  # fmt: skip
     with pytest.raises(ValueError, match=r"SearchResult.best: metric must have a name"):
         got.best("val_score")
+
+
+def test_search_names_its_arguments_in_its_errors():
+    params, data = problem()
+    with pytest.raises(
+        ValueError,
+        match=r"search: space\['learning_rate'\] must be >= 0, got -0.1 \(the sampled value of "
+        r"member 0\)",
+    ):
+        gradx.search(loss_fn, params, gradx.adam(1e-3), data, {"learning_rate": -0.1},
+                     num_samples=2, epochs=1, **RUN)  # fmt: skip

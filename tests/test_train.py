@@ -327,7 +327,14 @@ def test_fit_rejects_a_non_scalar_loss_and_a_metric_named_loss():
             {"learning_rate": [[0.1]]},
             r"sweep: grid\['learning_rate'\] must be a non-empty 1-D array, got shape \(1, 1\)",
         ),
-        ({"learning_rate": [0.1, -1.0]}, r"learning_rate must be >= 0, got -1.0"),
+        (
+            {"learning_rate": [0.1, -1.0]},
+            r"sweep: grid\['learning_rate'\] must be >= 0, got -1.0 \(at index 1\)",
+        ),
+        (
+            {"learning_rate": [0.1, 0.2, float("nan")]},
+            r"sweep: grid\['learning_rate'\] must be >= 0, got nan \(at index 2\)",
+        ),
         ({}, r"sweep: grid must be a non-empty dict"),
     ],
 )
