@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,8 +59,21 @@ def options(
     checkpoint_every = _check_int(fn, "checkpoint_every", checkpoint_every, 1)
     if resume and checkpoint_dir is None:
         raise ValueError(f"{fn}: resume=True needs checkpoint_dir, got checkpoint_dir=None")
+    if callbacks is not None and (
+        isinstance(callbacks, (str, type)) or not isinstance(callbacks, Iterable)
+        or callable(callbacks) or hasattr(callbacks, "on_epoch_end")
+    ):  # fmt: skip
+        raise TypeError(
+            f"{fn}: callbacks must be a list of callbacks (callbacks=[...]), got {callbacks!r}"
+        )
     callbacks = () if callbacks is None else tuple(callbacks)
     for cb in callbacks:
+        if isinstance(cb, type):  # the class, as in callbacks=[EarlyStopping]
+            raise TypeError(
+                f"{fn}: callbacks must be functions (epoch, logs, params, opt_state) or "
+                f"callback objects, got the class {cb.__name__}; instantiate it: "
+                f"{cb.__name__}(...)"
+            )
         if not (callable(cb) or hasattr(cb, "on_epoch_end")):
             raise ValueError(
                 f"{fn}: callbacks must be functions (epoch, logs, params, opt_state) or "

@@ -37,6 +37,7 @@ from gradx.train import (
     LossFn,
     _check_int,
     _check_key,
+    _check_optimizer,
     _minibatches,
     _postfix,
     _prepare_data,
@@ -491,6 +492,7 @@ def search(
       and unbatched programs round differently; see :func:`gradx.sweep`).
     """
     fn = "search"
+    _check_optimizer(fn, optimizer)
     if method not in METHODS:
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     if method != "random":  # halving and PBT rank by metric; random search never does

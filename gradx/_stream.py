@@ -30,6 +30,7 @@ into powers of two, so a run compiles at most 1 + log2(S) group programs.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -45,6 +46,29 @@ def is_stream(data: Any) -> bool:
     if isinstance(data, (Mapping, list, tuple, np.ndarray, jax.Array)):
         return False
     return callable(data) or isinstance(data, Iterable)
+
+
+def check_callable(fn: str, data: Any) -> None:
+    """A callable ``data`` (not iterable) must take the epoch: ``data(epoch)``."""
+    if not callable(data) or isinstance(data, Iterable):
+        return
+    try:
+        signature = inspect.signature(data)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(0)
+    except TypeError:
+        name = getattr(data, "__name__", type(data).__name__)
+        what = (
+            "a function of no arguments"
+            if not signature.parameters
+            else f"a function that cannot be called with one argument, {name}{signature}"
+        )
+        raise TypeError(
+            f"{fn}: a callable data must take the epoch: data(epoch) -> iterable of batches; "
+            f"got {what}; pass data={name}() for one pass or data=lambda epoch: {name}()"
+        ) from None
 
 
 def check_epochs(fn: str, data: Any, epochs_to_run: int, steps_per_epoch: int | None) -> None:
@@ -287,6 +311,7 @@ def fit_stream(
     from gradx.train import _check_int, _check_key, _copy, _Program, _start, _train
 
     fn = "fit"
+    check_callable(fn, data)
     plan = _sharding.fit_plan(fn, mesh, shard_params, params)
     epochs = _check_int(fn, "epochs", epochs, 1)
     if batch_size is not None:

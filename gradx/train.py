@@ -287,7 +287,43 @@ def _check_flag(fn: str, name: str, value: Any) -> bool:
     return bool(value)
 
 
+def _check_optimizer(fn: str, optimizer: Any) -> None:
+    """Raises a TypeError naming the fix unless ``optimizer`` has ``init`` and ``update``."""
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
+        return
+    want = f"{fn}: optimizer must be an optax GradientTransformation such as gradx.adam(1e-3)"
+    if isinstance(optimizer, str):
+        raise TypeError(
+            f"{want}, got the string {optimizer!r} (gradx.OPTIMIZERS[{optimizer!r}]"
+            "(learning_rate) builds one by name)"
+        )
+    if callable(optimizer):  # a constructor, not called: gradx.adam, optax.sgd
+        import gradx
+
+        name = getattr(optimizer, "__name__", None) or type(optimizer).__name__
+        owner = next((m for m in (gradx, optax) if getattr(m, name, None) is optimizer), None)
+        label = name if owner is None else f"{owner.__name__}.{name}"
+        raise TypeError(f"{want}, got the function {label}; call it: {label}(1e-3)")
+    raise TypeError(f"{want}, got {optimizer!r}, which has no init and update methods")
+
+
+_LIST_OF_BATCHES = (
+    "{fn}: data must be a pytree of arrays with one leading example axis (a tuple or dict, "
+    "e.g. (x, y)), got a list of {count} pytrees, which reads as a list of batches; to "
+    "train on them in memory, join them: jax.tree.map(lambda *xs: np.concatenate(xs), "
+    "*batches)"
+)
+
+
 def _prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
+    # A top-level list of pytrees (tuples, dicts) is a list of batches, not one pytree: as
+    # arrays, its leaves would all be examples and loss_fn would see the list. A list of
+    # arrays ([x, y], Keras's multi-input form) stays in-memory data.
+    if isinstance(data, list) and data and all(isinstance(x, (tuple, list, Mapping)) for x in data):
+        message = _LIST_OF_BATCHES.format(fn=fn, count=len(data))
+        if fn == "fit":
+            message += "; to stream them batch by batch, pass data=lambda epoch: batches"
+        raise ValueError(message)
     leaves, treedef = jax.tree.flatten(data)
     if not leaves:
         raise ValueError(f"{fn}: {name} must be a pytree of arrays, got one with no leaves")
@@ -402,8 +438,14 @@ def fit(
       loss_fn: ``loss_fn(params, batch) -> scalar``; ``batch`` has the structure of ``data``
         and a leading axis of length B.
       params: the initial params, any pytree of arrays. They are copied, not consumed.
-      optimizer: any optax transformation (gradx or optax).
-      data: pytree of arrays with a leading example axis of length N.
+      optimizer: any optax transformation (gradx or optax), built: ``gradx.adam(1e-3)``
+        (``gradx.adam`` or ``"adam"`` is refused; ``gradx.OPTIMIZERS[name]`` builds by name).
+      data: pytree of arrays with a leading example axis of length N: a tuple ``(x, y)``,
+        a dict, or a list of arrays ``[x1, x2]`` (Keras's multi-input form). A list whose
+        elements are all tuples, lists or dicts, ``[(x, y), (x, y), ...]``, reads as a list
+        of batches and is refused (as one pytree its leaves would all be examples and
+        ``loss_fn`` would see the list): join them into one pytree, or stream them with
+        ``data=lambda epoch: batches``.
       batch_size: ``None`` (full batch), 1 (SGD) or B in [1, N] (minibatch).
       epochs: number of passes over the data, >= 1.
       key: JAX PRNG key for the shuffles; epoch e uses ``fold_in(key, e)``. May be None
@@ -477,16 +519,19 @@ def fit(
         time.
 
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
-    callable ``data(epoch)`` returning one); see :mod:`gradx._stream` for what an epoch is,
-    and the short-batch policy (a batch smaller than B is dropped and counted in
-    ``dropped_per_epoch``). Then ``batch_size`` is None (B is the first batch's size) or
-    B, ``key`` may be None, ``eval_fn`` needs ``eval_data``, and ``steps_per_epoch`` and
-    ``dropped_per_epoch`` of the result are the last epoch's.
+    callable ``data(epoch)`` returning one: it must take the epoch, so a generator function
+    ``gen`` of no arguments is passed as ``gen()`` or ``lambda epoch: gen()``); see
+    :mod:`gradx._stream` for what an epoch is, and the short-batch policy (a batch smaller
+    than B is dropped and counted in ``dropped_per_epoch``). Then ``batch_size`` is None
+    (B is the first batch's size) or B, ``key`` may be None, ``eval_fn`` needs
+    ``eval_data``, and ``steps_per_epoch`` and ``dropped_per_epoch`` of the result are the
+    last epoch's.
 
     Returns:
       A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
       ``steps_per_epoch`` and ``dropped_per_epoch``.
     """
+    _check_optimizer("fit", optimizer)
     if _stream.is_stream(data) and diagnostics:
         raise ValueError(
             "fit: diagnostics=True works with in-memory data (arrays), got a stream of batches"
@@ -722,6 +767,7 @@ def sweep(
       the grid values per point, and ``best(metric, mode)`` to pick a point.
     """
     fn = "sweep"
+    _check_optimizer(fn, optimizer)
     data, n = _prepare_data(fn, "data", data)
     epochs = _check_int(fn, "epochs", epochs, 1)
     steps, dropped = _plan(fn, n, batch_size)

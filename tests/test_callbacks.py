@@ -353,3 +353,15 @@ def test_reduce_lr_on_plateau_refuses_a_schedule_before_the_first_epoch():
         gradx.fit(loss_fn, P0, streamed, batches, callbacks=[reduce], **kw)
     # A constant learning rate trains (the fix the message gives).
     gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=[reduce], **kw)
+
+
+def test_callbacks_must_be_a_list_of_instances():
+    kw = dict(batch_size=B, epochs=1, key=KEY, progress=False)
+    with pytest.raises(
+        TypeError,
+        match=r"fit: callbacks must be functions .*got the class EarlyStopping; instantiate "
+        r"it: EarlyStopping\(\.\.\.\)",
+    ):
+        gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=[EarlyStopping], **kw)
+    with pytest.raises(TypeError, match=r"fit: callbacks must be a list of callbacks"):
+        gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=EarlyStopping(), **kw)

@@ -380,3 +380,7 @@ def test_search_names_its_arguments_in_its_errors():
     ):
         gradx.search(loss_fn, params, gradx.adam(1e-3), data, {"learning_rate": -0.1},
                      num_samples=2, epochs=1, **RUN)  # fmt: skip
+    with pytest.raises(
+        TypeError, match=r"search: optimizer must be an optax GradientTransformation .*'adam'"
+    ):
+        gradx.search(loss_fn, params, "adam", data, SPACE, num_samples=2, epochs=1, **RUN)

@@ -235,3 +235,22 @@ def test_stream_only_arguments_are_checked():
             steps_per_epoch=3,
             progress=False,
         )
+
+
+def test_a_generator_function_without_the_epoch_is_refused_naming_the_fix():
+    def gen():
+        yield from in_memory_batches(0)
+
+    kw = dict(batch_size=B, epochs=1, key=KEY, progress=False)
+    with pytest.raises(
+        TypeError,
+        match=r"fit: a callable data must take the epoch: data\(epoch\) -> iterable of batches; "
+        r"got a function of no arguments; pass data=gen\(\) for one pass or "
+        r"data=lambda epoch: gen\(\)",
+    ):
+        gradx.fit(loss_fn, P0, gradx.sgd(0.05), gen, **kw)
+    # Both fixes train on gen's batches.
+    once = gradx.fit(loss_fn, P0, gradx.sgd(0.05), gen(), **kw)
+    again = gradx.fit(loss_fn, P0, gradx.sgd(0.05), lambda epoch: gen(), **kw)
+    np.testing.assert_array_equal(once.history["loss"], again.history["loss"])
+    assert once.steps_per_epoch == N // B

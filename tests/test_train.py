@@ -384,3 +384,42 @@ def test_sweep_result_best_reads_the_direction_from_the_name():
     ):
         result.best("val_score")
     assert result.best("val_score", "max").index == 0
+
+
+@pytest.mark.parametrize(
+    "optimizer, match",
+    [
+        ("adam", r"got the string 'adam' \(gradx.OPTIMIZERS\['adam'\]\(learning_rate\) builds"),
+        (gradx.adam, r"got the function gradx.adam; call it: gradx.adam\(1e-3\)"),
+        (optax.sgd, r"got the function optax.sgd; call it: optax.sgd\(1e-3\)"),
+        (0.1, r"got 0.1, which has no init and update methods"),
+    ],
+)
+def test_fit_and_sweep_refuse_an_optimizer_that_is_not_a_transformation(optimizer, match):
+    want = r"optimizer must be an optax GradientTransformation such as gradx.adam\(1e-3\), "
+    with pytest.raises(TypeError, match="fit: " + want + ".*" + match):
+        gradx.fit(loss_fn, P0, optimizer, DATA, batch_size=None, epochs=1, key=None)
+    with pytest.raises(TypeError, match="sweep: " + want + ".*" + match):
+        gradx.sweep(loss_fn, P0, optimizer, DATA, {"learning_rate": [0.1]}, batch_size=None,
+                    epochs=1, key=None)  # fmt: skip
+
+
+def test_a_list_of_batches_is_refused_and_a_list_of_arrays_is_data():
+    batches = [{"x": X[i : i + 5], "y": Y[i : i + 5]} for i in range(0, 20, 5)]
+    kw = dict(batch_size=None, epochs=1, key=None, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"fit: data must be a pytree of arrays .*got a list of 4 pytrees, which reads as "
+        r"a list of batches; .*pass data=lambda epoch: batches",
+    ):
+        gradx.fit(loss_fn, P0, gradx.sgd(0.1), batches, **kw)
+    with pytest.raises(ValueError, match=r"sweep: data must be .*got a list of 4 pytrees"):
+        gradx.sweep(loss_fn, P0, gradx.sgd(0.1), batches, {"learning_rate": [0.1]}, **kw)
+    # What the message suggests: a callable streams them, one epoch = the list.
+    streamed = gradx.fit(loss_fn, P0, gradx.sgd(0.1), lambda epoch: batches, **kw)
+    assert streamed.steps_per_epoch == 4
+    # A list of arrays is Keras's multi-input form: in-memory data, as a tuple is.
+    pair = lambda p, b: loss_fn(p, {"x": b[0], "y": b[1]})
+    as_list = gradx.fit(pair, P0, gradx.sgd(0.1), [X, Y], **kw)
+    as_tuple = gradx.fit(pair, P0, gradx.sgd(0.1), (X, Y), **kw)
+    np.testing.assert_array_equal(as_list.history["loss"], as_tuple.history["loss"])
