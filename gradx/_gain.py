@@ -21,6 +21,8 @@ not know (a bare optax transform such as ``optax.scale_by_adam``) is refused by 
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradx import _adaptive, _core, _lookahead, _momentum, _sign
 from gradx._core import _as_arrays, abs_sq, hyperparam_dtype
+from gradx.compat import keras as compat_keras
+from gradx.compat import torch as compat_torch
 
 _FN = "effective_learning_rate"
 
@@ -90,17 +95,30 @@ def _cells(fn: Callable[..., Any]) -> dict[str, Any]:
     return out
 
 
-def _key(fn: Callable[..., Any]) -> str:
-    """``"module:factory"`` of an update function made inside a factory (a block)."""
-    qualname = getattr(fn, "__qualname__", repr(fn))
-    return f"{getattr(fn, '__module__', '?')}:{qualname.split('.<locals>.')[0]}"
+def _codes(factory: Callable[..., Any]) -> list[types.CodeType]:
+    """The code of ``factory`` and of every function defined inside it, at any depth: the
+    ``update`` functions it makes share one of these code objects, whatever their names."""
+    code = getattr(inspect.unwrap(factory), "__code__", None)
+    found, stack = [], [code] if code is not None else []
+    while stack:
+        code = stack.pop()
+        found.append(code)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    """``"package's factory (module:factory)"`` of an update function made inside a factory."""
+    qualname = getattr(fn, "__qualname__", repr(fn)).split(".<locals>.")[0]
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module.split('.')[0]}'s {qualname} ({module}:{qualname})"
 
 
 def _need(cells: dict[str, Any], name: str, block: str) -> Any:
     if name not in cells:
         raise TypeError(
             f"{_FN}: the {block} block no longer keeps {name!r} where gradx's gain rule reads "
-            "it; the block and its rule in gradx/_gain.py have drifted apart"
+            "it; the block and its gain rule have drifted apart"
         )
     return cells[name]
 
@@ -111,39 +129,37 @@ def _need(cells: dict[str, Any], name: str, block: str) -> Any:
 # block received at the last step when it is known (the gradient, for a first block given
 # ``grads=``), else None; ``outgoing`` is what the block emitted, when the rule can say.
 _Rule = Callable[[_Context, dict[str, Any], Any, Any], tuple[_Gain, Any]]
-_RULES: dict[str, _Rule] = {}
-_DENOMINATORS: dict[str, Callable[[_Context, dict[str, Any], Any], Any]] = {}
+# Both registries are keyed by the code objects of the factories' inner functions (see
+# _codes): an ``update`` is found by its ``__code__``, so a block may move or be renamed.
+_RULES: dict[types.CodeType, _Rule] = {}
+_DENOMINATORS: dict[types.CodeType, Callable[[_Context, dict[str, Any], Any], Any]] = {}
 
 
-def _rule(*keys: str):
-    def register(fn: _Rule) -> _Rule:
-        for key in keys:
-            _RULES[key] = fn
-        return fn
-
-    return register
-
-
-def _denominator(*keys: str):
+def _registrar(registry: dict[types.CodeType, Any], factories: tuple[Callable[..., Any], ...]):
     def register(fn):
-        for key in keys:
-            _DENOMINATORS[key] = fn
+        for factory in factories:
+            for code in _codes(factory):
+                registry[code] = fn
         return fn
 
     return register
 
 
-def _name(key: str) -> str:
-    module, factory = key.split(":")
-    return f"{module.split('.')[0]}'s {factory}"
+def _rule(*factories: Callable[..., Any]):
+    """Registers a gain rule for the blocks that ``factories`` build (by object, not name)."""
+    return _registrar(_RULES, factories)
+
+
+def _denominator(*factories: Callable[..., Any]):
+    """Registers the denominator of ``precondition`` that ``factories`` build."""
+    return _registrar(_DENOMINATORS, factories)
 
 
 def _walk(ctx: _Context, update: Callable[..., Any], state: Any, incoming: Any):
-    key = _key(update)
-    rule = _RULES.get(key)
+    rule = _RULES.get(getattr(update, "__code__", None))
     if rule is None:
         raise TypeError(
-            f"{_FN}: the block {_name(key)} ({key}) has no gain rule, so its factor on the "
+            f"{_FN}: the block {_name(update)} has no gain rule, so its factor on the "
             "current gradient is unknown. gradx's optimizers and blocks all have one (e.g. "
             "gradx.adam in place of optax.adam); a chain is supported when every block in it is"
         )
@@ -162,7 +178,7 @@ def _needs_incoming(block: str, incoming: Any) -> None:
 # ----------------------------------------------------------------------------- structure
 
 
-@_rule("gradx._core:_make_update")
+@_rule(_core._make_update)
 def _optimizer(ctx, cells, state, incoming):
     """An @optimizer: rebuild its chain from the values in the state, as its update does."""
     factory, static = _need(cells, "factory", "optimizer"), _need(cells, "static", "optimizer")
@@ -174,7 +190,7 @@ def _optimizer(ctx, cells, state, incoming):
     return _Gain(gain.scale * taken, gain.tree), out
 
 
-@_rule("optax.transforms._combining:chain")
+@_rule(optax.chain)
 def _chain(ctx, cells, state, incoming):
     gain = _one(ctx)
     for update, s in zip(_need(cells, "update_fns", "chain"), state, strict=True):
@@ -183,17 +199,17 @@ def _chain(ctx, cells, state, incoming):
     return gain, incoming
 
 
-@_rule("optax._src.base:with_extra_args_support")
+@_rule(optax.with_extra_args_support)
 def _extra_args(ctx, cells, state, incoming):
     return _walk(ctx, _need(cells, "tx", "with_extra_args_support").update, state, incoming)
 
 
-@_rule("gradx._lookahead:_report_alpha")
+@_rule(_lookahead._report_alpha)
 def _report_alpha(ctx, cells, state, incoming):
     return _walk(ctx, _need(cells, "opt", "lookahead").update, state, incoming)
 
 
-@_rule("gradx._lookahead:_fixed")
+@_rule(_lookahead._fixed)
 def _lookahead_fixed(ctx, cells, state, incoming):
     if _need(cells, "reset_state", "lookahead"):
         raise ValueError(
@@ -209,7 +225,7 @@ def _lookahead_fixed(ctx, cells, state, incoming):
     return _Gain(gain.scale * jnp.where(synced, alpha, jnp.ones_like(alpha)), gain.tree), None
 
 
-@_rule("gradx._lookahead:_fitted")
+@_rule(_lookahead._fitted)
 def _lookahead_fitted(ctx, cells, state, incoming):
     inner = _need(cells, "inner", "lookahead")
     gain, _ = _walk(ctx, inner.update, state.fast_state, incoming)
@@ -221,19 +237,19 @@ def _lookahead_fitted(ctx, cells, state, incoming):
 # ----------------------------------------------------------------------------- pass-through
 
 
-@_rule("optax._src.base:identity")
+@_rule(optax.identity)
 def _identity(ctx, cells, state, incoming):
     return _one(ctx), incoming
 
 
-@_rule("gradx._core:scale_by_learning_rate")
+@_rule(_core.scale_by_learning_rate)
 def _learning_rate(ctx, cells, state, incoming):
     lr = _f(ctx, _need(cells, "learning_rate", "scale_by_learning_rate"))
     out = None if incoming is None else jax.tree.map(lambda g: g * -lr.astype(g.dtype), incoming)
     return _Gain(-lr), out
 
 
-@_rule("gradx._core:add_decayed_weights")
+@_rule(_core.add_decayed_weights)
 def _coupled_decay(ctx, cells, state, incoming):
     # u = g + λθ: the factor on g is 1; the decay term is not a multiple of g.
     out = None
@@ -252,19 +268,19 @@ def _coupled_decay(ctx, cells, state, incoming):
     return _one(ctx), out
 
 
-@_rule("gradx._core:decoupled_weight_decay")
+@_rule(_core.decoupled_weight_decay)
 def _decoupled_decay(ctx, cells, state, incoming):
     # u − γλθ: the decay is a term in θ, not in g (AdamW's point), so the factor on g is 1.
     return _one(ctx), None
 
 
-@_rule("gradx.compat.torch:_maximize")
+@_rule(compat_torch._maximize)
 def _maximize(ctx, cells, state, incoming):
     out = None if incoming is None else jax.tree.map(jnp.negative, incoming)
     return _Gain(-jnp.ones([], ctx.dtype)), out
 
 
-@_rule("gradx.compat.torch:_scale_by_lr_decay")
+@_rule(compat_torch._scale_by_lr_decay)
 def _lr_decay(ctx, cells, state, incoming):
     decay = _f(ctx, _need(cells, "lr_decay", "_scale_by_lr_decay"))
     factor = 1 / (1 + (_steps(ctx, state.count) - 1) * decay)
@@ -272,7 +288,7 @@ def _lr_decay(ctx, cells, state, incoming):
     return _Gain(factor), out
 
 
-@_rule("gradx._adaptive:scale_by_bias_correction")
+@_rule(_adaptive.scale_by_bias_correction)
 def _bias_correction(ctx, cells, state, incoming):
     b = _f(ctx, _need(cells, "decay", "scale_by_bias_correction"))
     power = _need(cells, "power", "scale_by_bias_correction")
@@ -289,7 +305,7 @@ def _norm(ctx: _Context, leaves: list[Any]) -> jax.Array:
     return jnp.sqrt(sum((jnp.sum(_f(ctx, abs_sq(g))) for g in leaves), jnp.zeros([], ctx.dtype)))
 
 
-@_rule("gradx._momentum:normalize")
+@_rule(_momentum.normalize)
 def _normalize(ctx, cells, state, incoming):
     _needs_incoming("normalize", incoming)
     norm = _norm(ctx, jax.tree.leaves(incoming))
@@ -298,7 +314,7 @@ def _normalize(ctx, cells, state, incoming):
     return _Gain(gain), out
 
 
-@_rule("gradx.compat.keras:clip_by_norm")
+@_rule(compat_keras.clip_by_norm)
 def _clip_by_norm(ctx, cells, state, incoming):
     _needs_incoming("clip_by_norm", incoming)
     c = _f(ctx, _need(cells, "max_norm", "clip_by_norm"))
@@ -306,7 +322,7 @@ def _clip_by_norm(ctx, cells, state, incoming):
     return _Gain(jnp.ones([], ctx.dtype), factors), _scaled(ctx, incoming, factors)
 
 
-@_rule("optax.transforms._clipping:clip")
+@_rule(optax.clip)
 def _clip(ctx, cells, state, incoming):
     _needs_incoming("optax.clip", incoming)
     c = _f(ctx, _need(cells, "max_delta", "optax.clip"))
@@ -319,7 +335,7 @@ def _clip(ctx, cells, state, incoming):
     return _Gain(jnp.ones([], ctx.dtype), factors), _scaled(ctx, incoming, factors)
 
 
-@_rule("optax.transforms._clipping:clip_by_global_norm")
+@_rule(optax.clip_by_global_norm)
 def _clip_by_global_norm(ctx, cells, state, incoming):
     _needs_incoming("optax.clip_by_global_norm", incoming)
     c = _f(ctx, _need(cells, "max_norm", "optax.clip_by_global_norm"))
@@ -331,7 +347,7 @@ def _clip_by_global_norm(ctx, cells, state, incoming):
 # ----------------------------------------------------------------------------- numerators
 
 
-@_rule("gradx._momentum:trace")
+@_rule(_momentum.trace)
 def _trace(ctx, cells, state, incoming):
     # Heavy ball v_t = μ·v_{t−1} + u_t: this step's factor on u_t is 1 (the velocity carries
     # a share of it into later steps too; see effective_learning_rate's Note). Nesterov emits
@@ -346,7 +362,7 @@ def _trace(ctx, cells, state, incoming):
     return _Gain(gain), None
 
 
-@_rule("gradx._momentum:ema")
+@_rule(_momentum.ema)
 def _ema(ctx, cells, state, incoming):
     beta = _f(ctx, _need(cells, "decay", "ema"))
     if _need(cells, "init", "ema") == "first":  # m₁ = g₁: the first step's factor is 1
@@ -357,7 +373,7 @@ def _ema(ctx, cells, state, incoming):
     return _Gain(gain), None
 
 
-@_rule("gradx._adaptive:nesterov_ema")
+@_rule(_adaptive.nesterov_ema)
 def _nesterov_ema(ctx, cells, state, incoming):
     # m̂ = c_g·g + c_m·m_t with m_t = β₁·m_{t−1} + (1−β₁)·g: the factor on g is c_g + c_m(1−β₁).
     b1 = _f(ctx, _need(cells, "decay", "nesterov_ema"))
@@ -378,17 +394,16 @@ def _nesterov_ema(ctx, cells, state, incoming):
 # ----------------------------------------------------------------------------- preconditioner
 
 
-@_rule("gradx._adaptive:precondition")
+@_rule(_adaptive.precondition)
 def _precondition(ctx, cells, state, incoming):
     direction = _need(cells, "direction", "precondition")
     by = _need(cells, "by", "precondition")
     eps = _f(ctx, _need(cells, "eps", "precondition"))
     gain, _ = _walk(ctx, direction.update, state.direction, incoming)
-    key = _key(by.update)
-    rule = _DENOMINATORS.get(key)
+    rule = _DENOMINATORS.get(getattr(by.update, "__code__", None))
     if rule is None:
         raise TypeError(
-            f"{_FN}: the denominator {_name(key)} ({key}) of precondition has no gain rule; "
+            f"{_FN}: the denominator {_name(by.update)} of precondition has no gain rule; "
             "gradx's rms, max_rms, rss and inf_norm have one"
         )
     den = rule(ctx, _cells(by.update), state.by)
@@ -405,7 +420,7 @@ def _debiased(x: jax.Array, correction: Any) -> jax.Array:
     return x / _safe(correction)
 
 
-@_denominator("gradx._adaptive:rms")
+@_denominator(_adaptive.rms)
 def _rms(ctx, cells, state):
     rho = _f(ctx, _need(cells, "decay", "rms"))
     eps_root = _f(ctx, _need(cells, "eps_root", "rms"))
@@ -422,7 +437,7 @@ def _rms(ctx, cells, state):
     return jax.tree.map(root, state.nu)
 
 
-@_denominator("gradx._adaptive:max_rms")
+@_denominator(_adaptive.max_rms)
 def _max_rms(ctx, cells, state):
     b2 = _f(ctx, _need(cells, "decay", "max_rms"))
     max_of = _need(cells, "max_of", "max_rms")
@@ -432,13 +447,13 @@ def _max_rms(ctx, cells, state):
     return jax.tree.map(lambda m: jnp.sqrt(_f(ctx, m)), state.nu_max)
 
 
-@_denominator("gradx._adaptive:rss")
+@_denominator(_adaptive.rss)
 def _rss(ctx, cells, state):
     eps_root = _f(ctx, _need(cells, "eps_root", "rss"))
     return jax.tree.map(lambda s: jnp.sqrt(_f(ctx, s) + eps_root), state.sum_of_squares)
 
 
-@_denominator("gradx._adaptive:inf_norm")
+@_denominator(_adaptive.inf_norm)
 def _inf_norm(ctx, cells, state):
     # u_t = max(β₂·u_{t−1}, |g| + ε) already holds its ε: the max-norm's gain is 1/u_t.
     return jax.tree.map(lambda u: _f(ctx, u), state.u)
@@ -447,7 +462,7 @@ def _inf_norm(ctx, cells, state):
 # ----------------------------------------------------------------------------- whole steps
 
 
-@_rule("gradx._adaptive:scale_by_adadelta")
+@_rule(_adaptive.scale_by_adadelta)
 def _adadelta(ctx, cells, state, incoming):
     # α_ef = √(Δ_{t−1} + ε)/√(s_t + ε). The state after the step holds s_t and Δ_t; with
     # q = |g|²/(s_t + ε), Δ_t = ρΔ_{t−1} + (1−ρ)(Δ_{t−1} + ε)q gives Δ_{t−1} back. The
@@ -466,7 +481,7 @@ def _adadelta(ctx, cells, state, incoming):
     return _Gain(jnp.ones([], ctx.dtype), factors), _scaled(ctx, incoming, factors)
 
 
-@_rule("gradx._sign:scale_by_rprop")
+@_rule(_sign.scale_by_rprop)
 def _rprop(ctx, cells, state, incoming):
     # u_i = −α_i·sign(g_i) = −(α_i/|g_i|)·g_i; the state keeps α_i and g_i (0 where iRprop⁻
     # dropped a flipped gradient: that weight did not move, factor 0; likewise where g_i = 0).

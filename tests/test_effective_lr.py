@@ -565,3 +565,29 @@ def test_diagnostics_refusals():
     with pytest.raises(ValueError, match="aux must not use the name 'grad_norm'"):
         gradx.fit(with_aux, params, gradx.sgd(0.1), data, batch_size=None, epochs=1, key=None,
                   progress=False, diagnostics=True, has_aux=True)  # fmt: skip
+
+
+def _every_compat_class():
+    for module in (torch_compat, keras_compat):
+        for name in module.__all__:
+            yield f"{module.__name__}.{name}", getattr(module, name)
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [*((n, lambda m=m: m(0.01)) for n, m in gradx.OPTIMIZERS.items()), *_every_compat_class()],
+    ids=[*gradx.OPTIMIZERS, *(n for n, _ in _every_compat_class())],
+)
+def test_every_optimizer_and_compat_class_has_its_gain_rules(name, build):
+    # The gain rules are found by the code of the blocks' update functions: a block that
+    # moved, was renamed or was added without a rule fails here by name, not at a user's call.
+    opt = build()
+    params, grads = _params(jnp.float32), _grads(jnp.float32)
+    state = opt.init(params)
+    for g in grads[:3]:
+        _, state = opt.update(g, state, params, value=jnp.float32(1.0))
+    alpha = gradx.effective_learning_rate(opt, state, params, grads[2])
+    assert jax.tree.structure(alpha) == jax.tree.structure(params)
+    for k in params:
+        assert alpha[k].shape == params[k].shape
+        assert np.all(np.isfinite(np.asarray(alpha[k]))), (name, k)
