@@ -179,7 +179,7 @@ def _needs_incoming(block: str, incoming: Any) -> None:
 
 
 @_rule(_core._make_update)
-def _optimizer(ctx, cells, state, incoming):
+def _optimizer_gain(ctx, cells, state, incoming):
     """An @optimizer: rebuild its chain from the values in the state, as its update does."""
     factory, static = _need(cells, "factory", "optimizer"), _need(cells, "static", "optimizer")
     values = {**_as_arrays(state.hyperparams), **_as_arrays(state.scheduled)}
@@ -191,7 +191,7 @@ def _optimizer(ctx, cells, state, incoming):
 
 
 @_rule(optax.chain)
-def _chain(ctx, cells, state, incoming):
+def _chain_gain(ctx, cells, state, incoming):
     gain = _one(ctx)
     for update, s in zip(_need(cells, "update_fns", "chain"), state, strict=True):
         block_gain, incoming = _walk(ctx, update, s, incoming)
@@ -200,17 +200,17 @@ def _chain(ctx, cells, state, incoming):
 
 
 @_rule(optax.with_extra_args_support)
-def _extra_args(ctx, cells, state, incoming):
+def _extra_args_gain(ctx, cells, state, incoming):
     return _walk(ctx, _need(cells, "tx", "with_extra_args_support").update, state, incoming)
 
 
 @_rule(_lookahead._report_alpha)
-def _report_alpha(ctx, cells, state, incoming):
+def _report_alpha_gain(ctx, cells, state, incoming):
     return _walk(ctx, _need(cells, "opt", "lookahead").update, state, incoming)
 
 
 @_rule(_lookahead._fixed)
-def _lookahead_fixed(ctx, cells, state, incoming):
+def _lookahead_fixed_gain(ctx, cells, state, incoming):
     if _need(cells, "reset_state", "lookahead"):
         raise ValueError(
             f"{_FN}: lookahead(reset_state=True) re-initialises the inner optimizer's state at "
@@ -226,7 +226,7 @@ def _lookahead_fixed(ctx, cells, state, incoming):
 
 
 @_rule(_lookahead._fitted)
-def _lookahead_fitted(ctx, cells, state, incoming):
+def _lookahead_fitted_gain(ctx, cells, state, incoming):
     inner = _need(cells, "inner", "lookahead")
     gain, _ = _walk(ctx, inner.update, state.fast_state, incoming)
     # The sync call takes no inner step: g_t only sets α through the slope, so its factor is 0.
@@ -238,19 +238,19 @@ def _lookahead_fitted(ctx, cells, state, incoming):
 
 
 @_rule(optax.identity)
-def _identity(ctx, cells, state, incoming):
+def _identity_gain(ctx, cells, state, incoming):
     return _one(ctx), incoming
 
 
 @_rule(_core.scale_by_learning_rate)
-def _learning_rate(ctx, cells, state, incoming):
+def _learning_rate_gain(ctx, cells, state, incoming):
     lr = _f(ctx, _need(cells, "learning_rate", "scale_by_learning_rate"))
     out = None if incoming is None else jax.tree.map(lambda g: g * -lr.astype(g.dtype), incoming)
     return _Gain(-lr), out
 
 
 @_rule(_core.add_decayed_weights)
-def _coupled_decay(ctx, cells, state, incoming):
+def _coupled_decay_gain(ctx, cells, state, incoming):
     # u = g + λθ: the factor on g is 1; the decay term is not a multiple of g.
     out = None
     if incoming is not None and ctx.params is not None:
@@ -269,19 +269,19 @@ def _coupled_decay(ctx, cells, state, incoming):
 
 
 @_rule(_core.decoupled_weight_decay)
-def _decoupled_decay(ctx, cells, state, incoming):
+def _decoupled_decay_gain(ctx, cells, state, incoming):
     # u − γλθ: the decay is a term in θ, not in g (AdamW's point), so the factor on g is 1.
     return _one(ctx), None
 
 
 @_rule(compat_torch._maximize)
-def _maximize(ctx, cells, state, incoming):
+def _maximize_gain(ctx, cells, state, incoming):
     out = None if incoming is None else jax.tree.map(jnp.negative, incoming)
     return _Gain(-jnp.ones([], ctx.dtype)), out
 
 
 @_rule(compat_torch._scale_by_lr_decay)
-def _lr_decay(ctx, cells, state, incoming):
+def _lr_decay_gain(ctx, cells, state, incoming):
     decay = _f(ctx, _need(cells, "lr_decay", "_scale_by_lr_decay"))
     factor = 1 / (1 + (_steps(ctx, state.count) - 1) * decay)
     out = None if incoming is None else jax.tree.map(lambda g: g * factor.astype(g.dtype), incoming)
@@ -289,7 +289,7 @@ def _lr_decay(ctx, cells, state, incoming):
 
 
 @_rule(_adaptive.scale_by_bias_correction)
-def _bias_correction(ctx, cells, state, incoming):
+def _bias_correction_gain(ctx, cells, state, incoming):
     b = _f(ctx, _need(cells, "decay", "scale_by_bias_correction"))
     power = _need(cells, "power", "scale_by_bias_correction")
     c = (1 - b ** _steps(ctx, state.count)) ** power
@@ -306,7 +306,7 @@ def _norm(ctx: _Context, leaves: list[Any]) -> jax.Array:
 
 
 @_rule(_momentum.normalize)
-def _normalize(ctx, cells, state, incoming):
+def _normalize_gain(ctx, cells, state, incoming):
     _needs_incoming("normalize", incoming)
     norm = _norm(ctx, jax.tree.leaves(incoming))
     gain = jnp.where(norm > 0, 1 / _safe(norm), jnp.zeros_like(norm))  # g = 0: no step
@@ -315,7 +315,7 @@ def _normalize(ctx, cells, state, incoming):
 
 
 @_rule(compat_keras.clip_by_norm)
-def _clip_by_norm(ctx, cells, state, incoming):
+def _clip_by_norm_gain(ctx, cells, state, incoming):
     _needs_incoming("clip_by_norm", incoming)
     c = _f(ctx, _need(cells, "max_norm", "clip_by_norm"))
     factors = jax.tree.map(lambda g: c / jnp.maximum(_norm(ctx, [g]), c), incoming)
@@ -323,7 +323,7 @@ def _clip_by_norm(ctx, cells, state, incoming):
 
 
 @_rule(optax.clip)
-def _clip(ctx, cells, state, incoming):
+def _clip_gain(ctx, cells, state, incoming):
     _needs_incoming("optax.clip", incoming)
     c = _f(ctx, _need(cells, "max_delta", "optax.clip"))
 
@@ -336,7 +336,7 @@ def _clip(ctx, cells, state, incoming):
 
 
 @_rule(optax.clip_by_global_norm)
-def _clip_by_global_norm(ctx, cells, state, incoming):
+def _clip_by_global_norm_gain(ctx, cells, state, incoming):
     _needs_incoming("optax.clip_by_global_norm", incoming)
     c = _f(ctx, _need(cells, "max_norm", "optax.clip_by_global_norm"))
     norm = _norm(ctx, jax.tree.leaves(incoming))
@@ -348,7 +348,7 @@ def _clip_by_global_norm(ctx, cells, state, incoming):
 
 
 @_rule(_momentum.trace)
-def _trace(ctx, cells, state, incoming):
+def _trace_gain(ctx, cells, state, incoming):
     # Heavy ball v_t = μ·v_{t−1} + u_t: this step's factor on u_t is 1 (the velocity carries
     # a share of it into later steps too; see effective_learning_rate's Note). Nesterov emits
     # u_t + μ·v_t, so 1 + μ. torch's dampening d keeps (1 − d)·u_t after the first step.
@@ -363,7 +363,7 @@ def _trace(ctx, cells, state, incoming):
 
 
 @_rule(_momentum.ema)
-def _ema(ctx, cells, state, incoming):
+def _ema_gain(ctx, cells, state, incoming):
     beta = _f(ctx, _need(cells, "decay", "ema"))
     if _need(cells, "init", "ema") == "first":  # m₁ = g₁: the first step's factor is 1
         beta = jnp.where(jnp.asarray(state.count) <= 1, jnp.zeros_like(beta), beta)
@@ -374,7 +374,7 @@ def _ema(ctx, cells, state, incoming):
 
 
 @_rule(_adaptive.nesterov_ema)
-def _nesterov_ema(ctx, cells, state, incoming):
+def _nesterov_ema_gain(ctx, cells, state, incoming):
     # m̂ = c_g·g + c_m·m_t with m_t = β₁·m_{t−1} + (1−β₁)·g: the factor on g is c_g + c_m(1−β₁).
     b1 = _f(ctx, _need(cells, "decay", "nesterov_ema"))
     psi = _need(cells, "momentum_decay", "nesterov_ema")
@@ -395,7 +395,7 @@ def _nesterov_ema(ctx, cells, state, incoming):
 
 
 @_rule(_adaptive.precondition)
-def _precondition(ctx, cells, state, incoming):
+def _precondition_gain(ctx, cells, state, incoming):
     direction = _need(cells, "direction", "precondition")
     by = _need(cells, "by", "precondition")
     eps = _f(ctx, _need(cells, "eps", "precondition"))
@@ -416,20 +416,20 @@ def _precondition(ctx, cells, state, incoming):
     return _times(gain, _Gain(jnp.ones([], ctx.dtype), jax.tree.map(inverse, den))), None
 
 
-def _debiased(x: jax.Array, correction: Any) -> jax.Array:
+def _debiased_gain(x: jax.Array, correction: Any) -> jax.Array:
     return x / _safe(correction)
 
 
 @_denominator(_adaptive.rms)
-def _rms(ctx, cells, state):
+def _rms_gain(ctx, cells, state):
     rho = _f(ctx, _need(cells, "decay", "rms"))
     eps_root = _f(ctx, _need(cells, "eps_root", "rms"))
     correction = 1 - rho ** _steps(ctx, state.count) if _need(cells, "debias", "rms") else 1
 
     def root(v, a=None):
-        var = _debiased(_f(ctx, v), correction)
+        var = _debiased_gain(_f(ctx, v), correction)
         if a is not None:
-            var = jnp.maximum(var - _f(ctx, abs_sq(_debiased(a, correction))), 0)
+            var = jnp.maximum(var - _f(ctx, abs_sq(_debiased_gain(a, correction))), 0)
         return jnp.sqrt(var + eps_root)
 
     if _need(cells, "centered", "rms"):
@@ -438,7 +438,7 @@ def _rms(ctx, cells, state):
 
 
 @_denominator(_adaptive.max_rms)
-def _max_rms(ctx, cells, state):
+def _max_rms_gain(ctx, cells, state):
     b2 = _f(ctx, _need(cells, "decay", "max_rms"))
     max_of = _need(cells, "max_of", "max_rms")
     if max_of == "raw_v":
@@ -448,13 +448,13 @@ def _max_rms(ctx, cells, state):
 
 
 @_denominator(_adaptive.rss)
-def _rss(ctx, cells, state):
+def _rss_gain(ctx, cells, state):
     eps_root = _f(ctx, _need(cells, "eps_root", "rss"))
     return jax.tree.map(lambda s: jnp.sqrt(_f(ctx, s) + eps_root), state.sum_of_squares)
 
 
 @_denominator(_adaptive.inf_norm)
-def _inf_norm(ctx, cells, state):
+def _inf_norm_gain(ctx, cells, state):
     # u_t = max(β₂·u_{t−1}, |g| + ε) already holds its ε: the max-norm's gain is 1/u_t.
     return jax.tree.map(lambda u: _f(ctx, u), state.u)
 
@@ -463,7 +463,7 @@ def _inf_norm(ctx, cells, state):
 
 
 @_rule(_adaptive.scale_by_adadelta)
-def _adadelta(ctx, cells, state, incoming):
+def _adadelta_gain(ctx, cells, state, incoming):
     # α_ef = √(Δ_{t−1} + ε)/√(s_t + ε). The state after the step holds s_t and Δ_t; with
     # q = |g|²/(s_t + ε), Δ_t = ρΔ_{t−1} + (1−ρ)(Δ_{t−1} + ε)q gives Δ_{t−1} back. The
     # subtraction loses at most a rounding of (1−ρ)εq ≤ ε, small beside Δ_{t−1} + ε.
@@ -482,7 +482,7 @@ def _adadelta(ctx, cells, state, incoming):
 
 
 @_rule(_sign.scale_by_rprop)
-def _rprop(ctx, cells, state, incoming):
+def _rprop_gain(ctx, cells, state, incoming):
     # u_i = −α_i·sign(g_i) = −(α_i/|g_i|)·g_i; the state keeps α_i and g_i (0 where iRprop⁻
     # dropped a flipped gradient: that weight did not move, factor 0; likewise where g_i = 0).
     def factor(step, g):
