@@ -71,8 +71,8 @@ def _debiased(x: jax.Array, correction: Any) -> jax.Array:
 
 
 class PreconditionState(NamedTuple):
-    direction: Any  # the state of the numerator's transform
     by: Any  # the state of the denominator's transform
+    direction: Any  # the state of the numerator's transform
 
 
 def precondition(
@@ -97,7 +97,7 @@ def precondition(
     by = optax.with_extra_args_support(by)
 
     def init(params: Any) -> PreconditionState:
-        return PreconditionState(direction.init(params), by.init(params))
+        return PreconditionState(by=by.init(params), direction=direction.init(params))
 
     def update(updates, state, params=None, **extra_args):
         num, direction_state = direction.update(updates, state.direction, params, **extra_args)
@@ -114,7 +114,7 @@ def precondition(
             return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
 
         out = jax.tree.map(leaf, num, den)
-        return out, PreconditionState(direction_state, by_state)
+        return out, PreconditionState(by=by_state, direction=direction_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -124,8 +124,8 @@ def precondition(
 
 class RmsState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken, t
-    nu: Any  # like params, real (accumulator_dtype): EMA of |g|², starting at initial_scale
     mean: Any  # like params when centered (EMA of g, accumulator_dtype), else ()
+    nu: Any  # like params, real (accumulator_dtype): EMA of |g|², starting at initial_scale
 
 
 def rms(
@@ -156,7 +156,7 @@ def rms(
         scale = jnp.asarray(initial_scale)
         nu = moment_zeros("rms", "accumulator_dtype", params, acc, real=True, fill=scale)
         mean = moment_zeros("rms", "accumulator_dtype", params, acc) if centered else ()
-        return RmsState(jnp.zeros([], jnp.int32), nu, mean)
+        return RmsState(count=jnp.zeros([], jnp.int32), mean=mean, nu=nu)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -182,7 +182,7 @@ def rms(
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
         new_mean = stored(mean, state.mean) if centered else ()
-        return out, RmsState(count, stored(nu, state.nu), new_mean)
+        return out, RmsState(count=count, mean=new_mean, nu=stored(nu, state.nu))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -217,7 +217,7 @@ def max_rms(
 
     def init(params: Any) -> MaxRmsState:
         zeros = moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
-        return MaxRmsState(jnp.zeros([], jnp.int32), zeros, zeros)
+        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros, nu_max=zeros)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -239,7 +239,9 @@ def max_rms(
             )
             c = jnp.sqrt(correction) if max_of == "raw_v" else 1
             out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
-        return out, MaxRmsState(count, stored(nu, state.nu), stored(nu_max, state.nu_max))
+        return out, MaxRmsState(
+            count=count, nu=stored(nu, state.nu), nu_max=stored(nu_max, state.nu_max)
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -263,7 +265,9 @@ def rss(
 
     def init(params: Any) -> RssState:
         g0 = jnp.asarray(initial_accumulator_value)
-        return RssState(moment_zeros("rss", "accumulator_dtype", params, acc, True, g0))
+        return RssState(
+            sum_of_squares=moment_zeros("rss", "accumulator_dtype", params, acc, True, g0)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -276,7 +280,7 @@ def rss(
 
         total = jax.tree.map(total_of, updates, state.sum_of_squares)
         out = jax.tree.map(lambda s: jnp.sqrt(_plus(s, e, eps_root)), total)
-        return out, RssState(stored(total, state.sum_of_squares))
+        return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -298,7 +302,7 @@ def inf_norm(
     acc = dtype_arg("inf_norm", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> InfNormState:
-        return InfNormState(moment_zeros("inf_norm", "accumulator_dtype", params, acc, True))
+        return InfNormState(u=moment_zeros("inf_norm", "accumulator_dtype", params, acc, True))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -310,7 +314,7 @@ def inf_norm(
             return jnp.maximum(coef(b2, uw) * uw, mod + coef(e, mod))
 
         u = jax.tree.map(norm_of, updates, state.u)
-        return u, InfNormState(stored(u, state.u))
+        return u, InfNormState(u=stored(u, state.u))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -344,7 +348,9 @@ def nesterov_ema(
     def init(params: Any) -> NesterovEmaState:
         dtype = jnp.asarray(decay).dtype
         mean = moment_zeros("nesterov_ema", "accumulator_dtype", params, acc)
-        return NesterovEmaState(jnp.zeros([], jnp.int32), mean, jnp.ones([], dtype))
+        return NesterovEmaState(
+            count=jnp.zeros([], jnp.int32), mean=mean, mu_product=jnp.ones([], dtype)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -369,7 +375,9 @@ def nesterov_ema(
 
         out = jax.tree.map(out_of, updates, mean)
         new_state = NesterovEmaState(
-            count, stored(mean, state.mean), mu_product.astype(state.mu_product.dtype)
+            count=count,
+            mean=stored(mean, state.mean),
+            mu_product=mu_product.astype(state.mu_product.dtype),
         )
         return out, new_state
 
@@ -390,7 +398,7 @@ def scale_by_bias_correction(
 
     def init(params: Any) -> ScaleByBiasCorrectionState:
         del params
-        return ScaleByBiasCorrectionState(jnp.zeros([], jnp.int32))
+        return ScaleByBiasCorrectionState(count=jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -398,15 +406,15 @@ def scale_by_bias_correction(
         count = optax.safe_increment(state.count)
         c = (1 - b ** _count_as(count, b)) ** power
         return jax.tree.map(lambda u: wide(u, b) * coef(c, wide(u, b)), updates), (
-            ScaleByBiasCorrectionState(count)
+            ScaleByBiasCorrectionState(count=count)
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 class AdadeltaState(NamedTuple):
-    e_g: Any  # like params, real (accumulator_dtype): EMA of |g|²
     e_d: Any  # like params, real (accumulator_dtype): EMA of squared updates |d|²
+    e_g: Any  # like params, real (accumulator_dtype): EMA of |g|²
 
 
 def scale_by_adadelta(
@@ -424,7 +432,7 @@ def scale_by_adadelta(
 
     def init(params: Any) -> AdadeltaState:
         zeros = moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
-        return AdadeltaState(zeros, zeros)
+        return AdadeltaState(e_d=zeros, e_g=zeros)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -441,7 +449,7 @@ def scale_by_adadelta(
 
         d = jax.tree.map(step_of, updates, e_g, state.e_d)
         e_d = jax.tree.map(lambda d, ed: _ema_of(r, abs_sq(wide(d, r, ed)), ed), d, state.e_d)
-        return d, AdadeltaState(stored(e_g, state.e_g), stored(e_d, state.e_d))
+        return d, AdadeltaState(e_d=stored(e_d, state.e_d), e_g=stored(e_g, state.e_g))
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -428,13 +428,15 @@ class HyperparamsState(NamedTuple):
     value against the rule of the optimizer that owns it, and ``update`` refuses a state built
     by another optimizer. The subclass pickles by a name registered in this module (the
     factory's module and name), so a state unpickles in a new process; flax's msgpack and
-    orbax restore it from a target state as any NamedTuple.
+    orbax restore it from a target state as any NamedTuple. Its fields, as every gradx state's,
+    are in sorted order, so orbax's restore without a target (dicts) rebuilds it with
+    ``jax.tree.unflatten`` (see :mod:`gradx.checkpoint`).
     """
 
     count: jax.Array  # shape=(), int32: updates so far; schedules are evaluated at it
     hyperparams: dict[str, jax.Array]  # shape=() each (batched: (K,)), hyperparameter dtype
-    scheduled: dict[str, jax.Array]  # shape=() each: the value a schedule gave at the last step
     inner_state: Any  # the state of the chain of blocks
+    scheduled: dict[str, jax.Array]  # shape=() each: the value a schedule gave at the last step
 
 
 # The state class of every declared optimizer, by registered name (the class's __qualname__).
@@ -620,8 +622,8 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 state = owner(
                     count=jnp.zeros([], jnp.int32),
                     hyperparams=hyperparams,
-                    scheduled=scheduled,
                     inner_state=inner.init(params),
+                    scheduled=scheduled,
                 )
                 return shard_like_params(state, params)  # on a mesh: scalars replicated
 
@@ -751,7 +753,9 @@ def _make_update(
         # float32): one cast per leaf, here at the end.
         out = jax.tree.map(_cast_like, out, updates)
         count = optax.safe_increment(state.count)
-        return out, owner(count, state.hyperparams, scheduled, inner_state)
+        return out, owner(
+            count=count, hyperparams=state.hyperparams, inner_state=inner_state, scheduled=scheduled
+        )
 
     return update
 

@@ -279,7 +279,9 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
             out, inner_state = inner_update(
                 _pack(updates, layout), state.inner_state, packed_params, **extra_args
             )
-        return _unpack(out, layout, state.offsets), FlatState(inner_state, state.offsets)
+        return _unpack(out, layout, state.offsets), FlatState(
+            inner_state=inner_state, offsets=state.offsets
+        )
 
     update.gradx_flat = True  # type: ignore[attr-defined]
     return update
@@ -396,7 +398,9 @@ def flat(
         params = _as_arrays(params)
         with _inside():
             layout = _layout(params, limit)
-            return FlatState(inner.init(_pack(params, layout)), _offsets(layout, share))
+            return FlatState(
+                inner_state=inner.init(_pack(params, layout)), offsets=_offsets(layout, share)
+            )
 
     return optax.GradientTransformationExtraArgs(init, _flat_update(inner.update, limit, share))
 
@@ -497,7 +501,8 @@ class Packing(NamedTuple):
 
         inner = [pack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
         return FlatState(
-            jax.tree.unflatten(treedef, inner), _offsets(self.layout, share_kernels=True)
+            inner_state=jax.tree.unflatten(treedef, inner),
+            offsets=_offsets(self.layout, share_kernels=True),
         )
 
     def unpack(self, state: FlatState, batch_dims: int = 0) -> Any:

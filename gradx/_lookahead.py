@@ -24,17 +24,17 @@ from gradx._momentum import momentum
 
 
 class LookaheadState(NamedTuple):
-    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
-    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync
     fast_state: Any  # the inner optimizer's state
+    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync
+    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
 
 
 class FittedLookaheadState(NamedTuple):
-    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
-    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync, 0..k
+    alpha: jax.Array  # shape=(), dtype=hyperparameter dtype: α of the last sync (1 before it)
     fast_state: Any  # the inner optimizer's state
     loss_start: jax.Array  # shape=(), dtype=hyperparameter dtype: L(0), the loss at the start
-    alpha: jax.Array  # shape=(), dtype=hyperparameter dtype: α of the last sync (1 before it)
+    phase: jax.Array  # shape=(), dtype=int32: inner steps since the last sync, 0..k
+    slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -166,7 +166,7 @@ def _fixed(
         if reset_state:
             fast_state = _reset(inner, slow, fast_state, when=sync)
         phase = jnp.where(sync, jnp.zeros_like(phase), phase)
-        return updates, LookaheadState(slow, phase, fast_state)
+        return updates, LookaheadState(fast_state=fast_state, phase=phase, slow=slow)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -243,7 +243,9 @@ def _fitted(
         steps, slow, fast_state, phase, alpha = jax.lax.cond(
             state.phase >= k, sync, inner_step, None
         )
-        return steps, FittedLookaheadState(slow, phase, fast_state, loss_start, alpha)
+        return steps, FittedLookaheadState(
+            alpha=alpha, fast_state=fast_state, loss_start=loss_start, phase=phase, slow=slow
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
 

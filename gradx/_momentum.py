@@ -119,7 +119,7 @@ def trace(
 
     def init(params: Any) -> TraceState:
         velocity = moment_zeros("trace", "accumulator_dtype", params, acc)
-        return TraceState(jnp.zeros([], jnp.int32), velocity)
+        return TraceState(count=jnp.zeros([], jnp.int32), velocity=velocity)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -139,7 +139,9 @@ def trace(
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
             updates = velocity
-        new_state = TraceState(optax.safe_increment(state.count), stored(velocity, state.velocity))
+        new_state = TraceState(
+            count=optax.safe_increment(state.count), velocity=stored(velocity, state.velocity)
+        )
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -180,7 +182,7 @@ def ema(
 
     def init_state(params: Any) -> EmaState:
         mean = moment_zeros("ema", "accumulator_dtype", params, acc)
-        return EmaState(jnp.zeros([], jnp.int32), mean)
+        return EmaState(count=jnp.zeros([], jnp.int32), mean=mean)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -201,7 +203,7 @@ def ema(
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)
         else:
             updates = mean
-        return updates, EmaState(count, stored(mean, state.mean))
+        return updates, EmaState(count=count, mean=stored(mean, state.mean))
 
     return optax.GradientTransformationExtraArgs(init_state, update)
 

@@ -19,8 +19,8 @@ from gradx._core import check_tree, optimizer, wide
 
 class RpropState(NamedTuple):
     count: jax.Array  # shape=(), dtype=int32: updates so far; 0 means "no previous gradient"
-    step_size: Any  # like params (shape and dtype): α_i used by the last update
     prev_grad: Any  # like params: the last gradient (0 where iRprop⁻ dropped it)
+    step_size: Any  # like params (shape and dtype): α_i used by the last update
 
 
 def scale_by_rprop(
@@ -104,7 +104,9 @@ def scale_by_rprop(
         outer = jax.tree.structure(updates)
         rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
         u, prev, step = (outer.unflatten([row[i] for row in rows]) for i in range(3))
-        return u, RpropState(optax.safe_increment(state.count), step, prev)
+        return u, RpropState(
+            count=optax.safe_increment(state.count), prev_grad=prev, step_size=step
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
 

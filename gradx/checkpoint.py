@@ -15,6 +15,16 @@ come from the checkpoint, because gradx keeps them in the state); a state of ano
 structure is an error, never a silent mix. For streamed data, exact resume needs a stream
 that can restart at an epoch: a callable ``data(epoch)``.
 
+Outside ``fit``, restore a state with a target: ``ocp.args.StandardRestore(opt.init(params))``
+(or its abstract version), which gives back the state's own classes. Restored without one,
+orbax gives dicts (a NamedTuple by its field names) and lists (tuples, in order, such as an
+``optax.chain`` of any length); every gradx state's fields are in sorted order, so
+``jax.tree.unflatten(jax.tree.structure(opt.init(params)), jax.tree.leaves(raw))`` rebuilds
+the state exactly, since ``jax.tree.leaves`` takes a dict's keys in sorted order. That recipe
+is not safe beyond gradx's states: optax's wrappers with unsorted fields (``MultiSteps``,
+``apply_if_finite``) and params in a dict with integer keys (orbax stores them as strings, so
+"10" comes before "2") rebuild wrongly; restore those with a target.
+
 orbax-checkpoint is optional (``pip install orbax-checkpoint``); it is imported only when a
 ``checkpoint_dir`` is given.
 """

@@ -1,5 +1,6 @@
 """Checkpoint and resume: interrupted (an exception, a SIGKILL) and resumed == uninterrupted."""
 
+import functools
 import os
 import pathlib
 import signal
@@ -7,12 +8,15 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from checkpoint_problem import DATA, EPOCHS, OPT, P0, loss_fn, run
 
 import gradx
+import gradx.compat.keras
+import gradx.compat.torch
 from gradx.callbacks import EarlyStopping, ReduceLROnPlateau
 
 HERE = pathlib.Path(__file__).parent
@@ -203,3 +207,120 @@ def test_a_streamed_fit_resumes_exactly(tmp_path):
     resumed = fit(tmp_path, resume=True)
     assert_same_run(resumed, whole)
     assert (resumed.steps_per_epoch, resumed.dropped_per_epoch) == (4, 3)
+
+
+# ----------------------------------------------------------------------------- raw restore
+# orbax restored without a target gives plain dicts (a NamedTuple by its field names) and
+# lists; ``jax.tree.leaves`` takes a dict's keys in sorted order, so the recipe below rebuilds
+# a state only if every state's fields are in sorted order.
+
+RAW_PARAMS = {
+    "matrix": jnp.asarray([[0.5, -1.0, 2.0], [0.25, 1.5, -0.75]], jnp.float32),
+    "vector": jnp.asarray([0.3, -0.2], jnp.float32),
+    "scalar": jnp.asarray(0.7, jnp.float32),
+}
+
+
+def _raw_builds():
+    torch, keras = gradx.compat.torch, gradx.compat.keras
+    builds = {name: functools.partial(make, 0.05) for name, make in gradx.OPTIMIZERS.items()}
+    builds.update({f"torch.{n}": getattr(torch, n) for n in torch.__all__})
+    builds.update({f"keras.{n}": getattr(keras, n) for n in keras.__all__})
+    builds.update(
+        {
+            "torch.SGD(momentum, nesterov)": lambda: torch.SGD(momentum=0.9, nesterov=True),
+            "torch.RMSprop(centered, momentum)": lambda: torch.RMSprop(centered=True, momentum=0.9),
+            "torch.Adagrad(lr_decay)": lambda: torch.Adagrad(lr_decay=0.1),
+            "torch.Adam(amsgrad, maximize)": lambda: torch.Adam(amsgrad=True, maximize=True),
+            "keras.SGD(momentum)": lambda: keras.SGD(momentum=0.9),
+            "keras.RMSprop(centered, momentum)": lambda: keras.RMSprop(centered=True, momentum=0.9),
+            "keras.Adam(amsgrad, clipnorm)": lambda: keras.Adam(amsgrad=True, clipnorm=1.0),
+            "rmsprop(centered)": lambda: gradx.rmsprop(0.05, centered=True),
+            "momentum(scheduled)": lambda: gradx.momentum(
+                optax.schedules.linear_schedule(0.05, 0.01, 5)
+            ),
+            "flat(adam)": lambda: gradx.flat(gradx.adam(0.05), max_leaf_size=4),
+            "flat(lookahead_fitted)": lambda: gradx.flat(gradx.lookahead_fitted(0.05)),
+            # a tuple of more than 10 states: orbax restores it as a list, in order
+            "chain of 11": lambda: optax.chain(*(gradx.adam(0.01 * (i + 1)) for i in range(11))),
+        }
+    )
+    return builds
+
+
+RAW_BUILDS = _raw_builds()
+
+
+def _raw_grads(k):
+    return jax.tree.map(lambda p: jnp.sin((k + 1) * p + 0.3 * k).astype(p.dtype), RAW_PARAMS)
+
+
+def _raw_update(opt, state, params, k):
+    return opt.update(_raw_grads(k), state, params, value=jnp.asarray(1 / (k + 1), jnp.float32))
+
+
+@pytest.mark.parametrize("name", RAW_BUILDS)
+def test_a_state_restored_without_a_target_unflattens_into_the_same_state(name, tmp_path):
+    import orbax.checkpoint as ocp
+
+    opt = RAW_BUILDS[name]()
+    params, state = RAW_PARAMS, opt.init(RAW_PARAMS)
+    for k in range(3):  # the moments (and lookahead's slow weights) now differ from each other
+        updates, state = _raw_update(opt, state, params, k)
+        params = optax.apply_updates(params, updates)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "state", state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        raw = checkpointer.restore(tmp_path / "state")  # no target: dicts and lists
+    back = jax.tree.unflatten(jax.tree.structure(opt.init(RAW_PARAMS)), jax.tree.leaves(raw))
+    for (path, want), got in zip(
+        jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(back), strict=True
+    ):
+        where = jax.tree_util.keystr(path)
+        assert np.shape(got) == np.shape(want), where
+        assert np.asarray(got).dtype == np.asarray(want).dtype, where
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=where)
+    want_updates, want_state = _raw_update(opt, state, params, 3)
+    got_updates, got_state = _raw_update(opt, back, params, 3)
+    jax.tree.map(np.testing.assert_array_equal, got_updates, want_updates)
+    jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
+
+
+def _named_tuple_types(tree):
+    found = set()
+
+    def walk(node):
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            found.add(type(node))
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                walk(child)
+
+    walk(tree)
+    return found
+
+
+def test_every_state_class_has_its_fields_in_sorted_order():
+    reached = set()
+    for make in RAW_BUILDS.values():
+        reached |= _named_tuple_types(make().init(RAW_PARAMS))
+    reached = {cls for cls in reached if cls.__module__.startswith("gradx")}
+    for cls in reached:
+        assert cls._fields == tuple(sorted(cls._fields)), cls.__qualname__
+    # every state class gradx defines is reached by one of the builds above
+    defined = {
+        value
+        for module_name, module in list(sys.modules.items())
+        if module_name == "gradx" or module_name.startswith("gradx.")
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, tuple)
+        and hasattr(value, "_fields")
+        and value.__name__.endswith("State")
+        and value.__module__ == module_name
+    }
+    ancestors = {base for cls in reached for base in cls.__mro__}
+    assert defined - ancestors == set()

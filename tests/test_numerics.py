@@ -93,7 +93,8 @@ def test_complex_second_moment_is_real_and_hyperparameters_real():
     for dtype, real in [(jnp.complex64, jnp.float32), (jnp.complex128, jnp.float64)]:
         state = gradx.adam(0.1).init(jnp.zeros(3, dtype))
         assert all(v.dtype == real for v in gradx.hyperparams(state).values())
-        ema_state, rms_state = state.inner_state[0]
+        pre = state.inner_state[0]  # PreconditionState: by name, not by position
+        ema_state, rms_state = pre.direction, pre.by
         assert ema_state.mean.dtype == dtype and rms_state.nu.dtype == real
     assert gradx.hyperparam_dtype({"z": jnp.zeros(2, jnp.complex128)}) == jnp.float64
 
@@ -147,8 +148,8 @@ def test_rprop_refuses_complex_params():
 
 
 def _adam_state_moments(state):
-    ema_state, rms_state = state.inner_state[0]
-    return ema_state.mean, rms_state.nu
+    pre = state.inner_state[0]  # PreconditionState: by name, not by position
+    return pre.direction.mean, pre.by.nu
 
 
 @pytest.mark.parametrize("g", [1e-3, 1e-4])

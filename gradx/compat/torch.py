@@ -332,14 +332,14 @@ def _scale_by_lr_decay(lr_decay: jax.typing.ArrayLike) -> optax.GradientTransfor
 
     def init(params: Any) -> ScaleByLrDecayState:
         del params
-        return ScaleByLrDecayState(jnp.zeros([], jnp.int32))
+        return ScaleByLrDecayState(count=jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         decay = jnp.asarray(lr_decay)
         factor = 1 / (1 + state.count.astype(decay.dtype) * decay)
         out = jax.tree.map(lambda u: (wide(u, decay) * factor).astype(u.dtype), updates)
-        return out, ScaleByLrDecayState(optax.safe_increment(state.count))
+        return out, ScaleByLrDecayState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
