@@ -269,6 +269,7 @@ def lookahead(
     sync_period: int | Callable[[jax.Array], Any] = 5,
     alpha: float | str | Callable[[jax.Array], Any] = 0.5,
     reset_state: bool = False,
+    *,
     alpha_range: tuple[float, float] = (0.0, 2.0),
 ) -> optax.GradientTransformationExtraArgs:
     """Lookahead: k steps forward with ``inner``, then one step back (seed 004).

@@ -234,7 +234,7 @@ def Rprop(
     step·sign(NaN) = 0, and the NaN stored as prev makes the next s 0 again, as a 0 would.
     The weight carries on with the next finite gradient instead of turning NaN.
 
-    This is ``gradx.rprop(lr, eta_plus=η⁺, eta_minus=η⁻, min_step, max_step,
+    This is ``gradx.rprop(lr, eta_plus=η⁺, eta_minus=η⁻, min_step=..., max_step=...,
     irprop_minus=True)``; its state holds the hyperparameters under gradx's names
     (``learning_rate, eta_plus, eta_minus, min_step, max_step``).
 
@@ -350,7 +350,7 @@ def _coupled(weight_decay: Any) -> list:
 
 @optimizer(learning_rate=">= 0", momentum=">= 0", dampening="[0, 1]", weight_decay=">= 0")
 def _sgd(learning_rate, momentum, dampening, weight_decay, nesterov):
-    velocity = [] if momentum is None else [trace(momentum, nesterov, dampening)]
+    velocity = [] if momentum is None else [trace(momentum, nesterov, dampening=dampening)]
     return optax.chain(*_coupled(weight_decay), *velocity, scale_by_learning_rate(learning_rate))
 
 
