@@ -248,6 +248,18 @@ def _fitted(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+# The fitted α is recorded in the hyperparameters for gradx.hyperparams to read, but the next
+# sync overwrites it: set_hyperparams refuses it with this reason (a value set by hand would
+# be silently lost).
+_fitted.state_class.outputs = {
+    "alpha": (
+        "alpha of lookahead_fitted (lookahead with alpha='quadratic') is fitted at every sync "
+        "(an output), not a setting; bound it with alpha_min and alpha_max, or build lookahead "
+        "with a number for alpha to set it by hand"
+    )
+}
+
+
 def _report_alpha(
     opt: optax.GradientTransformationExtraArgs,
 ) -> optax.GradientTransformationExtraArgs:
@@ -319,7 +331,8 @@ def lookahead(
       ``phase``, ``fast_state``; the fitted ``FittedLookaheadState`` adds ``loss_start`` and
       ``alpha``). The inner optimizer's hyperparameters are found by ``gradx.hyperparams``
       through it. With ``"quadratic"``, ``gradx.hyperparams(state)["alpha"]`` is the α of the
-      last sync (1 before the first); it is an output, and setting it has no effect.
+      last sync (1 before the first); it is an output, and ``gradx.set_hyperparams`` refuses
+      to set it (``alpha_min`` and ``alpha_max`` can be set).
 
     Reference:
       Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back",
