@@ -52,6 +52,7 @@ from gradx._core import (
     scale_by_learning_rate,
     wide,
 )
+from gradx._core import _check_flag as _core_check_flag
 from gradx._momentum import ema, trace
 from gradx._sign import rprop
 
@@ -70,9 +71,8 @@ def _check_number(cls: str, name: str, value: Any, rule: str) -> None:
 
 
 def _check_flag(cls: str, name: str, value: Any, allow_none: bool = False) -> None:
-    if not (isinstance(value, bool) or (allow_none and value is None)):
-        options = "a bool or None" if allow_none else "a bool"
-        raise TypeError(f"{cls}: {name} must be {options}, got {value!r}")
+    """The check gradx's own optimizers make of a flag (a bool, NumPy's included)."""
+    _core_check_flag(cls, name, value, "optional" if allow_none else "bool")
 
 
 def _pair(cls: str, name: str, value: Any, rule: str, holds: Any) -> tuple[float, float]:
