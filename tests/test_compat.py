@@ -202,6 +202,17 @@ def test_compat_flags_refuse_non_bools_as_gradx_does(module, cls, flag):
     make(**{flag: np.bool_(False)})  # NumPy's bool is a bool, as for gradx's own flags
 
 
+@pytest.mark.parametrize(
+    "bad", [np.complex64(0.9), 0.9 + 0j, None, 10**400, np.full(2, 0.9), "0.9"], ids=repr
+)
+def test_torch_pairs_refuse_what_is_not_a_real_scalar(bad):
+    # NumPy took a complex beta, dropping its imaginary part with a warning only.
+    with pytest.raises(ValueError, match=r"^Adam: betas must be \(beta1, beta2\) with"):
+        gradx.compat.torch.Adam(betas=(bad, 0.999))
+    with pytest.raises(ValueError, match=r"^Rprop: step_sizes must be \(min_step, max_step\)"):
+        gradx.compat.torch.Rprop(step_sizes=(1e-6, bad))
+
+
 def test_keras_adam_amsgrad_given_a_string_is_refused():
     with pytest.raises(TypeError, match=r"^Adam: amsgrad must be a bool, got 'no'"):
         gradx.compat.keras.Adam(amsgrad="no")

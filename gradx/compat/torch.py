@@ -46,6 +46,7 @@ from gradx._adaptive import (
 )
 from gradx._core import (
     Rule,
+    _is_number,
     add_decayed_weights,
     decoupled_weight_decay,
     optimizer,
@@ -79,13 +80,14 @@ def _pair(cls: str, name: str, value: Any, rule: str, holds: Any) -> tuple[float
     """A concrete pair of finite numbers for which ``holds(first, second)`` is true."""
     try:
         first, second = value
-        numbers = np.asarray([first, second], np.float64)
-        ok = (
-            not any(isinstance(v, bool) for v in (first, second))
-            and bool(np.all(np.isfinite(numbers)))
-            and bool(holds(*numbers))
+        # Real scalars only: NumPy would drop a complex part (with a warning) or broadcast.
+        ok = all(
+            _is_number(v) and not isinstance(v, bool) and np.ndim(v) == 0 for v in (first, second)
         )
-    except (TypeError, ValueError):
+        if ok:
+            numbers = np.asarray([first, second], np.float64)
+            ok = bool(np.all(np.isfinite(numbers))) and bool(holds(*numbers))
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise ValueError(f"{cls}: {name} must be {rule}, got {value!r}")
