@@ -418,7 +418,7 @@ class AdadeltaState(NamedTuple):
 
 
 def scale_by_adadelta(
-    rho: jax.typing.ArrayLike, eps: jax.typing.ArrayLike, accumulator_dtype: Any = None
+    rho: jax.typing.ArrayLike, eps: jax.typing.ArrayLike, *, accumulator_dtype: Any = None
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Zeiler's Adadelta direction (the learning rate is applied after it).
 
@@ -481,6 +481,7 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    *,
     eps_hat: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -522,7 +523,8 @@ def adam(
 
     Note:
       Equals ``optax.adam`` and ``torch.optim.Adam``. Keras's ``Adam`` is ``eps_hat=True``
-      with ε = 1e-7.
+      with ε = 1e-7. The arguments up to ``eps_root`` are positional as in ``optax.adam``;
+      the rest are keyword-only.
     """
     _moment_dtypes("adam", mu_dtype, nu_dtype)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
@@ -536,6 +538,7 @@ def adamw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
     weight_decay: float = 1e-2,
     eps_hat: bool = False,
     mask: Any = None,
@@ -572,7 +575,12 @@ def adamw(
 
     Note:
       Default λ = 1e-2 as torch's ``AdamW``; optax's ``adamw`` defaults to 1e-4 and Keras's
-      to 0.004. All three multiply λ by the learning rate, as here.
+      to 0.004. All three multiply λ by the learning rate, as here. The arguments up to
+      ``eps`` are positional as in ``optax.adamw``; the rest are keyword-only (optax's fifth
+      is ``eps_root``).
+
+      optax's default differs: λ = 1e-4 there; ``gradx.compat.optax.adamw(...)`` reproduces
+      optax's numbers.
     """
     _moment_dtypes("adamw", mu_dtype, nu_dtype)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
@@ -589,6 +597,7 @@ def amsgrad(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
     max_of: str = "raw_v",
     eps_hat: bool = False,
     mu_dtype: Any = None,
@@ -618,7 +627,12 @@ def amsgrad(
       Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
 
     Note:
-      optax's ``amsgrad`` takes the max over v̂ and differs from torch/Keras from step 2.
+      The arguments up to ``eps`` are positional as in ``optax.amsgrad``; the rest are
+      keyword-only.
+
+      optax's default differs: ``optax.amsgrad`` takes the max over v̂ (``max_of="v_hat"``)
+      and differs from torch/Keras from step 2; ``gradx.compat.optax.amsgrad(...)``
+      reproduces optax's numbers.
     """
     if eps_hat and max_of != "raw_v_no_correction":
         raise ValueError(
@@ -637,6 +651,7 @@ def adamax(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
     eps_in_max: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -662,7 +677,8 @@ def adamax(
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Sec. 7.1.
 
     Note:
-      Equals ``optax.adamax`` and ``torch.optim.Adamax``.
+      Equals ``optax.adamax`` and ``torch.optim.Adamax``. The arguments up to ``eps`` are
+      positional as in ``optax.adamax``; the rest are keyword-only.
     """
     _moment_dtypes("adamax", mu_dtype, nu_dtype)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
@@ -679,6 +695,7 @@ def nadam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
     momentum_decay: float | None = 0.004,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -700,6 +717,13 @@ def nadam(
 
     Reference:
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+
+    Note:
+      The arguments up to ``eps`` are positional as in ``optax.nadam``; the rest are
+      keyword-only (optax's fifth is ``eps_root``).
+
+      optax's default differs: ``optax.nadam`` keeps μ_t = β₁ (``momentum_decay=None``);
+      ``gradx.compat.optax.nadam(...)`` reproduces optax's numbers.
     """
     _moment_dtypes("nadam", mu_dtype, nu_dtype)
     num = nesterov_ema(b1, momentum_decay, accumulator_dtype=mu_dtype)
@@ -718,6 +742,7 @@ def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
     decay: float = 0.9,
     eps: float = 1e-8,
+    *,
     eps_in_sqrt: bool = False,
     bias_correction: bool = False,
     centered: bool = False,
@@ -763,7 +788,11 @@ def rmsprop(
     Note:
       torch puts ε outside (the default here) with ρ = 0.99; optax's default and Keras put it
       inside (``eps_in_sqrt=True``). ``bias_correction=True`` equals torch's
-      ``Adam(betas=(0, ρ))``.
+      ``Adam(betas=(0, ρ))``. The arguments up to ``eps`` are positional as in
+      ``optax.rmsprop``; the rest are keyword-only (optax's fourth is ``initial_scale``).
+
+      optax's default differs: ε inside the root there (``eps_in_sqrt=True``);
+      ``gradx.compat.optax.rmsprop(...)`` reproduces optax's numbers.
     """
     _moment_dtypes("rmsprop", mu_dtype, nu_dtype)
     den = rms(
@@ -793,6 +822,7 @@ def rmsprop(
 @optimizer(learning_rate=">= 0", eps=">= 0", initial_accumulator_value=">= 0")
 def adagrad(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     eps: float = 1e-8,
     initial_accumulator_value: float = 0.0,
     eps_in_sqrt: bool = False,
@@ -817,7 +847,11 @@ def adagrad(
 
     Note:
       torch: ε = 1e-10 outside, G₀ = 0, plus ``lr_decay`` (a schedule here). optax and Keras:
-      ε = 1e-7 inside, G₀ = 0.1.
+      ε = 1e-7 inside, G₀ = 0.1. Only ``learning_rate`` is positional: optax's
+      ``adagrad(lr, initial_accumulator_value, eps)`` orders the other two the other way.
+
+      optax's default differs: ε = 1e-7 inside the root and G₀ = 0.1 there;
+      ``gradx.compat.optax.adagrad(...)`` reproduces optax's numbers.
     """
     _moment_dtypes("adagrad", nu_dtype=nu_dtype)
     den = rss(
@@ -836,6 +870,7 @@ def adadelta(
     learning_rate: optax.ScalarOrSchedule = 1.0,
     rho: float = 0.9,
     eps: float = 1e-6,
+    *,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adadelta (seed 001): step sizes from the ratio of two running RMS, no learning rate.
@@ -862,7 +897,8 @@ def adadelta(
 
     Note:
       Equals ``optax.adadelta`` and ``torch.optim.Adadelta``. Keras defaults to α = 1e-3,
-      ρ = 0.95, ε = 1e-7.
+      ρ = 0.95, ε = 1e-7. The arguments up to ``eps`` are positional as in
+      ``optax.adadelta``; the rest are keyword-only.
     """
     _moment_dtypes("adadelta", nu_dtype=nu_dtype)
     return optax.chain(

@@ -116,21 +116,32 @@ class Rule:
         """
         if isinstance(value, jax.core.Tracer):
             return
+        if _is_complex(value):
+            raise TypeError(
+                f"{fn}: {name} must be a real number {self.text}, got the complex {value!r}"
+            )
         if isinstance(value, bool) or not _is_number(value):
             raise TypeError(f"{fn}: {name} must be a number {self.text}, got {value!r}")
-        if not self.holds(np.asarray(value)):
+        try:  # a Python int past float64's range (10**400) is an object array to NumPy
+            x = np.asarray(value, np.float64) if isinstance(value, int) else np.asarray(value)
+        except OverflowError:
+            raise ValueError(
+                f"{fn}: {name} must be {self.text}, got an integer of {len(str(abs(value)))} "
+                "digits, which overflows float64"
+            ) from None
+        if not self.holds(x):
             raise ValueError(f"{fn}: {name} must be {self.text}, got {value!r}")
         stored_dtype = self.storage_dtype(dtype)
         if self.integer:
             info = np.iinfo(stored_dtype)
-            if not info.min <= np.asarray(value) <= info.max:
+            if not info.min <= x <= info.max:
                 raise ValueError(
                     f"{fn}: {name} must be {self.text}, got {value!r}, which does not fit in "
                     f"{stored_dtype.name}, the dtype it is stored in"
                 )
             return
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            stored = np.asarray(value).astype(stored_dtype)
+            stored = x.astype(stored_dtype)
         if not self.holds(stored):
             raise ValueError(
                 f"{fn}: {name} must be {self.text}, got {value!r}, which rounds to "
@@ -140,19 +151,42 @@ class Rule:
     def check_hyperparameter(self, fn: str, name: str, value: Any, dtype: Any = None) -> bool:
         """Checks a number, or a schedule's value at step 0; returns whether it is a schedule."""
         if callable(value) and not hasattr(value, "dtype"):
-            self.check(fn, f"{name} (its schedule's value at step 0)", value(0), dtype)
+            first = value(0)
+            self.check(fn, f"{name} (its schedule's value at step 0)", first, dtype)
+            check_schedule_shape(fn, name, first)
             return True
         self.check(fn, name, value, dtype)
         return False
 
 
 def _is_number(value: Any) -> bool:
+    """A real number: a Python int or float, or a real NumPy/JAX number or array."""
+    if _is_complex(value):
+        return False
     if isinstance(value, (int, float, np.number)):
         return True
     dtype = getattr(value, "dtype", None)
     return dtype is not None and (
         jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
     )
+
+
+def _is_complex(value: Any) -> bool:
+    """A complex number or array (np.complex64(1e-3) is an np.number, and not a real one)."""
+    if isinstance(value, complex):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def check_schedule_shape(fn: str, name: str, value: Any) -> None:
+    """Refuses a schedule's value that is not a scalar (one number per step, not one per
+    coordinate): it would be broadcast over every leaf silently. Shapes are static, so this
+    works on tracers, when ``update`` is traced."""
+    if np.ndim(value) != 0:
+        raise ValueError(
+            f"{fn}: {name}'s schedule must return a scalar, got shape {np.shape(value)}"
+        )
 
 
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
@@ -512,6 +546,14 @@ def _flag_kind(annotation: Any) -> str | None:
     return None
 
 
+def _takes_none(p: inspect.Parameter) -> bool:
+    """Whether None is a value of this hyperparameter (it switches a feature off): its
+    default is None, its annotation names None, or it has neither (a bare factory)."""
+    if p.default is None or "None" in str(p.annotation):
+        return True
+    return p.default is p.empty and p.annotation is p.empty
+
+
 def _check_flag(fn: str, name: str, value: Any, kind: str) -> None:
     if isinstance(value, (bool, np.bool_)) or (kind == "optional" and value is None):
         return
@@ -526,11 +568,17 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
     (see :class:`Rule`); ``relations`` (positional) are rules between two of them, such as
     ``"min_step <= max_step"``. The other arguments (flags, callables that are not
     hyperparameters) stay static; one annotated ``bool`` (or ``bool | None``) must be one.
-    The returned constructor has the factory's signature and
+    The returned constructor has the factory's signature (keyword-only arguments stay
+    keyword-only) and
 
     * validates concrete values at construction, as stored in float32 (int32 for integer
-      rules): ``ValueError("adam: b1 must be in [0, 1), got 1.5")``;
-    * takes a callable for a hyperparameter as a schedule of the step count, and a JAX array
+      rules): ``ValueError("adam: b1 must be in [0, 1), got 1.5")``. A value must be a real
+      scalar (not complex, a bool, a string or an array of several numbers); None only
+      where the factory's argument defaults to None or is annotated with ``| None`` (None
+      switches a feature off), else ``TypeError("adam: learning_rate must be ..., got
+      None")``;
+    * takes a callable for a hyperparameter as a schedule of the step count (it must return a
+      scalar: checked at step 0 and when ``update`` is traced), and a JAX array
       or tracer (what ``optax.inject_hyperparams`` passes) as a value set from outside: the
       update uses the value it was built with, not the state's copy, and records it in the
       state's ``scheduled`` like a schedule's value (so ``set_hyperparams`` refuses it);
@@ -573,6 +621,7 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
             for name, p in signature.parameters.items()
             if name not in parsed and (kind := _flag_kind(p.annotation))
         }
+        nullable = {name for name, p in signature.parameters.items() if _takes_none(p)}
         owner = _state_class(factory, fn, parsed, links)
 
         @functools.wraps(factory)
@@ -585,6 +634,10 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
             numbers, schedules, injected, static = {}, {}, {}, {}
             for name, value in bound.arguments.items():
                 rule = parsed.get(name)
+                if rule is not None and value is None and name not in nullable:
+                    raise TypeError(
+                        f"{fn}: {name} must be a number {rule.text} or a schedule, got None"
+                    )
                 if rule is None or value is None:  # None switches a feature off
                     if name in flags:
                         _check_flag(fn, name, value, flags[name])
@@ -735,9 +788,11 @@ def _make_update(
         if params is not None:
             params = _as_arrays(params)
         _check_inexact(fn, updates, "gradients")
-        scheduled = {
-            n: jnp.asarray(s(state.count), state.scheduled[n].dtype) for n, s in schedules.items()
-        }
+        scheduled = {}
+        for n, s in schedules.items():
+            value = s(state.count)
+            check_schedule_shape(fn, n, value)
+            scheduled[n] = jnp.asarray(value, state.scheduled[n].dtype)
         scheduled.update({n: jnp.asarray(v, state.scheduled[n].dtype) for n, v in injected.items()})
         if _RUNTIME_CHECKS["on"]:
             values = {**state.hyperparams, **scheduled}
@@ -834,7 +889,9 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     ``vmap`` (a batched value gives a batched state). Concrete values are checked, as they
     will be stored, against the rule the owning optimizer declared for that name, and against
     its relations (rprop: ``min_step <= max_step``); tracers are checked at run time only, by
-    :func:`check_hyperparams`.
+    :func:`check_hyperparams`. A value the optimizer computes and records in its state (the α
+    of lookahead with ``alpha="quadratic"``, fitted at every sync) is refused: its state
+    class lists it, with the reason, in its ``outputs`` mapping.
     """
     located = _locate(state)
     keys = _keys(located)
@@ -851,6 +908,9 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
                 f"set_hyperparams: the state has no hyperparameter {key!r}; it has {sorted(keys)}"
             )
         path, name, scheduled = keys[key]
+        output = getattr(type(_get(state, path)), "outputs", {}).get(name)
+        if output is not None:
+            raise ValueError(f"set_hyperparams: {output}")
         if scheduled:
             raise ValueError(
                 f"set_hyperparams: {key!r} follows a schedule or a value given from outside, "

@@ -250,6 +250,18 @@ def _fitted(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+# The fitted α is recorded in the hyperparameters for gradx.hyperparams to read, but the next
+# sync overwrites it: set_hyperparams refuses it with this reason (a value set by hand would
+# be silently lost).
+_fitted.state_class.outputs = {
+    "alpha": (
+        "alpha of lookahead_fitted (lookahead with alpha='quadratic') is fitted at every sync "
+        "(an output), not a setting; bound it with alpha_min and alpha_max, or build lookahead "
+        "with a number for alpha to set it by hand"
+    )
+}
+
+
 def _report_alpha(
     opt: optax.GradientTransformationExtraArgs,
 ) -> optax.GradientTransformationExtraArgs:
@@ -271,6 +283,7 @@ def lookahead(
     sync_period: int | Callable[[jax.Array], Any] = 5,
     alpha: float | str | Callable[[jax.Array], Any] = 0.5,
     reset_state: bool = False,
+    *,
     alpha_range: tuple[float, float] = (0.0, 2.0),
 ) -> optax.GradientTransformationExtraArgs:
     """Lookahead: k steps forward with ``inner``, then one step back (seed 004).
@@ -320,7 +333,8 @@ def lookahead(
       ``phase``, ``fast_state``; the fitted ``FittedLookaheadState`` adds ``loss_start`` and
       ``alpha``). The inner optimizer's hyperparameters are found by ``gradx.hyperparams``
       through it. With ``"quadratic"``, ``gradx.hyperparams(state)["alpha"]`` is the α of the
-      last sync (1 before the first); it is an output, and setting it has no effect.
+      last sync (1 before the first); it is an output, and ``gradx.set_hyperparams`` refuses
+      to set it (``alpha_min`` and ``alpha_max`` can be set).
 
     Reference:
       Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back",

@@ -93,6 +93,7 @@ class TraceState(NamedTuple):
 def trace(
     decay: jax.typing.ArrayLike,
     nesterov: bool = False,
+    *,
     dampening: jax.typing.ArrayLike | None = None,
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -109,6 +110,9 @@ def trace(
       dampening: d, the share of each new u left out of the velocity after the first step;
         None (the default) is d = 0 without the extra multiply.
       accumulator_dtype: the dtype v is stored in (optax's name); None follows the params.
+
+    ``decay`` and ``nesterov`` are positional as in ``optax.trace``; the rest are
+    keyword-only (optax's third argument is ``accumulator_dtype``).
 
     Returns:
       An optax transformation. Its update is in the computed dtype (:func:`gradx._core.wide`
@@ -158,6 +162,7 @@ EMA_INITS = ("zero", "first")
 def ema(
     decay: jax.typing.ArrayLike,
     debias: bool = False,
+    *,
     init: str = "zero",
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -171,6 +176,10 @@ def ema(
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
     params. The update is in the computed dtype (:func:`gradx._core.wide` of g, β and m),
     which may be wider than g's: the new m before it is rounded to its storage dtype.
+
+    ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
+    optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
+    does not; pass ``debias=True`` for optax's numbers.
     """
     if init not in EMA_INITS:
         raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
@@ -241,11 +250,28 @@ def normalize() -> optax.GradientTransformationExtraArgs:
 # ----------------------------------------------------------------------------- optimizers
 
 
+def _buffer_dtype(fn: str, accumulator_dtype: Any, mu_dtype: Any) -> tuple[str, Any]:
+    """The momentum buffer's dtype, given as optax's ``accumulator_dtype`` or gradx's
+    ``mu_dtype`` (not both), with the name it was given under."""
+    if accumulator_dtype is not None and mu_dtype is not None:
+        raise TypeError(
+            f"{fn}: accumulator_dtype and mu_dtype name the same buffer's dtype; give one, "
+            f"got accumulator_dtype={accumulator_dtype!r} and mu_dtype={mu_dtype!r}"
+        )
+    if mu_dtype is not None:
+        dtype_arg(fn, "mu_dtype", mu_dtype)
+        return "mu_dtype", mu_dtype
+    dtype_arg(fn, "accumulator_dtype", accumulator_dtype)
+    return "accumulator_dtype", accumulator_dtype
+
+
 @optimizer(learning_rate=">= 0", momentum="[0, 1)")
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
+    accumulator_dtype: Any = None,
+    *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient descent: θ ← θ − γ·g; with ``momentum``, optax's ``sgd``.
@@ -269,31 +295,33 @@ def sgd(
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       momentum: μ in [0, 1), or None (the default) for plain gradient descent.
       nesterov: the look-ahead form; needs a momentum.
-      mu_dtype: the dtype the buffer v is stored in (optax's ``accumulator_dtype``); None
-        follows the params. Needs a momentum.
+      accumulator_dtype: the dtype the buffer v is stored in (optax's name); None follows
+        the params. Needs a momentum.
+      mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
 
     Returns:
       An optax ``GradientTransformationExtraArgs``; its state is a ``HyperparamsState``
       holding ``learning_rate`` (and ``momentum``).
 
     Note:
-      ``sgd(γ, μ, nesterov)`` equals ``optax.sgd(γ, μ, nesterov)`` and ``torch.optim.SGD(lr=γ,
+      ``sgd(γ, μ, nesterov, accumulator_dtype)`` equals ``optax.sgd`` with the same
+      positional arguments, and ``torch.optim.SGD(lr=γ,
       momentum=μ, nesterov=...)``. :func:`momentum` and :func:`nesterov` keep γ inside the
       velocity (the seeds' and Keras's form): the same numbers for a constant γ, not under a
       schedule.
     """
+    name, dtype = _buffer_dtype("sgd", accumulator_dtype, mu_dtype)
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None")
-        if mu_dtype is not None:
+        if dtype is not None:
             raise ValueError(
-                f"sgd: mu_dtype={mu_dtype!r} sets the momentum buffer's dtype, but "
+                f"sgd: {name}={dtype!r} sets the momentum buffer's dtype, but "
                 "momentum=None keeps no buffer"
             )
         return scale_by_learning_rate(learning_rate)
-    dtype_arg("sgd", "mu_dtype", mu_dtype)
     return optax.chain(
-        trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -303,6 +331,8 @@ def momentum(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.9,
     nesterov: bool = False,
+    accumulator_dtype: Any = None,
+    *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Heavy-ball momentum (seeds 000 and 004).
@@ -322,7 +352,9 @@ def momentum(
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       momentum: μ in [0, 1), the seeds' "viscosity".
       nesterov: use the look-ahead form.
-      mu_dtype: the dtype v is stored in; None follows the params.
+      accumulator_dtype: the dtype v is stored in (optax's name, as in ``optax.sgd``); None
+        follows the params.
+      mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -332,16 +364,20 @@ def momentum(
       momentum=μ)``, which keep γ outside the buffer. Under a schedule they differ; Keras's
       ``SGD`` keeps γ inside, as here.
     """
-    dtype_arg("momentum", "mu_dtype", mu_dtype)
+    _, dtype = _buffer_dtype("momentum", accumulator_dtype, mu_dtype)
     return optax.chain(
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype),
     )
 
 
 @optimizer(learning_rate=">= 0", momentum="[0, 1)")
 def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, mu_dtype: Any = None
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    accumulator_dtype: Any = None,
+    *,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Nesterov momentum: the gradient is taken at the look-ahead point (seed 004).
 
@@ -364,7 +400,9 @@ def nesterov(
     Args:
       learning_rate: γ ≥ 0, a number or a schedule of the step count.
       momentum: μ in [0, 1).
-      mu_dtype: the dtype v is stored in; None follows the params.
+      accumulator_dtype: the dtype v is stored in (optax's name, as in ``optax.sgd``); None
+        follows the params.
+      mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -377,10 +415,10 @@ def nesterov(
       Equal to ``optax.sgd(γ, μ, nesterov=True)`` and ``torch.optim.SGD(lr=γ, momentum=μ,
       nesterov=True)`` for a constant γ.
     """
-    dtype_arg("nesterov", "mu_dtype", mu_dtype)
+    _, dtype = _buffer_dtype("nesterov", accumulator_dtype, mu_dtype)
     return optax.chain(
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov=True, accumulator_dtype=mu_dtype),
+        trace(momentum, nesterov=True, accumulator_dtype=dtype),
     )
 
 

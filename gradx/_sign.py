@@ -25,6 +25,7 @@ class RpropState(NamedTuple):
 
 def scale_by_rprop(
     learning_rate: jax.typing.ArrayLike,
+    *,
     eta_plus: jax.typing.ArrayLike = 1.2,
     eta_minus: jax.typing.ArrayLike = 0.6,
     min_step: jax.typing.ArrayLike = 1e-6,
@@ -124,6 +125,7 @@ def scale_by_rprop(
 )
 def rprop(
     learning_rate: optax.ScalarOrSchedule = 0.01,
+    *,
     eta_plus: float = 1.2,
     eta_minus: float = 0.6,
     min_step: float = 1e-6,
@@ -150,7 +152,7 @@ def rprop(
     later step size is adapted with the gradient it is about to be used with. A zero gradient
     (s_i = 0) counts as "≤ 0" and shrinks the step, as in the seed.
 
-    Blocks: ``scale_by_rprop(α⁰, η⁺, η⁻, min_step, max_step)``.
+    Blocks: ``scale_by_rprop(α⁰, eta_plus=η⁺, eta_minus=η⁻, min_step=..., max_step=...)``.
 
     Args:
       learning_rate: α⁰ ≥ 0, the initial step size of every weight. It is read at the first
@@ -179,8 +181,18 @@ def rprop(
       first included, is clipped. ``irprop_minus=True`` gives exactly that, and
       ``gradx.compat.torch.Rprop`` wraps it with torch's names and defaults. optax 0.2.8's
       ``rprop`` returns the previous step's update (its first update is 0, optax PR #1725)
-      and never clips α⁰; gradx does not copy that.
+      and never clips α⁰; gradx does not copy that. Only ``learning_rate`` is positional:
+      optax's ``rprop(lr, eta_minus, eta_plus, min_step_size, max_step_size)`` orders the
+      others differently.
+
+      optax's default differs: η⁻ = 0.5 there, and optax's one-step lag;
+      ``gradx.compat.optax.rprop(...)`` reproduces optax's numbers.
     """
     return scale_by_rprop(
-        learning_rate, eta_plus, eta_minus, min_step, max_step, irprop_minus=irprop_minus
+        learning_rate,
+        eta_plus=eta_plus,
+        eta_minus=eta_minus,
+        min_step=min_step,
+        max_step=max_step,
+        irprop_minus=irprop_minus,
     )

@@ -175,6 +175,49 @@ def test_torch_arguments_are_validated_with_torch_names(make, error, message):
         make()
 
 
+def _compat_flags():
+    """(module, class, flag) for every argument of a compat class whose default is a bool."""
+    import inspect
+
+    out = []
+    for module in (gradx.compat.keras, gradx.compat.torch):
+        for cls in module.__all__:
+            for name, p in inspect.signature(getattr(module, cls)).parameters.items():
+                if isinstance(p.default, bool):
+                    out.append((module, cls, name))
+    return out
+
+
+@pytest.mark.parametrize(
+    "module, cls, flag",
+    _compat_flags(),
+    ids=[f"{m.__name__.rsplit('.', 1)[1]}.{c}.{f}" for m, c, f in _compat_flags()],
+)
+def test_compat_flags_refuse_non_bools_as_gradx_does(module, cls, flag):
+    # keras.Adam(amsgrad="no") ran AMSGrad: a non-empty string is true.
+    make = getattr(module, cls)
+    for bad in ("no", 1):
+        with pytest.raises(TypeError, match=rf"^{cls}: {flag} must be a bool(?: or None)?, got "):
+            make(**{flag: bad})
+    make(**{flag: np.bool_(False)})  # NumPy's bool is a bool, as for gradx's own flags
+
+
+@pytest.mark.parametrize(
+    "bad", [np.complex64(0.9), 0.9 + 0j, None, 10**400, np.full(2, 0.9), "0.9"], ids=repr
+)
+def test_torch_pairs_refuse_what_is_not_a_real_scalar(bad):
+    # NumPy took a complex beta, dropping its imaginary part with a warning only.
+    with pytest.raises(ValueError, match=r"^Adam: betas must be \(beta1, beta2\) with"):
+        gradx.compat.torch.Adam(betas=(bad, 0.999))
+    with pytest.raises(ValueError, match=r"^Rprop: step_sizes must be \(min_step, max_step\)"):
+        gradx.compat.torch.Rprop(step_sizes=(1e-6, bad))
+
+
+def test_keras_adam_amsgrad_given_a_string_is_refused():
+    with pytest.raises(TypeError, match=r"^Adam: amsgrad must be a bool, got 'no'"):
+        gradx.compat.keras.Adam(amsgrad="no")
+
+
 def test_torch_performance_flags_are_accepted_and_change_nothing():
     plain, _ = replay(gradx.compat.torch.Adam(lr=0.1), "stream")
     flagged, _ = replay(

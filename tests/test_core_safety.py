@@ -322,6 +322,59 @@ def test_set_hyperparams_checks_the_value_in_the_states_dtype():
         gradx.set_hyperparams(gradx.lookahead(gradx.sgd(0.1)).init(P), sync_period=2**32)
 
 
+# Every optimizer's own constructor (lookahead_* name the inner momentum in their errors).
+OWN = [n for n in OPTIMIZERS if not n.startswith("lookahead")]
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (np.complex64(1e-3), TypeError, r"must be a real number >= 0, got the complex np"),
+        (1e-3 + 0j, TypeError, r"must be a real number >= 0, got the complex \(0\.001\+0j\)"),
+        (None, TypeError, r"must be a number >= 0 or a schedule, got None"),
+        (10**400, ValueError, r"must be >= 0, got an integer of 401 digits, which overflows"),
+        ("1e-3", TypeError, r"must be a number >= 0, got '1e-3'"),
+        (np.full(3, 1e-3), ValueError, r"must be a scalar, got shape \(3,\)"),
+    ],
+    ids=["np-complex", "complex", "None", "10**400", "str", "vector"],
+)
+@pytest.mark.parametrize("name", OWN)
+def test_a_learning_rate_that_is_not_a_real_scalar_is_refused_naming_it(
+    name, value, error, message
+):
+    with pytest.raises(error, match=rf"^{name}: learning_rate {message}"):
+        gradx.OPTIMIZERS[name](value)
+
+
+def test_none_is_taken_only_where_it_switches_a_feature_off():
+    gradx.sgd(0.1, None)  # momentum=None: plain gradient descent
+    gradx.nadam(0.1, momentum_decay=None)  # optax's nadam
+    with pytest.raises(TypeError, match=r"^adam: b1 must be a number in \[0, 1\) .*got None"):
+        gradx.adam(1e-3, None)
+    with pytest.raises(TypeError, match=r"^lookahead: sync_period must be .*got None"):
+        gradx.lookahead(gradx.sgd(0.1), None)
+
+
+def test_a_complex_value_is_refused_by_set_hyperparams():
+    state = gradx.adam(1e-3).init(P)
+    with pytest.raises(TypeError, match=r"^set_hyperparams: b1 must be a real number"):
+        gradx.set_hyperparams(state, b1=np.complex64(0.9))
+
+
+def test_a_schedule_that_returns_a_vector_is_refused_not_broadcast():
+    with pytest.raises(
+        ValueError, match=r"^adam: learning_rate's schedule must return a scalar, got shape \(3,\)"
+    ):
+        gradx.adam(lambda count: jnp.full(3, 1e-3))
+    # Scalar at step 0 in Python, a vector once traced: refused when update is traced.
+    opt = gradx.adam(lambda count: 1e-3 if isinstance(count, int) else jnp.full(3, 1e-3))
+    state = opt.init({"w": jnp.ones(3)})
+    with pytest.raises(
+        ValueError, match=r"^adam: learning_rate's schedule must return a scalar, got shape \(3,\)"
+    ):
+        jax.jit(opt.update)({"w": jnp.ones(3)}, state)
+
+
 # ----------------------------------------------------------------------------- A3
 
 

@@ -124,6 +124,25 @@ def test_fixed_alpha_matches_the_numpy_transcription():
         np.testing.assert_allclose(ravel_pytree(params)[0], theta, rtol=1e-12, atol=1e-12)
 
 
+def test_set_hyperparams_refuses_the_fitted_alpha_an_output_of_each_sync():
+    params = {"w": jnp.ones(2, jnp.float32)}
+    for opt in (gradx.lookahead_fitted(0.1), gradx.lookahead(gradx.sgd(0.1), alpha="quadratic")):
+        state = opt.init(params)
+        with pytest.raises(
+            ValueError,
+            match=r"^set_hyperparams: alpha of lookahead_fitted .* is fitted at every sync "
+            r"\(an output\), not a setting",
+        ):
+            gradx.set_hyperparams(state, alpha=0.3)
+        state = gradx.set_hyperparams(state, alpha_min=0.1, alpha_max=1.5)  # settings
+        assert float(gradx.hyperparams(state)["alpha_max"]) == 1.5
+    # a fixed α is a setting
+    state = gradx.lookahead(gradx.sgd(0.1), alpha=0.5).init(params)
+    assert float(gradx.hyperparams(gradx.set_hyperparams(state, alpha=0.3))["alpha"]) == (
+        pytest.approx(0.3)
+    )
+
+
 def test_params_stay_plain_and_hyperparameters_are_all_visible():
     opt = gradx.lookahead(gradx.momentum(0.1, momentum=0.5), sync_period=3, alpha=0.25)
     params = {"w": jnp.ones(2, jnp.float32)}

@@ -46,12 +46,14 @@ from gradx._adaptive import (
 )
 from gradx._core import (
     Rule,
+    _is_number,
     add_decayed_weights,
     decoupled_weight_decay,
     optimizer,
     scale_by_learning_rate,
     wide,
 )
+from gradx._core import _check_flag as _core_check_flag
 from gradx._momentum import ema, trace
 from gradx._sign import rprop
 
@@ -70,22 +72,22 @@ def _check_number(cls: str, name: str, value: Any, rule: str) -> None:
 
 
 def _check_flag(cls: str, name: str, value: Any, allow_none: bool = False) -> None:
-    if not (isinstance(value, bool) or (allow_none and value is None)):
-        options = "a bool or None" if allow_none else "a bool"
-        raise TypeError(f"{cls}: {name} must be {options}, got {value!r}")
+    """The check gradx's own optimizers make of a flag (a bool, NumPy's included)."""
+    _core_check_flag(cls, name, value, "optional" if allow_none else "bool")
 
 
 def _pair(cls: str, name: str, value: Any, rule: str, holds: Any) -> tuple[float, float]:
     """A concrete pair of finite numbers for which ``holds(first, second)`` is true."""
     try:
         first, second = value
-        numbers = np.asarray([first, second], np.float64)
-        ok = (
-            not any(isinstance(v, bool) for v in (first, second))
-            and bool(np.all(np.isfinite(numbers)))
-            and bool(holds(*numbers))
+        # Real scalars only: NumPy would drop a complex part (with a warning) or broadcast.
+        ok = all(
+            _is_number(v) and not isinstance(v, bool) and np.ndim(v) == 0 for v in (first, second)
         )
-    except (TypeError, ValueError):
+        if ok:
+            numbers = np.asarray([first, second], np.float64)
+            ok = bool(np.all(np.isfinite(numbers))) and bool(holds(*numbers))
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise ValueError(f"{cls}: {name} must be {rule}, got {value!r}")
@@ -234,7 +236,7 @@ def Rprop(
     step·sign(NaN) = 0, and the NaN stored as prev makes the next s 0 again, as a 0 would.
     The weight carries on with the next finite gradient instead of turning NaN.
 
-    This is ``gradx.rprop(lr, eta_plus=η⁺, eta_minus=η⁻, min_step, max_step,
+    This is ``gradx.rprop(lr, eta_plus=η⁺, eta_minus=η⁻, min_step=..., max_step=...,
     irprop_minus=True)``; its state holds the hyperparameters under gradx's names
     (``learning_rate, eta_plus, eta_minus, min_step, max_step``).
 
@@ -350,7 +352,7 @@ def _coupled(weight_decay: Any) -> list:
 
 @optimizer(learning_rate=">= 0", momentum=">= 0", dampening="[0, 1]", weight_decay=">= 0")
 def _sgd(learning_rate, momentum, dampening, weight_decay, nesterov):
-    velocity = [] if momentum is None else [trace(momentum, nesterov, dampening)]
+    velocity = [] if momentum is None else [trace(momentum, nesterov, dampening=dampening)]
     return optax.chain(*_coupled(weight_decay), *velocity, scale_by_learning_rate(learning_rate))
 
 
