@@ -160,20 +160,11 @@ def run(
         hook = _hook(cb, "on_train_begin")
         if hook is not None:
             hook()
-    checkpointer = None
-    if overwrite and opts.checkpoint_dir is None:
-        raise ValueError(f"{fn}: overwrite=True needs checkpoint_dir, got checkpoint_dir=None")
-    if opts.checkpoint_dir is not None:
-        if overwrite and opts.resume:
-            raise ValueError(
-                f"{fn}: overwrite=True deletes the checkpoints to start afresh and resume=True "
-                "continues from them: pass one of them, got both"
-            )
-        from gradx import checkpoint as _checkpoint
-
-        checkpointer = _checkpoint.Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
+    checkpointer = _open(fn, opts, overwrite)
     try:
         if checkpointer is not None:
+            from gradx import checkpoint as _checkpoint
+
             template = opt_state if view is None else view.unpack(opt_state)
             checkpointer.identity = _checkpoint.identity(
                 params, template, opts.callbacks,
@@ -184,16 +175,7 @@ def run(
                 key=key,
             )  # fmt: skip
             if restored is not None:
-                if opts.initial_epoch:
-                    raise ValueError(
-                        f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
-                        f"(it sets the epoch), got {opts.initial_epoch}"
-                    )
-                if restored["epochs_done"] > epochs:
-                    raise ValueError(
-                        f"{fn}: epochs must be >= the {restored['epochs_done']} epochs of the "
-                        f"checkpoint to resume, got {epochs}"
-                    )
+                _check_resume(fn, restored, epochs, opts)
                 params, opt_state = restored["params"], restored["opt_state"]
                 if view is not None:
                     opt_state = view.pack(opt_state)
@@ -226,6 +208,35 @@ def run(
         counts["steps_per_epoch"],
         counts["dropped_per_epoch"],
     )
+
+
+def _open(fn: str, opts: Options, overwrite: bool) -> Any:
+    """The checkpointer of ``opts.checkpoint_dir`` (holding its lock), or None."""
+    if opts.checkpoint_dir is None:
+        if overwrite:
+            raise ValueError(f"{fn}: overwrite=True needs checkpoint_dir, got checkpoint_dir=None")
+        return None
+    if overwrite and opts.resume:
+        raise ValueError(
+            f"{fn}: overwrite=True deletes the checkpoints to start afresh and resume=True "
+            "continues from them: pass one of them, got both"
+        )
+    from gradx.checkpoint import Checkpointer
+
+    return Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
+
+
+def _check_resume(fn: str, restored: dict[str, Any], epochs: int, opts: Options) -> None:
+    if opts.initial_epoch:
+        raise ValueError(
+            f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
+            f"(it sets the epoch), got {opts.initial_epoch}"
+        )
+    if restored["epochs_done"] > epochs:
+        raise ValueError(
+            f"{fn}: epochs must be >= the {restored['epochs_done']} epochs of the "
+            f"checkpoint to resume, got {epochs}"
+        )
 
 
 # gradx's own callbacks read only the hyperparameters (set_hyperparams finds them in any

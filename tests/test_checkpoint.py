@@ -1,10 +1,13 @@
 """Checkpoint and resume: interrupted (an exception, a SIGKILL) and resumed == uninterrupted."""
 
+import gc
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +207,12 @@ def test_a_streamed_fit_resumes_exactly(tmp_path):
     resumed = fit(tmp_path, resume=True)
     assert_same_run(resumed, whole)
     assert (resumed.steps_per_epoch, resumed.dropped_per_epoch) == (4, 3)
+    # one directory, one run, for streams too
+    with pytest.raises(ValueError, match=r"fit: checkpoint_dir .* holds the checkpoints"):
+        fit(tmp_path)
+    with pytest.raises(ValueError, match=r"was written by another run: steps_per_epoch"):
+        fit(tmp_path, resume=True, steps_per_epoch=3)
+    assert_same_run(fit(tmp_path, overwrite=True), whole)
 
 
 # ---------------------------------------------------------------- one directory, one run
@@ -288,21 +297,53 @@ def wide_fit(directory, resume=False):
     )  # fmt: skip
 
 
+# orbax's failed reads leave tensorstore callbacks on a closed event loop ("Exception
+# ignored"): not gradx's, and reported after the read; the tests that provoke them wait.
+ORBAX_READ_ERROR = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def _settle():
+    time.sleep(0.5)
+    gc.collect()
+
+
+@ORBAX_READ_ERROR
 @pytest.mark.parametrize("position", [0.3, 0.5, 0.8])
 def test_a_flipped_byte_in_an_array_is_found_and_the_previous_checkpoint_used(tmp_path, position):
     whole = wide_fit(tmp_path)
     big = max((tmp_path / "3" / "arrays").rglob("*"), key=lambda p: p.stat().st_size)
-    _flip(big, int(position * big.stat().st_size))  # orbax reads other values, no error
+    _flip(big, int(position * big.stat().st_size))  # mostly: orbax reads other values
     with pytest.warns(
         RuntimeWarning,
-        match=r"fit: the checkpoint of epoch 3 in .* is damaged \(an array differs from what "
-        r"was written \(checksum\)\); deleting it and resuming from an older one",
+        match=r"fit: the checkpoint of epoch 3 in .* is damaged \((an array differs from what "
+        r"was written \(checksum\)|orbax cannot read it: .*)\); deleting it and resuming "
+        r"from an older one",
     ):
         resumed = wide_fit(tmp_path, resume=True)
+    _settle()
     assert_same_run(resumed, whole)  # epoch 2's checkpoint, then epoch 2 again
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [2, 3]
 
 
+def test_an_array_read_back_with_other_values_is_found_by_its_checksum(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    whole = run(tmp_path)
+    arrays = tmp_path / "6" / "arrays"
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(arrays)
+        saved["params"][0] = saved["params"][0] + 1e-12  # what a silent corruption reads
+        shutil.rmtree(arrays)
+        checkpointer.save(arrays, saved)
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"fit: the checkpoint of epoch 6 in .* is damaged \(an array differs from what "
+        r"was written \(checksum\)\); deleting it and resuming from an older one",
+    ):
+        resumed = run(tmp_path, resume=True)
+    assert_same_run(resumed, whole)
+
+
+@ORBAX_READ_ERROR
 def test_an_unreadable_array_file_falls_back_to_the_previous_checkpoint(tmp_path):
     whole = run(tmp_path)
     for path in (tmp_path / "6" / "arrays" / "d").iterdir():  # orbax's index: a read error
@@ -313,6 +354,7 @@ def test_an_unreadable_array_file_falls_back_to_the_previous_checkpoint(tmp_path
         r"ValueError: .*\); deleting it and resuming from an older one",
     ):
         resumed = run(tmp_path, resume=True)
+    _settle()
     assert_same_run(resumed, whole)  # epoch 5's checkpoint, then epoch 5 again
 
 
