@@ -218,7 +218,12 @@ class _Lock:
 
         index = jax.process_index()
         path = os.path.join(directory, LOCK if index == 0 else f"{LOCK}.{index}")
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a read-only directory: its lock file, if any, locks as well
+            if not os.path.exists(path):
+                raise
+            self.fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -229,8 +234,11 @@ class _Lock:
                 "runs must not write one directory: wait for it to end or use another "
                 "checkpoint_dir"
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        try:  # who holds it, for the error of a second writer; a full disk may refuse
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         import fcntl
