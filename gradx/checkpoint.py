@@ -36,8 +36,8 @@ callbacks that have counters (by class, ``monitor`` or ``name``, and their setti
   checksum that differs: every array's SHA-256 and the metadata's are recorded when it is
   written and compared when it is read) is skipped on resume with a ``RuntimeWarning``
   naming it and what is wrong, and deleted; the newest intact one is used. If none is
-  intact, the error names each. (With several processes, an array that one process
-  cannot address whole is not checksummed.)
+  intact, the error names each. (With several processes, an array split over them is not
+  checksummed.)
 - The lock: fit holds an exclusive ``fcntl`` lock on ``.gradx.lock`` (one file per process
   index with several processes) from before it reads the directory to its end; the
   operating system releases it when the process dies. A second fit writing the same
@@ -94,7 +94,7 @@ def _key_parts(key: Any) -> tuple[Any, str | None]:
 
 def _checksum(x: Any) -> str | None:
     """SHA-256 of an array's shape and bytes; None for an array this process cannot read."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
         return None
     a = np.ascontiguousarray(np.asarray(x))
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
