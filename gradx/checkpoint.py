@@ -21,17 +21,18 @@ records which run wrote it: the classes of the optimizer state's nodes (momentum
 nesterov differ), the hyperparameters at the start of the run (before any callback changed
 them; optax's optimizers keep none in their state, so for them the state's classes and
 shapes are what is compared), digests of the initial params and optimizer state, the
-shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite`` and the
-callbacks that have counters (by class, ``monitor`` or ``name``, and their settings).
-``epochs`` is not part of it: a resume with more epochs extends the run.
+shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite``, the key
+(saved with the state) and the callbacks that have counters (by class, ``monitor`` or
+``name``, and their settings). ``epochs`` is not part of it: a resume with more epochs
+extends the run. Checkpoints written by gradx before this record (format 1) are refused.
 
 - ``resume=True`` continues the newest checkpoint of *this* run, and refuses (a
   ``ValueError`` naming the first difference) a checkpoint of another run or of another
   format, never falling back to an older one of it. Callback counters are restored by name,
   so the callbacks may come in another order.
-- A fresh fit (``resume=False``, or ``resume=True`` finding nothing) into a directory that
-  holds checkpoints refuses, naming the ways out: ``resume=True``, another directory, or
-  ``overwrite=True``, which deletes them all before the first epoch.
+- A fresh fit (``resume=False``) into a directory that holds checkpoints refuses, naming
+  the ways out: ``resume=True``, another directory, or ``overwrite=True``, which deletes
+  them all before the first epoch (never one per save).
 - A damaged checkpoint (its metadata unreadable, an array that orbax cannot read, or a
   checksum that differs: every array's SHA-256 and the metadata's are recorded when it is
   written and compared when it is read) is skipped on resume with a ``RuntimeWarning``
@@ -40,7 +41,7 @@ callbacks that have counters (by class, ``monitor`` or ``name``, and their setti
   checksummed.)
 - The lock: fit holds an exclusive ``fcntl`` lock on ``.gradx.lock`` (one file per process
   index with several processes) from before it reads the directory to its end; the
-  operating system releases it when the process dies. A second fit writing the same
+  operating system releases it when the process dies, even by SIGKILL. A second fit writing the same
   directory meanwhile gets a ``RuntimeError`` naming the directory and the holder (its
   pid and host), instead of two runs mixing their files.
 

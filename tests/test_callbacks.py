@@ -288,7 +288,7 @@ def test_a_non_finite_loss_warns_once_naming_the_epoch():
     assert len(record) == 1 and not np.isfinite(result.history["loss"]).any()
 
 
-@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume"])
+@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume", "overwrite"])
 @pytest.mark.parametrize("data", [DATA, batches], ids=["arrays", "stream"])
 def test_a_flag_that_is_not_a_bool_is_refused_not_taken_as_true(flag, data):
     # bool("false") is True: such a flag must be refused, never read as its truth value.
