@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gradx import callbacks as _callbacks
@@ -84,19 +86,56 @@ def options(
     )
 
 
+@jax.jit
+def _finite(tree: Any) -> jax.Array:
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _all_finite(params: Any) -> bool:
+    """Whether every params array is finite: one compiled reduction, one bool to the host."""
+    return bool(_finite(params))
+
+
 def _hook(cb: Any, name: str) -> Callable[..., Any] | None:
     if name == "on_epoch_end" and not hasattr(cb, "on_epoch_end"):
         return cb  # a plain function
     return getattr(cb, name, None)
 
 
-def _apply(fn: str, action: Any, params: Any, opt_state: Any) -> tuple[Any, Any, bool]:
+def _mismatch(new: Any, old: Any) -> str | None:
+    """The first difference of structure, shape or dtype between two pytrees, or None."""
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        return f"structure {jax.tree.structure(new)} vs {jax.tree.structure(old)}"
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(new)[0], jax.tree.leaves(old), strict=True
+    ):
+        ta, tb = (np.shape(a), jnp.result_type(a)), (np.shape(b), jnp.result_type(b))
+        if ta != tb:
+            where = jax.tree_util.keystr(path)
+            return f"{where}: shape {ta[0]} dtype {ta[1]} vs shape {tb[0]} dtype {tb[1]}"
+    return None
+
+
+def _apply(fn: str, cb: Any, action: Any, params: Any, opt_state: Any) -> tuple[Any, Any, bool]:
+    """``action`` applied to (params, opt_state), each checked against the one it replaces."""
     if action is None:
         return params, opt_state, False
     if not isinstance(action, _callbacks.Action):
         raise ValueError(
             f"{fn}: a callback must return None or gradx.callbacks.Action, got {action!r}"
         )
+    for name, new, old in (
+        ("params", action.params, params),
+        ("opt_state", action.opt_state, opt_state),
+    ):
+        diff = None if new is None else _mismatch(new, old)
+        if diff is not None:
+            raise ValueError(
+                f"{fn}: callback {cb!r} returned Action({name}=...), which must match the "
+                f"structure, shapes and dtypes of the {name} it replaces; first difference "
+                f"(returned vs current): {diff}"
+            )
     params = params if action.params is None else action.params
     opt_state = opt_state if action.opt_state is None else action.opt_state
     return params, opt_state, bool(action.stop)
@@ -115,11 +154,15 @@ def run(
     postfix: Callable[[float, dict[str, float]], dict[str, str]],
     counts: dict[str, int],
     view: Any = None,
+    overwrite: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, dict[str, list[float]], list[float], int, int]:
     """The epochs ``opts.initial_epoch`` (or the checkpoint's) to ``epochs - 1``.
 
     ``view``: when the epochs run a packed optimizer (:class:`gradx._flat.Packing`), its
     ``unpack``/``pack`` give callbacks and checkpoints the state in the user's layout.
+    ``overwrite``: fit's argument (see :mod:`gradx.checkpoint`); ``run_info``: what else
+    tells this run from another in a checkpoint (``*data``: described by shape and dtype).
 
     Returns (params, opt_state, history, epoch seconds, steps per epoch, dropped per epoch).
     """
@@ -130,26 +173,22 @@ def run(
         hook = _hook(cb, "on_train_begin")
         if hook is not None:
             hook()
-    checkpointer = None
-    if opts.checkpoint_dir is not None:
-        from gradx.checkpoint import Checkpointer
-
-        checkpointer = Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
+    checkpointer = _open(fn, opts, overwrite)
     try:
-        if opts.resume:
+        if checkpointer is not None:
+            from gradx import checkpoint as _checkpoint
+
             template = opt_state if view is None else view.unpack(opt_state)
-            restored = checkpointer.restore(params, template, key)
+            checkpointer.identity = _checkpoint.identity(
+                params, template, opts.callbacks,
+                {**(run_info or {}), "skip_nonfinite": opts.skip_nonfinite},
+            )  # fmt: skip
+            restored = checkpointer.start(
+                resume=opts.resume, overwrite=overwrite, params=params, opt_state=template,
+                key=key,
+            )  # fmt: skip
             if restored is not None:
-                if opts.initial_epoch:
-                    raise ValueError(
-                        f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
-                        f"(it sets the epoch), got {opts.initial_epoch}"
-                    )
-                if restored["epochs_done"] > epochs:
-                    raise ValueError(
-                        f"{fn}: epochs must be >= the {restored['epochs_done']} epochs of the "
-                        f"checkpoint to resume, got {epochs}"
-                    )
+                _check_resume(fn, restored, epochs, opts)
                 params, opt_state = restored["params"], restored["opt_state"]
                 if view is not None:
                     opt_state = view.pack(opt_state)
@@ -159,9 +198,10 @@ def run(
                 stopped = restored["stopped"]
                 for name in ("steps_per_epoch", "dropped_per_epoch"):
                     counts[name] = restored[name]
-                for cb, state in zip(opts.callbacks, restored["callbacks"], strict=False):
-                    if state is not None:
-                        cb.set_state(state)
+                names = _checkpoint.callback_names(opts.callbacks)
+                for cb, name in zip(opts.callbacks, names, strict=True):
+                    if name in restored["callbacks"]:
+                        cb.set_state(restored["callbacks"][name])
         params, opt_state, history, seconds = _epochs(
             fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
             checkpointer, history, seconds, start, step_count, stopped, counts, view,
@@ -183,19 +223,57 @@ def run(
     )
 
 
+def _open(fn: str, opts: Options, overwrite: bool) -> Any:
+    """The checkpointer of ``opts.checkpoint_dir`` (holding its lock), or None."""
+    if opts.checkpoint_dir is None:
+        if overwrite:
+            raise ValueError(f"{fn}: overwrite=True needs checkpoint_dir, got checkpoint_dir=None")
+        return None
+    if overwrite and opts.resume:
+        raise ValueError(
+            f"{fn}: overwrite=True deletes the checkpoints to start afresh and resume=True "
+            "continues from them: pass one of them, got both"
+        )
+    from gradx.checkpoint import Checkpointer
+
+    return Checkpointer(fn, opts.checkpoint_dir, opts.checkpoint_every)
+
+
+def _check_resume(fn: str, restored: dict[str, Any], epochs: int, opts: Options) -> None:
+    if opts.initial_epoch:
+        raise ValueError(
+            f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
+            f"(it sets the epoch), got {opts.initial_epoch}"
+        )
+    if restored["epochs_done"] > epochs:
+        raise ValueError(
+            f"{fn}: epochs must be >= the {restored['epochs_done']} epochs of the "
+            f"checkpoint to resume, got {epochs}"
+        )
+
+
 # gradx's own callbacks read only the hyperparameters (set_hyperparams finds them in any
 # layout) and the params: they get the packed state as it is.
 _LAYOUT_FREE = (_callbacks.EarlyStopping, _callbacks.ReduceLROnPlateau)
 
 
+def _rebuilt(tree: Any) -> Any:
+    """``tree`` with new containers around the same arrays: a callback that changes a dict
+    of it in place (``state.hyperparams[...] = ...``) changes nothing in fit."""
+    return jax.tree.map(lambda x: x, tree)
+
+
 def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args: Any):
-    """``hook(*args, params, state)`` with the state in the user's layout, and its action
-    applied: (params, opt_state, stop)."""
-    if view is None or type(cb) in _LAYOUT_FREE:  # a subclass may read more
-        return _apply(fn, hook(*args, params, opt_state), params, opt_state)
-    user = view.unpack(opt_state)
-    params, new, stop = _apply(fn, hook(*args, params, user), params, user)
-    return params, (opt_state if new is user else view.pack(new)), stop
+    """``hook(*args, params, state)`` with the state in the user's layout (fresh containers
+    in every layout: in-place changes are ignored), and its action applied: (params,
+    opt_state, stop)."""
+    packed = view is not None and type(cb) not in _LAYOUT_FREE  # a subclass may read more
+    given = view.unpack(opt_state) if packed else _rebuilt(opt_state)
+    action = hook(*args, _rebuilt(params), given)
+    params, new, stop = _apply(fn, cb, action, params, given)
+    if action is None or action.opt_state is None:
+        return params, opt_state, stop
+    return params, (view.pack(new) if packed else new), stop
 
 
 def _epochs(
@@ -203,6 +281,10 @@ def _epochs(
     checkpointer, history, seconds, start, step_count, stopped, counts, view,
 ):  # fmt: skip
     warned = False
+    if checkpointer is not None:
+        from gradx.checkpoint import callback_names
+
+        names = callback_names(opts.callbacks)
     bar = bar_factory(max(epochs - start, 0)) if not stopped else None
     try:
         for epoch in range(start, epochs):
@@ -222,6 +304,16 @@ def _epochs(
                     f"{fn}: the training loss of epoch {epoch} is {loss} (non-finite); "
                     "pass skip_nonfinite=True to skip the steps whose loss or gradients are "
                     "not finite",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                warned = True
+            if not (warned or opts.skip_nonfinite or _all_finite(params)):
+                warnings.warn(
+                    f"{fn}: the params after epoch {epoch} are not finite, though its mean "
+                    f"training loss is {loss} (a non-finite gradient or update in a late "
+                    "step); pass skip_nonfinite=True to skip the steps whose loss or "
+                    "gradients are not finite",
                     RuntimeWarning,
                     stacklevel=4,
                 )
@@ -250,7 +342,9 @@ def _epochs(
                     stopped=stopped,
                     plan=dict(counts),
                     callbacks=[
-                        cb.get_state() if hasattr(cb, "get_state") else {} for cb in opts.callbacks
+                        (name, cb.get_state())
+                        for cb, name in zip(opts.callbacks, names, strict=True)
+                        if name is not None
                     ],
                 )
     finally:

@@ -303,6 +303,7 @@ def fit_stream(
     steps_per_epoch: int | None,
     steps_per_execution: int,
     flat: bool | None,
+    overwrite: bool = False,
 ):
     """``fit`` on streamed data (see the module docstring); same arguments and result."""
     import optax
@@ -354,4 +355,10 @@ def fit_stream(
         return params, opt_state, loss, extra, steps, dropped
 
     counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
-    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)
+    run_info = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
+    if eval_fn is not None:
+        run_info["eval_data"] = eval_data
+    return _train(
+        run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
+        overwrite=overwrite, run_info=run_info,
+    )  # fmt: skip

@@ -8,12 +8,21 @@ hook returns ``None`` (change nothing) or an :class:`Action`: new params, a new 
 state, and/or ``stop=True`` to end training after this epoch. ``logs`` is the epoch's
 history row: ``{"loss": ..., **metrics}`` as Python floats.
 
-``params`` and ``opt_state`` are the live buffers, donated to the next epoch's program: a
+``params`` and ``opt_state`` hold the live buffers, donated to the next epoch's program: a
 callback that keeps them past its return must copy them (``jnp.array(x, copy=True)``), as
-:class:`EarlyStopping` does.
+:class:`EarlyStopping` does. Their containers are fresh copies, with the packed optimizer
+(``fit(flat=None)``) as without it (``flat=False``): a change made in place
+(``opt_state.hyperparams["learning_rate"] = ...``) is ignored; return it in an ``Action``
+(``Action(opt_state=opt_state)``). The params and state of an ``Action`` must have the
+structure, shapes and dtypes of those they replace, or fit raises a ``ValueError``.
 
 For exact resume, a callback with internal counters implements ``get_state() -> dict`` (a
-dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every checkpoint.
+dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every checkpoint,
+keyed by the callback's ``name`` attribute if it has one, else its class and ``monitor``
+(``#1``, ``#2`` for repeats), so the callbacks may come in another order on resume. Its
+settings (its public attributes of plain types that are not counters) are part of the
+run's identity: two callbacks of one class and monitor in swapped order are refused, not
+swapped.
 """
 
 from __future__ import annotations

@@ -15,6 +15,36 @@ come from the checkpoint, because gradx keeps them in the state); a state of ano
 structure is an error, never a silent mix. For streamed data, exact resume needs a stream
 that can restart at an epoch: a callable ``data(epoch)``.
 
+**One directory, one run.** A ``checkpoint_dir`` holds the checkpoints of one run (the
+last two saves, one subfolder per epoch) and a lock file, ``.gradx.lock``. Each checkpoint
+records which run wrote it: the classes of the optimizer state's nodes (momentum and
+nesterov differ), the hyperparameters at the start of the run (before any callback changed
+them; optax's optimizers keep none in their state, so for them the state's classes and
+shapes are what is compared), digests of the initial params and optimizer state, the
+shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite``, the key
+(saved with the state) and the callbacks that have counters (by class, ``monitor`` or
+``name``, and their settings). ``epochs`` is not part of it: a resume with more epochs
+extends the run. Checkpoints written by gradx before this record (format 1) are refused.
+
+- ``resume=True`` continues the newest checkpoint of *this* run, and refuses (a
+  ``ValueError`` naming the first difference) a checkpoint of another run or of another
+  format, never falling back to an older one of it. Callback counters are restored by name,
+  so the callbacks may come in another order.
+- A fresh fit (``resume=False``) into a directory that holds checkpoints refuses, naming
+  the ways out: ``resume=True``, another directory, or ``overwrite=True``, which deletes
+  them all before the first epoch (never one per save).
+- A damaged checkpoint (its metadata unreadable, an array that orbax cannot read, or a
+  checksum that differs: every array's SHA-256 and the metadata's are recorded when it is
+  written and compared when it is read) is skipped on resume with a ``RuntimeWarning``
+  naming it and what is wrong, and deleted; the newest intact one is used. If none is
+  intact, the error names each. (With several processes, an array split over them is not
+  checksummed.)
+- The lock: fit holds an exclusive ``fcntl`` lock on ``.gradx.lock`` (one file per process
+  index with several processes) from before it reads the directory to its end; the
+  operating system releases it when the process dies, even by SIGKILL. A second fit writing the same
+  directory meanwhile gets a ``RuntimeError`` naming the directory and the holder (its
+  pid and host), instead of two runs mixing their files.
+
 Outside ``fit``, restore a state with a target: ``ocp.args.StandardRestore(opt.init(params))``
 (or its abstract version), which gives back the state's own classes. Restored without one,
 orbax gives dicts (a NamedTuple by its field names) and lists (tuples, in order, such as an
@@ -31,14 +61,19 @@ orbax-checkpoint is optional (``pip install orbax-checkpoint``); it is imported 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-_FORMAT = 1
+_FORMAT = 2
+LOCK = ".gradx.lock"
 
 
 def _orbax(fn: str):
@@ -68,8 +103,164 @@ def _key_parts(key: Any) -> tuple[Any, str | None]:
     return jnp.asarray(key), None
 
 
+def _checksum(x: Any) -> str | None:
+    """SHA-256 of an array's shape and bytes; None for an array this process cannot read."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return None
+    a = np.ascontiguousarray(np.asarray(x))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _checksums(tree: Any) -> list[str | None]:
+    return [_checksum(x) for x in jax.tree.leaves(tree)]
+
+
+def _digest(tree: Any) -> str:
+    return hashlib.sha256(json.dumps(_checksums(tree)).encode()).hexdigest()
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _classes(tree: Any) -> list[str]:
+    """The class of every node of ``tree``, depth first (HyperparamsState's name its
+    optimizer)."""
+    out: list[str] = []
+
+    def walk(treedef):
+        data = treedef.node_data()
+        if data is not None:
+            out.append(data[0].__qualname__)
+            for child in treedef.children():
+                walk(child)
+
+    walk(jax.tree.structure(tree))
+    return out
+
+
+def _stateful(cb: Any) -> bool:
+    from gradx.callbacks import Callback
+
+    method = getattr(type(cb), "get_state", None)
+    return method is not None and method is not Callback.get_state
+
+
+def callback_names(callbacks: Any) -> list[str | None]:
+    """A stable name per callback with counters (None for the others): its ``name``, else
+    its class and ``monitor``, with ``#k`` for the k-th repeat of a name."""
+    names: list[str | None] = []
+    for cb in callbacks:
+        if not _stateful(cb):
+            names.append(None)
+            continue
+        name = getattr(cb, "name", None)
+        if not isinstance(name, str):
+            name = type(cb).__qualname__
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str):
+                name = f"{name}[{monitor}]"
+        repeats = sum(n is not None and n.split("#")[0] == name for n in names)
+        names.append(f"{name}#{repeats}" if repeats else name)
+    return names
+
+
+def _settings(cb: Any) -> dict[str, Any]:
+    """A callback's settings: its public attributes of plain types that are not counters."""
+    counters = cb.get_state()
+    return {
+        k: v
+        for k, v in sorted(vars(cb).items())
+        if not k.startswith("_")
+        and k not in counters
+        and (v is None or isinstance(v, (str, int, float, bool)))
+    }
+
+
+def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -> dict:
+    """What tells one run from another (see the module doc), at the start of the run:
+    ``opt_state`` in the optimizer's own layout, ``run`` the data's description."""
+    from gradx._core import hyperparams
+
+    try:
+        start = {k: np.asarray(v).tolist() for k, v in hyperparams(opt_state).items()}
+    except (TypeError, ValueError):
+        start = {}
+    names = callback_names(callbacks)
+    described = {k: _describe(v) if k.endswith("data") else v for k, v in run.items()}
+    return {
+        "optimizer state classes": _classes(opt_state),
+        **{f"{k} (at the start)": v for k, v in start.items()},
+        **described,
+        "callbacks": {n: _settings(cb) for n, cb in zip(names, callbacks, strict=True) if n},
+        "initial params": _digest(params),
+        "initial optimizer state": _digest(opt_state),
+    }
+
+
+def _first_difference(there: dict, now: dict) -> str | None:
+    """The first field of two identities that differs, in words, or None."""
+    for name in [*there, *(k for k in now if k not in there)]:
+        a, b = there.get(name, "absent"), now.get(name, "absent")
+        if _canon(a) == _canon(b):
+            continue
+        if name.startswith("initial"):
+            return f"the {name} differ"
+        if isinstance(a, dict) and isinstance(b, dict):
+            key = next(k for k in sorted({*a, *b}) if _canon(a.get(k)) != _canon(b.get(k)))
+            return f"the {name} differ: {key} was {a.get(key)} there, {b.get(key)} now"
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+            return f"{name}: {a[i]} there, {b[i]} now"
+        return f"{name} was {a} there, {b} now"
+    return None
+
+
+class Damaged(Exception):
+    """A checkpoint that cannot be read back as it was written."""
+
+
+class _Lock:
+    """An exclusive ``fcntl`` lock on ``directory/.gradx.lock``, holding the holder's pid
+    and host; the operating system releases it when the process dies."""
+
+    def __init__(self, fn: str, directory: str):
+        import fcntl
+
+        index = jax.process_index()
+        path = os.path.join(directory, LOCK if index == 0 else f"{LOCK}.{index}")
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a read-only directory: its lock file, if any, locks as well
+            if not os.path.exists(path):
+                raise
+            self.fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise RuntimeError(
+                f"{fn}: checkpoint_dir {directory} is in use by another fit ({holder}); two "
+                "runs must not write one directory: wait for it to end or use another "
+                "checkpoint_dir"
+            ) from None
+        try:  # who holds it, for the error of a second writer; a full disk may refuse
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
 class Checkpointer:
-    """Saves and restores a fit's training state in ``directory`` (one subfolder per save)."""
+    """Saves and restores a fit's training state in ``directory`` (one subfolder per save),
+    holding its lock from construction to :meth:`close`."""
 
     def __init__(self, fn: str, directory: Any, every: int, keep: int = 2):
         ocp = _orbax(fn)
@@ -77,10 +268,17 @@ class Checkpointer:
         self.ocp = ocp
         self.every = every
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=False, create=True
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.identity: dict[str, Any] = {}
+        os.makedirs(self.directory, exist_ok=True)
+        self.lock = _Lock(fn, self.directory)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=False, create=True
+            )
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def due(self, epochs_done: int, last: bool) -> bool:
         return last or epochs_done % self.every == 0
@@ -97,9 +295,11 @@ class Checkpointer:
         seconds: list[float],
         stopped: bool,
         plan: dict[str, Any],
-        callbacks: list[dict[str, Any]],
+        callbacks: list[tuple[str, dict[str, Any]]],
     ) -> None:
-        """Writes the state after ``epochs_done`` epochs (synchronously: see the module doc)."""
+        """Writes the state after ``epochs_done`` epochs (synchronously: see the module doc).
+
+        ``callbacks``: (name, counters) of the callbacks with counters."""
         ocp = self.ocp
         key_data, key_impl = _key_parts(key)
         arrays = {
@@ -108,8 +308,10 @@ class Checkpointer:
         }
         if key_data is not None:
             arrays["key"] = key_data
+        states = {str(i): c for i, (_, c) in enumerate(callbacks) if c}
         meta = {
             "format": _FORMAT,
+            "identity": self.identity,
             "epochs_done": epochs_done,
             "step": step,
             "stopped": stopped,
@@ -119,30 +321,89 @@ class Checkpointer:
             "epoch_seconds": [float(s) for s in seconds],
             "params": _describe(params),
             "opt_state": _describe(opt_state),
-            "callbacks": [bool(c) for c in callbacks],
+            "callbacks": [name if c else None for name, c in callbacks],
+            "checksums": {"arrays": _checksums(arrays), "callbacks": _checksums(states)},
             **plan,
         }
+        meta["digest"] = hashlib.sha256(_canon(meta).encode()).hexdigest()
         items = {"arrays": ocp.args.StandardSave(arrays), "meta": ocp.args.JsonSave(meta)}
-        if any(callbacks):
-            states = {str(i): c for i, c in enumerate(callbacks) if c}
+        if states:
             items["callbacks"] = ocp.args.StandardSave(states)
         self.manager.save(epochs_done, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
-    def restore(self, params: Any, opt_state: Any, key: Any) -> dict[str, Any] | None:
-        """The latest checkpoint, restored into the structures of ``params`` and ``opt_state``.
-
-        Returns None when the directory holds no checkpoint (a first run).
-        """
-        ocp, fn = self.ocp, self.fn
-        latest = self.manager.latest_step()
-        if latest is None:
+    def start(self, *, resume: bool, overwrite: bool, params: Any, opt_state: Any, key: Any):
+        """The checkpoint to resume (see :meth:`restore`), or None to start afresh; refuses
+        a fresh start into a directory with checkpoints unless ``overwrite``."""
+        fn, steps = self.fn, sorted(self.manager.all_steps())
+        if overwrite:
+            for step in steps:
+                self.manager.delete(step)
             return None
-        where = f"the checkpoint of epoch {latest} in {self.directory}"
-        meta = self.manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta = meta["meta"]
+        if steps and not resume:
+            raise ValueError(
+                f"{fn}: checkpoint_dir {self.directory} holds the checkpoints of epochs "
+                f"{steps} of an earlier run, which a fresh fit would replace: pass "
+                "resume=True to continue that run, use another checkpoint_dir, or pass "
+                "overwrite=True to delete them and start afresh"
+            )
+        damaged = []
+        for step in reversed(steps):
+            try:
+                restored = self.restore(step, params, opt_state, key)
+            except Damaged as e:
+                damaged.append(f"epoch {step}: {e}")
+                warnings.warn(
+                    f"{fn}: the checkpoint of epoch {step} in {self.directory} is damaged "
+                    f"({e}); deleting it and resuming from an older one",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+                continue
+            for bad in steps:
+                if bad > step:
+                    self.manager.delete(bad)
+            return restored
+        if damaged:
+            raise ValueError(
+                f"{fn}: checkpoint_dir {self.directory} holds no intact checkpoint to resume "
+                f"({'; '.join(damaged)}); use another checkpoint_dir, or pass "
+                "overwrite=True with resume=False to start afresh"
+            )
+        return None
+
+    def _meta(self, step: int, where: str) -> dict[str, Any]:
+        ocp = self.ocp
+        if not os.path.isdir(os.path.join(self.directory, str(step), "meta")):
+            raise ValueError(
+                f"{self.fn}: {where} must be a gradx fit checkpoint, got one without gradx's "
+                "metadata (another program's checkpoint?); use another checkpoint_dir, or "
+                "pass overwrite=True with resume=False to delete it"
+            )
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(meta["meta"])
+        except Exception as e:
+            raise Damaged(f"its metadata cannot be read: {type(e).__name__}: {e}") from None
+        digest = meta.pop("digest", None)
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{fn}: {where} must be a gradx fit checkpoint, got another format")
+            raise ValueError(
+                f"{self.fn}: {where} must be a gradx fit checkpoint of format {_FORMAT}, got "
+                f"format {meta.get('format')!r} (another version of gradx, or another "
+                "program); use another checkpoint_dir, or pass overwrite=True with "
+                "resume=False to delete it"
+            )
+        if digest != hashlib.sha256(_canon(meta).encode()).hexdigest():
+            raise Damaged("its metadata's checksum differs from the one written")
+        return meta
+
+    def restore(self, step: int, params: Any, opt_state: Any, key: Any) -> dict[str, Any]:
+        """The checkpoint of ``step``, restored into the structures of ``params`` and
+        ``opt_state``; a ValueError for one of another run, :class:`Damaged` for a damaged
+        one."""
+        ocp, fn = self.ocp, self.fn
+        where = f"the checkpoint of epoch {step} in {self.directory}"
+        meta = self._meta(step, where)
         for name, tree, what in (
             ("params", params, "params"),
             ("opt_state", opt_state, "optimizer state (optimizer.init(params))"),
@@ -163,6 +424,13 @@ class Checkpointer:
             raise ValueError(
                 f"{fn}: key must be the key of the checkpointed run ({where}), got {key!r}"
             )
+        diff = _first_difference(meta["identity"], self.identity)
+        if diff is not None:
+            raise ValueError(
+                f"{fn}: {where} was written by another run: {diff}; resume with the same "
+                "arguments, use another checkpoint_dir, or pass overwrite=True with "
+                "resume=False to delete it and start afresh"
+            )
 
         def abstract(x):
             return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), sharding=x.sharding)
@@ -173,24 +441,39 @@ class Checkpointer:
         }
         if key_data is not None:
             target["key"] = abstract(key_data)
+        names = meta["callbacks"]
         items = {"arrays": ocp.args.StandardRestore(target)}
-        if any(meta["callbacks"]):
+        if any(names):
             items["callbacks"] = ocp.args.StandardRestore()
-        restored = self.manager.restore(latest, args=ocp.args.Composite(**items))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise Damaged(f"orbax cannot read it: {type(e).__name__}: {e}") from None
         arrays = restored["arrays"]
+        states = restored["callbacks"] if any(names) else {}
+        sums = meta["checksums"]
+        for got, want, what in (
+            (arrays, sums["arrays"], "an array"),
+            (states, sums["callbacks"], "a callback's counters"),
+        ):
+            got = _checksums(got)
+            if len(got) != len(want) or any(
+                a != b for a, b in zip(got, want, strict=True) if None not in (a, b)
+            ):
+                raise Damaged(f"{what} differs from what was written (checksum)")
         if key_data is not None and not np.array_equal(arrays["key"], key_data):
             raise ValueError(
                 f"{fn}: key must be the key of the checkpointed run ({where}), got another one"
             )
-        callbacks = restored["callbacks"] if any(meta["callbacks"]) else {}
         return {
             "params": jax.tree.unflatten(jax.tree.structure(params), arrays["params"]),
             "opt_state": jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"]),
-            "callbacks": [
-                callbacks.get(str(i)) if has else None for i, has in enumerate(meta["callbacks"])
-            ],
+            "callbacks": {n: states[str(i)] for i, n in enumerate(names) if n is not None},
             **{k: meta[k] for k in meta if k not in ("params", "opt_state", "callbacks")},
         }
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        finally:
+            self.lock.release()

@@ -419,6 +419,7 @@ def fit(
     steps_per_epoch: int | None = None,
     steps_per_execution: int = 16,
     flat: bool | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Trains ``params`` on ``data`` for ``epochs`` epochs; one compiled program per epoch.
 
@@ -486,14 +487,21 @@ def fit(
       callbacks: functions ``(epoch, logs, params, opt_state)`` or
         :class:`gradx.callbacks.Callback` objects (``EarlyStopping``,
         ``ReduceLROnPlateau``), called after each epoch; they may change the params or the
-        state and stop training (see :mod:`gradx.callbacks`).
+        state, by returning an ``Action`` checked against them (in-place changes are
+        ignored), and stop training (see :mod:`gradx.callbacks`).
       checkpoint_dir: a directory to write checkpoints to with orbax-checkpoint (params,
         state, epoch, step, key, history, callback counters; see
-        :mod:`gradx.checkpoint`), after every ``checkpoint_every`` epochs and the last.
+        :mod:`gradx.checkpoint`), after every ``checkpoint_every`` epochs and the last. It
+        holds one run's checkpoints (each records which run wrote it, with checksums) and
+        a lock file: while fit runs, another fit writing it gets an error. A fresh fit
+        into a directory holding checkpoints refuses unless ``overwrite=True``.
       checkpoint_every: epochs between checkpoints, >= 1.
       resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one
         (else start afresh); the result is the uninterrupted run's, bit for bit. The
-        returned history includes the checkpointed epochs.
+        returned history includes the checkpointed epochs. Refuses a checkpoint of another
+        run (another optimizer, hyperparameters, data, batch size, key, initial params or
+        callbacks; more ``epochs`` extend the run); skips a damaged one with a warning and
+        resumes from the newest intact one.
       initial_epoch: the index of the first epoch to run, as in Keras: ``epochs`` is the
         index to stop at, and epoch e shuffles with ``fold_in(key, e)``, so
         ``fit(..., epochs=2)`` then ``fit(result.params, opt_state=result.opt_state,
@@ -517,6 +525,8 @@ def fit(
         fit and per use). On CPU the digits network's first epoch (6 leaves, Adam) takes
         about 0.7× the time of the leaf-by-leaf one; 200 leaves of 512 step in 0.77× the
         time.
+      overwrite: with ``checkpoint_dir`` and ``resume=False``: delete the checkpoints it
+        holds before the first epoch, instead of refusing to start.
 
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one: it must take the epoch, so a generator function
@@ -539,6 +549,7 @@ def fit(
     has_aux = _check_flag("fit", "has_aux", has_aux)
     skip_nonfinite = _check_flag("fit", "skip_nonfinite", skip_nonfinite)
     resume = _check_flag("fit", "resume", resume)
+    overwrite = _check_flag("fit", "overwrite", overwrite)
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -547,7 +558,7 @@ def fit(
             skip_nonfinite=skip_nonfinite, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch, steps_per_execution=steps_per_execution,
-            flat=flat,
+            flat=flat, overwrite=overwrite,
         )  # fmt: skip
     if steps_per_epoch is not None:
         raise ValueError(
@@ -587,7 +598,11 @@ def fit(
         return params, opt_state, loss, metrics, steps, dropped
 
     counts = {"steps_per_epoch": steps, "dropped_per_epoch": dropped}
-    return _train(run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing)
+    run_info = {"data": data, "batch_size": batch_size, "eval_data": eval_data}
+    return _train(
+        run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
+        overwrite=overwrite, run_info=run_info,
+    )  # fmt: skip
 
 
 def _start(fn: str, flat, optimizer, params, opt_state, plan, diagnostics: bool):
@@ -628,8 +643,9 @@ def _packing(fn: str, flat: bool | None, optimizer, params, plan, diagnostics: b
 
 
 def _train(
-    run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing=None
-) -> FitResult:
+    run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing=None,
+    *, overwrite=False, run_info=None,
+) -> FitResult:  # fmt: skip
     """fit's epochs (in memory or streamed): the host loop, then the result on the user's mesh.
 
     ``run_epoch(epoch, params, opt_state)`` returns ``(params, opt_state, loss, metrics,
@@ -643,7 +659,7 @@ def _train(
     params, opt_state, history, seconds, steps, dropped = _loop.run(
         "fit", run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
         bar_factory=lambda total: _progress(progress, total, "fit"), postfix=_postfix,
-        counts=counts, view=packing,
+        counts=counts, view=packing, overwrite=overwrite, run_info=run_info,
     )  # fmt: skip
     if packing is not None:
         opt_state = packing.unpack(opt_state)

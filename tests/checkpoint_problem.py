@@ -25,7 +25,7 @@ def optimizer():
 OPT = optimizer()  # one object: its compiled epoch is reused by every run
 
 
-def run(directory=None, epochs=EPOCHS, callbacks=None, resume=False, opt=None):
+def run(directory=None, epochs=EPOCHS, callbacks=None, resume=False, opt=None, **kwargs):
     return gradx.fit(
         loss_fn,
         P0,
@@ -39,4 +39,5 @@ def run(directory=None, epochs=EPOCHS, callbacks=None, resume=False, opt=None):
         checkpoint_every=1,
         resume=resume,
         progress=False,
+        **kwargs,
     )

@@ -292,7 +292,7 @@ def test_a_non_finite_loss_warns_once_naming_the_epoch():
     assert len(record) == 1 and not np.isfinite(result.history["loss"]).any()
 
 
-@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume"])
+@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume", "overwrite"])
 @pytest.mark.parametrize("data", [DATA, batches], ids=["arrays", "stream"])
 def test_a_flag_that_is_not_a_bool_is_refused_not_taken_as_true(flag, data):
     # bool("false") is True: such a flag must be refused, never read as its truth value.
@@ -365,3 +365,74 @@ def test_callbacks_must_be_a_list_of_instances():
         gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=[EarlyStopping], **kw)
     with pytest.raises(TypeError, match=r"fit: callbacks must be a list of callbacks"):
         gradx.fit(loss_fn, P0, gradx.sgd(0.05), DATA, callbacks=EarlyStopping(), **kw)
+
+
+def test_a_nan_gradient_at_the_last_step_warns_though_the_loss_is_finite():
+    def loss(params, batch):  # finite at w = 0, its gradient infinite: adam's update is NaN
+        del batch
+        return jnp.sum(jnp.sqrt(params["w"]))
+
+    for data in (DATA, lambda epoch: iter([DATA])):
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"fit: the params after epoch 0 are not finite, though its mean training "
+            r"loss is 0.0 .* pass skip_nonfinite=True",
+        ) as record:
+            result = gradx.fit(
+                loss, P0, gradx.adam(0.1), data, batch_size=None, epochs=2, key=None,
+                progress=False,
+            )  # fmt: skip
+        assert len(record) == 1 and np.isnan(result.params["w"]).all()
+        assert np.isfinite(result.history["loss"][0])
+
+
+def _fit_with(callbacks, flat, epochs=3):
+    return gradx.fit(
+        loss_fn, P0, gradx.adam(0.05), DATA, batch_size=B, epochs=epochs, key=KEY,
+        callbacks=callbacks, flat=flat, progress=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flat", [None, False], ids=["packed", "leaf_by_leaf"])
+def test_a_state_changed_in_place_by_a_callback_is_ignored_in_both_layouts(flat):
+    def in_place(epoch, logs, params, opt_state):
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(0.5, jnp.float32)
+        params["b"] = jnp.asarray(100.0)
+
+    def returned(epoch, logs, params, opt_state):
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(0.5, jnp.float32)
+        return Action(opt_state=opt_state)
+
+    plain = _fit_with(None, flat=False)
+    ignored = _fit_with([in_place], flat)
+    np.testing.assert_array_equal(ignored.history["loss"], plain.history["loss"])
+    assert float(gradx.hyperparams(ignored.opt_state)["learning_rate"]) == np.float32(0.05)
+    # the documented way: return it in an Action, the same in both layouts
+    changed = _fit_with([returned], flat)
+    reference = _fit_with([returned], flat=False)
+    np.testing.assert_array_equal(changed.history["loss"], reference.history["loss"])
+    assert float(gradx.hyperparams(changed.opt_state)["learning_rate"]) == np.float32(0.5)
+    assert not np.array_equal(changed.history["loss"], plain.history["loss"])
+
+
+@pytest.mark.parametrize(
+    "new, match",
+    [
+        (lambda p: {"w": p["w"]}, r"structure PyTreeDef\(\{'w': \*\}\) vs"),
+        (lambda p: {**p, "w": p["w"][:2]}, r"\['w'\]: shape \(2,\) dtype float64 vs shape \(3,\)"),
+        (lambda p: {**p, "b": p["b"].astype(jnp.float32)}, r"\['b'\]: shape \(\) dtype float32"),
+    ],
+)
+def test_an_action_with_params_of_another_structure_shape_or_dtype_is_refused(new, match):
+    def callback(epoch, logs, params, opt_state):
+        return Action(params=new(params))
+
+    with pytest.raises(
+        ValueError,
+        match=rf"fit: callback <function .*callback.*> returned Action\(params=\.\.\.\), which "
+        rf"must match the structure, shapes and dtypes of the params .*{match}",
+    ):
+        _fit_with([callback], None, epochs=2)
+    state = lambda epoch, logs, params, opt_state: Action(opt_state=(opt_state,))
+    with pytest.raises(ValueError, match=r"returned Action\(opt_state=...\), which must match"):
+        _fit_with([state], None, epochs=2)
