@@ -14,6 +14,7 @@ from flax import linen as nn
 from flax.training import train_state
 
 import gradx
+import gradx.compat.optax
 
 STEPS = 6
 
@@ -176,13 +177,19 @@ def test_equinox_whole_model_as_params(name):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw"])
+WHOLE_VS_OPTAX = {
+    "adam": (lambda: gradx.adam(1e-2), lambda: optax.adam(1e-2)),
+    "adamw": (lambda: gradx.adamw(1e-2, weight_decay=0.1),
+              lambda: optax.adamw(1e-2, weight_decay=0.1)),
+    "compat-optax-adamw": (lambda: gradx.compat.optax.adamw(1e-2), lambda: optax.adamw(1e-2)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(WHOLE_VS_OPTAX))
 def test_equinox_whole_model_matches_optax(name):
+    ours, theirs = WHOLE_VS_OPTAX[name]
     with jax.numpy_dtype_promotion("standard"):
-        ours = _equinox_fit(getattr(gradx, name)(1e-2, weight_decay=0.1) if name == "adamw"
-                            else gradx.adam(1e-2), whole=True)  # fmt: skip
-        theirs = _equinox_fit(getattr(optax, name)(1e-2, weight_decay=0.1) if name == "adamw"
-                              else optax.adam(1e-2), whole=True)  # fmt: skip
+        ours, theirs = _equinox_fit(ours(), whole=True), _equinox_fit(theirs(), whole=True)
     leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
     for a, b in zip(leaves(ours), leaves(theirs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
