@@ -317,6 +317,8 @@ _ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
 
 def _check_arrays(fn: str, tree: Any, what: str) -> None:
     """Refuses a leaf that is not an array or a number (a model's activation function)."""
+    if all(isinstance(leaf, _ARRAY_LIKE) for leaf in jax.tree.leaves(tree)):
+        return  # the common case, without building a path per leaf
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not isinstance(leaf, _ARRAY_LIKE):
             raise TypeError(
