@@ -346,6 +346,51 @@ def _as_arrays(tree: Any, numpy_only: bool = False) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+_ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+
+
+def _check_arrays(fn: str, tree: Any, what: str) -> None:
+    """Refuses a leaf that is not an array or a number (a model's activation function)."""
+    if all(isinstance(leaf, _ARRAY_LIKE) for leaf in jax.tree.leaves(tree)):
+        return  # the common case, without building a path per leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not isinstance(leaf, _ARRAY_LIKE):
+            raise TypeError(
+                f"{fn}: {what} must be arrays, got a {type(leaf).__name__} at "
+                f"{what}{jax.tree_util.keystr(path)}; pass only the arrays, e.g. "
+                "eqx.filter(model, eqx.is_array) for an equinox model"
+            )
+
+
+def params_like(fn: str, updates: Any, params: Any) -> Any:
+    """``params`` cut to the gradients' leaves and made arrays, or None if None.
+
+    optax's rule: the gradients are the reference tree, and a param whose gradient is None
+    is skipped. So ``update(grads, state, model)`` takes a whole equinox model, whose
+    activation functions get None gradients from ``eqx.filter_grad``. A param that is not an
+    array where the gradient is one is refused, naming its path; a structure or shape that
+    differs from the gradients' raises :class:`TreeMismatchError`.
+    """
+    if params is None:
+        return None
+    if jax.tree.structure(params) != jax.tree.structure(updates):
+        try:
+            params = jax.tree.map(
+                lambda g, p: None if g is None else p,
+                updates,
+                params,
+                is_leaf=lambda x: x is None,
+            )
+        except (ValueError, TypeError):
+            pass  # not a prefix: check_tree names the difference
+        if jax.tree.structure(params) != jax.tree.structure(updates):
+            check_tree(updates, params, "params")
+    _check_arrays(fn, params, "params")
+    params = _as_arrays(params)
+    check_tree(updates, params, "params")
+    return params
+
+
 def _check_inexact(fn: str, tree: Any, what: str) -> None:
     """Refuses integer and boolean leaves: a descent step on them is not representable."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -665,6 +710,7 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 return jnp.asarray(value, jnp.int32 if parsed[name].integer else dtype)
 
             def init(params: Any) -> HyperparamsState:
+                _check_arrays(fn, params, "params")
                 params = _as_arrays(params)
                 _check_inexact(fn, params, "params")
                 dtype = hyperparam_dtype(params)
@@ -785,8 +831,6 @@ def _make_update(
             scheduled=_as_arrays(state.scheduled),
             inner_state=_as_arrays(state.inner_state, numpy_only=True),
         )
-        if params is not None:
-            params = _as_arrays(params)
         _check_inexact(fn, updates, "gradients")
         scheduled = {}
         for n, s in schedules.items():
@@ -799,8 +843,7 @@ def _make_update(
             _runtime_checks(fn, owner, state.count, values, schedules, injected)
         inner = optax.with_extra_args_support(factory(**static, **state.hyperparams, **scheduled))
         try:
-            if params is not None:
-                check_tree(updates, params, "params")
+            params = params_like(fn, updates, params)
             out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         except TreeMismatchError as e:
             raise TreeMismatchError(f"{fn}: {e}") from None
@@ -1075,7 +1118,7 @@ def add_decayed_weights(
     def update(updates, state, params=None, **extra_args):
         del extra_args
         needs_params("add_decayed_weights", params, "weight decay reads them")
-        check_tree(updates, params, "params")
+        params = params_like("add_decayed_weights", updates, params)
         wd = jnp.asarray(weight_decay)
 
         def leaf(g, p, decay):
@@ -1120,7 +1163,7 @@ def decoupled_weight_decay(
     def update(updates, state, params=None, **extra_args):
         del extra_args
         needs_params("decoupled_weight_decay", params, "weight decay reads them")
-        check_tree(updates, params, "params")
+        params = params_like("decoupled_weight_decay", updates, params)
         wd, lr = jnp.asarray(weight_decay), jnp.asarray(learning_rate)
 
         def leaf(u, p, decay):

@@ -22,7 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._core import _FLAT_ACTIVE, TreeMismatchError, _as_arrays, check_tree
+from gradx._core import (
+    _FLAT_ACTIVE,
+    TreeMismatchError,
+    _as_arrays,
+    _check_arrays,
+    params_like,
+)
 
 __all__ = ["FlatState", "flat"]
 
@@ -251,9 +257,8 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
         layout = _layout(updates, max_leaf_size)
         packed_params = None
         if params is not None:
-            params = _as_arrays(params)
             try:
-                check_tree(updates, params, "params")
+                params = params_like("flat", updates, params)
             except TreeMismatchError as e:
                 raise TreeMismatchError(f"flat: {e}") from None
             for path, g, p in zip(
@@ -395,6 +400,7 @@ def flat(
     inner = optax.with_extra_args_support(optimizer)
 
     def init(params: Any) -> FlatState:
+        _check_arrays("flat", params, "params")
         params = _as_arrays(params)
         with _inside():
             layout = _layout(params, limit)

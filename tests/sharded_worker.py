@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gradx  # noqa: E402
 import gradx.compat.keras  # noqa: E402
+import gradx.compat.optax  # noqa: E402
 import gradx.compat.torch  # noqa: E402
 
 RESULTS: dict[str, str] = {}
@@ -93,6 +94,10 @@ def transforms():
     out.append(("torch.Rprop", gradx.compat.torch.Rprop()))
     out.append(("keras.Nadam", gradx.compat.keras.Nadam()))
     out.append(("torch.SGD_momentum", gradx.compat.torch.SGD(lr=0.1, momentum=0.9)))
+    for name in gradx.compat.optax.__all__:  # optax's names and defaults
+        if name != "lookahead":
+            out.append((f"optax.{name}", getattr(gradx.compat.optax, name)(0.1)))
+    out.append(("optax.lookahead", gradx.compat.optax.lookahead(gradx.adam(0.01), 3, 0.5)))
     return out
 
 

@@ -14,6 +14,7 @@ from flax import linen as nn
 from flax.training import train_state
 
 import gradx
+import gradx.compat.optax
 
 STEPS = 6
 
@@ -119,19 +120,23 @@ def test_flax_linen_train_state_matches_optax(make):
     assert gradx.hyperparams(ours.opt_state)["learning_rate"] == np.float32(1e-2)
 
 
-def _equinox_fit(opt):
+def _equinox_fit(opt, whole=False):
+    """equinox's training loop; ``whole``: update gets the whole model, functions included,
+    as equinox's own example passes it (``optim.update(grads, opt_state, model)``)."""
     model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(1).normal(size=(16, 3)), jnp.float32)
     y = jnp.cos(x[:, :2])
     state = opt.init(eqx.filter(model, eqx.is_array))
+    opt = optax.with_extra_args_support(opt)
 
     @eqx.filter_jit
     def step(model, state):
         def loss(m):
             return jnp.mean((jax.vmap(m)(x) - y) ** 2)
 
-        grads = eqx.filter_grad(loss)(model)
-        updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_array))
+        value, grads = eqx.filter_value_and_grad(loss)(model)
+        params = model if whole else eqx.filter(model, eqx.is_array)
+        updates, state = opt.update(grads, state, params, value=value)
         return eqx.apply_updates(model, updates), state
 
     for _ in range(STEPS):
@@ -148,3 +153,61 @@ def test_equinox_filtered_training_matches_optax(make):
     leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
     for a, b in zip(leaves(ours), leaves(theirs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+WHOLE_MODEL = {name: lambda f=f: f(1e-2) for name, f in gradx.OPTIMIZERS.items()}
+WHOLE_MODEL["flat-adam"] = lambda: gradx.flat(gradx.adam(1e-2))
+WHOLE_MODEL["flat-adamw"] = lambda: gradx.flat(gradx.adamw(1e-2, weight_decay=0.1))
+WHOLE_MODEL["lookahead-adamw"] = lambda: gradx.lookahead(gradx.adamw(1e-2), sync_period=2)
+WHOLE_MODEL["coupled-decay-chain"] = lambda: optax.chain(
+    gradx.add_decayed_weights(0.1), gradx.adam(1e-2), gradx.decoupled_weight_decay(0.1, 1e-2)
+)
+
+
+@pytest.mark.parametrize("name", list(WHOLE_MODEL))
+def test_equinox_whole_model_as_params(name):
+    """equinox's example passes the whole model (activation functions and all) to update:
+    optax skips the params whose gradient is None, and so does every gradx optimizer, with
+    the numbers of the filtered params, bit for bit."""
+    with jax.numpy_dtype_promotion("standard"):
+        whole = _equinox_fit(WHOLE_MODEL[name](), whole=True)
+        filtered = _equinox_fit(WHOLE_MODEL[name]())
+    leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
+    for a, b in zip(leaves(whole), leaves(filtered), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+WHOLE_VS_OPTAX = {
+    "adam": (lambda: gradx.adam(1e-2), lambda: optax.adam(1e-2)),
+    "adamw": (lambda: gradx.adamw(1e-2, weight_decay=0.1),
+              lambda: optax.adamw(1e-2, weight_decay=0.1)),
+    "compat-optax-adamw": (lambda: gradx.compat.optax.adamw(1e-2), lambda: optax.adamw(1e-2)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(WHOLE_VS_OPTAX))
+def test_equinox_whole_model_matches_optax(name):
+    ours, theirs = WHOLE_VS_OPTAX[name]
+    with jax.numpy_dtype_promotion("standard"):
+        ours, theirs = _equinox_fit(ours(), whole=True), _equinox_fit(theirs(), whole=True)
+    leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
+    for a, b in zip(leaves(ours), leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_non_array_params_are_refused_with_their_path_and_the_fix():
+    model = eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(0))
+    fix = r"eqx\.filter\(model, eqx\.is_array\)"
+    with pytest.raises(TypeError, match=r"adam: params must be arrays, got a .* at "
+                       r"params\.activation; .*" + fix):  # fmt: skip
+        gradx.adam(1e-2).init(model)
+    with pytest.raises(TypeError, match=r"flat: params must be arrays, .*params\.activation"):
+        gradx.flat(gradx.adam(1e-2)).init(model)
+    # A gradient where the params hold a function: the update would need that param.
+    params = {"w": jnp.ones(2, jnp.float32), "f": jnp.ones((), jnp.float32)}
+    opt = gradx.adamw(1e-2)
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    with pytest.raises(TypeError, match=r"adamw: params must be arrays, got a ufunc at "
+                       r"params\['f'\]; .*" + fix):  # fmt: skip
+        opt.update(grads, state, {"w": params["w"], "f": np.maximum})

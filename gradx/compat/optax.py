@@ -1,0 +1,502 @@
+"""optax's optimizers as gradx optimizers, with optax's defaults and numbers.
+
+Each function is named like its optax function and takes that function's arguments, in its
+order, with its defaults: ``gradx.compat.optax.adamw(1e-3)`` stands for ``optax.adamw(1e-3)``
+(``weight_decay=1e-4``, where ``gradx.adamw``'s default is 1e-2). It returns a gradx
+optimizer built from gradx's blocks, with its hyperparameters in its state under optax's
+names (``gradx.hyperparams(state)["b1"]``), whose updates equal optax 0.2.8's for the same
+gradients, to float rounding. Porting an optax script is changing ``optax.X`` to
+``gradx.compat.optax.X``.
+
+gradx's own optimizers follow the seeds and the papers; with defaults, six of optax's
+same-named ones give other numbers: ``adamw`` (weight decay 1e-4 against 1e-2), ``amsgrad``
+(the max over v̂), ``nadam`` (no momentum schedule), ``rprop`` (optax's update lags a step),
+``adagrad`` (ε = 1e-7 inside the root, G₀ = 0.1) and ``rmsprop`` (ε inside the root).
+
+An argument gradx's blocks cannot reproduce raises an error naming the function and the
+argument when set to anything but optax's default; none is ignored: ``amsgrad``'s
+``eps_root``, a ``mu_dtype`` or ``accumulator_dtype`` narrower than float32 (optax multiplies
+β by the moment in that dtype, gradx in float32), ``adadelta``'s ``learning_rate=None`` (with
+which optax ascends) and a schedule for ``rprop``'s ``learning_rate``. The differences are
+listed in ``docs/conventions.md``.
+
+bfloat16 and float16 params are the one place the numbers differ by design: gradx computes
+their steps with float32 hyperparameters, optax in the params' dtype, where β₂ = 0.999 rounds
+to 1.0 (optax issue 1414).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import gradx._adaptive as _adaptive
+import gradx._momentum as _momentum
+from gradx._adaptive import max_rms, nesterov_ema, precondition, rms, scale_by_adadelta
+from gradx._core import add_decayed_weights, check_tree, optimizer, scale_by_learning_rate
+from gradx._gain import _need, _rule, _walk
+from gradx._lookahead import lookahead as _gradx_lookahead
+from gradx._momentum import dtype_arg, ema
+
+__all__ = [
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "amsgrad",
+    "lookahead",
+    "nadam",
+    "nadamw",
+    "rmsprop",
+    "rprop",
+    "sgd",
+]
+
+_ADAM_RULES = dict(
+    learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", eps_root=">= 0", weight_decay=">= 0"
+)
+
+
+def _check(fn: str, inner: Any, **values: Any) -> None:
+    """Checks optax's numbers against the rules of the gradx optimizer, named after ``fn``."""
+    for name, value in values.items():
+        inner.hyperparameter_rules[name].check_hyperparameter(fn, name, value)
+
+
+def _moment_dtype(fn: str, name: str, dtype: Any) -> None:
+    """Refuses a moment dtype narrower than float32: optax multiplies the stored moment by β
+    in that dtype (a Python β is weakly typed), gradx's blocks in float32; with bfloat16 the
+    two runs are 1e-2 apart within 25 steps."""
+    dtype = dtype_arg(fn, name, dtype)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        raise ValueError(
+            f"{fn}: {name} must be None, float32 or float64, got {dtype.name}: optax computes "
+            f"β·m in {dtype.name}, gradx's blocks in float32, so the numbers would differ; "
+            f"gradx's own optimizers take {name}={dtype.name} with their float32 rule"
+        )
+
+
+def _named(name: str) -> Any:
+    """Names a factory for @optimizer's messages; its __qualname__ stays unique."""
+
+    def rename(factory: Any) -> Any:
+        factory.__name__ = name
+        return factory
+
+    return rename
+
+
+def _off_if_zero(value: Any) -> Any:
+    """None for a Python 0 (optax skips the block then too), else the value."""
+    return None if isinstance(value, (int, float)) and value == 0 else value
+
+
+# ----------------------------------------------------------------------------- Adam family
+
+
+@optimizer(**_ADAM_RULES)
+@_named("adam")
+def _adam(
+    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nesterov: bool
+) -> optax.GradientTransformationExtraArgs:
+    """optax's scale_by_adam (nesterov: its Nadam), [+ λ·θ], then −γ: optax's adam family."""
+    dtype_arg("adam", "mu_dtype", mu_dtype)
+    if nesterov:
+        num = nesterov_ema(b1, momentum_decay=None, accumulator_dtype=mu_dtype)
+    else:
+        num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
+    blocks = [precondition(num, rms(b2, eps_root=eps_root, debias=True), eps)]
+    if weight_decay is not None:  # optax's adamw: added to the Adam step, then times −γ
+        blocks.append(add_decayed_weights(weight_decay, mask))
+    blocks.append(scale_by_learning_rate(learning_rate))
+    return optax.chain(*blocks)
+
+
+def _adam_like(fn, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, wd=None, mask=None):
+    _check(fn, _adam, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    if wd is not None:
+        _check(fn, _adam, weight_decay=wd)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"{fn}: nesterov must be a bool, got {nesterov!r}")
+    _moment_dtype(fn, "mu_dtype", mu_dtype)
+    return _adam(
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        weight_decay=_off_if_zero(wd),
+        mask=mask,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+    )
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``adam`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.adam(learning_rate, b1, b2, eps, eps_root=eps_root, mu_dtype=mu_dtype)``
+    (``nesterov=True``: optax's Nadam, ``gradx.nadam(..., momentum_decay=None)``)."""
+    return _adam_like("adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+
+
+def nadam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nesterov: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``nadam`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.nadam(learning_rate, b1, b2, eps, momentum_decay=None)`` (no momentum schedule,
+    where gradx's default follows Dozat's ψ = 0.004)."""
+    return _adam_like("nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``adamw`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.adamw(learning_rate, b1, b2, eps, weight_decay=1e-4, mask=mask)`` (gradx's
+    default weight decay is 1e-2, torch's)."""
+    return _adam_like(
+        "adamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
+    )
+
+
+def nadamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``nadamw`` reproduced with gradx's blocks, hyperparameters in the state:
+    optax's Nadam (``gradx.nadam(..., momentum_decay=None)``) with decoupled weight decay
+    λ·γ·θ, as in ``gradx.adamw``."""
+    return _adam_like(
+        "nadamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
+    )
+
+
+@optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
+@_named("amsgrad")
+def _amsgrad(
+    learning_rate, b1, b2, eps, mu_dtype, bias_correction_mu: bool, bias_correction_nu: bool
+) -> optax.GradientTransformationExtraArgs:
+    """optax's scale_by_amsgrad (max over v̂, or over v without correction), then −γ."""
+    num = ema(b1, debias=bias_correction_mu, accumulator_dtype=mu_dtype)
+    den = max_rms(b2, max_of="v_hat" if bias_correction_nu else "raw_v_no_correction")
+    return optax.chain(precondition(num, den, eps), scale_by_learning_rate(learning_rate))
+
+
+def amsgrad(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``amsgrad`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.amsgrad(learning_rate, b1, b2, eps, max_of="v_hat")`` (gradx's default takes the
+    max over the raw v, as torch and Keras do). ``eps_root`` must be 0."""
+    fn = "amsgrad"
+    _check(fn, _amsgrad, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    if not (isinstance(eps_root, (int, float)) and eps_root == 0):
+        raise ValueError(
+            f"{fn}: eps_root must be 0 (gradx's AMSGrad block has no ε inside the root), "
+            f"got {eps_root!r}"
+        )
+    _moment_dtype(fn, "mu_dtype", mu_dtype)
+    return _amsgrad(
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        bias_correction_mu=bias_correction_mu,
+        bias_correction_nu=bias_correction_nu,
+    )
+
+
+def adamax(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``adamax`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.adamax(learning_rate, b1, b2, eps)`` (the same defaults)."""
+    return _adaptive.adamax(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+# ----------------------------------------------------------------------------- the others
+
+
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``sgd`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.sgd(learning_rate, momentum, nesterov, mu_dtype=accumulator_dtype)``."""
+    _moment_dtype("sgd", "accumulator_dtype", accumulator_dtype)
+    return _momentum.sgd(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        nesterov=nesterov,
+        mu_dtype=accumulator_dtype,
+    )
+
+
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``adagrad`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.adagrad(learning_rate, eps=1e-7, initial_accumulator_value=0.1,
+    eps_in_sqrt=True)`` (gradx's defaults: ε = 1e-8 outside the root, G₀ = 0)."""
+    return _adaptive.adagrad(
+        learning_rate=learning_rate,
+        eps=eps,
+        initial_accumulator_value=initial_accumulator_value,
+        eps_in_sqrt=True,
+    )
+
+
+def rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``rmsprop`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.rmsprop(learning_rate, decay, eps, eps_in_sqrt=True, ...)`` (gradx's default puts
+    ε outside the root, as the seeds and torch do)."""
+    return _adaptive.rmsprop(
+        learning_rate=learning_rate,
+        decay=decay,
+        eps=eps,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+        centered=centered,
+        momentum=momentum,
+        nesterov=nesterov,
+        initial_scale=initial_scale,
+    )
+
+
+@optimizer(learning_rate=">= 0", rho="[0, 1)", eps=">= 0", weight_decay=">= 0")
+@_named("adadelta")
+def _adadelta(learning_rate, rho, eps, weight_decay, weight_decay_mask):
+    """[+ λ·θ] → Zeiler's step → −γ: optax's adadelta."""
+    decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, weight_decay_mask)]
+    return optax.chain(*decay, scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))
+
+
+def adadelta(
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``adadelta`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.adadelta(learning_rate, rho, eps)``, after ``gradx.add_decayed_weights(λ)``.
+
+    ``learning_rate=None`` (optax's default) is refused: optax 0.2.8 then applies no
+    learning rate at all, not even its sign, so its Adadelta ascends the loss.
+    """
+    fn = "adadelta"
+    if learning_rate is None:
+        raise ValueError(
+            f"{fn}: learning_rate must be a number >= 0 or a schedule, got None: optax 0.2.8's "
+            "adadelta with learning_rate=None skips scale_by_learning_rate, sign included, and "
+            "ascends the loss; give learning_rate=1.0 for Zeiler's descent"
+        )
+    _check(fn, _adadelta, learning_rate=learning_rate, rho=rho, eps=eps, weight_decay=weight_decay)
+    return _adadelta(
+        learning_rate=learning_rate,
+        rho=rho,
+        eps=eps,
+        weight_decay=_off_if_zero(weight_decay),
+        weight_decay_mask=weight_decay_mask,
+    )
+
+
+# ----------------------------------------------------------------------------- Rprop
+
+
+class ScaleByRpropState(NamedTuple):
+    count: jax.Array  # shape=(), int32: updates so far; 0: step sizes not yet set
+    step_sizes: Any  # like params: the step size of each weight
+    prev_updates: Any  # like params: step·sign(g) of the last update, 0 where the sign flipped
+
+
+def scale_by_rprop(
+    learning_rate: jax.typing.ArrayLike,
+    eta_minus: jax.typing.ArrayLike = 0.5,
+    eta_plus: jax.typing.ArrayLike = 1.2,
+    min_step_size: jax.typing.ArrayLike = 1e-6,
+    max_step_size: jax.typing.ArrayLike = 50.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: optax 0.2.8's ``scale_by_rprop``, whose update lags one step.
+
+    With s = g·p (p: the last ``prev_updates``, 0 at first) and step⁰ = ``learning_rate``::
+
+        step ← step if s = 0, else clip(step·(η⁺ if s > 0 else η⁻), min, max)
+        u ← 0 where s < 0, else p           (the previous step's move: the first u is 0)
+        p ← 0 where s < 0, else step·sign(g)
+
+    The learning rate is read at the first update, not at ``init``, so ``set_hyperparams``
+    before the first update takes effect.
+    """
+
+    def init(params: Any) -> ScaleByRpropState:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return ScaleByRpropState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.step_sizes, "step sizes in the state")
+        first = state.count == 0
+
+        def leaf(g, prev, step):
+            lr, down, up, lo, hi = (
+                jnp.asarray(x).astype(g.dtype)  # optax's Python numbers take g's dtype
+                for x in (learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
+            )
+            step = jnp.where(first, lr, step)
+            s = g * prev
+            step = jnp.where(s == 0, step, jnp.clip(step * jnp.where(s > 0, up, down), lo, hi))
+            zero = jnp.zeros_like(g)
+            return -jnp.where(s < 0, zero, prev), jnp.where(s < 0, zero, step * jnp.sign(g)), step
+
+        out = jax.tree.map(leaf, updates, state.prev_updates, state.step_sizes)
+        outer = jax.tree.structure(updates)
+        rows = outer.flatten_up_to(out)
+        u, prev, step = (outer.unflatten([row[i] for row in rows]) for i in range(3))
+        return u, ScaleByRpropState(optax.safe_increment(state.count), step, prev)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@optimizer(
+    "min_step_size <= max_step_size",
+    learning_rate=">= 0",
+    eta_minus="[0, 1]",
+    eta_plus=">= 1",
+    min_step_size=">= 0",
+    max_step_size=">= 0",
+)
+@_named("rprop")
+def _rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size):
+    return scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
+
+
+def rprop(
+    learning_rate: float,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: float = 1e-6,
+    max_step_size: float = 50.0,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``rprop`` reproduced with gradx's blocks, hyperparameters in the state:
+    :func:`scale_by_rprop` (optax 0.2.8's update lags one step; ``gradx.rprop`` follows seed
+    004, ``gradx.compat.torch.Rprop`` torch's iRprop⁻). ``learning_rate`` is a number."""
+    if callable(learning_rate):
+        raise TypeError(
+            f"rprop: learning_rate must be a number (optax's rprop takes no schedule: it is "
+            f"only the initial step size), got {learning_rate!r}"
+        )
+    return _rprop(
+        learning_rate=learning_rate,
+        eta_minus=eta_minus,
+        eta_plus=eta_plus,
+        min_step_size=min_step_size,
+        max_step_size=max_step_size,
+    )
+
+
+# ----------------------------------------------------------------------------- Lookahead
+
+
+def _refuse_lookahead_params(params: Any) -> None:
+    if isinstance(params, optax.LookaheadParams):
+        raise TypeError(
+            "lookahead: params must be the fast params, got an optax.LookaheadParams: gradx "
+            "keeps the slow weights in the state, so init and update take the params you "
+            "train (params.fast) and the updates apply to them"
+        )
+
+
+def lookahead(
+    fast_optimizer: optax.GradientTransformation,
+    sync_period: int,
+    slow_step_size: float,
+    reset_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """optax's ``lookahead`` reproduced with gradx's blocks, hyperparameters in the state:
+    ``gradx.lookahead(fast_optimizer, sync_period, alpha=slow_step_size, reset_state)``.
+
+    The slow weights live in the state, so init and update take the params themselves, not
+    an ``optax.LookaheadParams`` (refused); they follow optax's fast params.
+    """
+    opt = _gradx_lookahead(
+        fast_optimizer, sync_period=sync_period, alpha=slow_step_size, reset_state=reset_state
+    )
+
+    def init(params: Any) -> Any:
+        _refuse_lookahead_params(params)
+        return opt.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        _refuse_lookahead_params(params)
+        return opt.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@_rule("gradx.compat.optax:lookahead")
+def _lookahead_gain(ctx, cells, state, incoming):
+    """gradx.effective_learning_rate: the wrapped gradx.lookahead's rule."""
+    return _walk(ctx, _need(cells, "opt", "lookahead").update, state, incoming)
