@@ -496,7 +496,7 @@ def lookahead(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-@_rule("gradx.compat.optax:lookahead")
+@_rule(lookahead)
 def _lookahead_gain(ctx, cells, state, incoming):
     """gradx.effective_learning_rate: the wrapped gradx.lookahead's rule."""
     return _walk(ctx, _need(cells, "opt", "lookahead").update, state, incoming)
