@@ -1091,6 +1091,37 @@ def _full_mask(fn: str, mask: Any, params: Any) -> Any:
         ) from None
 
 
+def _decay_init(fn: str, mask: Any) -> Callable[[Any], AddDecayedWeightsState]:
+    """The ``init`` of a weight-decay block: checks the mask now, and against the params."""
+    _check_mask(fn, mask)
+
+    def init(params: Any) -> AddDecayedWeightsState:
+        _full_mask(fn, mask, params)  # a bad mask fails at init
+        return AddDecayedWeightsState()
+
+    return init
+
+
+def _decayed(
+    fn: str, updates: Any, params: Any, mask: Any, leaf: Callable[..., Any], *numbers: Any
+) -> Any:
+    """The update of a weight-decay block: ``leaf(u, θ, *numbers)`` (the numbers as arrays)
+    on the leaves the mask selects; the others pass through unchanged, bit for bit.
+
+    Each block keeps its own ``update`` closure (over ``weight_decay`` and ``mask``): gradx's
+    gain rules find a block by the code of its ``update`` and read those numbers from it.
+    """
+    needs_params(fn, params, "weight decay reads them")
+    params = params_like(fn, updates, params)  # the gradients' leaves (optax's rule)
+    arrays = [jnp.asarray(x) for x in numbers]
+    return jax.tree.map(
+        lambda u, p, decay: leaf(u, p, *arrays) if decay else u,
+        updates,
+        params,
+        _full_mask(fn, mask, params),
+    )
+
+
 def add_decayed_weights(
     weight_decay: jax.typing.ArrayLike, mask: Any = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -1109,27 +1140,17 @@ def add_decayed_weights(
       An optax transformation. Its update is in the computed dtype (:func:`wide` of g, λ
       and θ), which may be wider than g's.
     """
-    _check_mask("add_decayed_weights", mask)
-
-    def init(params: Any) -> AddDecayedWeightsState:
-        _full_mask("add_decayed_weights", mask, params)  # a bad mask fails at init
-        return AddDecayedWeightsState()
+    init = _decay_init("add_decayed_weights", mask)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        needs_params("add_decayed_weights", params, "weight decay reads them")
-        params = params_like("add_decayed_weights", updates, params)
-        wd = jnp.asarray(weight_decay)
 
-        def leaf(g, p, decay):
-            if not decay:
-                return g
+        def leaf(g, p, wd):
             gw, pw = wide(g, wd, p), wide(p, wd, g)
             return gw + coef(wd, pw) * pw
 
-        return jax.tree.map(
-            leaf, updates, params, _full_mask("add_decayed_weights", mask, params)
-        ), state
+        decayed = _decayed("add_decayed_weights", updates, params, mask, leaf, weight_decay)
+        return decayed, state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -1154,26 +1175,18 @@ def decoupled_weight_decay(
       An optax transformation. Its update is in the computed dtype (:func:`wide` of u, λ, γ
       and θ), which may be wider than u's.
     """
-    _check_mask("decoupled_weight_decay", mask)
-
-    def init(params: Any) -> AddDecayedWeightsState:
-        _full_mask("decoupled_weight_decay", mask, params)  # a bad mask fails at init
-        return AddDecayedWeightsState()
+    init = _decay_init("decoupled_weight_decay", mask)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        needs_params("decoupled_weight_decay", params, "weight decay reads them")
-        params = params_like("decoupled_weight_decay", updates, params)
-        wd, lr = jnp.asarray(weight_decay), jnp.asarray(learning_rate)
 
-        def leaf(u, p, decay):
-            if not decay:
-                return u
+        def leaf(u, p, wd, lr):
             uw, pw = wide(u, wd, lr, p), wide(p, wd, lr, u)
             return uw - coef(lr * wd, pw) * pw
 
-        return jax.tree.map(
-            leaf, updates, params, _full_mask("decoupled_weight_decay", mask, params)
-        ), state
+        decayed = _decayed(
+            "decoupled_weight_decay", updates, params, mask, leaf, weight_decay, learning_rate
+        )
+        return decayed, state
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -35,6 +35,7 @@ from gradx.train import (
     EvalFn,
     FitResult,
     LossFn,
+    _best_point,
     _check_int,
     _check_key,
     _check_optimizer,
@@ -145,20 +146,14 @@ class SearchResult:
           ``BestPoint(index, values, score)``; ``values`` are the member's hyperparameters
           in the last epoch (for PBT, the end of its discovered schedule).
         """
-        if metric not in self.history:
-            raise ValueError(
-                f"SearchResult.best: metric must be one of {sorted(self.history)}, got {metric!r}"
-            )
-        mode = metric_mode("SearchResult.best", metric, mode)
-        final = np.asarray(self.history[metric][:, -1], np.float64)
-        index = _ranking(final, mode)[0]
-        if not np.isfinite(final[index]):
-            raise ValueError(
-                f"SearchResult.best: history[{metric!r}] must have a finite final value for "
-                "some member, got none"
-            )
-        values = {name: float(v[index, -1]) for name, v in self.trajectory.items()}
-        return BestPoint(int(index), values, float(final[index]))
+        return _best_point(
+            "SearchResult.best",
+            self.history,
+            metric,
+            mode,
+            {name: v[:, -1] for name, v in self.trajectory.items()},
+            "for some member, got none",
+        )
 
     def schedule(self, member: int) -> list[Segment]:
         """The run that ended as ``member``, as segments of constant hyperparameters.

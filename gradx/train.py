@@ -88,6 +88,34 @@ class BestPoint(NamedTuple):
     score: float
 
 
+def _best_point(
+    fn: str,
+    history: Mapping[str, np.ndarray],
+    metric: str,
+    mode: str,
+    values: Mapping[str, np.ndarray],
+    none_finite: str,
+) -> BestPoint:
+    """The row of ``history[metric]`` (shape ``(K, epochs)``) with the best final value.
+
+    NaN and infinite values never win; ties go to the first row. ``values``: ``{name:
+    (K,)}``, the hyperparameters reported for each row. ``none_finite`` ends the error when
+    no row has a finite final value.
+    """
+    if metric not in history:
+        raise ValueError(f"{fn}: metric must be one of {sorted(history)}, got {metric!r}")
+    mode = metric_mode(fn, metric, mode)
+    final = np.asarray(history[metric][:, -1], np.float64)
+    finite = np.isfinite(final)
+    if not finite.any():
+        raise ValueError(f"{fn}: history[{metric!r}] must have a finite final value {none_finite}")
+    scores = np.where(finite, final if mode == "min" else -final, np.inf)
+    index = int(np.argmin(scores))
+    return BestPoint(
+        index, {name: float(v[index]) for name, v in values.items()}, float(final[index])
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
     """What :func:`sweep` returns: K trained models, one per grid point, stacked.
@@ -127,22 +155,14 @@ class SweepResult:
           ``BestPoint(index, values, score)``. Points whose value is NaN or infinite (a
           diverged run) never win; ties go to the first point.
         """
-        if metric not in self.history:
-            raise ValueError(
-                f"SweepResult.best: metric must be one of {sorted(self.history)}, got {metric!r}"
-            )
-        mode = metric_mode("SweepResult.best", metric, mode)
-        final = np.asarray(self.history[metric][:, -1], np.float64)
-        finite = np.isfinite(final)
-        if not finite.any():
-            raise ValueError(
-                f"SweepResult.best: history[{metric!r}] must have a finite final value at some "
-                "point, got none (every run diverged)"
-            )
-        scores = np.where(finite, final if mode == "min" else -final, np.inf)
-        index = int(np.argmin(scores))
-        values = {name: float(v[index]) for name, v in self.grid.items()}
-        return BestPoint(index, values, float(final[index]))
+        return _best_point(
+            "SweepResult.best",
+            self.history,
+            metric,
+            mode,
+            self.grid,
+            "at some point, got none (every run diverged)",
+        )
 
     def point(self, index: int) -> FitResult:
         """Grid point ``index`` as a :class:`FitResult` (the run ``fit`` would have made)."""

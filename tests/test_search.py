@@ -338,7 +338,9 @@ def test_integer_and_choice_hyperparameters():
         before = got.trajectory["alpha"][c.source, c.epoch - 1]
         steps = abs([0.25, 0.5, 1.0].index(c.values["alpha"]) - [0.25, 0.5, 1.0].index(before))
         assert steps <= 1
-    with pytest.raises(ValueError, match=r"search: space\['sync_period'\] must be an integer >= 1, got 1\.5"):
+    with pytest.raises(
+        ValueError, match=r"search: space\['sync_period'\] must be an integer >= 1, got 1\.5"
+    ):
         gradx.search(loss_fn, params, opt, data, {"sync_period": choice([1.5, 2])},
                      num_samples=8, epochs=1, **RUN)  # fmt: skip
 

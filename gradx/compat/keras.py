@@ -25,6 +25,9 @@ Options that change Keras's training loop rather than the update (``use_ema``,
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -55,13 +58,10 @@ __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RM
 _COMMON = dict(weight_decay=">= 0", clipnorm="> 0", clipvalue="> 0", global_clipnorm="> 0")
 
 
-def _refuse_training_loop_options(
-    cls: str,
-    use_ema: bool,
-    loss_scale_factor: Any,
-    gradient_accumulation_steps: Any,
-    ema_overwrite_frequency: Any,
-) -> None:
+def _refuse_training_loop_options(cls: str, args: Mapping[str, Any]) -> None:
+    use_ema, loss_scale_factor = args["use_ema"], args["loss_scale_factor"]
+    gradient_accumulation_steps = args["gradient_accumulation_steps"]
+    ema_overwrite_frequency = args["ema_overwrite_frequency"]
     if use_ema:
         raise ValueError(
             f"{cls}: use_ema must be False, got True; keep an EMA of the params in your "
@@ -117,8 +117,12 @@ def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _around(cls, step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, after=()):
+def _around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
     """[clip] → step → scale_by_learning_rate → after → [decoupled weight decay]."""
+    learning_rate, weight_decay = args["learning_rate"], args["weight_decay"]
+    clipnorm, clipvalue, global_clipnorm = (
+        args[n] for n in ("clipnorm", "clipvalue", "global_clipnorm")
+    )
     clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
     if len(clips) > 1:
         raise ValueError(
@@ -139,8 +143,30 @@ def _around(cls, step, learning_rate, weight_decay, clipnorm, clipvalue, global_
 
 
 def _keras(**rules):
-    """@optimizer with the rules every Keras optimizer shares."""
-    return optimizer(learning_rate=">= 0", **rules, **_COMMON)
+    """@optimizer for a Keras optimizer, with the rules every Keras optimizer shares.
+
+    The decorated body has the Keras class's signature (its names, defaults and positional
+    order) and returns the blocks of its own step as ``(step, after)``; the optimizer
+    refuses the training-loop options, then chains [clip] → step → ×(−γ) → after →
+    [decoupled weight decay] (:func:`_around`).
+    """
+
+    def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
+        signature, cls = inspect.signature(body), body.__name__
+
+        @functools.wraps(body)
+        def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            _refuse_training_loop_options(cls, bound.arguments)
+            step, after = body(*args, **kwargs)
+            return _around(cls, bound.arguments, step, after)
+
+        # The state class's name digests the factory's code name: keep the body's, as before.
+        factory.__code__ = factory.__code__.replace(co_name=body.__code__.co_name)
+        return optimizer(learning_rate=">= 0", **rules, **_COMMON)(factory)
+
+    return wrap
 
 
 @_keras(momentum="[0, 1]")
@@ -163,13 +189,7 @@ def SGD(
 
     γ sits inside the velocity, as in :func:`gradx.momentum`.
     """
-    _refuse_training_loop_options(
-        "SGD", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
-    velocity = [trace(momentum, nesterov=nesterov)]
-    return _around(
-        "SGD", [], learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, velocity
-    )
+    return [], [trace(momentum, nesterov=nesterov)]
 
 
 @_keras(rho="[0, 1)", momentum="[0, 1)", epsilon=">= 0")
@@ -194,20 +214,8 @@ def RMSprop(
 
     With ``momentum``: b ← μ·b + γ·g/√(v + ε); θ ← θ − b. ``centered`` subtracts a².
     """
-    _refuse_training_loop_options(
-        "RMSprop", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
     step = [precondition(optax.identity(), rms(rho, eps_root=epsilon, centered=centered))]
-    return _around(
-        "RMSprop",
-        step,
-        learning_rate,
-        weight_decay,
-        clipnorm,
-        clipvalue,
-        global_clipnorm,
-        [trace(momentum)],
-    )
+    return step, [trace(momentum)]
 
 
 @_keras(initial_accumulator_value=">= 0", epsilon=">= 0")
@@ -227,13 +235,8 @@ def Adagrad(
     name="adagrad",
 ):
     """``keras.optimizers.Adagrad``: G ← G + g², θ ← θ − γ·g/√(G + ε), G₀ = 0.1."""
-    _refuse_training_loop_options(
-        "Adagrad", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
     step = [precondition(optax.identity(), rss(initial_accumulator_value, eps_root=epsilon))]
-    return _around(
-        "Adagrad", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
-    )
+    return step, []
 
 
 @_keras(rho="[0, 1)", epsilon=">= 0")
@@ -253,13 +256,7 @@ def Adadelta(
     name="adadelta",
 ):
     """``keras.optimizers.Adadelta``: Zeiler's rule times γ (Keras's default γ = 1e-3)."""
-    _refuse_training_loop_options(
-        "Adadelta", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
-    step = [scale_by_adadelta(rho, epsilon)]
-    return _around(
-        "Adadelta", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
-    )
+    return [scale_by_adadelta(rho, epsilon)], []
 
 
 def _adam_step(beta_1, beta_2, epsilon, amsgrad):
@@ -290,11 +287,7 @@ def Adam(
     name="adam",
 ):
     """``keras.optimizers.Adam``: θ ← θ − γ·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε) (the ε̂ form)."""
-    _refuse_training_loop_options(
-        "Adam", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
-    step = _adam_step(beta_1, beta_2, epsilon, amsgrad)
-    return _around("Adam", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
+    return _adam_step(beta_1, beta_2, epsilon, amsgrad), []
 
 
 @_keras(**_ADAM_RULES)
@@ -316,11 +309,7 @@ def AdamW(
     name="adamw",
 ):
     """``keras.optimizers.AdamW``: Keras's Adam with ``weight_decay=0.004`` by default."""
-    _refuse_training_loop_options(
-        "AdamW", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
-    step = _adam_step(beta_1, beta_2, epsilon, amsgrad)
-    return _around("AdamW", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
+    return _adam_step(beta_1, beta_2, epsilon, amsgrad), []
 
 
 @_keras(**_ADAM_RULES)
@@ -341,13 +330,8 @@ def Adamax(
     name="adamax",
 ):
     """``keras.optimizers.Adamax``: u ← max(β₂·u, |g|); θ ← θ − γ·m/((1−β₁ᵗ)(u + ε))."""
-    _refuse_training_loop_options(
-        "Adamax", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
     step = [precondition(ema(beta_1, debias=True), inf_norm(beta_2), epsilon)]
-    return _around(
-        "Adamax", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm
-    )
+    return step, []
 
 
 @_keras(**_ADAM_RULES)
@@ -368,10 +352,7 @@ def Nadam(
     name="nadam",
 ):
     """``keras.optimizers.Nadam``: Dozat's Nadam with μ_t = β₁(1 − ½·0.96ᵗ) (ψ = 1)."""
-    _refuse_training_loop_options(
-        "Nadam", use_ema, loss_scale_factor, gradient_accumulation_steps, ema_overwrite_frequency
-    )
     step = [
         precondition(nesterov_ema(beta_1, momentum_decay=1.0), rms(beta_2, debias=True), epsilon)
     ]
-    return _around("Nadam", step, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
+    return step, []

@@ -346,14 +346,21 @@ def _scale_by_lr_decay(lr_decay: jax.typing.ArrayLike) -> optax.GradientTransfor
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _coupled(weight_decay: Any) -> list:
-    return [] if weight_decay is None else [add_decayed_weights(weight_decay)]
+def _chain(
+    step: list, learning_rate: Any, weight_decay: Any, decoupled: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """Torch's step with its weight decay: [g ← g + λ·θ] → step → ×(−γ), or, ``decoupled``,
+    step → ×(−γ) → [u ← u − γ·λ·θ] (AdamW). ``weight_decay`` None: no decay block."""
+    decays = weight_decay is not None
+    coupled = [add_decayed_weights(weight_decay)] if decays and not decoupled else []
+    after = [decoupled_weight_decay(weight_decay, learning_rate)] if decays and decoupled else []
+    return optax.chain(*coupled, *step, scale_by_learning_rate(learning_rate), *after)
 
 
 @optimizer(learning_rate=">= 0", momentum=">= 0", dampening="[0, 1]", weight_decay=">= 0")
 def _sgd(learning_rate, momentum, dampening, weight_decay, nesterov):
     velocity = [] if momentum is None else [trace(momentum, nesterov, dampening=dampening)]
-    return optax.chain(*_coupled(weight_decay), *velocity, scale_by_learning_rate(learning_rate))
+    return _chain(velocity, learning_rate, weight_decay)
 
 
 @_no_params
@@ -398,12 +405,8 @@ def SGD(
 @optimizer(learning_rate=">= 0", alpha="[0, 1]", eps=">= 0", weight_decay=">= 0", momentum=">= 0")
 def _rmsprop(learning_rate, alpha, eps, weight_decay, momentum, centered):
     velocity = [] if momentum is None else [trace(momentum)]
-    return optax.chain(
-        *_coupled(weight_decay),
-        precondition(optax.identity(), rms(alpha, centered=centered), eps),
-        *velocity,
-        scale_by_learning_rate(learning_rate),
-    )
+    step = [precondition(optax.identity(), rms(alpha, centered=centered), eps), *velocity]
+    return _chain(step, learning_rate, weight_decay)
 
 
 @_no_params
@@ -448,12 +451,8 @@ def RMSprop(
 )
 def _adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps):
     decay = [] if lr_decay is None else [_scale_by_lr_decay(lr_decay)]
-    return optax.chain(
-        *_coupled(weight_decay),
-        precondition(optax.identity(), rss(initial_accumulator_value), eps),
-        *decay,
-        scale_by_learning_rate(learning_rate),
-    )
+    step = [precondition(optax.identity(), rss(initial_accumulator_value), eps), *decay]
+    return _chain(step, learning_rate, weight_decay)
 
 
 @_no_params
@@ -491,9 +490,7 @@ def Adagrad(
 
 @optimizer(learning_rate=">= 0", rho="[0, 1]", eps=">= 0", weight_decay=">= 0")
 def _adadelta(learning_rate, rho, eps, weight_decay):
-    return optax.chain(
-        *_coupled(weight_decay), scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate)
-    )
+    return _chain([scale_by_adadelta(rho, eps)], learning_rate, weight_decay)
 
 
 @_no_params
@@ -524,11 +521,8 @@ def Adadelta(
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
 def _adam(learning_rate, b1, b2, eps, weight_decay, amsgrad, decoupled):
     den = max_rms(b2, max_of="raw_v") if amsgrad else rms(b2, debias=True)
-    blocks = [] if decoupled else _coupled(weight_decay)
-    blocks += [precondition(ema(b1, debias=True), den, eps), scale_by_learning_rate(learning_rate)]
-    if decoupled and weight_decay is not None:
-        blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
-    return optax.chain(*blocks)
+    step = [precondition(ema(b1, debias=True), den, eps)]
+    return _chain(step, learning_rate, weight_decay, decoupled)
 
 
 @_no_params
@@ -631,11 +625,8 @@ def _adam_like(
 
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
 def _adamax(learning_rate, b1, b2, eps, weight_decay):
-    return optax.chain(
-        *_coupled(weight_decay),
-        precondition(ema(b1, debias=True), inf_norm(b2, eps)),
-        scale_by_learning_rate(learning_rate),
-    )
+    step = [precondition(ema(b1, debias=True), inf_norm(b2, eps))]
+    return _chain(step, learning_rate, weight_decay)
 
 
 @_no_params
@@ -673,14 +664,8 @@ def Adamax(
     momentum_decay=">= 0",
 )
 def _nadam(learning_rate, b1, b2, eps, weight_decay, momentum_decay, decoupled):
-    blocks = [] if decoupled else _coupled(weight_decay)
-    blocks += [
-        precondition(nesterov_ema(b1, momentum_decay), rms(b2, debias=True), eps),
-        scale_by_learning_rate(learning_rate),
-    ]
-    if decoupled and weight_decay is not None:
-        blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
-    return optax.chain(*blocks)
+    step = [precondition(nesterov_ema(b1, momentum_decay), rms(b2, debias=True), eps)]
+    return _chain(step, learning_rate, weight_decay, decoupled)
 
 
 @_no_params
