@@ -237,6 +237,13 @@ def _raw_builds():
     builds.update({f"keras.{n}": getattr(keras, n) for n in keras.__all__})
     builds.update(
         {
+            f"optax.{n}": functools.partial(getattr(gradx.compat.optax, n), 0.05)
+            for n in ("sgd", "adam", "adamw", "nadam", "nadamw", "amsgrad", "adamax", "adagrad",
+                      "rmsprop", "adadelta", "rprop")
+        }
+    )  # fmt: skip
+    builds.update(
+        {
             "torch.SGD(momentum, nesterov)": lambda: torch.SGD(momentum=0.9, nesterov=True),
             "torch.RMSprop(centered, momentum)": lambda: torch.RMSprop(centered=True, momentum=0.9),
             "torch.Adagrad(lr_decay)": lambda: torch.Adagrad(lr_decay=0.1),

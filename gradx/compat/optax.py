@@ -368,8 +368,8 @@ def adadelta(
 
 class ScaleByRpropState(NamedTuple):
     count: jax.Array  # shape=(), int32: updates so far; 0: step sizes not yet set
-    step_sizes: Any  # like params: the step size of each weight
     prev_updates: Any  # like params: step·sign(g) of the last update, 0 where the sign flipped
+    step_sizes: Any  # like params: the step size of each weight
 
 
 def scale_by_rprop(
@@ -393,7 +393,9 @@ def scale_by_rprop(
 
     def init(params: Any) -> ScaleByRpropState:
         zeros = jax.tree.map(jnp.zeros_like, params)
-        return ScaleByRpropState(jnp.zeros([], jnp.int32), zeros, zeros)
+        return ScaleByRpropState(
+            count=jnp.zeros([], jnp.int32), prev_updates=zeros, step_sizes=zeros
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -415,7 +417,9 @@ def scale_by_rprop(
         outer = jax.tree.structure(updates)
         rows = outer.flatten_up_to(out)
         u, prev, step = (outer.unflatten([row[i] for row in rows]) for i in range(3))
-        return u, ScaleByRpropState(optax.safe_increment(state.count), step, prev)
+        return u, ScaleByRpropState(
+            count=optax.safe_increment(state.count), prev_updates=prev, step_sizes=step
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
 
