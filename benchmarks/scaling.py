@@ -38,7 +38,8 @@ def run_one(devices: int, epochs: int, n: int, batch: int) -> list[dict]:
     import optax
 
     import gradx
-    from gradx import _compare
+    from gradx._cli import compare as _compare
+    from gradx._cli import data as _data
 
     assert jax.device_count() >= devices, (jax.device_count(), devices)
     mesh = jax.make_mesh(
@@ -51,8 +52,8 @@ def run_one(devices: int, epochs: int, n: int, batch: int) -> list[dict]:
         logits = _compare.mlp(params, x, "relu")
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-    train, _ = _compare.load_digits()
-    x_digits = _compare._standardize(train.x, train.x)[0]
+    train, _ = _data.load_digits()
+    x_digits = _data._standardize(train.x, train.x)[0]
     rng = np.random.default_rng(0)
     problems = {
         "digits 64-16-16-10": ((64, 16, 16, 10), (x_digits, train.y)),

@@ -37,7 +37,8 @@ import jax
 import numpy as np
 
 import gradx
-from gradx import _compare
+from gradx._cli import compare as _compare
+from gradx._cli import data as _data
 from gradx.search_space import loguniform, uniform
 
 SPACE = {
@@ -62,7 +63,7 @@ def grid_axes(per_axis: int) -> dict[str, np.ndarray]:
 
 
 def setup(seed: int = 0):
-    data = _compare.make_dataset("digits", _compare.default_cache_dir())
+    data = _data.make_dataset("digits", _data.default_cache_dir())
     loss_fn, select_eval, final_eval = _compare._functions("relu")
     params = _compare.init_mlp(jax.random.key(seed), (64, 16, 16, 10), "relu")
     return data, loss_fn, select_eval, final_eval, params

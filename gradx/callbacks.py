@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx._core import _keys, _locate, hyperparams, set_hyperparams
+from gradx._protocol.access import hyperparam_keys, hyperparams, locate_hyperparams, set_hyperparams
 
 __all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau", "metric_mode"]
 
@@ -330,7 +330,7 @@ class ReduceLROnPlateau(Callback):
         plateau, ``patience`` epochs in."""
         name = self.hyperparameter
         self._values(f"{fn}: ReduceLROnPlateau", opt_state)
-        if _keys(_locate(opt_state))[name][2]:  # (path, name, scheduled)
+        if hyperparam_keys(locate_hyperparams(opt_state))[name][2]:  # (path, name, scheduled)
             raise ValueError(
                 f"{fn}: ReduceLROnPlateau(hyperparameter={name!r}) must find a constant {name} "
                 "in the optimizer's state, got one that follows a schedule (the optimizer was "

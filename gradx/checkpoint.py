@@ -62,7 +62,6 @@ orbax-checkpoint is optional (``pip install orbax-checkpoint``); it is imported 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import warnings
@@ -72,7 +71,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradx._training.identity import array_checksums, canon, describe_arrays, first_difference
+
 _FORMAT = 2
+
+
 LOCK = ".gradx.lock"
 
 
@@ -87,133 +90,12 @@ def _orbax(fn: str):
     return ocp
 
 
-def _describe(tree: Any) -> list[list[Any]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [
-        [jax.tree_util.keystr(path), list(np.shape(x)), str(jnp.result_type(x))]
-        for path, x in leaves
-    ]
-
-
 def _key_parts(key: Any) -> tuple[Any, str | None]:
     if key is None:
         return None, None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key), str(jax.random.key_impl(key))
     return jnp.asarray(key), None
-
-
-def _checksum(x: Any) -> str | None:
-    """SHA-256 of an array's shape and bytes; None for an array this process cannot read."""
-    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
-        return None
-    a = np.ascontiguousarray(np.asarray(x))
-    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
-
-
-def _checksums(tree: Any) -> list[str | None]:
-    return [_checksum(x) for x in jax.tree.leaves(tree)]
-
-
-def _digest(tree: Any) -> str:
-    return hashlib.sha256(json.dumps(_checksums(tree)).encode()).hexdigest()
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _classes(tree: Any) -> list[str]:
-    """The class of every node of ``tree``, depth first (HyperparamsState's name its
-    optimizer)."""
-    out: list[str] = []
-
-    def walk(treedef):
-        data = treedef.node_data()
-        if data is not None:
-            out.append(data[0].__qualname__)
-            for child in treedef.children():
-                walk(child)
-
-    walk(jax.tree.structure(tree))
-    return out
-
-
-def _stateful(cb: Any) -> bool:
-    from gradx.callbacks import Callback
-
-    method = getattr(type(cb), "get_state", None)
-    return method is not None and method is not Callback.get_state
-
-
-def callback_names(callbacks: Any) -> list[str | None]:
-    """A stable name per callback with counters (None for the others): its ``name``, else
-    its class and ``monitor``, with ``#k`` for the k-th repeat of a name."""
-    names: list[str | None] = []
-    for cb in callbacks:
-        if not _stateful(cb):
-            names.append(None)
-            continue
-        name = getattr(cb, "name", None)
-        if not isinstance(name, str):
-            name = type(cb).__qualname__
-            monitor = getattr(cb, "monitor", None)
-            if isinstance(monitor, str):
-                name = f"{name}[{monitor}]"
-        repeats = sum(n is not None and n.split("#")[0] == name for n in names)
-        names.append(f"{name}#{repeats}" if repeats else name)
-    return names
-
-
-def _settings(cb: Any) -> dict[str, Any]:
-    """A callback's settings: its public attributes of plain types that are not counters."""
-    counters = cb.get_state()
-    return {
-        k: v
-        for k, v in sorted(vars(cb).items())
-        if not k.startswith("_")
-        and k not in counters
-        and (v is None or isinstance(v, (str, int, float, bool)))
-    }
-
-
-def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -> dict:
-    """What tells one run from another (see the module doc), at the start of the run:
-    ``opt_state`` in the optimizer's own layout, ``run`` the data's description."""
-    from gradx._core import hyperparams
-
-    try:
-        start = {k: np.asarray(v).tolist() for k, v in hyperparams(opt_state).items()}
-    except (TypeError, ValueError):
-        start = {}
-    names = callback_names(callbacks)
-    described = {k: _describe(v) if k.endswith("data") else v for k, v in run.items()}
-    return {
-        "optimizer state classes": _classes(opt_state),
-        **{f"{k} (at the start)": v for k, v in start.items()},
-        **described,
-        "callbacks": {n: _settings(cb) for n, cb in zip(names, callbacks, strict=True) if n},
-        "initial params": _digest(params),
-        "initial optimizer state": _digest(opt_state),
-    }
-
-
-def _first_difference(there: dict, now: dict) -> str | None:
-    """The first field of two identities that differs, in words, or None."""
-    for name in [*there, *(k for k in now if k not in there)]:
-        a, b = there.get(name, "absent"), now.get(name, "absent")
-        if _canon(a) == _canon(b):
-            continue
-        if name.startswith("initial"):
-            return f"the {name} differ"
-        if isinstance(a, dict) and isinstance(b, dict):
-            key = next(k for k in sorted({*a, *b}) if _canon(a.get(k)) != _canon(b.get(k)))
-            return f"the {name} differ: {key} was {a.get(key)} there, {b.get(key)} now"
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
-            return f"{name}: {a[i]} there, {b[i]} now"
-        return f"{name} was {a} there, {b} now"
-    return None
 
 
 class Damaged(Exception):
@@ -319,13 +201,13 @@ class Checkpointer:
             "has_key": key_data is not None,
             "history": {k: [float(v) for v in vs] for k, vs in history.items()},
             "epoch_seconds": [float(s) for s in seconds],
-            "params": _describe(params),
-            "opt_state": _describe(opt_state),
+            "params": describe_arrays(params),
+            "opt_state": describe_arrays(opt_state),
             "callbacks": [name if c else None for name, c in callbacks],
-            "checksums": {"arrays": _checksums(arrays), "callbacks": _checksums(states)},
+            "checksums": {"arrays": array_checksums(arrays), "callbacks": array_checksums(states)},
             **plan,
         }
-        meta["digest"] = hashlib.sha256(_canon(meta).encode()).hexdigest()
+        meta["digest"] = hashlib.sha256(canon(meta).encode()).hexdigest()
         items = {"arrays": ocp.args.StandardSave(arrays), "meta": ocp.args.JsonSave(meta)}
         if states:
             items["callbacks"] = ocp.args.StandardSave(states)
@@ -393,7 +275,7 @@ class Checkpointer:
                 "program); use another checkpoint_dir, or pass overwrite=True with "
                 "resume=False to delete it"
             )
-        if digest != hashlib.sha256(_canon(meta).encode()).hexdigest():
+        if digest != hashlib.sha256(canon(meta).encode()).hexdigest():
             raise Damaged("its metadata's checksum differs from the one written")
         return meta
 
@@ -408,7 +290,7 @@ class Checkpointer:
             ("params", params, "params"),
             ("opt_state", opt_state, "optimizer state (optimizer.init(params))"),
         ):
-            want = _describe(tree)
+            want = describe_arrays(tree)
             if meta[name] != want:
                 diff = next(
                     (f"{a} vs {b}" for a, b in zip(meta[name], want, strict=False) if a != b),
@@ -424,7 +306,7 @@ class Checkpointer:
             raise ValueError(
                 f"{fn}: key must be the key of the checkpointed run ({where}), got {key!r}"
             )
-        diff = _first_difference(meta["identity"], self.identity)
+        diff = first_difference(meta["identity"], self.identity)
         if diff is not None:
             raise ValueError(
                 f"{fn}: {where} was written by another run: {diff}; resume with the same "
@@ -456,7 +338,7 @@ class Checkpointer:
             (arrays, sums["arrays"], "an array"),
             (states, sums["callbacks"], "a callback's counters"),
         ):
-            got = _checksums(got)
+            got = array_checksums(got)
             if len(got) != len(want) or any(
                 a != b for a, b in zip(got, want, strict=True) if None not in (a, b)
             ):

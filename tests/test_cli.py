@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import gradx
-from gradx import _race
-from gradx.__main__ import main
+from gradx._cli import race as _race
+from gradx._cli.main import main
 
 
 def _tables(out: str) -> dict[str, dict[str, tuple[str, str, str]]]:
@@ -211,15 +211,15 @@ def test_bad_flags_exit_non_zero_with_a_clear_message(argv, message, capsys):
 
 def test_compare_dispatches_its_arguments_to_gradx_compare(monkeypatch):
     seen = []
-    fake = types.ModuleType("gradx._compare")
+    fake = types.ModuleType("gradx._cli.compare")
     fake.main = lambda argv: seen.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "gradx._compare", fake)
+    monkeypatch.setitem(sys.modules, "gradx._cli.compare", fake)
     assert main(["compare", "-h", "--steps", "5", "adam"]) == 3
     assert seen == [["-h", "--steps", "5", "adam"]]
 
 
 def test_compare_when_not_installed_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gradx._compare", None)  # as if the module were absent
+    monkeypatch.setitem(sys.modules, "gradx._cli.compare", None)  # as if the module were absent
     assert main(["compare"]) == 1
     assert "compare is not available" in capsys.readouterr().err
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import gradx
-from gradx import _compare
+from gradx._cli import compare as _compare
+from gradx._cli import data as _data
+from gradx._cli import report as _report
 
 
 def test_adam_reaches_95_percent_on_digits_within_the_default_budget(tmp_path, capsys):
@@ -64,13 +66,13 @@ def test_mnist_is_downloaded_once_into_the_cache_and_uses_the_784_wide_network(
     tmp_path, monkeypatch, capsys
 ):
     server = _FakeServer()
-    monkeypatch.setattr(_compare, "_urlopen", server)
+    monkeypatch.setattr(_data, "_urlopen", server)
     monkeypatch.setenv("GRADX_CACHE_DIR", str(tmp_path / "cache"))
     args = ["--dataset", "mnist", "--epochs", "1", "--batch-size", "10"]
     args += ["--optimizers", "sgd", "--lrs", "0.1", "--plot", ""]
     assert _compare.main(args) == 0
     assert len(server.requested) == 4
-    assert server.requested[0].startswith(_compare.MNIST_MIRRORS[0])
+    assert server.requested[0].startswith(_data.MNIST_MIRRORS[0])
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(server.files)
     out = capsys.readouterr().out
     assert "mnist: 784-16-16-10 MLP" in out and "120 train / 20 test" in out
@@ -82,7 +84,7 @@ def test_mnist_offline_fails_with_a_clear_message(tmp_path, monkeypatch, capsys)
     def offline(url, timeout=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(_compare, "_urlopen", offline)
+    monkeypatch.setattr(_data, "_urlopen", offline)
     monkeypatch.setenv("GRADX_MNIST_URL", "http://mnist.invalid/")
     cache = tmp_path / "cache"
     assert _compare.main(["--dataset", "mnist", "--cache-dir", str(cache)]) == 1
@@ -96,7 +98,7 @@ def test_mnist_offline_fails_with_a_clear_message(tmp_path, monkeypatch, capsys)
 def test_a_corrupt_cached_file_is_reported(tmp_path, capsys):
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for name in _compare.MNIST_FILES.values():
+    for name in _data.MNIST_FILES.values():
         (folder / name).write_bytes(b"not gzip")
     assert _compare.main(["--dataset", "mnist", "--cache-dir", str(tmp_path)]) == 1
     assert "is not a valid MNIST file" in capsys.readouterr().err
@@ -149,8 +151,8 @@ def test_one_epoch_reports_the_first_epoch_apart_from_the_steady_state(capsys):
 
 def test_the_time_columns_separate_compilation_from_later_epochs():
     history = {"train_loss": np.ones(3), "test_accuracy": np.ones(3)}
-    row = _compare.Row("sgd", 0.1, False, 0.5, 0.9, 2.5, 0.0012, history, (0.1, 0.1))
-    table = _compare.format_table([row])
+    row = _report.Row("sgd", 0.1, False, 0.5, 0.9, 2.5, 0.0012, history, (0.1, 0.1))
+    table = _report.format_table([row])
     assert re.search(r"^sgd\s+0\.1\s+0\.1\s+0\.5\s+90\.00%\s+2500 ms\s+1\.2 ms$", table, re.M), (
         table
     )
@@ -186,7 +188,7 @@ def test_a_one_ulp_change_of_the_weights_leaves_the_chosen_rate_alone():
     # validation accuracy at 0.0316 from 275 to 276 of 288 (measured on the grid below), so
     # the single highest final accuracy (the rule before) moves from 0.01 to 0.0316. The tie
     # rule keeps the same rate.
-    data = _compare.make_dataset("digits", pathlib.Path("unused"))
+    data = _data.make_dataset("digits", pathlib.Path("unused"))
     loss_fn, select_eval, _ = _compare._functions("relu")
     init_key, shuffle_key = jax.random.split(jax.random.key(0))
     params = _compare.init_mlp(init_key, (64, 16, 16, 10), "relu")

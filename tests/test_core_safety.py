@@ -434,15 +434,15 @@ def test_rprop_step_bounds_are_checked_when_set_later():
 
 
 def test_check_hyperparams_switch_is_a_function_and_a_context_manager():
-    from gradx._core import _RUNTIME_CHECKS
+    from gradx._protocol.checks import RUNTIME_CHECKS
 
-    assert _RUNTIME_CHECKS["on"] is False
+    assert RUNTIME_CHECKS["on"] is False
     with gradx.check_hyperparams():
-        assert _RUNTIME_CHECKS["on"] is True
+        assert RUNTIME_CHECKS["on"] is True
         with gradx.check_hyperparams(False):
-            assert _RUNTIME_CHECKS["on"] is False
-        assert _RUNTIME_CHECKS["on"] is True
-    assert _RUNTIME_CHECKS["on"] is False
+            assert RUNTIME_CHECKS["on"] is False
+        assert RUNTIME_CHECKS["on"] is True
+    assert RUNTIME_CHECKS["on"] is False
     opt = gradx.sgd(0.1)
     state = opt.init(P)
     bad = state._replace(hyperparams={"learning_rate": jnp.float32(-1.0)})  # as a tracer could

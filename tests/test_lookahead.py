@@ -9,7 +9,7 @@ import reference_lookahead as ref_lookahead
 from jax.flatten_util import ravel_pytree
 
 import gradx
-from gradx._lookahead import fit_alpha
+from gradx._optimizers.lookahead import fit_alpha
 
 import reference as ref
 

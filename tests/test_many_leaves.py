@@ -13,6 +13,8 @@ import pytest
 from test_optimizers import CASES
 
 import gradx
+from gradx._tools import flat as gradx_flat
+from gradx._tools import flat_packing
 
 IDS = [c.name for c in CASES]
 
@@ -348,7 +350,7 @@ def loss(p, b):
 kw = dict(batch_size=8, epochs=1, key=jax.random.key(0), progress=False)
 fit = gradx.fit(loss, params, gradx.adam(0.01), (x, y), **kw)
 sweep = gradx.sweep(loss, params, gradx.adam(0.01), (x, y), {"learning_rate": [0.01, 0.1]}, **kw)
-epoch = [m for m in messages if "'jit__run_epoch'" in m]
+epoch = [m for m in messages if "'jit_run_epoch_program'" in m]
 print(json.dumps({
     "hits": sum(m.startswith("Persistent compilation cache hit") for m in epoch),
     "misses": sum("CACHE MISS" in m for m in epoch),
@@ -371,7 +373,7 @@ def test_fit_and_sweep_reuse_the_persistent_compilation_cache_across_processes(t
 
     first = run()
     assert (first["hits"], first["misses"]) == (0, 2)  # fit's epoch program and sweep's
-    assert any(p.name.startswith("jit__run_epoch") for p in tmp_path.iterdir())
+    assert any(p.name.startswith("jit_run_epoch_program") for p in tmp_path.iterdir())
     second = run()  # a new process: both programs come from the cache, none is compiled
     assert (second["hits"], second["misses"]) == (2, 0)
     assert second["loss"] == first["loss"]
@@ -421,14 +423,14 @@ def _assert_close_runs(got, want):
 def packed(monkeypatch):
     """Whether each packing decision of fit, sweep or search packed (a spy on it)."""
     calls = []
-    real = gradx.train._flat.packing
+    real = flat_packing.packing
 
     def spy(optimizer, p):
         out = real(optimizer, p)
         calls.append(out[0] is not None)
         return out
 
-    monkeypatch.setattr(gradx.train._flat, "packing", spy)
+    monkeypatch.setattr(flat_packing, "packing", spy)
     return calls
 
 
@@ -452,13 +454,13 @@ def test_fit_packs_by_itself_and_returns_the_optimizers_own_state(case, packed):
 def test_fit_packs_leaves_of_at_most_1024_elements_and_leaves_bigger_ones_alone():
     # In fit's scanned epoch a bigger leaf costs more passes packed than kernels leaf by leaf.
     params = {"a": jnp.zeros((32, 32)), "b": jnp.zeros((1025,)), "c": jnp.zeros((3,))}
-    packing, why = gradx.train._flat.packing(gradx.adam(0.1), params)
-    assert why == "" and gradx.train._flat.FIT_MAX_LEAF_SIZE == 1024
+    packing, why = flat_packing.packing(gradx.adam(0.1), params)
+    assert why == "" and gradx_flat.FIT_MAX_LEAF_SIZE == 1024
     state = packing.pack(gradx.adam(0.1).init(params))
     shapes = {x.shape for x in jax.tree.leaves(state.inner_state) if x.ndim}
     assert shapes == {(1024 + 3,), (1025,)}  # a and c in one buffer, b in its own
     big = {"a": jnp.zeros((1025,)), "b": jnp.zeros((2000,))}
-    assert gradx.train._flat.packing(gradx.adam(0.1), big)[0] is None
+    assert flat_packing.packing(gradx.adam(0.1), big)[0] is None
 
 
 def test_fit_runs_leaf_by_leaf_where_packing_would_change_the_rule():
@@ -612,7 +614,7 @@ def test_many_leaves_of_a_dtype_split_evenly_into_buffers_of_at_most_256():
     # XLA compiles a concatenation of n operands in time that grows faster than n, so 600
     # float32 leaves go to 3 buffers of 200 (and 5 float64 leaves to one); the numbers are
     # still the per-leaf ones, leaves of a shape shared across the buffers included.
-    from gradx import _flat
+    from gradx._tools import flat as _flat
 
     rng = np.random.default_rng(1)
     shapes = [(3,), (2, 2), (5,)]
@@ -620,7 +622,7 @@ def test_many_leaves_of_a_dtype_split_evenly_into_buffers_of_at_most_256():
     params += [jnp.asarray(rng.standard_normal((4,)), jnp.float64) for _ in range(5)]
     grads = [jnp.asarray(rng.standard_normal(p.shape), p.dtype) for p in params]
     assert _flat.LEAVES_PER_BUFFER == 256
-    layout = _flat._layout(params, None)
+    layout = _flat.leaf_layout(params, None)
     assert [len(m) for m in layout.members] == [200, 200, 200, 5]
     assert layout.members[1][0] == 200 and layout.slots[200][:2] == (1, 0)
 
@@ -660,5 +662,5 @@ def test_fit_packs_300_leaves_into_two_buffers_and_gives_back_the_users_layout(p
     want = gradx.fit(loss_fn, params, gradx.adam(0.01), x, flat=False, **FIT_KW)
     got = gradx.fit(loss_fn, params, gradx.adam(0.01), x, **FIT_KW)
     assert packed == [True]
-    assert [len(m) for m in gradx.train._flat._layout(params, 1024).members] == [150, 150]
+    assert [len(m) for m in gradx_flat.leaf_layout(params, 1024).members] == [150, 150]
     _assert_close_runs(got, want)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gradx
-from gradx import _search
+from gradx._training import population
 from gradx.search_space import choice, loguniform, randint, uniform
 
 N, D = 48, 3
@@ -228,7 +228,7 @@ def test_exploit_copies_bit_for_bit_and_changes_only_hyperparameters():
     values = {n: np.asarray(v).copy() for n, v in gradx.hyperparams(s).items()}
     values["learning_rate"][2] = values["learning_rate"][0] * np.float32(1.25)
     values["b1"][2] = values["b1"][0] * np.float32(0.8)
-    new_p, new_s = _search._exploit(p, s, jnp.asarray(source), values)
+    new_p, new_s = population._exploit(p, s, jnp.asarray(source), values)
     p, s, new_p, new_s = jax.tree.map(np.asarray, (p, s, new_p, new_s))
     for leaf, old in zip(jax.tree.leaves(new_p), jax.tree.leaves(p), strict=True):
         np.testing.assert_array_equal(leaf[2], old[0])  # bit for bit

@@ -9,7 +9,7 @@ import pytest
 
 import gradx
 from gradx import losses
-from gradx import train as train_module
+from gradx._training import sweep as train_module
 
 N, D = 24, 3
 X = jax.random.normal(jax.random.key(1), (N, D), jnp.float64)
@@ -45,7 +45,7 @@ class _Bar:
 
 def test_progress_bar_shows_the_best_points_own_metrics(monkeypatch):
     bar = _Bar()
-    monkeypatch.setattr(train_module, "_progress", lambda enabled, total, desc: bar)
+    monkeypatch.setattr(train_module, "progress_bar", lambda enabled, total, desc: bar)
     # 0.2 learns fastest, 0.002 slowest, 0.6 diverges (GD on this data is stable below ~0.4):
     # its loss becomes inf or NaN and must never be shown as the best.
     lrs = jnp.array([0.002, 0.6, 0.2])

@@ -34,24 +34,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._adaptive import (
+from gradx._optimizers.adam import nesterov_ema
+from gradx._optimizers.adaptive import scale_by_adadelta
+from gradx._optimizers.momentum import ema, trace
+from gradx._optimizers.preconditioners import (
     inf_norm,
     max_rms,
-    nesterov_ema,
     precondition,
     rms,
     rss,
-    scale_by_adadelta,
     scale_by_bias_correction,
 )
-from gradx._core import (
-    _FLAT_ACTIVE,
-    decoupled_weight_decay,
-    optimizer,
-    scale_by_learning_rate,
-    wide,
+from gradx._optimizers.scaling import FLAT_ACTIVE, decoupled_weight_decay, scale_by_learning_rate
+from gradx._protocol.declare import optimizer
+from gradx._protocol.dtypes import abs_sq, wide
+from gradx._protocol.gain import (
+    Gain,
+    closure_value,
+    gain_rule,
+    global_norm,
+    in_gain_dtype,
+    needs_incoming,
+    nonzero_divisor,
+    scaled,
 )
-from gradx._momentum import ema, trace
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
 
@@ -91,7 +97,7 @@ def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation
     """Block: each leaf g ← g·c / max(‖g‖, c) (Keras's ``clipnorm``, per variable)."""
 
     def refuse_packed() -> None:
-        if _FLAT_ACTIVE.get():  # a packed buffer is many variables: their norms would mix
+        if FLAT_ACTIVE.get():  # a packed buffer is many variables: their norms would mix
             raise ValueError(
                 "clip_by_norm: clipnorm clips each variable by its own norm; inside "
                 "gradx.flat the variables are packed into buffers by dtype, so it cannot "
@@ -356,3 +362,35 @@ def Nadam(
         precondition(nesterov_ema(beta_1, momentum_decay=1.0), rms(beta_2, debias=True), epsilon)
     ]
     return step, []
+
+
+@gain_rule(clip_by_norm)
+def _clip_by_norm_gain(ctx, cells, state, incoming):
+    needs_incoming("clip_by_norm", incoming)
+    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "clip_by_norm"))
+    factors = jax.tree.map(lambda g: c / jnp.maximum(global_norm(ctx, [g]), c), incoming)
+    return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
+
+
+@gain_rule(optax.clip)
+def _clip_gain(ctx, cells, state, incoming):
+    needs_incoming("optax.clip", incoming)
+    c = in_gain_dtype(ctx, closure_value(cells, "max_delta", "optax.clip"))
+
+    def factor(g):
+        a = jnp.sqrt(in_gain_dtype(ctx, abs_sq(g)))
+        return jnp.where(
+            a > c, c / nonzero_divisor(a), jnp.ones_like(a)
+        )  # clipped: c·sign(g) = (c/|g|)g
+
+    factors = jax.tree.map(factor, incoming)
+    return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
+
+
+@gain_rule(optax.clip_by_global_norm)
+def _clip_by_global_norm_gain(ctx, cells, state, incoming):
+    needs_incoming("optax.clip_by_global_norm", incoming)
+    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "optax.clip_by_global_norm"))
+    norm = global_norm(ctx, jax.tree.leaves(incoming))
+    gain = jnp.where(norm < c, jnp.ones_like(norm), c / nonzero_divisor(norm))
+    return Gain(gain), jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)

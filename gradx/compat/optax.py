@@ -33,13 +33,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import gradx._adaptive as _adaptive
-import gradx._momentum as _momentum
-from gradx._adaptive import max_rms, nesterov_ema, precondition, rms, scale_by_adadelta
-from gradx._core import add_decayed_weights, check_tree, optimizer, scale_by_learning_rate
-from gradx._gain import _need, _rule, _walk
-from gradx._lookahead import lookahead as _gradx_lookahead
-from gradx._momentum import dtype_arg, ema
+from gradx._optimizers import adam as gradx_adam
+from gradx._optimizers import adaptive as _adaptive
+from gradx._optimizers import momentum as _momentum
+from gradx._optimizers.lookahead import lookahead as _gradx_lookahead
+from gradx._protocol.declare import optimizer
+from gradx._protocol.gain import closure_value, gain_rule, walk_gain
+from gradx._protocol.trees import check_tree
+from gradx.compat._optax_builders import (
+    check_like_optax,
+    moment_dtype,
+    named_like_optax,
+    off_if_zero,
+    optax_adadelta,
+    optax_adam_like,
+    optax_amsgrad,
+    refuse_lookahead_params,
+)
 
 __all__ = [
     "adadelta",
@@ -56,85 +66,6 @@ __all__ = [
     "sgd",
 ]
 
-_ADAM_RULES = dict(
-    learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", eps_root=">= 0", weight_decay=">= 0"
-)
-
-
-def _check(fn: str, inner: Any, **values: Any) -> None:
-    """Checks optax's numbers against the rules of the gradx optimizer, named after ``fn``."""
-    for name, value in values.items():
-        inner.hyperparameter_rules[name].check_hyperparameter(fn, name, value)
-
-
-def _moment_dtype(fn: str, name: str, dtype: Any) -> None:
-    """Refuses a moment dtype narrower than float32: optax multiplies the stored moment by β
-    in that dtype (a Python β is weakly typed), gradx's blocks in float32; with bfloat16 the
-    two runs are 1e-2 apart within 25 steps."""
-    dtype = dtype_arg(fn, name, dtype)
-    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
-        raise ValueError(
-            f"{fn}: {name} must be None, float32 or float64, got {dtype.name}: optax computes "
-            f"β·m in {dtype.name}, gradx's blocks in float32, so the numbers would differ; "
-            f"gradx's own optimizers take {name}={dtype.name} with their float32 rule"
-        )
-
-
-def _named(name: str) -> Any:
-    """Names a factory for @optimizer's messages; its __qualname__ stays unique."""
-
-    def rename(factory: Any) -> Any:
-        factory.__name__ = name
-        return factory
-
-    return rename
-
-
-def _off_if_zero(value: Any) -> Any:
-    """None for a Python 0 (optax skips the block then too), else the value."""
-    return None if isinstance(value, (int, float)) and value == 0 else value
-
-
-# ----------------------------------------------------------------------------- Adam family
-
-
-@optimizer(**_ADAM_RULES)
-@_named("adam")
-def _adam(
-    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nesterov: bool
-) -> optax.GradientTransformationExtraArgs:
-    """optax's scale_by_adam (nesterov: its Nadam), [+ λ·θ], then −γ: optax's adam family."""
-    dtype_arg("adam", "mu_dtype", mu_dtype)
-    if nesterov:
-        num = nesterov_ema(b1, momentum_decay=None, accumulator_dtype=mu_dtype)
-    else:
-        num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    blocks = [precondition(num, rms(b2, eps_root=eps_root, debias=True), eps)]
-    if weight_decay is not None:  # optax's adamw: added to the Adam step, then times −γ
-        blocks.append(add_decayed_weights(weight_decay, mask))
-    blocks.append(scale_by_learning_rate(learning_rate))
-    return optax.chain(*blocks)
-
-
-def _adam_like(fn, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, wd=None, mask=None):
-    _check(fn, _adam, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    if wd is not None:
-        _check(fn, _adam, weight_decay=wd)
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"{fn}: nesterov must be a bool, got {nesterov!r}")
-    _moment_dtype(fn, "mu_dtype", mu_dtype)
-    return _adam(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        weight_decay=_off_if_zero(wd),
-        mask=mask,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-    )
-
 
 def adam(
     learning_rate: optax.ScalarOrSchedule,
@@ -149,7 +80,7 @@ def adam(
     """optax's ``adam`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adam(learning_rate, b1, b2, eps, eps_root=eps_root, mu_dtype=mu_dtype)``
     (``nesterov=True``: optax's Nadam, ``gradx.nadam(..., momentum_decay=None)``)."""
-    return _adam_like("adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+    return optax_adam_like("adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
 
 
 def nadam(
@@ -165,7 +96,7 @@ def nadam(
     """optax's ``nadam`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.nadam(learning_rate, b1, b2, eps, momentum_decay=None)`` (no momentum schedule,
     where gradx's default follows Dozat's ψ = 0.004)."""
-    return _adam_like("nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+    return optax_adam_like("nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
 
 
 def adamw(
@@ -183,7 +114,7 @@ def adamw(
     """optax's ``adamw`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adamw(learning_rate, b1, b2, eps, weight_decay=1e-4, mask=mask)`` (gradx's
     default weight decay is 1e-2, torch's)."""
-    return _adam_like(
+    return optax_adam_like(
         "adamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
     )
 
@@ -203,20 +134,9 @@ def nadamw(
     """optax's ``nadamw`` reproduced with gradx's blocks, hyperparameters in the state:
     optax's Nadam (``gradx.nadam(..., momentum_decay=None)``) with decoupled weight decay
     λ·γ·θ, as in ``gradx.adamw``."""
-    return _adam_like(
+    return optax_adam_like(
         "nadamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
     )
-
-
-@optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
-@_named("amsgrad")
-def _amsgrad(
-    learning_rate, b1, b2, eps, mu_dtype, bias_correction_mu: bool, bias_correction_nu: bool
-) -> optax.GradientTransformationExtraArgs:
-    """optax's scale_by_amsgrad (max over v̂, or over v without correction), then −γ."""
-    num = ema(b1, debias=bias_correction_mu, accumulator_dtype=mu_dtype)
-    den = max_rms(b2, max_of="v_hat" if bias_correction_nu else "raw_v_no_correction")
-    return optax.chain(precondition(num, den, eps), scale_by_learning_rate(learning_rate))
 
 
 def amsgrad(
@@ -233,14 +153,14 @@ def amsgrad(
     ``gradx.amsgrad(learning_rate, b1, b2, eps, max_of="v_hat")`` (gradx's default takes the
     max over the raw v, as torch and Keras do). ``eps_root`` must be 0."""
     fn = "amsgrad"
-    _check(fn, _amsgrad, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    check_like_optax(fn, optax_amsgrad, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
     if not (isinstance(eps_root, (int, float)) and eps_root == 0):
         raise ValueError(
             f"{fn}: eps_root must be 0 (gradx's AMSGrad block has no ε inside the root), "
             f"got {eps_root!r}"
         )
-    _moment_dtype(fn, "mu_dtype", mu_dtype)
-    return _amsgrad(
+    moment_dtype(fn, "mu_dtype", mu_dtype)
+    return optax_amsgrad(
         learning_rate=learning_rate,
         b1=b1,
         b2=b2,
@@ -259,10 +179,7 @@ def adamax(
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adamax`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adamax(learning_rate, b1, b2, eps)`` (the same defaults)."""
-    return _adaptive.adamax(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
-
-
-# ----------------------------------------------------------------------------- the others
+    return gradx_adam.adamax(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
 
 
 def sgd(
@@ -273,7 +190,7 @@ def sgd(
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``sgd`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.sgd(learning_rate, momentum, nesterov, mu_dtype=accumulator_dtype)``."""
-    _moment_dtype("sgd", "accumulator_dtype", accumulator_dtype)
+    moment_dtype("sgd", "accumulator_dtype", accumulator_dtype)
     return _momentum.sgd(
         learning_rate=learning_rate,
         momentum=momentum,
@@ -325,14 +242,6 @@ def rmsprop(
     )
 
 
-@optimizer(learning_rate=">= 0", rho="[0, 1)", eps=">= 0", weight_decay=">= 0")
-@_named("adadelta")
-def _adadelta(learning_rate, rho, eps, weight_decay, weight_decay_mask):
-    """[+ λ·θ] → Zeiler's step → −γ: optax's adadelta."""
-    decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, weight_decay_mask)]
-    return optax.chain(*decay, scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))
-
-
 def adadelta(
     learning_rate: optax.ScalarOrSchedule | None = None,
     rho: float = 0.9,
@@ -353,17 +262,16 @@ def adadelta(
             "adadelta with learning_rate=None skips scale_by_learning_rate, sign included, and "
             "ascends the loss; give learning_rate=1.0 for Zeiler's descent"
         )
-    _check(fn, _adadelta, learning_rate=learning_rate, rho=rho, eps=eps, weight_decay=weight_decay)
-    return _adadelta(
+    check_like_optax(
+        fn, optax_adadelta, learning_rate=learning_rate, rho=rho, eps=eps, weight_decay=weight_decay
+    )
+    return optax_adadelta(
         learning_rate=learning_rate,
         rho=rho,
         eps=eps,
-        weight_decay=_off_if_zero(weight_decay),
+        weight_decay=off_if_zero(weight_decay),
         weight_decay_mask=weight_decay_mask,
     )
-
-
-# ----------------------------------------------------------------------------- Rprop
 
 
 class ScaleByRpropState(NamedTuple):
@@ -432,7 +340,7 @@ def scale_by_rprop(
     min_step_size=">= 0",
     max_step_size=">= 0",
 )
-@_named("rprop")
+@named_like_optax("rprop")
 def _rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size):
     return scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
 
@@ -461,18 +369,6 @@ def rprop(
     )
 
 
-# ----------------------------------------------------------------------------- Lookahead
-
-
-def _refuse_lookahead_params(params: Any) -> None:
-    if isinstance(params, optax.LookaheadParams):
-        raise TypeError(
-            "lookahead: params must be the fast params, got an optax.LookaheadParams: gradx "
-            "keeps the slow weights in the state, so init and update take the params you "
-            "train (params.fast) and the updates apply to them"
-        )
-
-
 def lookahead(
     fast_optimizer: optax.GradientTransformation,
     sync_period: int,
@@ -490,17 +386,17 @@ def lookahead(
     )
 
     def init(params: Any) -> Any:
-        _refuse_lookahead_params(params)
+        refuse_lookahead_params(params)
         return opt.init(params)
 
     def update(updates, state, params=None, **extra_args):
-        _refuse_lookahead_params(params)
+        refuse_lookahead_params(params)
         return opt.update(updates, state, params, **extra_args)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-@_rule(lookahead)
+@gain_rule(lookahead)
 def _lookahead_gain(ctx, cells, state, incoming):
     """gradx.effective_learning_rate: the wrapped gradx.lookahead's rule."""
-    return _walk(ctx, _need(cells, "opt", "lookahead").update, state, incoming)
+    return walk_gain(ctx, closure_value(cells, "opt", "lookahead").update, state, incoming)

@@ -86,11 +86,11 @@ def _all_finite(loss: jax.Array, grads: Any) -> jax.Array:
 def make_step(fn: str, program: Any):
     """``step((params, opt_state), batch) -> ((params, opt_state), (loss, aux, ok))``.
 
-    ``program`` gives ``loss_fn``, ``update_fn`` and the flags ``has_aux``,
-    ``skip_nonfinite`` and ``diagnostics`` (read with defaults, so a program without the flags
-    is plain). With ``diagnostics`` (the last step of an epoch) the step returns the carry
-    ``(params, opt_state, (grads, params, updates))``: its gradient, the params it was taken
-    at and its update (0 if skipped), which :func:`gradx._gain.epoch_diagnostics` reads.
+    ``program`` gives ``loss_fn``, ``update_fn`` and the flags ``has_aux``, ``skip_nonfinite`` and
+    ``diagnostics`` (read with defaults, so a program without the flags is plain). With
+    ``diagnostics`` (the last step of an epoch) the step returns the carry ``(params, opt_state,
+    (grads, params, updates))``: its gradient, the params it was taken at and its update (0 if
+    skipped), which :func:`gradx._tools.effective_lr.epoch_diagnostics` reads.
     """
     has_aux = getattr(program, "has_aux", False)
     skip = getattr(program, "skip_nonfinite", False)

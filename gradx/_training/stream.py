@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import _sharding, _step
+from gradx._training import mesh as _mesh
+from gradx._training import step as _step
 
 
 def is_stream(data: Any) -> bool:
@@ -206,9 +207,9 @@ def groups(
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
 def _run_group(program: Any, params: Any, opt_state: Any, batches: Any):
     # On a mesh: each step's batch split over the data axis, params and state kept in place.
-    step = _sharding.constrain_step(program.plan, _step.make_step("fit", program))
+    step = _mesh.constrain_step(program.plan, _step.make_step("fit", program))
     (params, opt_state), out = jax.lax.scan(step, (params, opt_state), batches)
-    params, opt_state = _sharding.constrain_carry(program.plan, (params, opt_state))
+    params, opt_state = _mesh.constrain_carry(program.plan, (params, opt_state))
     return params, opt_state, out
 
 
@@ -273,9 +274,9 @@ def run_epoch_stream(
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def run_eval(fn: str, eval_fn: Any, params: Any, eval_data: Any):
     """eval_fn at the end of a streamed epoch, compiled once."""
-    from gradx.train import _metrics  # the in-memory path's checks, at trace time
+    from gradx._training.program import eval_metrics
 
-    return _metrics(fn, eval_fn, params, eval_data)
+    return eval_metrics(fn, eval_fn, params, eval_data)
 
 
 def fit_stream(
@@ -308,26 +309,29 @@ def fit_stream(
     """``fit`` on streamed data (see the module docstring); same arguments and result."""
     import optax
 
-    from gradx import _loop
-    from gradx.train import _check_int, _check_key, _copy, _Program, _start, _train
+    from gradx._training import loop as _loop
+    from gradx._training.fit import train_epochs
+    from gradx._training.inputs import check_int, check_key, fresh_copy
+    from gradx._training.packing import start_optimizer
+    from gradx._training.program import Program
 
     fn = "fit"
     check_callable(fn, data)
-    plan = _sharding.fit_plan(fn, mesh, shard_params, params)
-    epochs = _check_int(fn, "epochs", epochs, 1)
+    plan = _mesh.fit_plan(fn, mesh, shard_params, params)
+    epochs = check_int(fn, "epochs", epochs, 1)
     if batch_size is not None:
-        batch_size = _check_int(fn, "batch_size", batch_size, 1)
+        batch_size = check_int(fn, "batch_size", batch_size, 1)
     if steps_per_epoch is not None:
-        steps_per_epoch = _check_int(fn, "steps_per_epoch", steps_per_epoch, 1)
-    group = _check_int(fn, "steps_per_execution", steps_per_execution, 1)
-    key = None if key is None else _check_key(fn, key, None)
+        steps_per_epoch = check_int(fn, "steps_per_epoch", steps_per_epoch, 1)
+    group = check_int(fn, "steps_per_execution", steps_per_execution, 1)
+    key = None if key is None else check_key(fn, key, None)
     if eval_fn is not None:
         if eval_data is None:
             raise ValueError(
                 f"{fn}: eval_data must be given with eval_fn when data is a stream (there is "
                 "no in-memory data to default to), got None"
             )
-        eval_data = _sharding.place_eval(plan, jax.tree.map(jnp.asarray, eval_data))
+        eval_data = _mesh.place_eval(plan, jax.tree.map(jnp.asarray, eval_data))
     opts = _loop.options(
         fn, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
@@ -335,16 +339,18 @@ def fit_stream(
     )  # fmt: skip
     check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
     # Packed as the in-memory fit is: the same program, the same numbers.
-    packing, optimizer, opt_state = _start(fn, flat, optimizer, params, opt_state, plan, False)
-    params, opt_state = _copy((params, opt_state))
-    params, opt_state, plan = _sharding.place_fit(plan, params, opt_state)
+    packing, optimizer, opt_state = start_optimizer(
+        fn, flat, optimizer, params, opt_state, plan, False
+    )
+    params, opt_state = fresh_copy((params, opt_state))
+    params, opt_state, plan = _mesh.place_fit(plan, params, opt_state)
     update = optax.with_extra_args_support(optimizer).update
-    program = _Program(
+    program = Program(
         loss_fn, update, None, None, 0, vmapped=False, plan=plan,
         has_aux=has_aux, skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     spec = Spec(fn, batch_size)
-    put = jax.device_put if plan is None else functools.partial(_sharding.put_group, fn, plan)
+    put = jax.device_put if plan is None else functools.partial(_mesh.put_group, fn, plan)
 
     def run_epoch(epoch, params, opt_state):
         params, opt_state, loss, extra, steps, dropped = run_epoch_stream(
@@ -358,7 +364,7 @@ def fit_stream(
     run_info = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
     if eval_fn is not None:
         run_info["eval_data"] = eval_data
-    return _train(
+    return train_epochs(
         run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
         overwrite=overwrite, run_info=run_info,
     )  # fmt: skip

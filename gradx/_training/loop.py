@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradx import callbacks as _callbacks
+from gradx._training import identity as _identity
+from gradx._training.inputs import check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +35,6 @@ class Options:
     skip_nonfinite: bool = False
 
 
-def _check_int(fn: str, name: str, value: Any, low: int) -> int:
-    """``value`` as an int, or a ValueError unless it is an integer >= ``low`` (bools are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def options(
     fn: str,
     *,
@@ -51,14 +46,14 @@ def options(
     initial_epoch: int,
     skip_nonfinite: bool,
 ) -> Options:
-    initial_epoch = _check_int(fn, "initial_epoch", initial_epoch, 0)
+    initial_epoch = check_int(fn, "initial_epoch", initial_epoch, 0)
     if initial_epoch >= epochs:
         raise ValueError(
             f"{fn}: initial_epoch must be < epochs (epochs is the index to stop at, as in "
             f"Keras: initial_epoch=2, epochs=4 runs epochs 2 and 3), got initial_epoch="
             f"{initial_epoch} with epochs={epochs}"
         )
-    checkpoint_every = _check_int(fn, "checkpoint_every", checkpoint_every, 1)
+    checkpoint_every = check_int(fn, "checkpoint_every", checkpoint_every, 1)
     if resume and checkpoint_dir is None:
         raise ValueError(f"{fn}: resume=True needs checkpoint_dir, got checkpoint_dir=None")
     if callbacks is not None and (
@@ -159,10 +154,10 @@ def run(
 ) -> tuple[Any, Any, dict[str, list[float]], list[float], int, int]:
     """The epochs ``opts.initial_epoch`` (or the checkpoint's) to ``epochs - 1``.
 
-    ``view``: when the epochs run a packed optimizer (:class:`gradx._flat.Packing`), its
-    ``unpack``/``pack`` give callbacks and checkpoints the state in the user's layout.
-    ``overwrite``: fit's argument (see :mod:`gradx.checkpoint`); ``run_info``: what else
-    tells this run from another in a checkpoint (``*data``: described by shape and dtype).
+    ``view``: when the epochs run a packed optimizer (:class:`gradx._tools.flat_packing.Packing`),
+    its ``unpack``/``pack`` give callbacks and checkpoints the state in the user's layout.
+    ``overwrite``: fit's argument (see :mod:`gradx.checkpoint`); ``run_info``: what else tells this
+    run from another in a checkpoint (``*data``: described by shape and dtype).
 
     Returns (params, opt_state, history, epoch seconds, steps per epoch, dropped per epoch).
     """
@@ -176,10 +171,8 @@ def run(
     checkpointer = _open(fn, opts, overwrite)
     try:
         if checkpointer is not None:
-            from gradx import checkpoint as _checkpoint
-
             template = opt_state if view is None else view.unpack(opt_state)
-            checkpointer.identity = _checkpoint.identity(
+            checkpointer.identity = _identity.identity(
                 params, template, opts.callbacks,
                 {**(run_info or {}), "skip_nonfinite": opts.skip_nonfinite},
             )  # fmt: skip
@@ -198,7 +191,7 @@ def run(
                 stopped = restored["stopped"]
                 for name in ("steps_per_epoch", "dropped_per_epoch"):
                     counts[name] = restored[name]
-                names = _checkpoint.callback_names(opts.callbacks)
+                names = _identity.callback_names(opts.callbacks)
                 for cb, name in zip(opts.callbacks, names, strict=True):
                     if name in restored["callbacks"]:
                         cb.set_state(restored["callbacks"][name])
@@ -282,7 +275,7 @@ def _epochs(
 ):  # fmt: skip
     warned = False
     if checkpointer is not None:
-        from gradx.checkpoint import callback_names
+        from gradx._training.identity import callback_names
 
         names = callback_names(opts.callbacks)
     bar = bar_factory(max(epochs - start, 0)) if not stopped else None

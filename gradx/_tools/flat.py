@@ -22,13 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._core import (
-    _FLAT_ACTIVE,
-    TreeMismatchError,
-    _as_arrays,
-    _check_arrays,
-    params_like,
-)
+from gradx._optimizers.scaling import FLAT_ACTIVE
+from gradx._protocol.trees import TreeMismatchError, as_arrays, check_arrays, params_like
 
 __all__ = ["FlatState", "flat"]
 
@@ -52,7 +47,7 @@ class FlatState(NamedTuple):
     offsets: tuple[jax.Array, ...] = ()
 
 
-class _Layout(NamedTuple):
+class Layout(NamedTuple):
     """Where each leaf lives: static (shapes and dtypes), computed from a tree's leaves."""
 
     treedef: Any
@@ -69,7 +64,7 @@ class _Layout(NamedTuple):
 LEAVES_PER_BUFFER = 256
 
 
-def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
+def leaf_layout(tree: Any, max_leaf_size: int | None) -> Layout:
     """Small leaves packed by dtype (in order of first occurrence), at most
     ``LEAVES_PER_BUFFER`` to a buffer; then the big ones alone."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -96,11 +91,11 @@ def _layout(tree: Any, max_leaf_size: int | None) -> _Layout:
         place[i] = (len(packed) + j, None)
     slots = tuple((*place[i], sizes[i], tuple(leaf.shape)) for i, leaf in enumerate(leaves))
     members = tuple(tuple(m) for m in packed) + tuple((i,) for i in solo)
-    return _Layout(treedef, slots, members)
+    return Layout(treedef, slots, members)
 
 
-def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
-    """The 1-D buffers of the small leaves (see :func:`_layout`), raveled and concatenated;
+def pack_leaves(tree: Any, layout: Layout) -> tuple[jax.Array, ...]:
+    """The 1-D buffers of the small leaves (see :func:`leaf_layout`), raveled and concatenated;
     then each big leaf as it is."""
     leaves = jax.tree.leaves(tree)
     buffers = []
@@ -109,9 +104,9 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
             buffers.append(leaves[indices[0]])
             continue
         small = [leaves[i] for i in indices]
-        concrete, device = _placement(small)
+        concrete, device = placement(small)
         if concrete:  # init, fit: on the host, no program to compile
-            buffers.append(_host_buffer(small, device))
+            buffers.append(host_buffer(small, device))
             continue
         # lax, not jnp: a thousand leaves make the wrappers' overhead a visible part of a trace
         parts = [x if x.ndim == 1 else jax.lax.reshape(x, (x.size,)) for x in small]
@@ -119,13 +114,13 @@ def _pack(tree: Any, layout: _Layout) -> tuple[jax.Array, ...]:
     return tuple(buffers)
 
 
-def _host_buffer(leaves: list[Any], device: Any = None) -> jax.Array:
+def host_buffer(leaves: list[Any], device: Any = None) -> jax.Array:
     """Concrete ``leaves`` raveled and concatenated on the host, then put on ``device``
     (None: the default device, uncommitted)."""
     return jax.device_put(np.concatenate([np.asarray(x).reshape(-1) for x in leaves]), device)
 
 
-def _placement(leaves: list[Any]) -> tuple[bool, Any]:
+def placement(leaves: list[Any]) -> tuple[bool, Any]:
     """``(True, device)`` when these arrays are concrete and on one device, where their
     buffer goes (None: the default device, uncommitted, as eager jnp ops would leave it),
     else ``(False, None)``. Packing on the host then costs a copy, where the same eager jnp
@@ -144,7 +139,7 @@ def _placement(leaves: list[Any]) -> tuple[bool, Any]:
     return True, (devices.pop() if committed else None)
 
 
-def _runs(layout: _Layout, share_kernels: bool) -> list[tuple[int, ...]]:
+def _runs(layout: Layout, share_kernels: bool) -> list[tuple[int, ...]]:
     """The leaves sliced at a runtime offset, as runs: each a few leaves of one shape in one
     buffer, in leaf order, that share one runtime start (the run's first leaf's offset).
 
@@ -180,7 +175,7 @@ def _run_length(m: int) -> int:
     return r if r**3 >= m else r + 1
 
 
-def _offsets(layout: _Layout, share_kernels: bool) -> tuple[jax.Array, ...]:
+def buffer_offsets(layout: Layout, share_kernels: bool) -> tuple[jax.Array, ...]:
     """The start of each run (see :func:`_runs`), as int32 scalars (see FlatState)."""
     out = []
     for run in _runs(layout, share_kernels):
@@ -203,8 +198,8 @@ _NONNEGATIVE = (
 )
 
 
-def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
-    """The inverse of :func:`_pack`: each leaf sliced out of its buffer and reshaped."""
+def _unpack(buffers: Any, layout: Layout, offsets: tuple[Any, ...]) -> Any:
+    """The inverse of :func:`pack_leaves`: each leaf sliced out of its buffer and reshaped."""
     buffers = tuple(buffers)
     where = {}  # leaf -> (its run's segment, its distance from the run's start)
     for run, start in zip(_runs(layout, bool(offsets)), offsets, strict=True):
@@ -230,14 +225,14 @@ def _unpack(buffers: Any, layout: _Layout, offsets: tuple[Any, ...]) -> Any:
 
 
 @contextlib.contextmanager
-def _inside() -> Iterator[None]:
+def inside_flat() -> Iterator[None]:
     """Marks the inner optimizer's init and update as running on packed buffers, so that a
     per-leaf setting (a weight-decay mask) refuses instead of applying to the wrong leaves."""
-    token = _FLAT_ACTIVE.set(True)
+    token = FLAT_ACTIVE.set(True)
     try:
         yield
     finally:
-        _FLAT_ACTIVE.reset(token)
+        FLAT_ACTIVE.reset(token)
 
 
 @functools.lru_cache(maxsize=256)
@@ -253,8 +248,8 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
                 f"flat: state must be the FlatState this optimizer's init returned, got a "
                 f"{type(state).__name__}; call the flat optimizer's init"
             )
-        updates = _as_arrays(updates)
-        layout = _layout(updates, max_leaf_size)
+        updates = as_arrays(updates)
+        layout = leaf_layout(updates, max_leaf_size)
         packed_params = None
         if params is not None:
             try:
@@ -272,7 +267,7 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
                         f"by dtype), got {g.dtype} for a {p.dtype} param at "
                         f"{jax.tree_util.keystr(path) or '(the root)'}"
                     )
-            packed_params = _pack(params, layout)
+            packed_params = pack_leaves(params, layout)
         want = len(_runs(layout, share_kernels))
         if len(state.offsets) != want:
             raise TreeMismatchError(
@@ -280,9 +275,9 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
                 f"sliced at a runtime offset, but the gradients have {want}; call init with "
                 "params of the gradients' structure and the same flat settings"
             )
-        with _inside():
+        with inside_flat():
             out, inner_state = inner_update(
-                _pack(updates, layout), state.inner_state, packed_params, **extra_args
+                pack_leaves(updates, layout), state.inner_state, packed_params, **extra_args
             )
         return _unpack(out, layout, state.offsets), FlatState(
             inner_state=inner_state, offsets=state.offsets
@@ -300,6 +295,7 @@ def is_flat(optimizer: Any) -> bool:
 #: Leaves with more elements than this keep their own buffer by default: a kernel per leaf
 #: costs little next to their memory traffic, and packing would copy them every step.
 MAX_LEAF_SIZE = 1 << 14
+
 
 #: The leaves ``fit``, ``sweep`` and ``search`` pack by themselves (:func:`packing`): at most
 #: this many elements. Inside their scanned epoch a kernel costs well under a microsecond on
@@ -400,174 +396,13 @@ def flat(
     inner = optax.with_extra_args_support(optimizer)
 
     def init(params: Any) -> FlatState:
-        _check_arrays("flat", params, "params")
-        params = _as_arrays(params)
-        with _inside():
-            layout = _layout(params, limit)
+        check_arrays("flat", params, "params")
+        params = as_arrays(params)
+        with inside_flat():
+            layout = leaf_layout(params, limit)
             return FlatState(
-                inner_state=inner.init(_pack(params, layout)), offsets=_offsets(layout, share)
+                inner_state=inner.init(pack_leaves(params, layout)),
+                offsets=buffer_offsets(layout, share),
             )
 
     return optax.GradientTransformationExtraArgs(init, _flat_update(inner.update, limit, share))
-
-
-# ----------------------------------------------------------------------------- inside fit
-
-
-class _Correspondence(NamedTuple):
-    """How an optimizer's state over the params and its state over the packed buffers match:
-    the same containers, where each subtree mirroring the params (a moment) is, packed, a
-    tuple of buffers. Static; computed from shapes only."""
-
-    prefix: Any  # the treedef both states share once the mirrors are taken as leaves
-    mirrors: tuple[bool, ...]  # per leaf of the prefix: a mirror of the params?
-    params_treedef: Any
-    params_shapes: tuple[tuple[int, ...], ...]
-    buffer_shapes: tuple[tuple[int, ...], ...]
-
-    def is_mirror(self, node: Any, lead: tuple[int, ...] = ()) -> bool:
-        leaves, treedef = jax.tree.flatten(node)
-        return treedef == self.params_treedef and all(
-            hasattr(x, "shape") and tuple(x.shape) == lead + s
-            for x, s in zip(leaves, self.params_shapes, strict=True)
-        )
-
-    def is_packed(self, node: Any, lead: tuple[int, ...] = ()) -> bool:
-        return (
-            type(node) is tuple
-            and len(node) == len(self.buffer_shapes)
-            and all(
-                hasattr(x, "shape") and tuple(x.shape) == lead + s
-                for x, s in zip(node, self.buffer_shapes, strict=True)
-            )
-        )
-
-
-def _correspondence(inner: Any, params: Any, layout: _Layout) -> _Correspondence | None:
-    """The correspondence of the two layouts of ``inner``'s state, or None if there is none
-    (a state that is not made of mirrors of the params and of leaves the layout keeps)."""
-    per_leaf = jax.eval_shape(inner.init, params)
-    with _inside():
-        packed = jax.eval_shape(lambda p: inner.init(_pack(p, layout)), params)
-    leaves, params_treedef = jax.tree.flatten(params)
-    buffers = jax.eval_shape(lambda p: _pack(p, layout), params)
-    c = _Correspondence(
-        None,
-        (),
-        params_treedef,
-        tuple(tuple(x.shape) for x in leaves),
-        tuple(tuple(b.shape) for b in buffers),
-    )
-    a, a_def = jax.tree.flatten(per_leaf, is_leaf=c.is_mirror)
-    b, b_def = jax.tree.flatten(packed, is_leaf=c.is_packed)
-    if a_def != b_def:
-        return None
-    mirrors = tuple(c.is_mirror(x) for x in a)
-    for x, y, m in zip(a, b, mirrors, strict=True):
-        if m != c.is_packed(y):
-            return None
-        if not m and (x.shape, x.dtype) != (y.shape, y.dtype):
-            return None
-        if m and any(  # each buffer holds one dtype: the mirror's leaves in it have it
-            {np.dtype(jax.tree.leaves(x)[i].dtype) for i in members} != {np.dtype(buf.dtype)}
-            for members, buf in zip(layout.members, y, strict=True)
-        ):
-            return None
-    return c._replace(prefix=a_def, mirrors=mirrors)
-
-
-class Packing(NamedTuple):
-    """``gradx.fit`` running an optimizer packed: ``optimizer`` is ``flat(the user's)``, and
-    :meth:`pack` / :meth:`unpack` move its state between the user's layout (the params'
-    pytree) and the packed one, on the host (a handful of copies, once per fit, per
-    checkpoint and per epoch for a callback that reads the state)."""
-
-    optimizer: optax.GradientTransformationExtraArgs
-    layout: _Layout
-    correspondence: _Correspondence
-
-    def pack(self, state: Any, fn: str = "fit") -> FlatState:
-        """The user's state (the optimizer's own init layout) as ``optimizer``'s state."""
-        c = self.correspondence
-        nodes, treedef = jax.tree.flatten(state, is_leaf=c.is_mirror)
-        if treedef != c.prefix:
-            raise TreeMismatchError(
-                f"{fn}: opt_state does not have the structure of optimizer.init(params)"
-            )
-
-        def pack(node: Any) -> tuple[jax.Array, ...]:
-            leaves = jax.tree.leaves(node)
-            out = []
-            for indices in self.layout.members:
-                if self.layout.slots[indices[0]][1] is None:  # a big leaf: as it is
-                    out.append(jnp.asarray(leaves[indices[0]]))
-                else:  # uncommitted, as fit's own init would be: no second compile
-                    out.append(_host_buffer([leaves[i] for i in indices]))
-            return tuple(out)
-
-        inner = [pack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
-        return FlatState(
-            inner_state=jax.tree.unflatten(treedef, inner),
-            offsets=_offsets(self.layout, share_kernels=True),
-        )
-
-    def unpack(self, state: FlatState, batch_dims: int = 0) -> Any:
-        """``optimizer``'s state in the user's layout (that of the optimizer's own init);
-        ``batch_dims``: leading axes every leaf has (sweep's grid axis)."""
-        c = self.correspondence
-        leaves = jax.tree.leaves(state)
-        lead = tuple(leaves[0].shape[:batch_dims]) if leaves else ()
-        nodes, treedef = jax.tree.flatten(
-            state.inner_state, is_leaf=lambda node: c.is_packed(node, lead)
-        )
-
-        def unpack(buffers: tuple[Any, ...]) -> Any:
-            host: dict[int, np.ndarray] = {}
-            leaves = []
-            for b, offset, size, shape in self.layout.slots:
-                if offset is None:
-                    leaves.append(buffers[b])  # a big leaf: its own buffer, no copy
-                    continue
-                if b not in host:
-                    host[b] = np.asarray(buffers[b])
-                part = host[b][..., offset : offset + size].reshape(lead + shape)
-                leaves.append(jax.device_put(part))
-            return jax.tree.unflatten(self.layout.treedef, leaves)
-
-        if treedef != c.prefix:
-            raise TreeMismatchError("flat: the state does not have the packed layout")
-        user = [unpack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
-        return jax.tree.unflatten(treedef, user)
-
-
-def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packing | None, str]:
-    """``(Packing, "")`` when ``fit`` can run ``optimizer`` packed and it pays off, else
-    ``(None, why not)``: a gradx optimizer built from numbers and flags (one of the library's
-    own, with no mask and no user block: those treat every coordinate alike), over params
-    with at least two leaves of at most ``FIT_MAX_LEAF_SIZE`` elements and one dtype (else
-    there is nothing to pack; bigger leaves keep their own buffers), whose state runs packed
-    (Keras's per-variable ``clipnorm`` does not) and maps leaf for leaf onto the packed one."""
-    from gradx._core import ELEMENTWISE
-
-    if optimizer.update not in ELEMENTWISE:
-        return None, (
-            "it runs only gradx's own optimizers packed (built from numbers and flags, "
-            "without a weight-decay mask): pass gradx.flat(optimizer) to pack another"
-        )
-    params = _as_arrays(params)
-    if not _placement(jax.tree.leaves(params))[0]:
-        return None, "the params are spread over several devices: each keeps its sharding"
-    layout = _layout(params, FIT_MAX_LEAF_SIZE)
-    if not any(len(m) > 1 for m in layout.members):
-        return None, (
-            f"no two params leaves of one dtype have at most {FIT_MAX_LEAF_SIZE} elements: "
-            "there is nothing to pack"
-        )
-    inner = optax.with_extra_args_support(optimizer)
-    try:
-        c = _correspondence(inner, params, layout)
-    except ValueError as e:  # a block that refuses to run packed
-        return None, str(e)
-    if c is None:
-        return None, "its state does not map leaf for leaf onto a packed state"
-    return Packing(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE), layout, c), ""

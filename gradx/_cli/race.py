@@ -25,8 +25,6 @@ import optax
 
 import gradx
 
-# ----------------------------------------------------------------------------- problems
-
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -42,7 +40,11 @@ class Problem:
 
 
 _ANGLE = math.pi / 6
+
+
 _COS, _SIN = math.cos(_ANGLE), math.sin(_ANGLE)
+
+
 _CENTER = (1.0, 1.0)
 
 
@@ -107,10 +109,9 @@ PROBLEMS: dict[str, Problem] = {
     ]
 }
 
+
 #: The default learning-rate grid: 1e-5 to 100, four points per decade.
 LR_GRID = (1e-5, 100.0, 29)
-
-# ----------------------------------------------------------------------------- one program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +156,6 @@ def run_grid(
     lrs = np.asarray(learning_rates, np.float32)
     path, loss = jax.jit(jax.vmap(one))(lrs)
     return Runs(lrs, np.asarray(path), np.asarray(loss))
-
-
-# ----------------------------------------------------------------------------- choosing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,9 +219,6 @@ def race_one(
     )
 
 
-# ----------------------------------------------------------------------------- contestants
-
-
 def contestant(name: str, make: Callable[..., Any]) -> tuple[Any, str | None]:
     """``(optimizer, None)`` when ``make(learning_rate)`` alone builds a raceable optimizer,
     else ``(None, why not)``."""
@@ -249,9 +244,6 @@ def contestant(name: str, make: Callable[..., Any]) -> tuple[Any, str | None]:
     if "learning_rate" not in keys:
         return None, f"no single 'learning_rate' in its state (it has {sorted(keys)})"
     return opt, None
-
-
-# ----------------------------------------------------------------------------- the report
 
 
 def format_table(problem: Problem, results: Sequence[Result], steps: int, tol: float) -> str:

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._core import check_tree, optimizer, wide
-
-# ----------------------------------------------------------------------------- blocks
+from gradx._protocol.declare import optimizer
+from gradx._protocol.dtypes import wide
+from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, nonzero_divisor
+from gradx._protocol.trees import check_tree
 
 
 class RpropState(NamedTuple):
@@ -112,9 +113,6 @@ def scale_by_rprop(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-# ----------------------------------------------------------------------------- optimizers
-
-
 @optimizer(
     "min_step <= max_step",
     learning_rate=">= 0",
@@ -195,4 +193,17 @@ def rprop(
         min_step=min_step,
         max_step=max_step,
         irprop_minus=irprop_minus,
+    )
+
+
+@gain_rule(scale_by_rprop)
+def _rprop_gain(ctx, cells, state, incoming):
+    # u_i = −α_i·sign(g_i) = −(α_i/|g_i|)·g_i; the state keeps α_i and g_i (0 where iRprop⁻
+    # dropped a flipped gradient: that weight did not move, factor 0; likewise where g_i = 0).
+    def factor(step, g):
+        a = jnp.abs(in_gain_dtype(ctx, g))
+        return jnp.where(a > 0, -in_gain_dtype(ctx, step) / nonzero_divisor(a), jnp.zeros_like(a))
+
+    return Gain(jnp.ones([], ctx.dtype), jax.tree.map(factor, state.step_size, state.prev_grad)), (
+        None
     )

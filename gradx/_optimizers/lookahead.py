@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._core import HyperparamsState, check_tree, needs_params, optimizer, wide
-from gradx._momentum import momentum
-
-# ----------------------------------------------------------------------------- states
+from gradx._optimizers.momentum import momentum
+from gradx._protocol.declare import optimizer
+from gradx._protocol.dtypes import wide
+from gradx._protocol.gain import GAIN_FN, Gain, closure_value, gain_rule, in_gain_dtype, walk_gain
+from gradx._protocol.state import HyperparamsState
+from gradx._protocol.trees import check_tree, needs_params
 
 
 class LookaheadState(NamedTuple):
@@ -37,9 +39,9 @@ class FittedLookaheadState(NamedTuple):
     slow: Any  # like params (shape and dtype): the slow weights, the start of the cycle
 
 
-# ----------------------------------------------------------------------------- helpers
-
 _WHY_PARAMS = "the emitted update at a sync moves them onto the slow weights"
+
+
 _NEEDS_VALUE = (
     "lookahead: alpha='quadratic' needs the loss: call update(grads, state, params, value=loss)"
 )
@@ -124,9 +126,6 @@ def fit_alpha(
     fallback = jnp.where(loss_finish <= loss_start, jnp.ones_like(a), jnp.zeros_like(a))
     alpha = jnp.where(convex & ~jnp.isnan(vertex), vertex, fallback)
     return jnp.clip(alpha, alpha_min, alpha_max)
-
-
-# ----------------------------------------------------------------------------- blocks
 
 
 @optimizer(sync_period="int >= 1", alpha="[0, 1]")
@@ -275,9 +274,6 @@ def _report_alpha(
     return optax.GradientTransformationExtraArgs(opt.init, update)
 
 
-# ----------------------------------------------------------------------------- the optimizer
-
-
 def lookahead(
     inner: optax.GradientTransformation,
     sync_period: int | Callable[[jax.Array], Any] = 5,
@@ -373,9 +369,6 @@ def lookahead(
     return _report_alpha(fitted)
 
 
-# ----------------------------------------------------------------------------- for the races
-
-
 def lookahead_momentum(
     learning_rate: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
@@ -388,3 +381,33 @@ def lookahead_fitted(
 ) -> optax.GradientTransformationExtraArgs:
     """Lookahead (k = 5) around momentum, α fitted by a quadratic at each sync (seed 004)."""
     return lookahead(momentum(learning_rate), alpha="quadratic")
+
+
+@gain_rule(_report_alpha)
+def _report_alpha_gain(ctx, cells, state, incoming):
+    return walk_gain(ctx, closure_value(cells, "opt", "lookahead").update, state, incoming)
+
+
+@gain_rule(_fixed)
+def _lookahead_fixed_gain(ctx, cells, state, incoming):
+    if closure_value(cells, "reset_state", "lookahead"):
+        raise ValueError(
+            f"{GAIN_FN}: lookahead(reset_state=True) re-initialises the inner optimizer's state at "
+            "every sync, so the inner gain of a sync step cannot be read from the state after "
+            "it; use reset_state=False"
+        )
+    inner = closure_value(cells, "inner", "lookahead")
+    gain, _ = walk_gain(ctx, inner.update, state.fast_state, incoming)
+    # A sync step emits α·(inner step) + (1 − α)·(φ − θ): the inner step's gain times α.
+    alpha = in_gain_dtype(ctx, closure_value(cells, "alpha", "lookahead"))
+    synced = jnp.asarray(state.phase) == 0
+    return Gain(gain.scale * jnp.where(synced, alpha, jnp.ones_like(alpha)), gain.tree), None
+
+
+@gain_rule(_fitted)
+def _lookahead_fitted_gain(ctx, cells, state, incoming):
+    inner = closure_value(cells, "inner", "lookahead")
+    gain, _ = walk_gain(ctx, inner.update, state.fast_state, incoming)
+    # The sync call takes no inner step: g_t only sets α through the slope, so its factor is 0.
+    stepped = in_gain_dtype(ctx, jnp.asarray(state.phase) != 0)
+    return Gain(gain.scale * stepped, gain.tree), None

@@ -32,17 +32,11 @@ its 60000 training images for validation.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import math
-import os
 import pathlib
-import struct
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -52,6 +46,8 @@ import numpy as np
 
 import gradx
 from gradx import losses
+from gradx._cli.data import CompareError, Dataset, default_cache_dir, make_dataset
+from gradx._cli.report import SELECT_EPOCHS, TIE_SE, Row, format_table, plot
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -59,159 +55,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jax.nn.tanh,
     "elu": jax.nn.elu,
 }
+
+
 DEFAULT_EPOCHS = {"digits": 30, "mnist": 10}
+
+
 DEFAULT_LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, 0.5, 10))  # 1e-4 ... 3.16
+
+
 HIDDEN = (16, 16)
+
+
 CLASSES = 10
-SELECT_EPOCHS = 5  # the learning rate is scored by its mean validation accuracy over these
-TIE_SE = 1.5  # rates within this many standard errors of the best score count as tied
-
-MNIST_MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
-MNIST_FILES = {
-    "x_train": "train-images-idx3-ubyte.gz",
-    "y_train": "train-labels-idx1-ubyte.gz",
-    "x_test": "t10k-images-idx3-ubyte.gz",
-    "y_test": "t10k-labels-idx1-ubyte.gz",
-}
-
-# The opener, a module attribute so tests can replace it (no network in tests).
-_urlopen = urllib.request.urlopen
-
-
-class CompareError(RuntimeError):
-    """A failure the command reports in one line (no traceback)."""
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class Split(NamedTuple):
-    x: np.ndarray  # (n, features), float32
-    y: np.ndarray  # (n,), int32 class indices
-
-
-class Dataset(NamedTuple):
-    """Four splits: ``sub`` and ``val`` choose the learning rate (``sub`` ∪ ``val`` =
-    ``train``); ``train`` and ``test`` score it. Each pair is standardised with the
-    statistics of the split it trains on."""
-
-    sub: Split
-    val: Split
-    train: Split
-    test: Split
-
-
-def _standardize(fit_on: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
-    mean = fit_on.mean(axis=0)
-    std = fit_on.std(axis=0)
-    std = np.where(std > 0, std, 1.0)  # constant pixels (digit borders) stay 0
-    return [((a - mean) / std).astype(np.float32) for a in arrays]
-
-
-def load_digits() -> tuple[Split, Split]:
-    """scikit-learn's bundled 8×8 digits: (train, test), test = 20% stratified, seed 0."""
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        raise CompareError(
-            "compare: the digits dataset needs scikit-learn; pip install 'gradx[examples]'"
-        ) from None
-    x, y = sk_load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=0, stratify=y
-    )
-    return Split(x_train, y_train.astype(np.int32)), Split(x_test, y_test.astype(np.int32))
-
-
-def default_cache_dir() -> pathlib.Path:
-    """``$GRADX_CACHE_DIR``, else ``~/.cache/gradx``."""
-    env = os.environ.get("GRADX_CACHE_DIR")
-    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gradx"
-
-
-def _download(name: str, target: pathlib.Path, mirrors: Sequence[str]) -> None:
-    errors = []
-    for base in mirrors:
-        url = base.rstrip("/") + "/" + name
-        try:
-            with _urlopen(url, timeout=60) as response:
-                payload = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            errors.append(f"{url} ({reason})")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-            tmp.write(payload)
-        os.replace(tmp.name, target)  # atomic: no half-written file in the cache
-        return
-    raise CompareError(
-        f"compare: could not download MNIST's {name}; tried {'; '.join(errors)}. "
-        f"Connect to the internet, or put the four MNIST files ({', '.join(MNIST_FILES.values())}) "
-        f"in {target.parent} and run again."
-    )
-
-
-def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
-    try:
-        raw = gzip.decompress(path.read_bytes())
-        got, count = struct.unpack(">II", raw[:8])
-        if got != magic:
-            raise ValueError(f"magic number {got}, expected {magic}")
-        if magic == 2051:
-            rows, cols = struct.unpack(">II", raw[8:16])
-            return np.frombuffer(raw, np.uint8, count * rows * cols, 16).reshape(count, -1)
-        return np.frombuffer(raw, np.uint8, count, 8)
-    except (OSError, ValueError, struct.error, EOFError) as e:
-        raise CompareError(
-            f"compare: {path} is not a valid MNIST file ({e}); delete it and run again"
-        ) from None
-
-
-def load_mnist(cache_dir: pathlib.Path) -> tuple[Split, Split]:
-    """MNIST (train 60000, test 10000), downloaded once into ``cache_dir / 'mnist'``."""
-    folder = cache_dir / "mnist"
-    env = os.environ.get("GRADX_MNIST_URL")
-    mirrors = (env,) if env else MNIST_MIRRORS
-    arrays = {}
-    for key, name in MNIST_FILES.items():
-        path = folder / name
-        if not path.exists():
-            print(f"downloading {name} into {folder}", file=sys.stderr)
-            _download(name, path, mirrors)
-        arrays[key] = _read_idx(path, 2051 if key.startswith("x") else 2049)
-    return (
-        Split(arrays["x_train"].astype(np.float32) / 255, arrays["y_train"].astype(np.int32)),
-        Split(arrays["x_test"].astype(np.float32) / 255, arrays["y_test"].astype(np.int32)),
-    )
-
-
-def make_dataset(name: str, cache_dir: pathlib.Path) -> Dataset:
-    """The four splits of ``name`` ('digits' or 'mnist'), standardised."""
-    if name == "digits":
-        train, test = load_digits()
-        from sklearn.model_selection import train_test_split
-
-        x_sub, x_val, y_sub, y_val = train_test_split(
-            train.x, train.y, test_size=0.2, random_state=0, stratify=train.y
-        )
-    else:
-        train, test = load_mnist(cache_dir)
-        n_val = len(train.y) // 6  # the last 10000 of 60000
-        x_sub, x_val = train.x[:-n_val], train.x[-n_val:]
-        y_sub, y_val = train.y[:-n_val], train.y[-n_val:]
-    x_sub, x_val = _standardize(x_sub, x_sub, x_val)
-    x_train, x_test = _standardize(train.x, train.x, test.x)
-    return Dataset(
-        Split(x_sub, y_sub), Split(x_val, y_val), Split(x_train, train.y), Split(x_test, test.y)
-    )
-
-
-# ----------------------------------------------------------------------------- the network
 
 
 def init_mlp(key: jax.Array, sizes: Sequence[int], activation: str) -> list[dict[str, jax.Array]]:
@@ -260,21 +115,6 @@ def _functions(activation: str):
         return {"train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy}
 
     return loss_fn, select_eval, final_eval
-
-
-# ----------------------------------------------------------------------------- the race
-
-
-class Row(NamedTuple):
-    name: str
-    learning_rate: float
-    at_edge: bool  # the chosen rate is the smallest or largest of the grid
-    train_loss: float  # on the whole training set, at the final params
-    test_accuracy: float
-    first_epoch_seconds: float  # the first epoch, compilation included
-    seconds_per_epoch: float  # median over the later epochs; NaN with a single epoch
-    history: dict[str, np.ndarray]
-    tied: tuple[float, float] = (math.nan, math.nan)  # smallest and largest tied rate
 
 
 def _learning_rate_key(name: str, state: Any) -> str:
@@ -387,78 +227,6 @@ def race_one(
         history=result.history,
         tied=(float(learning_rates[tied[0]]), float(learning_rates[tied[-1]])),
     )
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """The results as an aligned text table, best test accuracy first."""
-    header = (
-        "optimizer",
-        "learning rate",
-        "tied rates",
-        "final train loss",
-        "test accuracy",
-        "first epoch",
-        "time/epoch",
-    )
-    lines = []
-    for r in sorted(rows, key=lambda r: (-r.test_accuracy, r.train_loss)):
-        lo, hi = r.tied
-        lines.append(
-            (
-                r.name,
-                f"{r.learning_rate:.3g}" + (" *" if r.at_edge else ""),
-                f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}",
-                f"{r.train_loss:.3g}",
-                f"{100 * r.test_accuracy:.2f}%",
-                f"{1000 * r.first_epoch_seconds:.0f} ms",
-                "—" if math.isnan(r.seconds_per_epoch) else f"{1000 * r.seconds_per_epoch:.1f} ms",
-            )
-        )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(
-        c.ljust(w) if i == 0 else c.rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-    out = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
-    window = min(SELECT_EPOCHS, *(len(r.history["train_loss"]) for r in rows))
-    out.append(
-        f"tied rates: mean validation accuracy over the last {window} epoch(s) within "
-        f"{TIE_SE:g} standard\n  errors of the best; the middle tied rate is the learning rate"
-    )
-    out.append(
-        "first epoch: compilation included; time/epoch: median of the later epochs"
-        + (" (— with one epoch)" if any(math.isnan(r.seconds_per_epoch) for r in rows) else "")
-    )
-    if any(r.at_edge for r in rows):
-        out.append("* the chosen learning rate is at the edge of the grid; widen it with --lrs")
-    return "\n".join(out)
-
-
-def plot(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
-    """Training loss and test accuracy per epoch, one line per optimizer, into a PNG."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CompareError(
-            "compare: the plot needs matplotlib; pip install 'gradx[examples]' or pass --plot ''"
-        ) from None
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    loss_ax, acc_ax = figure.subplots(1, 2)
-    for i, r in enumerate(rows):
-        epochs = np.arange(1, len(r.history["train_loss"]) + 1)
-        style = {"label": f"{r.name} (lr {r.learning_rate:.3g})", "color": f"C{i % 10}"}
-        style["linestyle"] = ("-", "--", ":")[i // 10 % 3]  # ten colours, then new dashes
-        loss_ax.plot(epochs, r.history["train_loss"], **style)
-        acc_ax.plot(epochs, 100 * r.history["test_accuracy"], **style)
-    loss_ax.set(xlabel="epoch", ylabel="training loss (cross entropy)", yscale="log")
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)")
-    acc_ax.legend(fontsize="small", ncol=2)
-    figure.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-
-
-# ----------------------------------------------------------------------------- the command
 
 
 def _parser() -> argparse.ArgumentParser:

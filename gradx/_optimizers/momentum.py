@@ -1,8 +1,8 @@
 """Gradient descent and its momentum family: blocks and the seeds' optimizers.
 
-Blocks: ``trace`` (heavy-ball velocity), ``ema`` (exponential moving average), ``normalize``
-(divide by the global norm). Optimizers: ``sgd``, ``momentum``, ``nesterov``,
-``ema_momentum``, ``normalized_sgd``, each a short chain of blocks ending in
+Blocks: ``trace`` (heavy-ball velocity), ``ema`` (exponential moving average), ``nesterov_ema``
+(Nadam's numerator). Optimizers: ``sgd``, ``momentum``, ``nesterov``,
+``ema_momentum``, each a short chain of blocks ending in
 ``scale_by_learning_rate``.
 """
 
@@ -14,75 +14,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._core import (
-    abs_sq,
-    check_tree,
-    coef,
-    hyperparam_dtype,
-    optimizer,
-    real_dtype,
-    scale_by_learning_rate,
-    wide,
+from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._protocol.declare import optimizer
+from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.gain import (
+    Gain,
+    closure_value,
+    gain_rule,
+    in_gain_dtype,
+    nonzero_divisor,
+    steps_taken,
 )
-
-# ----------------------------------------------------------------------------- moment dtypes
-
-
-def dtype_arg(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
-    """``dtype`` as a real floating ``jnp.dtype``, or None; raises on anything else."""
-    if dtype is None:
-        return None
-    try:
-        canonical = jnp.dtype(dtype)
-    except TypeError:
-        canonical = None
-    if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
-        raise TypeError(
-            f"{fn}: {name} must be a real floating dtype (e.g. jnp.float32) or None, got {dtype!r}"
-        )
-    return canonical
-
-
-def moment_dtype(fn: str, name: str, leaf_dtype: Any, dtype: Any, real: bool) -> jnp.dtype:
-    """The dtype a moment of a params leaf is stored in.
-
-    ``dtype`` None follows the leaf; a ``real`` moment (of |g|²) of a complex leaf is real
-    (complex64 → float32). A first moment (``real=False``) of a complex leaf given a real
-    ``dtype`` is stored in its complex counterpart (float32 → complex64, float64 →
-    complex128).
-    """
-    leaf_dtype = jnp.dtype(leaf_dtype)
-    if dtype is None:
-        return real_dtype(leaf_dtype) if real else leaf_dtype
-    dtype = jnp.dtype(dtype)
-    if real or not jnp.issubdtype(leaf_dtype, jnp.complexfloating):
-        return dtype
-    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-        raise TypeError(
-            f"{fn}: {name} must be float32 or float64 for complex params (its complex "
-            f"counterpart stores the moment), got {dtype} for {leaf_dtype} params"
-        )
-    return jnp.dtype(f"complex{16 * dtype.itemsize}")
-
-
-def moment_zeros(
-    fn: str, name: str, params: Any, dtype: Any, real: bool = False, fill: Any = 0
-) -> Any:
-    """A moment like ``params``, filled with ``fill``, in :func:`moment_dtype` per leaf."""
-
-    def leaf(p):
-        p = jnp.asarray(p)
-        return jnp.full_like(p, fill, dtype=moment_dtype(fn, name, p.dtype, dtype, real))
-
-    return jax.tree.map(leaf, params)
-
-
-def stored(new: Any, old: Any) -> Any:
-    """The state's leaves: each value of ``new`` cast to the dtype ``old`` is stored in."""
-    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
-
-
-# ----------------------------------------------------------------------------- blocks
+from gradx._protocol.trees import check_tree
 
 
 class TraceState(NamedTuple):
@@ -115,9 +58,9 @@ def trace(
     keyword-only (optax's third argument is ``accumulator_dtype``).
 
     Returns:
-      An optax transformation. Its update is in the computed dtype (:func:`gradx._core.wide`
-      of u, μ and v), which may be wider than u's: the new v before it is rounded to its
-      storage dtype.
+      An optax transformation. Its update is in the computed dtype
+      (:func:`gradx._protocol.dtypes.wide` of u, μ and v), which may be wider than u's: the new v
+      before it is rounded to its storage dtype.
     """
     acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
 
@@ -174,7 +117,7 @@ def ema(
     (1 − dampening)·g). The correction is computed in the hyperparameter dtype.
 
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
-    params. The update is in the computed dtype (:func:`gradx._core.wide` of g, β and m),
+    params. The update is in the computed dtype (:func:`gradx._protocol.dtypes.wide` of g, β and m),
     which may be wider than g's: the new m before it is rounded to its storage dtype.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
@@ -215,39 +158,6 @@ def ema(
         return updates, EmaState(count=count, mean=stored(mean, state.mean))
 
     return optax.GradientTransformationExtraArgs(init_state, update)
-
-
-class NormalizeState(NamedTuple):
-    """normalize keeps no state."""
-
-
-def normalize() -> optax.GradientTransformationExtraArgs:
-    """Block: u ← g / ‖g‖, one L2 norm over the whole pytree; u = 0 where g = 0.
-
-    ‖g‖² = Σ|g|² (complex leaves count their modulus). The norm is accumulated in float32
-    (or wider) whatever the leaves' dtype, and the update is returned in that dtype. Safe at
-    g = 0, also for ``jax.grad`` through the update (no NaN from the norm's derivative).
-    """
-
-    def init(params: Any) -> NormalizeState:
-        del params
-        return NormalizeState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        leaves = jax.tree.leaves(updates)
-        if not leaves:
-            return updates, state
-        acc = jnp.zeros([], hyperparam_dtype(updates))
-        squares = sum(jnp.sum(abs_sq(wide(g, acc))) for g in leaves)
-        positive = squares > 0
-        inverse = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, squares, 1)), 0)
-        return jax.tree.map(lambda g: wide(g, acc) * coef(inverse, wide(g, acc)), updates), state
-
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-# ----------------------------------------------------------------------------- optimizers
 
 
 def _buffer_dtype(fn: str, accumulator_dtype: Any, mu_dtype: Any) -> tuple[str, Any]:
@@ -465,20 +375,27 @@ def ema_momentum(
     )
 
 
-@optimizer(learning_rate=">= 0")
-def normalized_sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    """Normalized gradient descent: θ ← θ − γ·g/‖g‖ (seed 004).
+@gain_rule(trace)
+def _trace_gain(ctx, cells, state, incoming):
+    # Heavy ball v_t = μ·v_{t−1} + u_t: this step's factor on u_t is 1 (the velocity carries
+    # a share of it into later steps too; see effective_learning_rate's Note). Nesterov emits
+    # u_t + μ·v_t, so 1 + μ. torch's dampening d keeps (1 − d)·u_t after the first step.
+    mu = in_gain_dtype(ctx, closure_value(cells, "decay", "trace"))
+    dampening = closure_value(cells, "dampening", "trace")
+    keep = jnp.ones([], ctx.dtype)
+    if dampening is not None:
+        first = jnp.asarray(state.count) <= 1
+        keep = jnp.where(first, keep, 1 - in_gain_dtype(ctx, dampening))
+    gain = keep * (1 + mu) if closure_value(cells, "nesterov", "trace") else keep
+    return Gain(gain), None
 
-    ‖g‖ is one L2 norm over the whole pytree, so every step has length γ whatever the scale
-    of the gradient; at g = 0 the step is 0. With a constant γ it ends circling the minimum
-    at distance about γ: pair it with a decaying schedule.
 
-    Blocks: ``normalize() → scale_by_learning_rate(γ)``.
-
-    Args:
-      learning_rate: γ ≥ 0, the step length, a number or a schedule of the step count.
-
-    Returns:
-      An optax transformation whose state holds ``learning_rate``.
-    """
-    return optax.chain(normalize(), scale_by_learning_rate(learning_rate))
+@gain_rule(ema)
+def _ema_gain(ctx, cells, state, incoming):
+    beta = in_gain_dtype(ctx, closure_value(cells, "decay", "ema"))
+    if closure_value(cells, "init", "ema") == "first":  # m₁ = g₁: the first step's factor is 1
+        beta = jnp.where(jnp.asarray(state.count) <= 1, jnp.zeros_like(beta), beta)
+    gain = 1 - beta
+    if closure_value(cells, "debias", "ema"):
+        gain = gain / nonzero_divisor(1 - beta ** steps_taken(ctx, state.count))
+    return Gain(gain), None

@@ -1,0 +1,13 @@
+"""The optimizers, one file per family, each with its blocks, their gain rules and its optimizers.
+
+* ``scaling``: the learning-rate block, weight decay (coupled and decoupled), normalisation;
+* ``momentum``: trace, EMA and Nadam's Nesterov EMA; sgd, momentum, nesterov, ema_momentum;
+* ``preconditioners``: ``precondition(direction, by, eps)`` and its denominators;
+* ``adam``: adam, adamw, amsgrad, adamax, nadam; ``adaptive``: rmsprop, adagrad, adadelta;
+* ``sign``: Rprop; ``lookahead``: lookahead with a fixed or a fitted step.
+
+An optimizer is a function of its numbers that returns a short chain of blocks, decorated
+with ``@optimizer(...)`` rules (``gradx._protocol.declare``); a block is a plain optax
+transformation. Adding a block is one edit in one file: the block, then its gain rule
+registered beside it with ``@gain_rule(block)``.
+"""

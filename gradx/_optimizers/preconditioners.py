@@ -1,0 +1,411 @@
+"""Preconditioners: the fan-out ``precondition(direction, by, eps)`` and its denominators.
+
+A sequential chain of an EMA and an RMS scaling is not Adam (the second stage would see the
+first stage's output), so the adaptive optimizers compose through :func:`precondition`, whose
+numerator (``direction``) and denominator (``by``) both see the same incoming gradient.
+Denominators: ``rms`` (√v̂), ``max_rms`` (AMSGrad's running maximum), ``rss`` (Adagrad's
+√Σg²), ``inf_norm`` (Adamax's u). Also ``scale_by_bias_correction``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.gain import (
+    DENOMINATORS,
+    GAIN_FN,
+    Gain,
+    block_name,
+    closure_cells,
+    closure_value,
+    debiased_gain,
+    denominator_gain_rule,
+    gain_product,
+    gain_rule,
+    in_gain_dtype,
+    nonzero_divisor,
+    steps_taken,
+    walk_gain,
+)
+from gradx._protocol.trees import check_tree
+
+
+def count_as(count: jax.Array, h: jax.Array) -> jax.Array:
+    return count.astype(h.dtype)
+
+
+def ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> jax.Array:
+    """ρ·old + (1−ρ)·x, computed in :func:`wide` of both and ρ (complex if either is).
+
+    ``rest``: 1 − ρ computed once by the caller (a block calls this once per leaf)."""
+    xw, ow = wide(x, rho, old), wide(old, rho, x)
+    return coef(rho, ow) * ow + coef(1 - rho if rest is None else rest, xw) * xw
+
+
+def _plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
+    """x + e in x's dtype; nothing is traced when ``given`` (e as the caller received it) is a
+    Python 0, such as rmsprop's ε_root with ε outside the root: XLA drops the x + 0 from the
+    compiled program anyway, and at 1,000 leaves its tracing and lowering cost time."""
+    if isinstance(given, (int, float)) and not isinstance(given, bool) and given == 0:
+        return x
+    return x + coef(e, x)
+
+
+def _debiased(x: jax.Array, correction: Any) -> jax.Array:
+    """x / correction; a correction of Python 1 (no bias correction) skips the division."""
+    if isinstance(correction, int) and correction == 1:
+        return x
+    return x / coef(correction, x)
+
+
+class PreconditionState(NamedTuple):
+    by: Any  # the state of the denominator's transform
+    direction: Any  # the state of the numerator's transform
+
+
+def precondition(
+    direction: optax.GradientTransformation,
+    by: optax.GradientTransformation,
+    eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Block (fan-out): u ← direction(g) / (by(g) + ε), both fed the same gradient g.
+
+    ``direction`` gives the numerator (``optax.identity()``, ``ema``, ``nesterov_ema``) and
+    ``by`` the denominator, already square-rooted (``rms``, ``max_rms``, ``rss``,
+    ``inf_norm``); the denominator is real (for complex params, a statistic of |g|). ε is
+    added outside the root; an ε inside the root belongs to the denominator's block
+    (``eps_root=``). Where the denominator is exactly 0 the update is 0.
+
+    Returns:
+      An optax transformation. Its update is computed, and returned, in the wider dtype of
+      numerator, denominator and ε (float32 inside an optimizer with bf16 or float16 params),
+      so a small denominator cannot overflow a narrow dtype before the learning rate applies.
+    """
+    direction = optax.with_extra_args_support(direction)
+    by = optax.with_extra_args_support(by)
+
+    def init(params: Any) -> PreconditionState:
+        return PreconditionState(by=by.init(params), direction=direction.init(params))
+
+    def update(updates, state, params=None, **extra_args):
+        num, direction_state = direction.update(updates, state.direction, params, **extra_args)
+        den, by_state = by.update(updates, state.by, params, **extra_args)
+        e = jnp.asarray(eps)
+
+        def leaf(n, d):
+            nw, dw = wide(n, e, d), wide(d, e, n)
+            total = _plus(dw, e, eps)
+            # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
+            # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
+            # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
+            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
+            return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
+
+        out = jax.tree.map(leaf, num, den)
+        return out, PreconditionState(by=by_state, direction=direction_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class RmsState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+    mean: Any  # like params when centered (EMA of g, accumulator_dtype), else ()
+    nu: Any  # like params, real (accumulator_dtype): EMA of |g|², starting at initial_scale
+
+
+def rms(
+    decay: jax.typing.ArrayLike,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    debias: bool = False,
+    centered: bool = False,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Block (denominator): √(v̂ − |â|² + ε_root) from v ← ρ·v + (1−ρ)·|g|².
+
+    v̂ = v / (1 − ρᵗ) with ``debias`` (else v̂ = v); with ``centered``, a ← ρ·a + (1−ρ)·g and
+    â likewise, else â = 0. The variance is clipped at 0 before the root (rounding can make
+    v̂ − |â|² slightly negative). v₀ = ``initial_scale`` (TF1 used 1). |g|² = g·conj(g) for
+    complex params, so v is real (complex64 params keep a float32 v).
+
+    ``accumulator_dtype`` is the dtype v and a are stored in (None follows the params; a of
+    complex params stays complex).
+
+    Returns:
+      An optax transformation emitting the (real) denominator in the computed dtype, which
+      may be wider than the gradient's.
+    """
+    acc = dtype_arg("rms", "accumulator_dtype", accumulator_dtype)
+
+    def init(params: Any) -> RmsState:
+        scale = jnp.asarray(initial_scale)
+        nu = moment_zeros("rms", "accumulator_dtype", params, acc, real=True, fill=scale)
+        mean = moment_zeros("rms", "accumulator_dtype", params, acc) if centered else ()
+        return RmsState(count=jnp.zeros([], jnp.int32), mean=mean, nu=nu)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.nu, "second moment in the state")
+        rho, e = jnp.asarray(decay), jnp.asarray(eps_root)
+        count = optax.safe_increment(state.count)
+        correction = 1 - rho ** count_as(count, rho) if debias else 1
+        rest = 1 - rho
+
+        nu = jax.tree.map(
+            lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, state.nu
+        )
+        mean = ()
+        if centered:
+            mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, state.mean)
+
+        def root(v, a=None):
+            vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
+            var = _debiased(vw, correction)
+            if a is not None:
+                var = jnp.maximum(var - abs_sq(_debiased(wide(a, rho, e, v), correction)), 0)
+            return jnp.sqrt(_plus(var, e, eps_root))
+
+        out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
+        new_mean = stored(mean, state.mean) if centered else ()
+        return out, RmsState(count=count, mean=new_mean, nu=stored(nu, state.nu))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class MaxRmsState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+    nu: Any  # like params, real (accumulator_dtype): EMA of |g|²
+    nu_max: Any  # like nu: the running maximum (of v, or of v̂ for max_of="v_hat")
+
+
+MAX_OF = ("raw_v", "v_hat", "raw_v_no_correction")
+
+
+def max_rms(
+    decay: jax.typing.ArrayLike, max_of: str = "raw_v", accumulator_dtype: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """Block (denominator) for AMSGrad: the root of a running maximum of the second moment.
+
+    With v ← β₂·v + (1−β₂)·|g|²:
+
+    * ``"raw_v"`` (torch, Keras): v_max ← max(v_max, v), emits √v_max / √(1 − β₂ᵗ);
+    * ``"v_hat"`` (optax's default): v_max ← max(v_max, v/(1 − β₂ᵗ)), emits √v_max;
+    * ``"raw_v_no_correction"`` (Reddi et al. without correction): emits √max(v_max, v).
+
+    ``accumulator_dtype`` is the (real) dtype v and v_max are stored in; None follows the
+    params (their real precision for complex params). The denominator is emitted in the
+    computed dtype, which may be wider than the gradient's.
+    """
+    if max_of not in MAX_OF:
+        raise ValueError(f"max_rms: max_of must be one of {MAX_OF}, got {max_of!r}")
+    acc = dtype_arg("max_rms", "accumulator_dtype", accumulator_dtype)
+
+    def init(params: Any) -> MaxRmsState:
+        zeros = moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
+        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros, nu_max=zeros)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.nu, "second moment in the state")
+        b2 = jnp.asarray(decay)
+        count = optax.safe_increment(state.count)
+        correction = 1 - b2 ** count_as(count, b2)
+        nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, state.nu)
+        if max_of == "v_hat":
+            nu_max = jax.tree.map(
+                lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)),
+                nu,
+                state.nu_max,
+            )
+            out = jax.tree.map(jnp.sqrt, nu_max)
+        else:
+            nu_max = jax.tree.map(
+                lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), state.nu_max, nu
+            )
+            c = jnp.sqrt(correction) if max_of == "raw_v" else 1
+            out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
+        return out, MaxRmsState(
+            count=count, nu=stored(nu, state.nu), nu_max=stored(nu_max, state.nu_max)
+        )
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class RssState(NamedTuple):
+    sum_of_squares: Any  # like params, real (accumulator_dtype): G = G₀ + Σ |g|²
+
+
+def rss(
+    initial_accumulator_value: jax.typing.ArrayLike = 0.0,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Block (denominator) for Adagrad: √(G + ε_root) with G ← G + |g|², G₀ = initial value.
+
+    ``accumulator_dtype`` is the (real) dtype G is stored in; None follows the params (their
+    real precision for complex params). The denominator is emitted in the computed dtype,
+    which may be wider than the gradient's.
+    """
+    acc = dtype_arg("rss", "accumulator_dtype", accumulator_dtype)
+
+    def init(params: Any) -> RssState:
+        g0 = jnp.asarray(initial_accumulator_value)
+        return RssState(
+            sum_of_squares=moment_zeros("rss", "accumulator_dtype", params, acc, True, g0)
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.sum_of_squares, "sum of squares in the state")
+        e = jnp.asarray(eps_root)
+
+        def total_of(g, s):
+            g2 = abs_sq(wide(g, e, s))
+            return wide(s, e, g2) + g2
+
+        total = jax.tree.map(total_of, updates, state.sum_of_squares)
+        out = jax.tree.map(lambda s: jnp.sqrt(_plus(s, e, eps_root)), total)
+        return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class InfNormState(NamedTuple):
+    u: Any  # like params, real (accumulator_dtype): the exponentially weighted infinity norm
+
+
+def inf_norm(
+    decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike = 0.0, accumulator_dtype: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """Block (denominator) for Adamax: u ← max(β₂·u, |g| + ε), emits u.
+
+    ε inside the max is torch's and optax's placement; Keras adds ε to u afterwards (give
+    ε to ``precondition`` instead). |g| is the modulus for complex params, so u is real.
+    ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params. u is
+    emitted in the computed dtype, which may be wider than the gradient's.
+    """
+    acc = dtype_arg("inf_norm", "accumulator_dtype", accumulator_dtype)
+
+    def init(params: Any) -> InfNormState:
+        return InfNormState(u=moment_zeros("inf_norm", "accumulator_dtype", params, acc, True))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.u, "infinity norm in the state")
+        b2, e = jnp.asarray(decay), jnp.asarray(eps)
+
+        def norm_of(g, u):
+            uw, mod = wide(u, b2, e, g), jnp.abs(wide(g, b2, e, u))
+            return jnp.maximum(coef(b2, uw) * uw, mod + coef(e, mod))
+
+        u = jax.tree.map(norm_of, updates, state.u)
+        return u, InfNormState(u=stored(u, state.u))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class ScaleByBiasCorrectionState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+
+
+def scale_by_bias_correction(
+    decay: jax.typing.ArrayLike, power: float = 0.5
+) -> optax.GradientTransformationExtraArgs:
+    """Block: u ← (1 − βᵗ)^power · u. With β₂ and ½ it turns Adam into Keras's ε̂ form.
+
+    The update is in the computed dtype (u widened to β's), which may be wider than u's.
+    """
+
+    def init(params: Any) -> ScaleByBiasCorrectionState:
+        del params
+        return ScaleByBiasCorrectionState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        b = jnp.asarray(decay)
+        count = optax.safe_increment(state.count)
+        c = (1 - b ** count_as(count, b)) ** power
+        return jax.tree.map(lambda u: wide(u, b) * coef(c, wide(u, b)), updates), (
+            ScaleByBiasCorrectionState(count=count)
+        )
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@gain_rule(scale_by_bias_correction)
+def _bias_correction_gain(ctx, cells, state, incoming):
+    b = in_gain_dtype(ctx, closure_value(cells, "decay", "scale_by_bias_correction"))
+    power = closure_value(cells, "power", "scale_by_bias_correction")
+    c = (1 - b ** steps_taken(ctx, state.count)) ** power
+    out = None if incoming is None else jax.tree.map(lambda g: g * c.astype(g.dtype), incoming)
+    return Gain(c), out
+
+
+@gain_rule(precondition)
+def _precondition_gain(ctx, cells, state, incoming):
+    direction = closure_value(cells, "direction", "precondition")
+    by = closure_value(cells, "by", "precondition")
+    eps = in_gain_dtype(ctx, closure_value(cells, "eps", "precondition"))
+    gain, _ = walk_gain(ctx, direction.update, state.direction, incoming)
+    rule = DENOMINATORS.get(getattr(by.update, "__code__", None))
+    if rule is None:
+        raise TypeError(
+            f"{GAIN_FN}: the denominator {block_name(by.update)} of precondition has no gain rule; "
+            "gradx's rms, max_rms, rss and inf_norm have one"
+        )
+    den = rule(ctx, closure_cells(by.update), state.by)
+
+    def inverse(d):
+        total = d + eps
+        # precondition divides by 1 where the denominator is 0 (its step is 0 there).
+        return 1 / jnp.where(total > 0, total, jnp.ones_like(total))
+
+    return gain_product(gain, Gain(jnp.ones([], ctx.dtype), jax.tree.map(inverse, den))), None
+
+
+@denominator_gain_rule(rms)
+def _rms_gain(ctx, cells, state):
+    rho = in_gain_dtype(ctx, closure_value(cells, "decay", "rms"))
+    eps_root = in_gain_dtype(ctx, closure_value(cells, "eps_root", "rms"))
+    correction = (
+        1 - rho ** steps_taken(ctx, state.count) if closure_value(cells, "debias", "rms") else 1
+    )
+
+    def root(v, a=None):
+        var = debiased_gain(in_gain_dtype(ctx, v), correction)
+        if a is not None:
+            var = jnp.maximum(var - in_gain_dtype(ctx, abs_sq(debiased_gain(a, correction))), 0)
+        return jnp.sqrt(var + eps_root)
+
+    if closure_value(cells, "centered", "rms"):
+        return jax.tree.map(root, state.nu, state.mean)
+    return jax.tree.map(root, state.nu)
+
+
+@denominator_gain_rule(max_rms)
+def _max_rms_gain(ctx, cells, state):
+    b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "max_rms"))
+    max_of = closure_value(cells, "max_of", "max_rms")
+    if max_of == "raw_v":
+        c = jnp.sqrt(1 - b2 ** steps_taken(ctx, state.count))
+        return jax.tree.map(
+            lambda m: jnp.sqrt(in_gain_dtype(ctx, m)) / nonzero_divisor(c), state.nu_max
+        )
+    return jax.tree.map(lambda m: jnp.sqrt(in_gain_dtype(ctx, m)), state.nu_max)
+
+
+@denominator_gain_rule(rss)
+def _rss_gain(ctx, cells, state):
+    eps_root = in_gain_dtype(ctx, closure_value(cells, "eps_root", "rss"))
+    return jax.tree.map(lambda s: jnp.sqrt(in_gain_dtype(ctx, s) + eps_root), state.sum_of_squares)
+
+
+@denominator_gain_rule(inf_norm)
+def _inf_norm_gain(ctx, cells, state):
+    # u_t = max(β₂·u_{t−1}, |g| + ε) already holds its ε: the max-norm's gain is 1/u_t.
+    return jax.tree.map(lambda u: in_gain_dtype(ctx, u), state.u)

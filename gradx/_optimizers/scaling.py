@@ -1,0 +1,300 @@
+"""Scaling blocks: the learning rate, weight decay (coupled and decoupled) and normalisation.
+
+Blocks: ``scale_by_learning_rate`` (−γ, the last block of every optimizer),
+``add_decayed_weights`` (coupled decay, g + λθ), ``decoupled_weight_decay`` (AdamW's
+u − γλθ), ``normalize`` (g/‖g‖). Optimizer: ``normalized_sgd``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradx._protocol.declare import optimizer
+from gradx._protocol.dtypes import abs_sq, coef, hyperparam_dtype, wide
+from gradx._protocol.gain import (
+    GAIN_FN,
+    Gain,
+    closure_value,
+    gain_rule,
+    global_norm,
+    in_gain_dtype,
+    needs_incoming,
+    nonzero_divisor,
+    unit_gain,
+)
+from gradx._protocol.trees import TreeMismatchError, needs_params, params_like
+
+
+class ScaleByLearningRateState(NamedTuple):
+    """scale_by_learning_rate keeps no state."""
+
+
+def scale_by_learning_rate(
+    learning_rate: jax.typing.ArrayLike,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: u ← −γ·g, the descent step every optimizer ends with.
+
+    ``learning_rate`` is a number or a scalar array (inside an optimizer, the value from the
+    state). To follow a schedule, build an optimizer with :func:`optimizer`, which evaluates
+    the schedule at the step count and passes the value here. The update is in the computed
+    dtype (:func:`wide` of g and γ), which may be wider than g's.
+    """
+
+    def init(params: Any) -> ScaleByLearningRateState:
+        del params
+        return ScaleByLearningRateState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        lr = jnp.asarray(learning_rate)
+        neg = -lr  # once per step, not once per leaf
+        # g·(−γ), not −g·γ: the sign then folds into the scalar instead of costing a negate
+        # per element (γ is a runtime value, so XLA cannot fold it as it does for optax).
+
+        def leaf(g):
+            gw = wide(g, lr)
+            return gw * coef(neg, gw)
+
+        return jax.tree.map(leaf, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """The weight-decay blocks keep no state."""
+
+
+def _check_mask(fn: str, mask: Any) -> None:
+    """Raises unless ``mask`` is None, a callable, or a pytree of Python/NumPy bools."""
+    if mask is None or callable(mask):
+        return
+    for leaf in jax.tree.leaves(mask):
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(
+                f"{fn}: mask must be a pytree of bools (True = decay this leaf) or a function "
+                f"of the params returning one, got a leaf {leaf!r}"
+            )
+
+
+# True while gradx.flat runs an optimizer on packed buffers (a few per dtype), whose leaves are
+# no longer the params': a mask naming leaves would silently decay the wrong coordinates.
+FLAT_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("gradx_flat", default=False)
+
+
+def _full_mask(fn: str, mask: Any, params: Any) -> Any:
+    """One bool per params leaf: ``mask`` (or ``mask(params)``) broadcast from a prefix tree."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    if FLAT_ACTIVE.get():
+        raise ValueError(
+            f"{fn}: mask must be None inside gradx.flat, got {mask!r}: flat packs the leaves "
+            "into a few buffers per dtype, so a mask cannot name them; use the per-leaf optimizer"
+        )
+    tree = mask(params) if callable(mask) else mask
+    _check_mask(fn, tree)
+    try:
+        return jax.tree.map(lambda b, sub: jax.tree.map(lambda _: b, sub), tree, params)
+    except ValueError:
+        raise TreeMismatchError(
+            f"{fn}: the mask tree does not match the params (it must have their structure "
+            f"or a prefix of it).\n  mask: {jax.tree.structure(tree)}\n"
+            f"  params: {jax.tree.structure(params)}"
+        ) from None
+
+
+def _decay_init(fn: str, mask: Any) -> Callable[[Any], AddDecayedWeightsState]:
+    """The ``init`` of a weight-decay block: checks the mask now, and against the params."""
+    _check_mask(fn, mask)
+
+    def init(params: Any) -> AddDecayedWeightsState:
+        _full_mask(fn, mask, params)  # a bad mask fails at init
+        return AddDecayedWeightsState()
+
+    return init
+
+
+def _decayed(
+    fn: str, updates: Any, params: Any, mask: Any, leaf: Callable[..., Any], *numbers: Any
+) -> Any:
+    """The update of a weight-decay block: ``leaf(u, θ, *numbers)`` (the numbers as arrays)
+    on the leaves the mask selects; the others pass through unchanged, bit for bit.
+
+    Each block keeps its own ``update`` closure (over ``weight_decay`` and ``mask``): gradx's
+    gain rules find a block by the code of its ``update`` and read those numbers from it.
+    """
+    needs_params(fn, params, "weight decay reads them")
+    params = params_like(fn, updates, params)  # the gradients' leaves (optax's rule)
+    arrays = [jnp.asarray(x) for x in numbers]
+    return jax.tree.map(
+        lambda u, p, decay: leaf(u, p, *arrays) if decay else u,
+        updates,
+        params,
+        _full_mask(fn, mask, params),
+    )
+
+
+def add_decayed_weights(
+    weight_decay: jax.typing.ArrayLike, mask: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """Block: coupled L2 decay, u ← g + λ·θ (before the optimizer's statistics see g).
+
+    This is ``weight_decay=`` of torch's SGD, Adam, RMSprop, Adagrad, Adadelta, Adamax and
+    NAdam, and ``optax.add_decayed_weights`` placed first in a chain.
+
+    Args:
+      weight_decay: λ (a number or a scalar array).
+      mask: which leaves decay. None (all), a pytree of bools with the params' structure (or
+        a prefix of it; True = decay), or a function of the params returning one, as
+        optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
+
+    Returns:
+      An optax transformation. Its update is in the computed dtype (:func:`wide` of g, λ
+      and θ), which may be wider than g's.
+    """
+    init = _decay_init("add_decayed_weights", mask)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+
+        def leaf(g, p, wd):
+            gw, pw = wide(g, wd, p), wide(p, wd, g)
+            return gw + coef(wd, pw) * pw
+
+        decayed = _decayed("add_decayed_weights", updates, params, mask, leaf, weight_decay)
+        return decayed, state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def decoupled_weight_decay(
+    weight_decay: jax.typing.ArrayLike, learning_rate: jax.typing.ArrayLike, mask: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """Block: decoupled decay, u ← u − γ·λ·θ (after ``scale_by_learning_rate``).
+
+    The decay never enters the optimizer's statistics (Loshchilov & Hutter's AdamW). It
+    equals torch's ``AdamW`` (θ ← (1 − γλ)·θ, then the step), optax's ``adamw`` and Keras's
+    ``weight_decay=`` on any optimizer: all three multiply λ by the current learning rate.
+
+    Args:
+      weight_decay: λ (a number or a scalar array).
+      learning_rate: γ, the current learning rate.
+      mask: which leaves decay. None (all), a pytree of bools with the params' structure (or
+        a prefix of it; True = decay), or a function of the params returning one, as
+        optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
+
+    Returns:
+      An optax transformation. Its update is in the computed dtype (:func:`wide` of u, λ, γ
+      and θ), which may be wider than u's.
+    """
+    init = _decay_init("decoupled_weight_decay", mask)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+
+        def leaf(u, p, wd, lr):
+            uw, pw = wide(u, wd, lr, p), wide(p, wd, lr, u)
+            return uw - coef(lr * wd, pw) * pw
+
+        decayed = _decayed(
+            "decoupled_weight_decay", updates, params, mask, leaf, weight_decay, learning_rate
+        )
+        return decayed, state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class NormalizeState(NamedTuple):
+    """normalize keeps no state."""
+
+
+def normalize() -> optax.GradientTransformationExtraArgs:
+    """Block: u ← g / ‖g‖, one L2 norm over the whole pytree; u = 0 where g = 0.
+
+    ‖g‖² = Σ|g|² (complex leaves count their modulus). The norm is accumulated in float32
+    (or wider) whatever the leaves' dtype, and the update is returned in that dtype. Safe at
+    g = 0, also for ``jax.grad`` through the update (no NaN from the norm's derivative).
+    """
+
+    def init(params: Any) -> NormalizeState:
+        del params
+        return NormalizeState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves = jax.tree.leaves(updates)
+        if not leaves:
+            return updates, state
+        acc = jnp.zeros([], hyperparam_dtype(updates))
+        squares = sum(jnp.sum(abs_sq(wide(g, acc))) for g in leaves)
+        positive = squares > 0
+        inverse = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, squares, 1)), 0)
+        return jax.tree.map(lambda g: wide(g, acc) * coef(inverse, wide(g, acc)), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@optimizer(learning_rate=">= 0")
+def normalized_sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+    """Normalized gradient descent: θ ← θ − γ·g/‖g‖ (seed 004).
+
+    ‖g‖ is one L2 norm over the whole pytree, so every step has length γ whatever the scale
+    of the gradient; at g = 0 the step is 0. With a constant γ it ends circling the minimum
+    at distance about γ: pair it with a decaying schedule.
+
+    Blocks: ``normalize() → scale_by_learning_rate(γ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, the step length, a number or a schedule of the step count.
+
+    Returns:
+      An optax transformation whose state holds ``learning_rate``.
+    """
+    return optax.chain(normalize(), scale_by_learning_rate(learning_rate))
+
+
+@gain_rule(scale_by_learning_rate)
+def _learning_rate_gain(ctx, cells, state, incoming):
+    lr = in_gain_dtype(ctx, closure_value(cells, "learning_rate", "scale_by_learning_rate"))
+    out = None if incoming is None else jax.tree.map(lambda g: g * -lr.astype(g.dtype), incoming)
+    return Gain(-lr), out
+
+
+@gain_rule(add_decayed_weights)
+def _coupled_decay_gain(ctx, cells, state, incoming):
+    # u = g + λθ: the factor on g is 1; the decay term is not a multiple of g.
+    out = None
+    if incoming is not None and ctx.params is not None:
+        wd = closure_value(cells, "weight_decay", "add_decayed_weights")
+        mask = closure_value(cells, "mask", "add_decayed_weights")
+        pass
+
+        full = _full_mask(GAIN_FN, mask, ctx.params)
+        out = jax.tree.map(
+            lambda g, p, m: g + jnp.asarray(wd).astype(g.dtype) * p.astype(g.dtype) if m else g,
+            incoming,
+            ctx.params,
+            full,
+        )
+    return unit_gain(ctx), out
+
+
+@gain_rule(decoupled_weight_decay)
+def _decoupled_decay_gain(ctx, cells, state, incoming):
+    # u − γλθ: the decay is a term in θ, not in g (AdamW's point), so the factor on g is 1.
+    return unit_gain(ctx), None
+
+
+@gain_rule(normalize)
+def _normalize_gain(ctx, cells, state, incoming):
+    needs_incoming("normalize", incoming)
+    norm = global_norm(ctx, jax.tree.leaves(incoming))
+    gain = jnp.where(norm > 0, 1 / nonzero_divisor(norm), jnp.zeros_like(norm))  # g = 0: no step
+    out = jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)
+    return Gain(gain), out

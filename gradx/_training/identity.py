@@ -1,0 +1,135 @@
+"""A run's identity, recorded in each checkpoint and compared on resume: the optimizer state's
+classes, the starting hyperparameters, digests of the initial params and state, the data's
+shapes, the batch size and the callbacks' names and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def describe_arrays(tree: Any) -> list[list[Any]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [
+        [jax.tree_util.keystr(path), list(np.shape(x)), str(jnp.result_type(x))]
+        for path, x in leaves
+    ]
+
+
+def _checksum(x: Any) -> str | None:
+    """SHA-256 of an array's shape and bytes; None for an array this process cannot read."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return None
+    a = np.ascontiguousarray(np.asarray(x))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def array_checksums(tree: Any) -> list[str | None]:
+    return [_checksum(x) for x in jax.tree.leaves(tree)]
+
+
+def _digest(tree: Any) -> str:
+    return hashlib.sha256(json.dumps(array_checksums(tree)).encode()).hexdigest()
+
+
+def canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _classes(tree: Any) -> list[str]:
+    """The class of every node of ``tree``, depth first (HyperparamsState's name its
+    optimizer)."""
+    out: list[str] = []
+
+    def walk(treedef):
+        data = treedef.node_data()
+        if data is not None:
+            out.append(data[0].__qualname__)
+            for child in treedef.children():
+                walk(child)
+
+    walk(jax.tree.structure(tree))
+    return out
+
+
+def _stateful(cb: Any) -> bool:
+    from gradx.callbacks import Callback
+
+    method = getattr(type(cb), "get_state", None)
+    return method is not None and method is not Callback.get_state
+
+
+def callback_names(callbacks: Any) -> list[str | None]:
+    """A stable name per callback with counters (None for the others): its ``name``, else
+    its class and ``monitor``, with ``#k`` for the k-th repeat of a name."""
+    names: list[str | None] = []
+    for cb in callbacks:
+        if not _stateful(cb):
+            names.append(None)
+            continue
+        name = getattr(cb, "name", None)
+        if not isinstance(name, str):
+            name = type(cb).__qualname__
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str):
+                name = f"{name}[{monitor}]"
+        repeats = sum(n is not None and n.split("#")[0] == name for n in names)
+        names.append(f"{name}#{repeats}" if repeats else name)
+    return names
+
+
+def _settings(cb: Any) -> dict[str, Any]:
+    """A callback's settings: its public attributes of plain types that are not counters."""
+    counters = cb.get_state()
+    return {
+        k: v
+        for k, v in sorted(vars(cb).items())
+        if not k.startswith("_")
+        and k not in counters
+        and (v is None or isinstance(v, (str, int, float, bool)))
+    }
+
+
+def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -> dict:
+    """What tells one run from another (see the module doc), at the start of the run:
+    ``opt_state`` in the optimizer's own layout, ``run`` the data's description."""
+    from gradx._protocol.access import hyperparams
+
+    try:
+        start = {k: np.asarray(v).tolist() for k, v in hyperparams(opt_state).items()}
+    except (TypeError, ValueError):
+        start = {}
+    names = callback_names(callbacks)
+    described = {k: describe_arrays(v) if k.endswith("data") else v for k, v in run.items()}
+    return {
+        "optimizer state classes": _classes(opt_state),
+        **{f"{k} (at the start)": v for k, v in start.items()},
+        **described,
+        "callbacks": {n: _settings(cb) for n, cb in zip(names, callbacks, strict=True) if n},
+        "initial params": _digest(params),
+        "initial optimizer state": _digest(opt_state),
+    }
+
+
+def first_difference(there: dict, now: dict) -> str | None:
+    """The first field of two identities that differs, in words, or None."""
+    for name in [*there, *(k for k in now if k not in there)]:
+        a, b = there.get(name, "absent"), now.get(name, "absent")
+        if canon(a) == canon(b):
+            continue
+        if name.startswith("initial"):
+            return f"the {name} differ"
+        if isinstance(a, dict) and isinstance(b, dict):
+            key = next(k for k in sorted({*a, *b}) if canon(a.get(k)) != canon(b.get(k)))
+            return f"the {name} differ: {key} was {a.get(key)} there, {b.get(key)} now"
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+            return f"{name}: {a[i]} there, {b[i]} now"
+        return f"{name} was {a} there, {b} now"
+    return None

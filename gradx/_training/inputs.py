@@ -1,0 +1,126 @@
+"""fit's, sweep's and search's inputs, checked once: data, batch size, key, optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradx._protocol import rules as _rules
+
+
+def check_flag(fn: str, name: str, value: Any) -> bool:
+    _rules.check_flag(fn, name, value, "bool")  # the optimizers' check: bool("false") is True
+    return bool(value)
+
+
+def check_optimizer(fn: str, optimizer: Any) -> None:
+    """Raises a TypeError naming the fix unless ``optimizer`` has ``init`` and ``update``."""
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
+        return
+    want = f"{fn}: optimizer must be an optax GradientTransformation such as gradx.adam(1e-3)"
+    if isinstance(optimizer, str):
+        raise TypeError(
+            f"{want}, got the string {optimizer!r} (gradx.OPTIMIZERS[{optimizer!r}]"
+            "(learning_rate) builds one by name)"
+        )
+    if callable(optimizer):  # a constructor, not called: gradx.adam, optax.sgd
+        import gradx
+
+        name = getattr(optimizer, "__name__", None) or type(optimizer).__name__
+        owner = next((m for m in (gradx, optax) if getattr(m, name, None) is optimizer), None)
+        label = name if owner is None else f"{owner.__name__}.{name}"
+        raise TypeError(f"{want}, got the function {label}; call it: {label}(1e-3)")
+    raise TypeError(f"{want}, got {optimizer!r}, which has no init and update methods")
+
+
+_LIST_OF_BATCHES = (
+    "{fn}: data must be a pytree of arrays with one leading example axis (a tuple or dict, "
+    "e.g. (x, y)), got a list of {count} pytrees, which reads as a list of batches; to "
+    "train on them in memory, join them: jax.tree.map(lambda *xs: np.concatenate(xs), "
+    "*batches)"
+)
+
+
+def prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
+    # A top-level list of pytrees (tuples, dicts) is a list of batches, not one pytree: as
+    # arrays, its leaves would all be examples and loss_fn would see the list. A list of
+    # arrays ([x, y], Keras's multi-input form) stays in-memory data.
+    if isinstance(data, list) and data and all(isinstance(x, (tuple, list, Mapping)) for x in data):
+        message = _LIST_OF_BATCHES.format(fn=fn, count=len(data))
+        if fn == "fit":
+            message += "; to stream them batch by batch, pass data=lambda epoch: batches"
+        raise ValueError(message)
+    leaves, treedef = jax.tree.flatten(data)
+    if not leaves:
+        raise ValueError(f"{fn}: {name} must be a pytree of arrays, got one with no leaves")
+    arrays = [jnp.asarray(x) for x in leaves]
+    lengths = [a.shape[0] if a.ndim else None for a in arrays]
+    if None in lengths or len(set(lengths)) != 1 or lengths[0] == 0:
+        shapes = jax.tree.unflatten(treedef, [a.shape for a in arrays])
+        raise ValueError(
+            f"{fn}: {name} must be arrays with one leading example axis of the same nonzero "
+            f"length, got shapes {shapes}"
+        )
+    return jax.tree.unflatten(treedef, arrays), lengths[0]
+
+
+def steps_and_dropped(fn: str, n: int, batch_size: int | None) -> tuple[int, int]:
+    if batch_size is None:
+        return 1, 0
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(f"{fn}: batch_size must be None or an integer >= 1, got {batch_size!r}")
+    if not 1 <= batch_size <= n:
+        raise ValueError(
+            f"{fn}: batch_size must be None or an integer in [1, {n}] (the number of "
+            f"examples), got {batch_size}"
+        )
+    return n // batch_size, n % batch_size
+
+
+def check_key(fn: str, key: Any, batch_size: int | None) -> Any:
+    if key is None:
+        if batch_size is None:
+            return jax.random.key(0)  # full batch: never used
+        raise ValueError(
+            f"{fn}: key must be a JAX PRNG key (e.g. jax.random.key(0)) to shuffle "
+            f"minibatches, got None"
+        )
+    is_typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    is_raw = isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32
+    if not (is_typed or is_raw) or key.shape not in ((), (2,)):
+        raise ValueError(
+            f"{fn}: key must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
+            f"got {key!r}"
+        )
+    return key
+
+
+def fresh_copy(tree: Any) -> Any:
+    # The epoch program donates params and state; never hand it the caller's own buffers.
+    # (A transfer, in place: an eager jnp.array copy compiles a program per leaf shape, about
+    # 10 ms each on CPU.)
+    return jax.device_put(tree, may_alias=False)
+
+
+def rule_error(fn: str, error: Exception, where: Mapping[str, str], at: str) -> Exception | None:
+    """``error``, raised by ``set_hyperparams`` for a value breaking the optimizer's rule for
+    one of the names in ``where``, told as ``fn``'s about that argument: ``"sweep:
+    grid['learning_rate'] must be >= 0, got -1.0 (at index 2)"``; None for another error."""
+    text = str(error)
+    for name, label in where.items():
+        own = f"set_hyperparams: {name} must be "
+        if text.startswith(own):
+            return type(error)(f"{fn}: {label} must be {text[len(own) :]}{at}")
+    return None
+
+
+def check_int(fn: str, name: str, value: Any, low: int) -> int:
+    """``value`` as an int, or a ValueError unless it is an integer >= ``low`` (bools are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
