@@ -34,9 +34,9 @@ extends the run. Checkpoints written by gradx before this record (format 1) are 
   the ways out: ``resume=True``, another directory, or ``overwrite=True``, which deletes
   them all before the first epoch (never one per save).
 - A damaged checkpoint (its metadata unreadable, an array that orbax cannot read, or a
-  checksum that differs: every array's SHA-256 and the metadata's are recorded when it is
-  written and compared when it is read) is skipped on resume with a ``RuntimeWarning``
-  naming it and what is wrong, and deleted; the newest intact one is used. If none is
+  checksum that differs: every array's SHA-256 and the metadata's are recorded when it is written
+  and compared when it is read) is skipped on resume with a ``RuntimeWarning`` naming it and what is
+  wrong, and moved to ``DIR/damaged/`` (never deleted); the newest intact one is used. If none is
   intact, the error names each. (With several processes, an array split over them is not
   checksummed.)
 - The lock: fit holds an exclusive ``fcntl`` lock on ``.gradx.lock`` (one file per process
@@ -63,7 +63,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -77,6 +79,7 @@ _FORMAT = 2
 
 
 LOCK = ".gradx.lock"
+DAMAGED = "damaged"  # where a damaged checkpoint is moved, DIR/damaged/<epoch>-<time>
 
 
 def _orbax(fn: str):
@@ -221,6 +224,7 @@ class Checkpointer:
         if overwrite:
             for step in steps:
                 self.manager.delete(step)
+            shutil.rmtree(os.path.join(self.directory, DAMAGED), ignore_errors=True)
             return None
         if steps and not resume:
             raise ValueError(
@@ -234,17 +238,15 @@ class Checkpointer:
             try:
                 restored = self.restore(step, params, opt_state, key)
             except Damaged as e:
-                damaged.append(f"epoch {step}: {e}")
+                aside = self._set_aside(step)
+                damaged.append(f"epoch {step}: {e}; moved to {aside}")
                 warnings.warn(
                     f"{fn}: the checkpoint of epoch {step} in {self.directory} is damaged "
-                    f"({e}); deleting it and resuming from an older one",
+                    f"({e}); moved it to {aside} and resuming from an older one",
                     RuntimeWarning,
                     stacklevel=5,
                 )
                 continue
-            for bad in steps:
-                if bad > step:
-                    self.manager.delete(bad)
             return restored
         if damaged:
             raise ValueError(
@@ -253,6 +255,19 @@ class Checkpointer:
                 "overwrite=True with resume=False to start afresh"
             )
         return None
+
+    def _set_aside(self, step: int) -> str:
+        """Moves a damaged checkpoint out of the run, into ``DIR/damaged/`` (never deleted:
+        it may be inspected or repaired), so the run's next save of that epoch is a new one."""
+        base = os.path.join(self.directory, DAMAGED, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        where, n = base, 1
+        while os.path.exists(where):  # the same epoch damaged again within the second
+            n += 1
+            where = f"{base}-{n}"
+        os.replace(os.path.join(self.directory, str(step)), where)
+        self.manager.reload()
+        return where
 
     def _meta(self, step: int, where: str) -> dict[str, Any]:
         ocp = self.ocp

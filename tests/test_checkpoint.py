@@ -443,13 +443,16 @@ def test_a_flipped_byte_in_an_array_is_found_and_the_previous_checkpoint_used(tm
     with pytest.warns(
         RuntimeWarning,
         match=r"fit: the checkpoint of epoch 3 in .* is damaged \((an array differs from what "
-        r"was written \(checksum\)|orbax cannot read it: .*)\); deleting it and resuming "
-        r"from an older one",
+        r"was written \(checksum\)|orbax cannot read it: .*)\); moved it to .*damaged.3-\d+-\d+ "
+        r"and resuming from an older one",
     ):
         resumed = wide_fit(tmp_path, resume=True)
     _settle()
     assert_same_run(resumed, whole)  # epoch 2's checkpoint, then epoch 2 again
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [2, 3]
+    # the damaged one is set aside, never deleted: it can still be inspected
+    (aside,) = (tmp_path / "damaged").iterdir()
+    assert aside.name.startswith("3-") and (aside / "arrays").is_dir()
 
 
 def test_an_array_read_back_with_other_values_is_found_by_its_checksum(tmp_path):
@@ -464,7 +467,7 @@ def test_an_array_read_back_with_other_values_is_found_by_its_checksum(tmp_path)
     with pytest.warns(
         RuntimeWarning,
         match=r"fit: the checkpoint of epoch 6 in .* is damaged \(an array differs from what "
-        r"was written \(checksum\)\); deleting it and resuming from an older one",
+        r"was written \(checksum\)\); moved it to .* and resuming from an older one",
     ):
         resumed = run(tmp_path, resume=True)
     assert_same_run(resumed, whole)
@@ -478,7 +481,7 @@ def test_an_unreadable_array_file_falls_back_to_the_previous_checkpoint(tmp_path
     with pytest.warns(
         RuntimeWarning,
         match=r"fit: the checkpoint of epoch 6 in .* is damaged \(orbax cannot read it: "
-        r"ValueError: .*\); deleting it and resuming from an older one",
+        r"ValueError: .*\); moved it to .* and resuming from an older one",
     ):
         resumed = run(tmp_path, resume=True)
     _settle()

@@ -177,8 +177,9 @@ def fit(
         (else start afresh); the result is the uninterrupted run's, bit for bit. The
         returned history includes the checkpointed epochs. Refuses a checkpoint of another
         run (another optimizer, hyperparameters, data, batch size, key, initial params or
-        callbacks; more ``epochs`` extend the run); skips a damaged one with a warning and
-        resumes from the newest intact one.
+        callbacks; more ``epochs`` extend the run); skips a damaged one with a warning,
+        moves it to ``checkpoint_dir/damaged/`` (never deleted) and resumes from the newest
+        intact one.
       initial_epoch: the index of the first epoch to run, as in Keras: ``epochs`` is the
         index to stop at, and epoch e shuffles with ``fold_in(key, e)``, so
         ``fit(..., epochs=2)`` then ``fit(result.params, opt_state=result.opt_state,
