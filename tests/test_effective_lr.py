@@ -11,6 +11,8 @@ update must reproduce.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -571,6 +573,18 @@ def _every_compat_class():
     for module in (torch_compat, keras_compat):
         for name in module.__all__:
             yield f"{module.__name__}.{name}", getattr(module, name)
+    # compat.optax's functions take the learning rate first, as optax's do; its rprop is
+    # refused by design (optax's update lags a step: no factor on the current gradient)
+    for name in ("sgd", "adam", "adamw", "nadam", "nadamw", "amsgrad", "adamax", "adagrad",
+                 "rmsprop", "adadelta"):  # fmt: skip
+        yield (
+            f"gradx.compat.optax.{name}",
+            functools.partial(getattr(gradx.compat.optax, name), 0.01),
+        )
+    yield (
+        "gradx.compat.optax.lookahead",
+        lambda: gradx.compat.optax.lookahead(gradx.adam(0.01), sync_period=2, slow_step_size=0.5),
+    )
 
 
 @pytest.mark.parametrize(
