@@ -1,11 +1,14 @@
 """The repository stands alone: every path its documentation cites exists in it.
 
-Scanned: README.md, docs/*.md, every cell of notebooks/*.ipynb, the source (docstrings
-included) of gradx/ and benchmarks/, and tests/golden/record.py. A cited path is a
-whitespace-separated word inside backticks (`x` or ``x``) or a markdown link target that
-looks like a file of this repository: its first folder is one of the repository's own
-top-level folders, or it ends in a file extension. Nothing may cite the workbench outside
-the repository (the course slides, the peer-conventions notes): their content lives in
+Scanned: README.md, docs/**/*.md (guides/, api/, gallery/, ...; not the built docs/_build),
+every cell of notebooks/*.ipynb and docs/**/*.ipynb, the source (docstrings included) of
+gradx/ and benchmarks/, and tests/golden/record.py. A cited path is a whitespace-separated
+word inside backticks (`x` or ``x``), a markdown link target, or the target of a MyST
+{doc} or {download} role, that looks like a file of this repository: its first folder is one
+of the repository's own top-level folders, or it ends in a file extension. Link and role
+targets are relative to the page that holds them (a {doc} target starting with / to docs/;
+one without an extension names a page, .md, .ipynb or .rst). Nothing may cite the workbench
+outside the repository (the course slides, the peer-conventions notes): their content lives in
 docs/seeds.md and docs/conventions.md.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import posixpath
 import re
 
 import pytest
@@ -26,16 +30,27 @@ TOP_LEVEL = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")} - {
 EXTENSIONS = (".md", ".py", ".ipynb", ".json", ".png", ".toml", ".txt", ".yml", ".yaml", ".cfg")
 FORBIDDEN = re.compile(r"shared/|(?<![\w/])CONVENTIONS\.md|(?<![\w.])seeds/|/work/")
 
+ROLE = re.compile(r"\{(doc|download)\}`([^`\n]+)`")
 BACKTICKED = re.compile(r"``(.+?)``|`([^`\n]+)`")
+PAGE_SUFFIXES = (".md", ".ipynb", ".rst")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _docs_pages(pattern: str) -> list[pathlib.Path]:
+    """docs/**/pattern, but the built site (docs/_build) and hidden folders."""
+    return [
+        path
+        for path in sorted((ROOT / "docs").rglob(pattern))
+        if not any(p.startswith(("_build", ".")) for p in path.relative_to(ROOT / "docs").parts)
+    ]
 
 
 def _sources() -> dict[str, str]:
     """{repository path of a document: its text} for everything the checks scan."""
     texts = {"README.md": (ROOT / "README.md").read_text(encoding="utf-8")}
-    for path in sorted((ROOT / "docs").glob("*.md")):
+    for path in _docs_pages("*.md"):
         texts[str(path.relative_to(ROOT))] = path.read_text(encoding="utf-8")
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for path in [*sorted((ROOT / "notebooks").glob("*.ipynb")), *_docs_pages("*.ipynb")]:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         for i, cell in enumerate(cells):
             source = cell["source"]
@@ -62,17 +77,24 @@ def _looks_like_a_repo_path(word: str) -> bool:
 
 def cited_paths(document: str, text: str) -> list[str]:
     """The repository paths ``text`` cites, relative to the repository root."""
-    words = []
+    words, roles = [], []  # a role's target is a path whatever it looks like
+    base = pathlib.PurePosixPath(document.split(" ")[0]).parent
+    for match in ROLE.finditer(text):
+        target = match.group(2).rsplit("<", 1)[-1].rstrip(">").strip()  # "text <target>"
+        if match.group(1) == "doc" and not target.endswith(PAGE_SUFFIXES):
+            target += ".*"  # a page: whichever of its suffixes exists
+        path = f"docs/{target[1:]}" if target.startswith("/") else str(base / target)
+        roles.append(posixpath.normpath(path))
+    text = ROLE.sub("", text)
     for match in BACKTICKED.finditer(text):
         span = match.group(1) or match.group(2)
         words += [w.strip("'\"(),;:") for w in span.split()]
-    base = pathlib.PurePosixPath(document.split(" ")[0]).parent
     for match in LINK.finditer(text):
         target = match.group(1).split("#")[0]
         if target and "://" not in target and not target.startswith("mailto:"):
             # A markdown link is relative to the document that holds it.
             words.append(str(base / target) if document.endswith(".md") else target)
-    return [w for w in dict.fromkeys(words) if _looks_like_a_repo_path(w)]
+    return list(dict.fromkeys([*roles, *(w for w in words if _looks_like_a_repo_path(w))]))
 
 
 def _exists(path: str) -> bool:
@@ -92,6 +114,14 @@ def test_the_scan_finds_citations():
         "docs/seeds.md",
     ]
     assert not _exists("gradx/nope.py") and _exists("tests/golden/*.json")
+    # MyST roles: relative to the page, "/" is docs/, a page without its suffix.
+    roles = "{doc}`../seeds` {doc}`the notes </conventions>` {download}`../../pyproject.toml`"
+    assert cited_paths("docs/guides/x.md", roles) == [
+        "docs/seeds.*",
+        "docs/conventions.*",
+        "pyproject.toml",
+    ]
+    assert _exists("docs/seeds.*") and not _exists("docs/nope.*")
 
 
 @pytest.mark.parametrize("document", sorted(SOURCES))
