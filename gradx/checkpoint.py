@@ -355,6 +355,7 @@ class Checkpointer:
         }
 
     def close(self) -> None:
+        """Closes the checkpoint manager and releases the directory's lock."""
         try:
             self.manager.close()
         finally:

@@ -128,10 +128,10 @@ def mse(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
 
 
 def mae(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax.Array:
-    """Mean absolute error: (1/N) Σᵢ |pᵢ − tᵢ|, with ∂/∂pᵢ = sign(pᵢ − tᵢ)/N.
+    """Mean absolute error: (1/N) Σᵢ ``|pᵢ − tᵢ|``, with ∂/∂pᵢ = sign(pᵢ − tᵢ)/N.
 
     At a tie, pᵢ = tᵢ, the gradient is sign(0) = 0, as in torch; ``jax.grad(jnp.abs)(0.)``
-    would give 1. The value is computed as d·sign(d), which is exactly |d| and whose
+    would give 1. The value is computed as d·sign(d), which is exactly ``|d|`` and whose
     derivative is sign(d) everywhere.
 
     Args:

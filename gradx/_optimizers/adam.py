@@ -163,7 +163,7 @@ def adam(
     Returns:
       An optax transformation whose state holds learning_rate, b1, b2, eps, eps_root.
       The step is computed in float32 (or the params' wider dtype) and cast to the
-      gradient's dtype once, at the end. Complex params: v accumulates |g|² = g·conj(g).
+      gradient's dtype once, at the end. Complex params: v accumulates ``|g|²`` = g·conj(g).
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
@@ -312,13 +312,13 @@ def adamax(
         θ ← θ − γ/(1−β₁ᵗ)·m/u
 
     Finite when a gradient is exactly 0 from the start: then u = ε > 0 (and with ε = 0 the
-    step is 0). ``eps_in_max=False`` is Keras's placement: u ← max(β₂·u, |g|),
+    step is 0). ``eps_in_max=False`` is Keras's placement: u ← max(β₂·u, ``|g|``),
     θ ← θ − γ·m/((1−β₁ᵗ)(u + ε)).
 
     Blocks: ``precondition(ema(β₁, debias), inf_norm(β₂, ε)) → scale_by_learning_rate(γ)``.
 
     ``mu_dtype`` is the dtype m is stored in and ``nu_dtype`` the (real) dtype u is stored
-    in; None follows the params. For complex params |g| is the modulus.
+    in; None follows the params. For complex params ``|g|`` is the modulus.
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Sec. 7.1.

@@ -59,7 +59,7 @@ def trace(
 
     Returns:
       An optax transformation. Its update is in the computed dtype
-      (:func:`gradx._protocol.dtypes.wide` of u, μ and v), which may be wider than u's: the new v
+      (``wide`` of u, μ and v), which may be wider than u's: the new v
       before it is rounded to its storage dtype.
     """
     acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
@@ -117,7 +117,7 @@ def ema(
     (1 − dampening)·g). The correction is computed in the hyperparameter dtype.
 
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
-    params. The update is in the computed dtype (:func:`gradx._protocol.dtypes.wide` of g, β and m),
+    params. The update is in the computed dtype (``wide`` of g, β and m),
     which may be wider than g's: the new m before it is rounded to its storage dtype.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.

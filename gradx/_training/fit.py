@@ -208,7 +208,7 @@ def fit(
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one: it must take the epoch, so a generator function
     ``gen`` of no arguments is passed as ``gen()`` or ``lambda epoch: gen()``); see
-    :mod:`gradx._training.stream` for what an epoch is, and the short-batch policy (a batch smaller
+    ``gradx._training.stream`` for what an epoch is, and the short-batch policy (a batch smaller
     than B is dropped and counted in ``dropped_per_epoch``). Then ``batch_size`` is None
     (B is the first batch's size) or B, ``key`` may be None, ``eval_fn`` needs
     ``eval_data``, and ``steps_per_epoch`` and ``dropped_per_epoch`` of the result are the

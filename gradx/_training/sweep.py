@@ -105,9 +105,10 @@ def sweep(
     grows with the chunk, not with K. The last chunk is padded by repeating its last point,
     so every chunk runs the same compiled program; padded results are discarded.
 
+    ``loss_fn``, ``params``, ``optimizer``, ``data``, ``batch_size``, ``epochs``, ``key``,
+    ``eval_fn``, ``eval_data``, ``opt_state`` and ``progress`` are as in :func:`fit`.
+
     Args:
-      loss_fn, params, optimizer, data, batch_size, epochs, key, eval_fn, eval_data,
-      opt_state, progress: as in :func:`fit`.
       grid: ``{name: 1-D array}``; each value must satisfy the optimizer's rule for it.
       chunk_size: grid points trained together, >= 1, or None for all K.
       mesh: a ``jax.sharding.Mesh``: each chunk's grid axis is split over all its devices
