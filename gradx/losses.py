@@ -121,6 +121,11 @@ def mse(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
     Note:
       Equal to ``torch.nn.functional.mse_loss`` and ``optax.squared_error(p, t).mean()``;
       ``optax.l2_loss`` is half of it.
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> round(float(gradx.losses.mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))), 4)
+      2.5
     """
     predictions = _floating("mse", "predictions", predictions)
     targets = _targets_like("mse", targets, predictions)

@@ -172,6 +172,17 @@ def adam(
       Equals ``optax.adam`` and ``torch.optim.Adam``. Keras's ``Adam`` is ``eps_hat=True``
       with ε = 1e-7. The arguments up to ``eps_root`` are positional as in ``optax.adam``;
       the rest are keyword-only.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, gradx
+      >>> opt = gradx.adam(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # the first step is -lr·sign(g)
+      [-0.1, 0.1]
+      >>> [round(p, 4) for p in optax.apply_updates(params, updates)["w"].tolist()]
+      [0.9, -1.9]
     """
     moment_dtypes("adam", mu_dtype, nu_dtype)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype)

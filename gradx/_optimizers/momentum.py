@@ -123,6 +123,19 @@ def ema(
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
     does not; pass ``debias=True`` for optax's numbers.
+
+    Examples:
+      Adam, chained from blocks (what :func:`gradx.adam` builds):
+
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.chain(
+      ...     gradx.precondition(gradx.ema(0.9, debias=True), gradx.rms(0.999, debias=True), 1e-8),
+      ...     gradx.scale_by_learning_rate(0.1),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1, 0.1]
     """
     if init not in EMA_INITS:
         raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
@@ -219,6 +232,14 @@ def sgd(
       momentum=μ, nesterov=...)``. :func:`momentum` and :func:`nesterov` keep γ inside the
       velocity (the seeds' and Keras's form): the same numbers for a constant γ, not under a
       schedule.
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.sgd(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.05, 0.05]
     """
     name, dtype = _buffer_dtype("sgd", accumulator_dtype, mu_dtype)
     if momentum is None:

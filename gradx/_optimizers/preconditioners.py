@@ -85,6 +85,19 @@ def precondition(
       An optax transformation. Its update is computed, and returned, in the wider dtype of
       numerator, denominator and ε (float32 inside an optimizer with bf16 or float16 params),
       so a small denominator cannot overflow a narrow dtype before the learning rate applies.
+
+    Examples:
+      RMSProp's direction, g / (√v + ε), then the learning rate:
+
+      >>> import jax.numpy as jnp, optax, gradx
+      >>> opt = gradx.chain(
+      ...     gradx.precondition(optax.identity(), gradx.rms(0.9), 1e-8),
+      ...     gradx.scale_by_learning_rate(0.01),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr·g/√(0.1·g²)
+      [-0.0316, 0.0316]
     """
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
