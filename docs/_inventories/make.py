@@ -132,31 +132,33 @@ NAMES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ).split()
         ]
         + [
-            ("optax.chain", "py:function", "api/combining_optimizers.html"),
-            ("optax.named_chain", "py:function", "api/combining_optimizers.html"),
-            ("optax.partition", "py:function", "api/combining_optimizers.html"),
-            ("optax.multi_transform", "py:function", "api/combining_optimizers.html"),
-            ("optax.inject_hyperparams", "py:function", "api/optimizer_wrappers.html"),
-            ("optax.InjectHyperparamsState", "py:class", "api/optimizer_wrappers.html"),
+            (f"optax.{name}", "py:function", f"api/generated/optax.{name}.html")
+            for name in ("chain", "named_chain", "partition")
+        ]
+        + [
             ("optax.lookahead", "py:function", "api/optimizer_wrappers.html"),
             ("optax.LookaheadParams", "py:class", "api/optimizer_wrappers.html"),
             ("optax.MultiSteps", "py:class", "api/optimizer_wrappers.html"),
             ("optax.apply_if_finite", "py:function", "api/optimizer_wrappers.html"),
-            ("optax.apply_updates", "py:function", "api/utilities.html"),
+            ("optax.apply_updates", "py:function", "api/apply_updates.html"),
             ("optax.safe_increment", "py:function", "api/utilities.html"),
             ("optax.schedules", "py:module", "api/optimizer_schedules.html#optimizer-schedules"),
         ]
+        # optax documents its schedules (and inject_hyperparams) under optax.schedules; the
+        # top-level aliases (optax.cosine_decay_schedule) point at the same entries.
         + [
-            (f"optax.{name}", "py:function", "api/optimizer_schedules.html")
-            for name in (
-                "constant_schedule cosine_decay_schedule cosine_onecycle_schedule "
-                "exponential_decay join_schedules linear_schedule piecewise_constant_schedule "
-                "polynomial_schedule warmup_cosine_decay_schedule"
-            ).split()
-        ]
-        + [
-            (f"optax.schedules.{name}", "py:function", "api/optimizer_schedules.html")
-            for name in ("constant_schedule cosine_decay_schedule exponential_decay").split()
+            (f"{prefix}{name}", role, f"api/optimizer_schedules.html#optax.schedules.{name}")
+            for prefix in ("optax.", "optax.schedules.")
+            for name, role in [
+                (n, "py:function")
+                for n in (
+                    "constant_schedule cosine_decay_schedule cosine_onecycle_schedule "
+                    "exponential_decay join_schedules linear_schedule "
+                    "piecewise_constant_schedule polynomial_schedule "
+                    "warmup_cosine_decay_schedule inject_hyperparams"
+                ).split()
+            ]
+            + [("InjectHyperparamsState", "py:class"), ("Schedule", "py:class")]
         ]
         + [
             (f"optax.losses.{name}", "py:function", "api/losses.html")
