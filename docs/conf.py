@@ -49,6 +49,7 @@ napoleon_use_rtype = False
 napoleon_attr_annotations = False  # like autodoc_typehints: the prose says the types
 autodoc_typehints = "none"
 autodoc_member_order = "bysource"
+toc_object_entries_show_parents = "hide"  # "adam()" in the page contents, not "gradx.adam()"
 autodoc_default_options = {"exclude-members": "__init__, __new__"}
 
 _INVENTORIES = DOCS / "_inventories"
