@@ -124,7 +124,8 @@ def mse(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
 
     Examples:
       >>> import jax.numpy as jnp, gradx
-      >>> round(float(gradx.losses.mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))), 4)
+      >>> loss = gradx.losses.mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))
+      >>> round(float(loss), 4)  # ((1 - 0)² + (2 - 4)²) / 2
       2.5
     """
     predictions = _floating("mse", "predictions", predictions)

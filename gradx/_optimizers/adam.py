@@ -178,8 +178,9 @@ def adam(
       >>> opt = gradx.adam(0.1)
       >>> params = {"w": jnp.array([1.0, -2.0])}
       >>> state = opt.init(params)
-      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, state, params)
-      >>> [round(u, 4) for u in updates["w"].tolist()]  # the first step is -lr·sign(g)
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # step 1: -lr·sign(g)
       [-0.1, 0.1]
       >>> [round(p, 4) for p in optax.apply_updates(params, updates)["w"].tolist()]
       [0.9, -1.9]

@@ -133,7 +133,8 @@ def ema(
       ...     gradx.scale_by_learning_rate(0.1),
       ... )
       >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
       >>> [round(u, 4) for u in updates["w"].tolist()]
       [-0.1, 0.1]
     """
@@ -237,7 +238,8 @@ def sgd(
       >>> import jax.numpy as jnp, gradx
       >>> opt = gradx.sgd(0.1)
       >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
       >>> [round(u, 4) for u in updates["w"].tolist()]
       [-0.05, 0.05]
     """

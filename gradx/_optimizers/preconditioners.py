@@ -95,7 +95,8 @@ def precondition(
       ...     gradx.scale_by_learning_rate(0.01),
       ... )
       >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
       >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr·g/√(0.1·g²)
       [-0.0316, 0.0316]
     """

@@ -146,8 +146,10 @@ def effective_learning_rate(
       >>> import jax.numpy as jnp, gradx
       >>> opt = gradx.adam(0.1)
       >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> _, state = opt.update({"w": jnp.array([0.5, -0.5])}, opt.init(params), params)
-      >>> [round(a, 3) for a in gradx.effective_learning_rate(opt, state, params)["w"].tolist()]
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> _, state = opt.update(grads, opt.init(params), params)
+      >>> alpha = gradx.effective_learning_rate(opt, state, params)
+      >>> [round(a, 3) for a in alpha["w"].tolist()]
       [0.2, 0.2]
     """
     if not isinstance(optimizer, optax.GradientTransformation):
