@@ -370,6 +370,7 @@ class Checkpointer:
         }
 
     def close(self) -> None:
+        """Closes the checkpoint manager and releases the directory's lock."""
         try:
             self.manager.close()
         finally:

@@ -121,6 +121,12 @@ def mse(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
     Note:
       Equal to ``torch.nn.functional.mse_loss`` and ``optax.squared_error(p, t).mean()``;
       ``optax.l2_loss`` is half of it.
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> loss = gradx.losses.mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))
+      >>> round(float(loss), 4)  # ((1 - 0)² + (2 - 4)²) / 2
+      2.5
     """
     predictions = _floating("mse", "predictions", predictions)
     targets = _targets_like("mse", targets, predictions)
@@ -128,10 +134,10 @@ def mse(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
 
 
 def mae(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax.Array:
-    """Mean absolute error: (1/N) Σᵢ |pᵢ − tᵢ|, with ∂/∂pᵢ = sign(pᵢ − tᵢ)/N.
+    """Mean absolute error: (1/N) Σᵢ ``|pᵢ − tᵢ|``, with ∂/∂pᵢ = sign(pᵢ − tᵢ)/N.
 
     At a tie, pᵢ = tᵢ, the gradient is sign(0) = 0, as in torch; ``jax.grad(jnp.abs)(0.)``
-    would give 1. The value is computed as d·sign(d), which is exactly |d| and whose
+    would give 1. The value is computed as d·sign(d), which is exactly ``|d|`` and whose
     derivative is sign(d) everywhere.
 
     Args:

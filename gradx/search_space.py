@@ -48,11 +48,13 @@ class Distribution:
     """
 
     def sample(self, key: jax.Array, n: int) -> np.ndarray:
+        """``n`` values drawn with the PRNG ``key``, an array of shape ``(n,)``."""
         raise NotImplementedError
 
     def perturb(
         self, values: np.ndarray, up: np.ndarray, factors: tuple[float, float]
     ) -> np.ndarray:
+        """``values`` moved up where ``up`` is True, else down, by ``factors = (down, up)``."""
         raise NotImplementedError
 
 

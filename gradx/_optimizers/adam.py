@@ -163,7 +163,7 @@ def adam(
     Returns:
       An optax transformation whose state holds learning_rate, b1, b2, eps, eps_root.
       The step is computed in float32 (or the params' wider dtype) and cast to the
-      gradient's dtype once, at the end. Complex params: v accumulates |g|² = g·conj(g).
+      gradient's dtype once, at the end. Complex params: v accumulates ``|g|²`` = g·conj(g).
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
@@ -172,6 +172,18 @@ def adam(
       Equals ``optax.adam`` and ``torch.optim.Adam``. Keras's ``Adam`` is ``eps_hat=True``
       with ε = 1e-7. The arguments up to ``eps_root`` are positional as in ``optax.adam``;
       the rest are keyword-only.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, gradx
+      >>> opt = gradx.adam(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = opt.init(params)
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # step 1: -lr·sign(g)
+      [-0.1, 0.1]
+      >>> [round(p, 4) for p in optax.apply_updates(params, updates)["w"].tolist()]
+      [0.9, -1.9]
     """
     moment_dtypes("adam", mu_dtype, nu_dtype)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
@@ -312,13 +324,13 @@ def adamax(
         θ ← θ − γ/(1−β₁ᵗ)·m/u
 
     Finite when a gradient is exactly 0 from the start: then u = ε > 0 (and with ε = 0 the
-    step is 0). ``eps_in_max=False`` is Keras's placement: u ← max(β₂·u, |g|),
+    step is 0). ``eps_in_max=False`` is Keras's placement: u ← max(β₂·u, ``|g|``),
     θ ← θ − γ·m/((1−β₁ᵗ)(u + ε)).
 
     Blocks: ``precondition(ema(β₁, debias), inf_norm(β₂, ε)) → scale_by_learning_rate(γ)``.
 
     ``mu_dtype`` is the dtype m is stored in and ``nu_dtype`` the (real) dtype u is stored
-    in; None follows the params. For complex params |g| is the modulus.
+    in; None follows the params. For complex params ``|g|`` is the modulus.
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Sec. 7.1.

@@ -42,9 +42,9 @@ def scale_by_adadelta(
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Zeiler's Adadelta direction (the learning rate is applied after it).
 
-    E_g ← ρ·E_g + (1−ρ)·|g|²;  d = √(E_d + ε)/√(E_g + ε)·g;  E_d ← ρ·E_d + (1−ρ)·|d|².
+    E_g ← ρ·E_g + (1−ρ)·``|g|²``;  d = √(E_d + ε)/√(E_g + ε)·g;  E_d ← ρ·E_d + (1−ρ)·``|d|²``.
 
-    For complex params |·|² is the squared modulus, so both accumulators are real and d has
+    For complex params ``|·|²`` is the squared modulus, so both accumulators are real and d has
     g's phase. ``accumulator_dtype`` is the (real) dtype E_g and E_d are stored in; None
     follows the params. d is emitted in the computed dtype, which may be wider than g's.
     """
@@ -182,7 +182,7 @@ def adagrad(
     Blocks: ``precondition(identity, rss(G₀), ε) → scale_by_learning_rate(γ)``.
 
     ``nu_dtype`` is the (real) dtype G is stored in; None follows the params. For complex
-    params G sums |g|².
+    params G sums ``|g|²``.
 
     Reference:
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online Learning and
@@ -232,7 +232,7 @@ def adadelta(
     Blocks: ``scale_by_adadelta(ρ, ε) → scale_by_learning_rate(α)``.
 
     ``nu_dtype`` is the (real) dtype both accumulators E_g and E_d are stored in (both are
-    second moments); None follows the params. Complex params: both accumulate |·|², so d
+    second moments); None follows the params. Complex params: both accumulate ``|·|²``, so d
     keeps g's phase (optax's adadelta squares g; its tests skip complex params).
 
     Reference:

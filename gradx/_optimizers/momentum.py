@@ -59,7 +59,7 @@ def trace(
 
     Returns:
       An optax transformation. Its update is in the computed dtype
-      (:func:`gradx._protocol.dtypes.wide` of u, μ and v), which may be wider than u's: the new v
+      (``wide`` of u, μ and v), which may be wider than u's: the new v
       before it is rounded to its storage dtype.
     """
     acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
@@ -117,12 +117,26 @@ def ema(
     (1 − dampening)·g). The correction is computed in the hyperparameter dtype.
 
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
-    params. The update is in the computed dtype (:func:`gradx._protocol.dtypes.wide` of g, β and m),
+    params. The update is in the computed dtype (``wide`` of g, β and m),
     which may be wider than g's: the new m before it is rounded to its storage dtype.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
     does not; pass ``debias=True`` for optax's numbers.
+
+    Examples:
+      Adam, chained from blocks (what :func:`gradx.adam` builds):
+
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.chain(
+      ...     gradx.precondition(gradx.ema(0.9, debias=True), gradx.rms(0.999, debias=True), 1e-8),
+      ...     gradx.scale_by_learning_rate(0.1),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1, 0.1]
     """
     if init not in EMA_INITS:
         raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
@@ -219,6 +233,15 @@ def sgd(
       momentum=μ, nesterov=...)``. :func:`momentum` and :func:`nesterov` keep γ inside the
       velocity (the seeds' and Keras's form): the same numbers for a constant γ, not under a
       schedule.
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.sgd(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.05, 0.05]
     """
     name, dtype = _buffer_dtype("sgd", accumulator_dtype, mu_dtype)
     if momentum is None:

@@ -40,7 +40,7 @@ def count_as(count: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> jax.Array:
-    """ρ·old + (1−ρ)·x, computed in :func:`wide` of both and ρ (complex if either is).
+    """ρ·old + (1−ρ)·x, computed in ``wide`` of both and ρ (complex if either is).
 
     ``rest``: 1 − ρ computed once by the caller (a block calls this once per leaf)."""
     xw, ow = wide(x, rho, old), wide(old, rho, x)
@@ -77,7 +77,7 @@ def precondition(
 
     ``direction`` gives the numerator (``optax.identity()``, ``ema``, ``nesterov_ema``) and
     ``by`` the denominator, already square-rooted (``rms``, ``max_rms``, ``rss``,
-    ``inf_norm``); the denominator is real (for complex params, a statistic of |g|). ε is
+    ``inf_norm``); the denominator is real (for complex params, a statistic of ``|g|``). ε is
     added outside the root; an ε inside the root belongs to the denominator's block
     (``eps_root=``). Where the denominator is exactly 0 the update is 0.
 
@@ -85,6 +85,20 @@ def precondition(
       An optax transformation. Its update is computed, and returned, in the wider dtype of
       numerator, denominator and ε (float32 inside an optimizer with bf16 or float16 params),
       so a small denominator cannot overflow a narrow dtype before the learning rate applies.
+
+    Examples:
+      RMSProp's direction, g / (√v + ε), then the learning rate:
+
+      >>> import jax.numpy as jnp, optax, gradx
+      >>> opt = gradx.chain(
+      ...     gradx.precondition(optax.identity(), gradx.rms(0.9), 1e-8),
+      ...     gradx.scale_by_learning_rate(0.01),
+      ... )
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr·g/√(0.1·g²)
+      [-0.0316, 0.0316]
     """
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
@@ -126,11 +140,11 @@ def rms(
     initial_scale: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Block (denominator): √(v̂ − |â|² + ε_root) from v ← ρ·v + (1−ρ)·|g|².
+    """Block (denominator): √(v̂ − ``|â|²`` + ε_root) from v ← ρ·v + (1−ρ)·``|g|²``.
 
     v̂ = v / (1 − ρᵗ) with ``debias`` (else v̂ = v); with ``centered``, a ← ρ·a + (1−ρ)·g and
     â likewise, else â = 0. The variance is clipped at 0 before the root (rounding can make
-    v̂ − |â|² slightly negative). v₀ = ``initial_scale`` (TF1 used 1). |g|² = g·conj(g) for
+    v̂ − ``|â|²`` slightly negative). v₀ = ``initial_scale`` (TF1 used 1). ``|g|²`` = g·conj(g) for
     complex params, so v is real (complex64 params keep a float32 v).
 
     ``accumulator_dtype`` is the dtype v and a are stored in (None follows the params; a of
@@ -191,7 +205,7 @@ def max_rms(
 ) -> optax.GradientTransformationExtraArgs:
     """Block (denominator) for AMSGrad: the root of a running maximum of the second moment.
 
-    With v ← β₂·v + (1−β₂)·|g|²:
+    With v ← β₂·v + (1−β₂)·``|g|²``:
 
     * ``"raw_v"`` (torch, Keras): v_max ← max(v_max, v), emits √v_max / √(1 − β₂ᵗ);
     * ``"v_hat"`` (optax's default): v_max ← max(v_max, v/(1 − β₂ᵗ)), emits √v_max;
@@ -245,7 +259,7 @@ def rss(
     eps_root: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Block (denominator) for Adagrad: √(G + ε_root) with G ← G + |g|², G₀ = initial value.
+    """Block (denominator) for Adagrad: √(G + ε_root) with G ← G + ``|g|²``, G₀ = initial value.
 
     ``accumulator_dtype`` is the (real) dtype G is stored in; None follows the params (their
     real precision for complex params). The denominator is emitted in the computed dtype,
@@ -282,10 +296,10 @@ class InfNormState(NamedTuple):
 def inf_norm(
     decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike = 0.0, accumulator_dtype: Any = None
 ) -> optax.GradientTransformationExtraArgs:
-    """Block (denominator) for Adamax: u ← max(β₂·u, |g| + ε), emits u.
+    """Block (denominator) for Adamax: u ← max(β₂·u, ``|g|`` + ε), emits u.
 
     ε inside the max is torch's and optax's placement; Keras adds ε to u afterwards (give
-    ε to ``precondition`` instead). |g| is the modulus for complex params, so u is real.
+    ε to ``precondition`` instead). ``|g|`` is the modulus for complex params, so u is real.
     ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params. u is
     emitted in the computed dtype, which may be wider than the gradient's.
     """

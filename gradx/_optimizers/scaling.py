@@ -44,7 +44,7 @@ def scale_by_learning_rate(
     ``learning_rate`` is a number or a scalar array (inside an optimizer, the value from the
     state). To follow a schedule, build an optimizer with :func:`optimizer`, which evaluates
     the schedule at the step count and passes the value here. The update is in the computed
-    dtype (:func:`wide` of g and γ), which may be wider than g's.
+    dtype (``wide`` of g and γ), which may be wider than g's.
     """
 
     def init(params: Any) -> ScaleByLearningRateState:
@@ -155,7 +155,7 @@ def add_decayed_weights(
         optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
 
     Returns:
-      An optax transformation. Its update is in the computed dtype (:func:`wide` of g, λ
+      An optax transformation. Its update is in the computed dtype (``wide`` of g, λ
       and θ), which may be wider than g's.
     """
     init = _decay_init("add_decayed_weights", mask)
@@ -190,7 +190,7 @@ def decoupled_weight_decay(
         optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
 
     Returns:
-      An optax transformation. Its update is in the computed dtype (:func:`wide` of u, λ, γ
+      An optax transformation. Its update is in the computed dtype (``wide`` of u, λ, γ
       and θ), which may be wider than u's.
     """
     init = _decay_init("decoupled_weight_decay", mask)

@@ -72,6 +72,14 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
     Names are the optimizer's argument names. A name that occurs more than once (two
     optimizers in one chain) is keyed by its path in the state, e.g. ``"0/learning_rate"``.
     A scheduled value is the one used at the last step (at step 0 before any update).
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> state = gradx.adam(1e-3).init({"w": jnp.zeros(2)})
+      >>> sorted(gradx.hyperparams(state))
+      ['b1', 'b2', 'eps', 'eps_root', 'learning_rate']
+      >>> round(float(gradx.hyperparams(state)["learning_rate"]), 6)
+      0.001
     """
     out = {}
     for key, (path, name, scheduled) in hyperparam_keys(locate_hyperparams(state)).items():
@@ -92,6 +100,13 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     :func:`check_hyperparams`. A value the optimizer computes and records in its state (the α
     of lookahead with ``alpha="quadratic"``, fitted at every sync) is refused: its state
     class lists it, with the reason, in its ``outputs`` mapping.
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> state = gradx.adam(1e-3).init({"w": jnp.zeros(2)})
+      >>> state = gradx.set_hyperparams(state, learning_rate=1e-4)  # no recompilation
+      >>> round(float(gradx.hyperparams(state)["learning_rate"]), 6)
+      0.0001
     """
     located = locate_hyperparams(state)
     keys = hyperparam_keys(located)

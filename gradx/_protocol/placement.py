@@ -70,7 +70,7 @@ def state_shardings(state: Any, params: Any, mesh: Mesh | None = None) -> Any:
 
     Args:
       state: an optimizer state, concrete or abstract (``jax.eval_shape``).
-      params: the params, concrete ``jax.Array``s placed with ``NamedSharding``s.
+      params: the params, concrete ``jax.Array`` leaves placed with ``NamedSharding``.
       mesh: the mesh for the replicated leaves; by default the params' mesh.
 
     Returns:

@@ -57,6 +57,7 @@ class Rule:
         )
 
     def holds(self, x: np.ndarray) -> bool:
+        """Whether every element of ``x`` is finite and lies in the set."""
         if not np.all(np.isfinite(x)):
             return False
         if self.integer and not np.all(np.equal(np.round(x), x)):

@@ -139,6 +139,18 @@ def effective_learning_rate(
       No other optimizer library reports this. It is the quantity seed 001 lists for every
       optimizer ("learning rate efectivo") and seed 002 draws for Adam ("tasa de aprendizaje
       efectiva").
+
+    Examples:
+      Adam's first step moves each coordinate by lr·sign(g), so α_ef = lr/``|g|``:
+
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.adam(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grads = {"w": jnp.array([0.5, -0.5])}
+      >>> _, state = opt.update(grads, opt.init(params), params)
+      >>> alpha = gradx.effective_learning_rate(opt, state, params)
+      >>> [round(a, 3) for a in alpha["w"].tolist()]
+      [0.2, 0.2]
     """
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(

@@ -380,6 +380,15 @@ def flat(
       ``multi_transform``, per-leaf clipping like ``clip_by_block_rms``) would see one leaf
       per buffer: keep those outside ``flat``. The buffers of a dtype live on one
       device: for params sharded over a mesh (``fsdp``) use the per-leaf optimizer.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, gradx
+      >>> opt = gradx.flat(gradx.adam(0.1))
+      >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> updates["w"].shape, [round(u, 4) for u in updates["b"].tolist()]
+      ((3, 2), [-0.1, -0.1])
     """
     if max_leaf_size is not None and (
         isinstance(max_leaf_size, bool)

@@ -209,7 +209,7 @@ def fit(
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one: it must take the epoch, so a generator function
     ``gen`` of no arguments is passed as ``gen()`` or ``lambda epoch: gen()``); see
-    :mod:`gradx._training.stream` for what an epoch is, and the short-batch policy (a batch smaller
+    ``gradx._training.stream`` for what an epoch is, and the short-batch policy (a batch smaller
     than B is dropped and counted in ``dropped_per_epoch``). Then ``batch_size`` is None
     (B is the first batch's size) or B, ``key`` may be None, ``eval_fn`` needs
     ``eval_data``, and ``steps_per_epoch`` and ``dropped_per_epoch`` of the result are the
@@ -218,6 +218,24 @@ def fit(
     Returns:
       A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
       ``steps_per_epoch`` and ``dropped_per_epoch``.
+
+    Examples:
+      Fit y = 3x with a 1×1 linear model:
+
+      >>> import jax, jax.numpy as jnp, gradx
+      >>> x = jnp.linspace(-1.0, 1.0, 32)[:, None]
+      >>> y = 3.0 * x
+      >>> def loss_fn(params, batch):
+      ...     xb, yb = batch
+      ...     return gradx.losses.mse(xb @ params["w"], yb)
+      >>> result = gradx.fit(
+      ...     loss_fn, {"w": jnp.zeros((1, 1))}, gradx.adam(0.1), (x, y),
+      ...     batch_size=8, epochs=20, key=jax.random.key(0), progress=False,
+      ... )
+      >>> result.history["loss"].shape, result.steps_per_epoch
+      ((20,), 4)
+      >>> round(float(result.params["w"][0, 0]), 1)
+      3.0
     """
     check_optimizer("fit", optimizer)
     if _stream.is_stream(data) and diagnostics:

@@ -33,8 +33,10 @@ class SearchResult:
       epochs_trained: ``(K,)``, the epochs each member trained.
       population: ``(epochs,)``, the members training in each epoch.
       model_epochs: Σ over epochs of the population, the compute spent.
-      rungs: halving's cuts (:class:`Rung`), in order.
-      lineage: PBT's copies (:class:`Copy`), in order.
+      rungs: halving's cuts, in order, each a named tuple
+        ``Rung(epoch, members, scores, kept)``.
+      lineage: PBT's copies, in order, each a named tuple
+        ``Copy(epoch, member, source, values)``.
       member_keys: with ``init_fn``, the key each member's params were drawn from.
       epoch_seconds: wall time of each population epoch (of each chunk), in order.
       steps_per_epoch, dropped_per_epoch: as in :class:`gradx.FitResult`.

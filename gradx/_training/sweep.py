@@ -105,9 +105,10 @@ def sweep(
     grows with the chunk, not with K. The last chunk is padded by repeating its last point,
     so every chunk runs the same compiled program; padded results are discarded.
 
+    ``loss_fn``, ``params``, ``optimizer``, ``data``, ``batch_size``, ``epochs``, ``key``,
+    ``eval_fn``, ``eval_data``, ``opt_state`` and ``progress`` are as in :func:`fit`.
+
     Args:
-      loss_fn, params, optimizer, data, batch_size, epochs, key, eval_fn, eval_data,
-      opt_state, progress: as in :func:`fit`.
       grid: ``{name: 1-D array}``; each value must satisfy the optimizer's rule for it.
       chunk_size: grid points trained together, >= 1, or None for all K.
       mesh: a ``jax.sharding.Mesh``: each chunk's grid axis is split over all its devices
@@ -122,6 +123,26 @@ def sweep(
     Returns:
       A :class:`SweepResult`: params, states and histories with a leading axis of length K,
       the grid values per point, and ``best(metric, mode)`` to pick a point.
+
+    Examples:
+      Three learning rates of SGD, trained in one program:
+
+      >>> import jax, jax.numpy as jnp, gradx
+      >>> x = jnp.linspace(-1.0, 1.0, 32)[:, None]
+      >>> y = 3.0 * x
+      >>> def loss_fn(params, batch):
+      ...     xb, yb = batch
+      ...     return gradx.losses.mse(xb @ params["w"], yb)
+      >>> result = gradx.sweep(
+      ...     loss_fn, {"w": jnp.zeros((1, 1))}, gradx.sgd(0.1), (x, y),
+      ...     {"learning_rate": jnp.array([0.01, 0.1, 1.0])},
+      ...     batch_size=8, epochs=5, key=jax.random.key(0), progress=False,
+      ... )
+      >>> result.history["loss"].shape  # (K, epochs)
+      (3, 5)
+      >>> best = result.best("loss")
+      >>> best.index, best.values
+      (2, {'learning_rate': 1.0})
     """
     fn = "sweep"
     check_optimizer(fn, optimizer)

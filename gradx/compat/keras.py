@@ -335,7 +335,7 @@ def Adamax(
     gradient_accumulation_steps=None,
     name="adamax",
 ):
-    """``keras.optimizers.Adamax``: u ← max(β₂·u, |g|); θ ← θ − γ·m/((1−β₁ᵗ)(u + ε))."""
+    """``keras.optimizers.Adamax``: u ← max(β₂·u, ``|g|``); θ ← θ − γ·m/((1−β₁ᵗ)(u + ε))."""
     step = [precondition(ema(beta_1, debias=True), inf_norm(beta_2), epsilon)]
     return step, []
 

@@ -353,8 +353,9 @@ def rprop(
     max_step_size: float = 50.0,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``rprop`` reproduced with gradx's blocks, hyperparameters in the state:
-    :func:`scale_by_rprop` (optax 0.2.8's update lags one step; ``gradx.rprop`` follows seed
-    004, ``gradx.compat.torch.Rprop`` torch's iRprop⁻). ``learning_rate`` is a number."""
+    :func:`gradx.scale_by_rprop` (optax 0.2.8's update lags one step; ``gradx.rprop``
+    follows seed 004, ``gradx.compat.torch.Rprop`` torch's iRprop⁻). ``learning_rate`` is a
+    number."""
     if callable(learning_rate):
         raise TypeError(
             f"rprop: learning_rate must be a number (optax's rprop takes no schedule: it is "

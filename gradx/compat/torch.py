@@ -390,7 +390,7 @@ def Adamax(
     differentiable: bool = False,
     capturable: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.Adamax``: u ← max(β₂·u, |g| + ε); θ ← θ − γ/(1−β₁ᵗ)·m/u."""
+    """``torch.optim.Adamax``: u ← max(β₂·u, ``|g|`` + ε); θ ← θ − γ/(1−β₁ᵗ)·m/u."""
     cls = "Adamax"
     check_like_torch(cls, torch_adamax, lr=lr, eps=eps, weight_decay=weight_decay)
     b1, b2 = checked_betas(cls, betas)
