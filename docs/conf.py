@@ -13,7 +13,6 @@ python, numpy, jax and optax resolve through the inventories committed in
 from __future__ import annotations
 
 import pathlib
-import re
 import shutil
 import sys
 
@@ -87,31 +86,3 @@ def _copy_notebooks() -> None:
 
 
 _copy_notebooks()
-
-
-def _drop_empty_globs(app, docname: str, source: list[str]) -> None:
-    """Remove the toctree globs of the landing page that match no page (yet).
-
-    The guides and the benchmarks page are written in parallel with the rest of the site;
-    Sphinx warns (an error under ``-W``) about a glob that matches nothing, including a
-    catch-all ``guides/*`` whose pages were all listed by the globs before it, so such a line
-    is dropped.
-    """
-    if docname != "index":
-        return
-    kept, taken = [], set()
-    for line in source[0].splitlines(keepends=True):
-        entry = line.strip()
-        if re.fullmatch(r"[\w./-]+\*", entry):  # a toctree glob like guides/*
-            pages = {p for ext in (".md", ".ipynb") for p in DOCS.glob(entry + ext)} - taken
-            if not pages:
-                continue
-            taken |= pages
-        kept.append(line)
-    source[0] = "".join(kept)
-
-
-def setup(app):
-    app.connect("source-read", _drop_empty_globs)
-    # Re-read the landing page on every build, so a guide added since the last build is listed.
-    app.connect("env-get-outdated", lambda app, env, added, changed, removed: ["index"])
