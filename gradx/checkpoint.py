@@ -79,7 +79,9 @@ _FORMAT = 2
 
 
 LOCK = ".gradx.lock"
-DAMAGED = "damaged"  # where a damaged checkpoint is moved, DIR/damaged/<epoch>-<time>
+DAMAGED = "damaged"
+"""The folder of a checkpoint directory a damaged checkpoint is moved to, as
+``<epoch>-<time>``: set aside on resume, never deleted (``overwrite=True`` clears it)."""
 
 
 def _orbax(fn: str):
