@@ -45,7 +45,9 @@ from gradx._optimizers.scaling import decoupled_weight_decay as decoupled_weight
 from gradx._optimizers.scaling import normalize as normalize
 from gradx._optimizers.scaling import normalized_sgd as normalized_sgd
 from gradx._optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
+from gradx._optimizers.sign import lion as lion
 from gradx._optimizers.sign import rprop as rprop
+from gradx._optimizers.sign import scale_by_lion as scale_by_lion
 from gradx._optimizers.sign import scale_by_rprop as scale_by_rprop
 from gradx._protocol.access import hyperparams as hyperparams
 from gradx._protocol.access import set_hyperparams as set_hyperparams

@@ -1,7 +1,8 @@
-"""Sign-based methods: Rprop, one adaptive step size per weight.
+"""Sign-based methods: Rprop, one adaptive step size per weight, and Lion, the sign of a
+momentum.
 
-Block: ``scale_by_rprop`` (the seed's rule, or iRprop⁻ with ``irprop_minus=True``, which is
-torch's). Optimizer: ``rprop``.
+Blocks: ``scale_by_rprop`` (the seed's rule, or iRprop⁻ with ``irprop_minus=True``, which is
+torch's), ``scale_by_lion``. Optimizers: ``rprop``, ``lion``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import wide
-from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, nonzero_divisor
+from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, needs_incoming, nonzero_divisor
 from gradx._protocol.trees import check_tree
 
 
@@ -207,3 +209,121 @@ def _rprop_gain(ctx, cells, state, incoming):
     return Gain(jnp.ones([], ctx.dtype), jax.tree.map(factor, state.step_size, state.prev_grad)), (
         None
     )
+
+
+class ScaleByLionState(NamedTuple):
+    count: jax.Array  # shape=(), dtype=int32: updates so far
+    mu: Any  # like params, in mu_dtype (None: the params' dtype): the momentum m
+
+
+def scale_by_lion(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.99,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: Lion's direction, u ← sign(β₁·m + (1−β₁)·g), then m ← β₂·m + (1−β₂)·g.
+
+    The sign is taken of the interpolation between the momentum *before* this step and the
+    gradient; the momentum is then updated with a second rate β₂. Every coordinate of u is
+    −1, 0 or +1 (0 only where the interpolation is exactly 0), in the gradient's dtype, so a
+    ``scale_by_learning_rate`` follows. Equals ``optax.scale_by_lion`` (its ``mode='hard'``).
+
+    Args:
+      b1: β₁, the weight of the momentum in the interpolation the sign is taken of.
+      b2: β₂, the decay of the momentum.
+      mu_dtype: the dtype m is stored in (optax's ``mu_dtype``); None follows the params.
+    """
+    acc = dtype_arg("scale_by_lion", "mu_dtype", mu_dtype)
+
+    def init(params: Any) -> ScaleByLionState:
+        mu = moment_zeros("scale_by_lion", "mu_dtype", params, acc)
+        return ScaleByLionState(count=jnp.zeros([], jnp.int32), mu=mu)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_tree(updates, state.mu, "momentum in the state")
+        beta1, beta2 = jnp.asarray(b1), jnp.asarray(b2)
+        rest1, rest2 = 1 - beta1, 1 - beta2  # once per step, not once per leaf
+
+        def leaf(g, m):
+            gw, mw = wide(g, beta1, m), wide(m, beta1, g)
+            u = jnp.sign(coef(rest1, gw) * gw + coef(beta1, mw) * mw)
+            return u.astype(g.dtype), coef(rest2, gw) * gw + coef(beta2, mw) * mw
+
+        out = jax.tree.map(leaf, updates, state.mu)
+        outer = jax.tree.structure(updates)
+        rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
+        u, mu = (outer.unflatten([row[i] for row in rows]) for i in range(2))
+        count = optax.safe_increment(state.count)
+        return u, ScaleByLionState(count=count, mu=stored(mu, state.mu))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", weight_decay=">= 0")
+def lion(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: float = 1e-3,
+    mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Lion: the sign of an interpolated momentum, with decoupled weight decay.
+
+    For t = 1, 2, ..., with m₀ = 0::
+
+        u = sign(β₁·m + (1−β₁)·g)
+        m ← β₂·m + (1−β₂)·g
+        θ ← θ − γ·(u + λ·θ)
+
+    Every step moves each weight by γ (plus the decay), whatever the gradient's scale, so
+    Lion wants a learning rate 3-10x smaller than AdamW's and a λ 3-10x larger (the paper's
+    advice). It keeps one buffer (m), AdamW two.
+
+    Blocks: ``scale_by_lion(β₁, β₂) → scale_by_learning_rate(γ) →
+    decoupled_weight_decay(λ, γ)``.
+
+    Args:
+      learning_rate: γ ≥ 0, a number or a schedule.
+      b1: β₁ in [0, 1), the momentum's weight inside the sign.
+      b2: β₂ in [0, 1), the momentum's decay.
+      mu_dtype: the dtype m is stored in; None follows the params.
+      weight_decay: λ ≥ 0, multiplied by the current γ.
+      mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
+        params' structure or a prefix of it (True = decay), or a function of the params
+        returning one.
+
+    Returns:
+      An optax transformation whose state is a ``HyperparamsState`` holding
+      ``b1, b2, learning_rate, weight_decay`` around the blocks' states (``count`` and the
+      momentum ``mu``, like params).
+
+    Reference:
+      Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
+
+    Note:
+      Equals ``optax.lion`` (same arguments, order and defaults). optax adds λ·θ before
+      its learning-rate block, −γ·(u + λθ); gradx subtracts γλθ after it, −γu − γλθ: the same
+      step, up to rounding.
+    """
+    dtype_arg("lion", "mu_dtype", mu_dtype)
+    return optax.chain(
+        scale_by_lion(b1, b2, mu_dtype),
+        scale_by_learning_rate(learning_rate),
+        decoupled_weight_decay(weight_decay, learning_rate, mask),
+    )
+
+
+@gain_rule(scale_by_lion)
+def _lion_gain(ctx, cells, state, incoming):
+    # u_i = sign(c_i), c = β₁·m_{t−1} + (1−β₁)·g_i, is not linear in g. As for Rprop, the
+    # factor is the step per unit gradient, |u_i|/|g_i| = 1/|g_i| (0 where g_i = 0). |u_i| is 1
+    # except where c_i is exactly 0, which the state (m_t only) cannot tell: counted as 1.
+    needs_incoming("scale_by_lion", incoming)
+
+    def factor(g):
+        a = in_gain_dtype(ctx, jnp.abs(g))
+        return jnp.where(a > 0, 1 / nonzero_divisor(a), jnp.zeros_like(a))
+
+    return Gain(jnp.ones([], ctx.dtype), jax.tree.map(factor, incoming)), None

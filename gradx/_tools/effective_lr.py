@@ -87,6 +87,7 @@ def effective_learning_rate(
         nadam                      γ·(c_g + c_m(1−β₁))/(√v̂_t + ε), m̂ = c_g·g + c_m·m_t
         adadelta                   α₀·√(Δ_{t−1} + ε)/√(s_t + ε)
         rprop                      α_i/|g_i|  (0 where the weight did not move)
+        lion                       γ/|g_i|  (0 where g_i = 0)
         normalized_sgd             γ/‖g‖
 
     Definitions where the seeds leave a choice, each the factor in front of g_t in *this*
@@ -101,6 +102,11 @@ def effective_learning_rate(
       the sync call, which takes no inner step (g_t only sets α, through the slope).
       ``reset_state=True`` with a fixed α is refused: the inner state a sync step used is
       gone from the state after it.
+    * Lion: u_i = sign(β₁·m + (1−β₁)·g_i) is not linear in g_i. As for Rprop, α_ef is the
+      step per unit gradient, ``γ·|u_i|/|g_i| = γ/|g_i|`` (0 where g_i = 0); α_ef ⊙ g_t then
+      has the step's length, with g_t's sign (the step's sign is the interpolation's).
+      ``|u_i| = 1`` is assumed also where the interpolation is exactly 0, which the state
+      cannot tell.
     * weight decay: coupled (``add_decayed_weights``, torch's ``weight_decay=``) and
       decoupled (``adamw``) decay add a term in θ, not in g_t: they leave α_ef unchanged.
     * seed 002 calls η/(√v̂_t + ε), Adam's factor on m̂_t, the effective learning rate; it
@@ -116,8 +122,8 @@ def effective_learning_rate(
         last gradient was taken at for a coupled weight decay placed before a block that
         needs ``grads``.
       grads: the gradient of the last step. Needed by the blocks whose gain depends on it:
-        ``normalize`` (γ/‖g‖), Adadelta (Δ_{t−1} is recovered from Δ_t with it) and the
-        clipping blocks of ``gradx.compat.keras``.
+        ``normalize`` (γ/‖g‖), ``scale_by_lion`` (``γ/|g|``), Adadelta (Δ_{t−1} is recovered
+        from Δ_t with it) and the clipping blocks of ``gradx.compat.keras``.
 
     Returns:
       A pytree like the params (or the grads, or the optimizer's per-coordinate state): α_ef
