@@ -25,6 +25,7 @@ from gradx._optimizers.adaptive import adadelta as adadelta
 from gradx._optimizers.adaptive import adagrad as adagrad
 from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
+from gradx._optimizers.layerwise import lamb as lamb
 from gradx._optimizers.lookahead import lookahead as lookahead
 from gradx._optimizers.lookahead import lookahead_fitted as lookahead_fitted
 from gradx._optimizers.lookahead import lookahead_momentum as lookahead_momentum
@@ -45,6 +46,7 @@ from gradx._optimizers.scaling import decoupled_weight_decay as decoupled_weight
 from gradx._optimizers.scaling import normalize as normalize
 from gradx._optimizers.scaling import normalized_sgd as normalized_sgd
 from gradx._optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
+from gradx._optimizers.scaling import scale_by_trust_ratio as scale_by_trust_ratio
 from gradx._optimizers.sign import lion as lion
 from gradx._optimizers.sign import rprop as rprop
 from gradx._optimizers.sign import scale_by_lion as scale_by_lion

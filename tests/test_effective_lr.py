@@ -582,6 +582,7 @@ def _every_compat_class():
             functools.partial(getattr(gradx.compat.optax, name), 0.01),
         )
     yield "gradx.lion", lambda: gradx.lion(0.01)
+    yield "gradx.lamb", lambda: gradx.lamb(0.01, weight_decay=0.01)
     yield (
         "gradx.compat.optax.lookahead",
         lambda: gradx.compat.optax.lookahead(gradx.adam(0.01), sync_period=2, slow_step_size=0.5),

@@ -4,7 +4,8 @@
 * ``momentum``: trace, EMA and Nadam's Nesterov EMA; sgd, momentum, nesterov, ema_momentum;
 * ``preconditioners``: ``precondition(direction, by, eps)`` and its denominators;
 * ``adam``: adam, adamw, amsgrad, adamax, nadam; ``adaptive``: rmsprop, adagrad, adadelta;
-* ``sign``: Rprop; ``lookahead``: lookahead with a fixed or a fitted step.
+* ``sign``: Rprop, Lion; ``layerwise``: LAMB;
+* ``lookahead``: lookahead with a fixed or a fitted step.
 
 An optimizer is a function of its numbers that returns a short chain of blocks, decorated
 with ``@optimizer(...)`` rules (``gradx._protocol.declare``); a block is a plain optax

@@ -2,7 +2,8 @@
 
 Blocks: ``scale_by_learning_rate`` (−γ, the last block of every optimizer),
 ``add_decayed_weights`` (coupled decay, g + λθ), ``decoupled_weight_decay`` (AdamW's
-u − γλθ), ``normalize`` (g/‖g‖). Optimizer: ``normalized_sgd``.
+u − γλθ), ``normalize`` (g/‖g‖), ``scale_by_trust_ratio`` (u·‖θ‖/‖u‖ per leaf, LAMB's).
+Optimizer: ``normalized_sgd``.
 """
 
 from __future__ import annotations
@@ -259,6 +260,89 @@ def normalized_sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTrans
     return optax.chain(normalize(), scale_by_learning_rate(learning_rate))
 
 
+class ScaleByTrustRatioState(NamedTuple):
+    # one scalar per params leaf, shape=(), float32 (or the leaf's wider real dtype): the
+    # trust ratio the last update used, 1 before any (the gain rule reads it)
+    trust_ratio: Any
+
+
+def _flat_refuses(fn: str) -> None:
+    if FLAT_ACTIVE.get():
+        raise ValueError(
+            f"{fn}: params must not be packed by gradx.flat, got a packed buffer: the trust ratio "
+            "is a norm per leaf (per layer), and flat packs the leaves into a few buffers per "
+            "dtype; use the per-leaf optimizer"
+        )
+
+
+def _clipped_norm(x: jax.Array, min_norm: jax.Array) -> jax.Array:
+    """max(‖x‖, min_norm), safe for ``jax.grad`` at 0 (optax's ``safe_norm``)."""
+    squares = jnp.sum(abs_sq(wide(x, min_norm))).astype(min_norm.dtype)
+    above = squares > min_norm * min_norm
+    return jnp.where(above, jnp.sqrt(jnp.where(above, squares, 1)), min_norm)
+
+
+def scale_by_trust_ratio(
+    min_norm: jax.typing.ArrayLike = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Block: LAMB's layer-wise trust ratio, u ← u·c·‖θ‖/(‖u‖ + ε), one ratio per leaf.
+
+    With n(x) = max(‖x‖, min_norm) (L2 over the whole leaf, Frobenius for a matrix)::
+
+        r = c·n(θ)/(n(u) + ε),   r = 1 where n(θ) = 0 or n(u) = 0
+        u ← r·u
+
+    so a leaf at the origin, or with a zero update, keeps its update as it came. Equals
+    ``optax.scale_by_trust_ratio``. The norms and r are computed in float32 (or the leaf's
+    wider precision); r is kept in the state for ``gradx.effective_learning_rate``.
+
+    Args:
+      min_norm: the smallest norm used for θ and u (0: no clipping).
+      trust_coefficient: c, a multiplier of the ratio.
+      eps: ε, added to the update's norm.
+
+    Returns:
+      An optax transformation whose ``update`` needs the params. Refused inside
+      ``gradx.flat``, whose packed buffers are not the leaves.
+    """
+
+    def init(params: Any) -> ScaleByTrustRatioState:
+        _flat_refuses("scale_by_trust_ratio")
+        ratio = jax.tree.map(lambda p: jnp.ones([], hyperparam_dtype(p)), params)
+        return ScaleByTrustRatioState(trust_ratio=ratio)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        fn = "scale_by_trust_ratio"
+        _flat_refuses(fn)
+        needs_params(fn, params, "the trust ratio is ‖θ‖/‖u‖")
+        params = params_like(fn, updates, params)
+        if jax.tree.structure(updates) != jax.tree.structure(state.trust_ratio):
+            raise TreeMismatchError(
+                f"{fn}: the gradients' tree does not match the state's (one trust ratio per "
+                f"params leaf).\n  gradients: {jax.tree.structure(updates)}\n"
+                f"  state: {jax.tree.structure(state.trust_ratio)}"
+            )
+        numbers = [jnp.asarray(x) for x in (min_norm, trust_coefficient, eps)]
+
+        def leaf(u, p, old):
+            lo, c, e = (wide(x, old, *numbers) for x in numbers)
+            theta, step = _clipped_norm(p, lo), _clipped_norm(u, lo)
+            ratio = jnp.where((theta == 0) | (step == 0), jnp.ones_like(c), c * theta / (step + e))
+            uw = wide(u, ratio)
+            return uw * coef(ratio, uw), ratio.astype(old.dtype)
+
+        out = jax.tree.map(leaf, updates, params, state.trust_ratio)
+        outer = jax.tree.structure(updates)
+        rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
+        u, ratio = (outer.unflatten([row[i] for row in rows]) for i in range(2))
+        return u, ScaleByTrustRatioState(trust_ratio=ratio)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 @gain_rule(scale_by_learning_rate)
 def _learning_rate_gain(ctx, cells, state, incoming):
     lr = in_gain_dtype(ctx, closure_value(cells, "learning_rate", "scale_by_learning_rate"))
@@ -298,3 +382,16 @@ def _normalize_gain(ctx, cells, state, incoming):
     gain = jnp.where(norm > 0, 1 / nonzero_divisor(norm), jnp.zeros_like(norm))  # g = 0: no step
     out = jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)
     return Gain(gain), out
+
+
+@gain_rule(scale_by_trust_ratio)
+def _trust_ratio_gain(ctx, cells, state, incoming):
+    # u ← r·u with r per leaf, kept in the state by the last update: r is the factor on
+    # whatever the block received, the current gradient's part included.
+    tree = jax.tree.map(lambda r: in_gain_dtype(ctx, r), state.trust_ratio)
+    out = (
+        None
+        if incoming is None
+        else jax.tree.map(lambda g, r: g * r.astype(g.dtype), incoming, tree)
+    )
+    return Gain(jnp.ones([], ctx.dtype), tree), out

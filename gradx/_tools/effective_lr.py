@@ -88,6 +88,7 @@ def effective_learning_rate(
         adadelta                   α₀·√(Δ_{t−1} + ε)/√(s_t + ε)
         rprop                      α_i/|g_i|  (0 where the weight did not move)
         lion                       γ/|g_i|  (0 where g_i = 0)
+        lamb                       adam's, times the leaf's trust ratio r = ‖θ‖/‖u‖
         normalized_sgd             γ/‖g‖
 
     Definitions where the seeds leave a choice, each the factor in front of g_t in *this*
@@ -107,6 +108,8 @@ def effective_learning_rate(
       has the step's length, with g_t's sign (the step's sign is the interpolation's).
       ``|u_i| = 1`` is assumed also where the interpolation is exactly 0, which the state
       cannot tell.
+    * LAMB's trust ratio r multiplies everything its block receives, the g_t-part included:
+      α_ef is Adam's times r, the ratio the last step used (kept in the state).
     * weight decay: coupled (``add_decayed_weights``, torch's ``weight_decay=``) and
       decoupled (``adamw``) decay add a term in θ, not in g_t: they leave α_ef unchanged.
     * seed 002 calls η/(√v̂_t + ε), Adam's factor on m̂_t, the effective learning rate; it
