@@ -1,5 +1,7 @@
 """gradx.lamb and its block scale_by_trust_ratio: optax live, NumPy, hyperparameters in the state."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,3 +178,12 @@ def test_the_trust_ratio_needs_params_and_refuses_flat():
         block.update(_grad(params, 0), block.init(params))
     with pytest.raises(ValueError, match=r"scale_by_trust_ratio: params must not be packed"):
         gradx.flat(gradx.lamb(0.01)).init(params)
+
+
+def test_signature_is_optax_lambs():
+    # same names, order, kinds and defaults: an optax.lamb call ports unchanged
+    ours = inspect.signature(gradx.lamb).parameters
+    theirs = inspect.signature(optax.lamb).parameters
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]

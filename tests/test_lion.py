@@ -1,5 +1,7 @@
 """gradx.lion and its block scale_by_lion: optax live, NumPy, hyperparameters in the state."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,3 +178,12 @@ def test_bad_hyperparameters_are_refused(kwargs, message):
     kwargs = {"learning_rate": 0.01, **kwargs}
     with pytest.raises(ValueError, match=message):
         gradx.lion(**kwargs)
+
+
+def test_signature_is_optax_lions():
+    # same names, order, kinds and defaults: an optax.lion call ports unchanged
+    ours = inspect.signature(gradx.lion).parameters
+    theirs = inspect.signature(optax.lion).parameters
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]
