@@ -26,6 +26,8 @@ from gradx._optimizers.adaptive import adadelta as adadelta
 from gradx._optimizers.adaptive import adagrad as adagrad
 from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
+from gradx._optimizers.adopt import adopt as adopt
+from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
 from gradx._optimizers.lookahead import lookahead as lookahead
 from gradx._optimizers.lookahead import lookahead_fitted as lookahead_fitted
 from gradx._optimizers.lookahead import lookahead_momentum as lookahead_momentum

@@ -253,6 +253,7 @@ def _raw_builds():
             "keras.Adam(amsgrad, clipnorm)": lambda: keras.Adam(amsgrad=True, clipnorm=1.0),
             "rmsprop(centered)": lambda: gradx.rmsprop(0.05, centered=True),
             "radam": lambda: gradx.radam(0.05),
+            "adopt": lambda: gradx.adopt(0.05),
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
             ),

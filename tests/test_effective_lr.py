@@ -591,6 +591,8 @@ def _every_compat_class():
 NOT_LISTED = [
     ("radam", lambda: gradx.radam(0.01)),
     ("radam(nesterov)", lambda: gradx.radam(0.01, nesterov=True)),
+    ("adopt", lambda: gradx.adopt(0.01)),
+    ("adopt(nesterov, no clip)", lambda: gradx.adopt(0.01, nesterov=True, use_clipping=False)),
 ]
 
 
