@@ -21,10 +21,13 @@ from gradx._optimizers.adam import adamw as adamw
 from gradx._optimizers.adam import amsgrad as amsgrad
 from gradx._optimizers.adam import nadam as nadam
 from gradx._optimizers.adam import nesterov_ema as nesterov_ema
+from gradx._optimizers.adam import radam as radam
 from gradx._optimizers.adaptive import adadelta as adadelta
 from gradx._optimizers.adaptive import adagrad as adagrad
 from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
+from gradx._optimizers.adopt import adopt as adopt
+from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
 from gradx._optimizers.layerwise import lamb as lamb
 from gradx._optimizers.lookahead import lookahead as lookahead
 from gradx._optimizers.lookahead import lookahead_fitted as lookahead_fitted
@@ -38,6 +41,7 @@ from gradx._optimizers.momentum import trace as trace
 from gradx._optimizers.preconditioners import inf_norm as inf_norm
 from gradx._optimizers.preconditioners import max_rms as max_rms
 from gradx._optimizers.preconditioners import precondition as precondition
+from gradx._optimizers.preconditioners import rectified as rectified
 from gradx._optimizers.preconditioners import rms as rms
 from gradx._optimizers.preconditioners import rss as rss
 from gradx._optimizers.preconditioners import scale_by_bias_correction as scale_by_bias_correction

@@ -254,6 +254,8 @@ def _raw_builds():
             "rmsprop(centered)": lambda: gradx.rmsprop(0.05, centered=True),
             "lion": lambda: gradx.lion(0.05),
             "lamb": lambda: gradx.lamb(0.05, weight_decay=0.01),
+            "radam": lambda: gradx.radam(0.05),
+            "adopt": lambda: gradx.adopt(0.05),
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
             ),

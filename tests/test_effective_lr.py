@@ -589,10 +589,23 @@ def _every_compat_class():
     )
 
 
+# Optimizers not (yet) in gradx.OPTIMIZERS.
+NOT_LISTED = [
+    ("radam", lambda: gradx.radam(0.01)),
+    ("radam(nesterov)", lambda: gradx.radam(0.01, nesterov=True)),
+    ("adopt", lambda: gradx.adopt(0.01)),
+    ("adopt(nesterov, no clip)", lambda: gradx.adopt(0.01, nesterov=True, use_clipping=False)),
+]
+
+
 @pytest.mark.parametrize(
     "name, build",
-    [*((n, lambda m=m: m(0.01)) for n, m in gradx.OPTIMIZERS.items()), *_every_compat_class()],
-    ids=[*gradx.OPTIMIZERS, *(n for n, _ in _every_compat_class())],
+    [
+        *((n, lambda m=m: m(0.01)) for n, m in gradx.OPTIMIZERS.items()),
+        *_every_compat_class(),
+        *NOT_LISTED,
+    ],
+    ids=[*gradx.OPTIMIZERS, *(n for n, _ in _every_compat_class()), *(n for n, _ in NOT_LISTED)],
 )
 def test_every_optimizer_and_compat_class_has_its_gain_rules(name, build):
     # The gain rules are found by the code of the blocks' update functions: a block that
