@@ -21,7 +21,6 @@ from gradx._optimizers.adam import adamw as adamw
 from gradx._optimizers.adam import amsgrad as amsgrad
 from gradx._optimizers.adam import nadam as nadam
 from gradx._optimizers.adam import nesterov_ema as nesterov_ema
-from gradx._optimizers.adam import radam as radam
 from gradx._optimizers.adaptive import adadelta as adadelta
 from gradx._optimizers.adaptive import adagrad as adagrad
 from gradx._optimizers.adaptive import rmsprop as rmsprop
@@ -41,10 +40,11 @@ from gradx._optimizers.momentum import trace as trace
 from gradx._optimizers.preconditioners import inf_norm as inf_norm
 from gradx._optimizers.preconditioners import max_rms as max_rms
 from gradx._optimizers.preconditioners import precondition as precondition
-from gradx._optimizers.preconditioners import rectified as rectified
 from gradx._optimizers.preconditioners import rms as rms
 from gradx._optimizers.preconditioners import rss as rss
 from gradx._optimizers.preconditioners import scale_by_bias_correction as scale_by_bias_correction
+from gradx._optimizers.rectified import radam as radam
+from gradx._optimizers.rectified import rectified as rectified
 from gradx._optimizers.scaling import add_decayed_weights as add_decayed_weights
 from gradx._optimizers.scaling import decoupled_weight_decay as decoupled_weight_decay
 from gradx._optimizers.scaling import normalize as normalize

@@ -2,8 +2,9 @@
 
 * ``scaling``: the learning-rate block, weight decay (coupled and decoupled), normalisation;
 * ``momentum``: trace, EMA and Nadam's Nesterov EMA; sgd, momentum, nesterov, ema_momentum;
-* ``preconditioners``: ``precondition(direction, by, eps)``, its denominators, ``rectified``;
-* ``adam``: adam, adamw, amsgrad, adamax, nadam, radam; ``adopt``: scale_by_adopt, adopt;
+* ``preconditioners``: ``precondition(direction, by, eps)`` and its denominators;
+* ``adam``: adam, adamw, amsgrad, adamax, nadam; ``rectified``: ``rectified``, radam;
+  ``adopt``: scale_by_adopt, adopt;
 * ``adaptive``: rmsprop, adagrad, adadelta;
 * ``sign``: Rprop, Lion; ``layerwise``: LAMB;
 * ``lookahead``: lookahead with a fixed or a fitted step.

@@ -25,7 +25,6 @@ from gradx._optimizers.preconditioners import (
     inf_norm,
     max_rms,
     precondition,
-    rectified,
     rms,
     scale_by_bias_correction,
 )
@@ -105,7 +104,7 @@ def nesterov_ema(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-_ADAM_RULES = dict(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
+ADAM_RULES = dict(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
 
 
 def _adam_tail(learning_rate, b2, eps_hat: bool, weight_decay=None, mask=None) -> list:
@@ -123,7 +122,7 @@ def moment_dtypes(fn: str, mu_dtype: Any = None, nu_dtype: Any = None) -> None:
     dtype_arg(fn, "nu_dtype", nu_dtype)
 
 
-@optimizer(**_ADAM_RULES, eps_root=">= 0")
+@optimizer(**ADAM_RULES, eps_root=">= 0")
 def adam(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -193,7 +192,7 @@ def adam(
     return optax.chain(precondition(num, den, eps), *_adam_tail(learning_rate, b2, eps_hat))
 
 
-@optimizer(**_ADAM_RULES, weight_decay=">= 0")
+@optimizer(**ADAM_RULES, weight_decay=">= 0")
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -252,7 +251,7 @@ def adamw(
     )
 
 
-@optimizer(**_ADAM_RULES)
+@optimizer(**ADAM_RULES)
 def amsgrad(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -306,7 +305,7 @@ def amsgrad(
     return optax.chain(precondition(num, den, eps), *_adam_tail(learning_rate, b2, eps_hat))
 
 
-@optimizer(**_ADAM_RULES)
+@optimizer(**ADAM_RULES)
 def adamax(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -350,7 +349,7 @@ def adamax(
     return optax.chain(pre, scale_by_learning_rate(learning_rate))
 
 
-@optimizer(**_ADAM_RULES, momentum_decay=">= 0")
+@optimizer(**ADAM_RULES, momentum_decay=">= 0")
 def nadam(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -390,72 +389,6 @@ def nadam(
     num = nesterov_ema(b1, momentum_decay, accumulator_dtype=mu_dtype)
     den = rms(b2, debias=True, accumulator_dtype=nu_dtype)
     return optax.chain(precondition(num, den, eps), scale_by_learning_rate(learning_rate))
-
-
-@optimizer(**_ADAM_RULES, eps_root=">= 0", threshold=">= 4")
-def radam(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    threshold: float = 5.0,
-    *,
-    nesterov: bool = False,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-) -> optax.GradientTransformationExtraArgs:
-    """RAdam: Adam whose adaptive step is rectified, and skipped while its variance diverges.
-
-    With m̂, v̂ as in :func:`adam` (t = 1, 2, ...)::
-
-        ρ_∞ = 2/(1−β₂) − 1          ρ_t = ρ_∞ − 2t·β₂ᵗ/(1−β₂ᵗ)
-        r_t = √((ρ_t−4)(ρ_t−2)ρ_∞ / ((ρ_∞−4)(ρ_∞−2)ρ_t))
-        θ ← θ − γ·r_t·m̂/(√(v̂ + ε_root) + ε)   if ρ_t ≥ threshold
-        θ ← θ − γ·m̂                             otherwise (SGD with momentum)
-
-    With ``nesterov=True`` m̂ is optax's Nesterov form,
-    β₁·m_t/(1−β₁ᵗ⁺¹) + (1−β₁)·g/(1−β₁ᵗ).
-
-    Blocks: ``rectified(ema(β₁, debias), rms(β₂, ε_root, debias), β₂, threshold, ε) →
-    scale_by_learning_rate(γ)`` (``nesterov_ema(β₁, None)`` for the numerator with
-    ``nesterov``).
-
-    Args:
-      learning_rate: γ ≥ 0, a number or a schedule.
-      b1, b2, eps, eps_root: as in :func:`adam`.
-      threshold: ρ_t at and above which the rectified adaptive step is taken; ≥ 4 (the
-        paper's), since r_t is the root of a negative number for 2 < ρ_t < 4. optax's
-        default 5 (the paper's code) is kept.
-      nesterov: optax's Nesterov momentum for m̂.
-      mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
-
-    Returns:
-      An optax transformation whose state holds learning_rate, b1, b2, eps, eps_root and
-      threshold.
-
-    Reference:
-      Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
-
-    Note:
-      Equals ``optax.radam`` with the same arguments (its step switches at ρ_t ≥ threshold,
-      as here). In float32, optax computes ρ_∞ from its Python β₂ in float64 but β₂ᵗ in
-      float32; ρ_t, their small difference, then differs from gradx's (both from the stored
-      float32 β₂) by 0.03 near t = 6 for β₂ = 0.999, and r_t by about 1%. gradx's is the
-      closer to ρ_t in float64; optax given float32 β₂ (``jnp.float32(0.999)``) gives
-      gradx's numbers. optax accepts a threshold below 4, where its step can be NaN; gradx
-      refuses it. torch's ``RAdam`` switches at ρ_t > 5 and has no ε_root. The arguments up to
-      ``threshold`` are positional as in ``optax.radam``; the rest are keyword-only.
-    """
-    moment_dtypes("radam", mu_dtype, nu_dtype)
-    if nesterov:
-        num = nesterov_ema(b1, None, accumulator_dtype=mu_dtype)
-    else:
-        num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    den = rms(b2, eps_root=eps_root, debias=True, accumulator_dtype=nu_dtype)
-    return optax.chain(
-        rectified(num, den, b2, threshold, eps), scale_by_learning_rate(learning_rate)
-    )
 
 
 @gain_rule(nesterov_ema)

@@ -10,7 +10,6 @@ or the numerator alone while the variance is intractable) and ``scale_by_bias_co
 
 from __future__ import annotations
 
-import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -49,7 +48,7 @@ def ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> ja
     return coef(rho, ow) * ow + coef(1 - rho if rest is None else rest, xw) * xw
 
 
-def _plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
+def plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
     """x + e in x's dtype; nothing is traced when ``given`` (e as the caller received it) is a
     Python 0, such as rmsprop's ε_root with ε outside the root: XLA drops the x + 0 from the
     compiled program anyway, and at 1,000 leaves its tracing and lowering cost time."""
@@ -115,7 +114,7 @@ def precondition(
 
         def leaf(n, d):
             nw, dw = wide(n, e, d), wide(d, e, n)
-            total = _plus(dw, e, eps)
+            total = plus(dw, e, eps)
             # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
             # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
             # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
@@ -124,83 +123,6 @@ def precondition(
 
         out = jax.tree.map(leaf, num, den)
         return out, PreconditionState(by=by_state, direction=direction_state)
-
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-class RectifiedState(NamedTuple):
-    by: Any  # the state of the denominator's transform
-    count: jax.Array  # shape=(), int32: steps taken, t
-    direction: Any  # the state of the numerator's transform
-
-
-def rectification(decay: jax.Array, count: jax.Array, threshold: jax.Array):
-    """RAdam's (ρ_t ≥ threshold, r_t), in ``decay``'s dtype; r_t = 1 where unused.
-
-    ``count`` is t as an int32: β₂ᵗ is an integer power, as in optax (ρ_t is a difference of
-    two numbers near 2/(1−β₂), so the way β₂ᵗ rounds shows in r_t)."""
-    rho_inf = 2 / (1 - decay) - 1
-    try:  # a concrete count: jnp's power is repeated products; traced: lax.pow (as jnp's)
-        b2t = jax.lax.integer_pow(decay, operator.index(count))
-    except TypeError:
-        b2t = jax.lax.pow(decay, count)
-    rho = rho_inf - 2 * count.astype(decay.dtype) * b2t / (1 - b2t)
-    tractable = rho >= threshold
-    # The ratio is computed only where it is used: below 4 it may be negative (a NaN root).
-    num = jnp.where(tractable, (rho - 4) * (rho - 2) * rho_inf, 1)
-    den = jnp.where(tractable, (rho_inf - 4) * (rho_inf - 2) * rho, 1)
-    return tractable, jnp.sqrt(num / den)
-
-
-def rectified(
-    direction: optax.GradientTransformation,
-    by: optax.GradientTransformation,
-    decay: jax.typing.ArrayLike,
-    threshold: jax.typing.ArrayLike = 5.0,
-    eps: jax.typing.ArrayLike = 0.0,
-) -> optax.GradientTransformationExtraArgs:
-    """Block (fan-out) for RAdam: the rectified ratio, or the numerator alone.
-
-    With ``direction`` m̂ and ``by`` d (√v̂, from :func:`rms` with ``debias``), both fed the
-    same gradient g, β₂ = ``decay`` (the denominator's), t = 1, 2, ...::
-
-        ρ_∞ = 2/(1−β₂) − 1          ρ_t = ρ_∞ − 2t·β₂ᵗ/(1−β₂ᵗ)
-        r_t = √((ρ_t−4)(ρ_t−2)ρ_∞ / ((ρ_∞−4)(ρ_∞−2)ρ_t))
-        u ← r_t·m̂/(d + ε)   if ρ_t ≥ threshold,   else   u ← m̂
-
-    :func:`precondition` with a variance rectification: while ρ_t is below the threshold
-    (the first steps) the adaptive learning rate's variance is intractable and the step is
-    the un-preconditioned numerator. The denominator is still updated at every step. As in
-    :func:`precondition`, the update is 0 where d + ε is exactly 0.
-
-    Returns:
-      An optax transformation whose update is computed in the wider dtype of numerator,
-      denominator and ε; r_t is computed in β₂'s dtype.
-    """
-    direction = optax.with_extra_args_support(direction)
-    by = optax.with_extra_args_support(by)
-
-    def init(params: Any) -> RectifiedState:
-        return RectifiedState(
-            by=by.init(params), count=jnp.zeros([], jnp.int32), direction=direction.init(params)
-        )
-
-    def update(updates, state, params=None, **extra_args):
-        num, direction_state = direction.update(updates, state.direction, params, **extra_args)
-        den, by_state = by.update(updates, state.by, params, **extra_args)
-        b2, e = jnp.asarray(decay), jnp.asarray(eps)
-        count = optax.safe_increment(state.count)
-        tractable, r = rectification(b2, count, jnp.asarray(threshold, b2.dtype))
-
-        def leaf(n, d):
-            nw, dw = wide(n, e, d), wide(d, e, n)
-            total = _plus(dw, e, eps)
-            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
-            ratio = coef(r, nw) * nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
-            return jnp.where(tractable, ratio, nw)
-
-        out = jax.tree.map(leaf, num, den)
-        return out, RectifiedState(by=by_state, count=count, direction=direction_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -261,7 +183,7 @@ def rms(
             var = _debiased(vw, correction)
             if a is not None:
                 var = jnp.maximum(var - abs_sq(_debiased(wide(a, rho, e, v), correction)), 0)
-            return jnp.sqrt(_plus(var, e, eps_root))
+            return jnp.sqrt(plus(var, e, eps_root))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
         new_mean = stored(mean, state.mean) if centered else ()
@@ -362,7 +284,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, state.sum_of_squares)
-        out = jax.tree.map(lambda s: jnp.sqrt(_plus(s, e, eps_root)), total)
+        out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
         return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -459,32 +381,6 @@ def _precondition_gain(ctx, cells, state, incoming):
         return 1 / jnp.where(total > 0, total, jnp.ones_like(total))
 
     return gain_product(gain, Gain(jnp.ones([], ctx.dtype), jax.tree.map(inverse, den))), None
-
-
-@gain_rule(rectified)
-def _rectified_gain(ctx, cells, state, incoming):
-    # The numerator's gain times r_t/(d + ε) where ρ_t ≥ threshold, else times 1.
-    direction = closure_value(cells, "direction", "rectified")
-    by = closure_value(cells, "by", "rectified")
-    b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "rectified"))
-    eps = in_gain_dtype(ctx, closure_value(cells, "eps", "rectified"))
-    threshold = in_gain_dtype(ctx, closure_value(cells, "threshold", "rectified"))
-    gain, _ = walk_gain(ctx, direction.update, state.direction, incoming)
-    rule = DENOMINATORS.get(getattr(by.update, "__code__", None))
-    if rule is None:
-        raise TypeError(
-            f"{GAIN_FN}: the denominator {block_name(by.update)} of rectified has no gain rule; "
-            "gradx's rms, max_rms, rss and inf_norm have one"
-        )
-    den = rule(ctx, closure_cells(by.update), state.by)
-    tractable, r = rectification(b2, jnp.maximum(state.count, 1), threshold)
-
-    def factor(d):
-        total = d + eps
-        inverse = 1 / jnp.where(total > 0, total, jnp.ones_like(total))
-        return jnp.where(tractable, r * inverse, jnp.ones_like(inverse))
-
-    return gain_product(gain, Gain(jnp.ones([], ctx.dtype), jax.tree.map(factor, den))), None
 
 
 @denominator_gain_rule(rms)
