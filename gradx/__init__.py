@@ -62,8 +62,12 @@ from gradx._protocol.declare import optimizer as optimizer
 from gradx._protocol.dtypes import hyperparam_dtype as hyperparam_dtype
 from gradx._protocol.placement import shard_like_params as shard_like_params
 from gradx._protocol.placement import state_shardings as state_shardings
+from gradx._protocol.quantized import SignedInt8Moment as SignedInt8Moment
+from gradx._protocol.quantized import UnsignedInt8Moment as UnsignedInt8Moment
 from gradx._protocol.rules import Rule as Rule
 from gradx._protocol.state import HyperparamsState as HyperparamsState
+from gradx._protocol.storage import RoundedMoment as RoundedMoment
+from gradx._protocol.storage import decode_moments as decode_moments
 from gradx._protocol.trees import TreeMismatchError as TreeMismatchError
 from gradx._tools.effective_lr import effective_learning_rate as effective_learning_rate
 from gradx._tools.flat import FlatState as FlatState

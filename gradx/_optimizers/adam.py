@@ -30,7 +30,7 @@ from gradx._optimizers.preconditioners import (
 )
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -39,6 +39,7 @@ from gradx._protocol.gain import (
     nonzero_divisor,
     steps_taken,
 )
+from gradx._protocol.storage import moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 
 
@@ -52,6 +53,9 @@ def nesterov_ema(
     decay: jax.typing.ArrayLike,
     momentum_decay: jax.typing.ArrayLike | None = None,
     accumulator_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block (numerator) for Nadam: Dozat's bias-corrected Nesterov EMA.
 
@@ -60,21 +64,25 @@ def nesterov_ema(
         m̂ = (1 − μ_t)/(1 − P_t)·g + μ_{t+1}/(1 − P_t·μ_{t+1})·m
 
     ψ = ``momentum_decay`` (torch 0.004, Keras 1); ``None`` keeps μ_t = β₁ (optax).
-    ``accumulator_dtype`` is the dtype m is stored in; None follows the params. m̂ is emitted
-    in the computed dtype, which may be wider than the gradient's.
+    ``accumulator_dtype`` is the dtype m is stored in; None follows the params, or
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. m̂ is emitted in the
+    computed dtype, which may be wider than the gradient's.
     """
-    acc = dtype_arg("nesterov_ema", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "nesterov_ema", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
+    )
 
     def init(params: Any) -> NesterovEmaState:
         dtype = jnp.asarray(decay).dtype
-        mean = moment_zeros("nesterov_ema", "accumulator_dtype", params, acc)
+        mean = codec.init(params, "mean")
         return NesterovEmaState(
             count=jnp.zeros([], jnp.int32), mean=mean, mu_product=jnp.ones([], dtype)
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.mean, "moving average in the state")
+        old = codec.decode(state.mean)
+        check_tree(updates, old, "moving average in the state")
         b1 = jnp.asarray(decay)
         count = optax.safe_increment(state.count)
         t = count_as(count, b1)
@@ -87,7 +95,7 @@ def nesterov_ema(
         mu_product = state.mu_product.astype(b1.dtype) * mu
         c_grad = (1 - mu) / (1 - mu_product)
         c_mean = mu_next / (1 - mu_product * mu_next)
-        mean = jax.tree.map(lambda g, m: ema_of(b1, g, m), updates, state.mean)
+        mean = jax.tree.map(lambda g, m: ema_of(b1, g, m), updates, old)
 
         def out_of(g, m):
             gw, mw = wide(g, b1, m), wide(m, b1, g)
@@ -96,7 +104,7 @@ def nesterov_ema(
         out = jax.tree.map(out_of, updates, mean)
         new_state = NesterovEmaState(
             count=count,
-            mean=stored(mean, state.mean),
+            mean=codec.encode(mean, state.mean),
             mu_product=mu_product.astype(state.mu_product.dtype),
         )
         return out, new_state
@@ -133,6 +141,8 @@ def adam(
     eps_hat: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam (seeds 000 and 004): EMA momentum divided by an RMS scaling.
 
@@ -160,6 +170,15 @@ def adam(
         the params (their real precision for complex params: v is real). float32 moments
         for bf16 params keep small updates that bf16 rounds away; for float16 params,
         ``nu_dtype=jnp.float32`` keeps g² ≈ 1e-8 from underflowing to 0.
+      state_dtype: how m and v are stored where ``mu_dtype``/``nu_dtype`` are None (see
+        :doc:`/guides/state-dtype`): None follows the params; a float dtype stores them in
+        it (``"float32"`` for bf16 params); ``"int8"`` quantises each leaf of ≥ 256
+        elements in blocks of 256 with one float32 absmax per block, with bitsandbytes'
+        dynamic maps (signed for m, unsigned for v), smaller leaves in float32: about 2
+        bytes of state per parameter instead of 8.
+      stochastic_rounding: with ``state_dtype="bfloat16"``, round m and v to bfloat16
+        stochastically (unbiased: small EMA increments are not lost); the PRNG key and a
+        count live in the state, so runs are reproducible and resume exactly.
 
     Returns:
       An optax transformation whose state holds learning_rate, b1, b2, eps, eps_root.
@@ -187,8 +206,9 @@ def adam(
       [0.9, -1.9]
     """
     moment_dtypes("adam", mu_dtype, nu_dtype)
-    num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    den = rms(b2, eps_root=eps_root, debias=not eps_hat, accumulator_dtype=nu_dtype)
+    store = state_dtype_args("adam", state_dtype, stochastic_rounding)
+    num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
+    den = rms(b2, eps_root=eps_root, debias=not eps_hat, accumulator_dtype=nu_dtype, **store)
     return optax.chain(precondition(num, den, eps), *_adam_tail(learning_rate, b2, eps_hat))
 
 
@@ -204,6 +224,8 @@ def adamw(
     mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay.
 
@@ -229,6 +251,7 @@ def adamw(
             adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
 
       mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
+      state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
 
     Reference:
       Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
@@ -243,8 +266,9 @@ def adamw(
       optax's numbers.
     """
     moment_dtypes("adamw", mu_dtype, nu_dtype)
-    num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    den = rms(b2, debias=not eps_hat, accumulator_dtype=nu_dtype)
+    store = state_dtype_args("adamw", state_dtype, stochastic_rounding)
+    num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
+    den = rms(b2, debias=not eps_hat, accumulator_dtype=nu_dtype, **store)
     return optax.chain(
         precondition(num, den, eps),
         *_adam_tail(learning_rate, b2, eps_hat, weight_decay, mask),
@@ -262,6 +286,8 @@ def amsgrad(
     eps_hat: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """AMSGrad: Adam whose denominator never decreases.
 
@@ -282,6 +308,8 @@ def amsgrad(
       eps_hat: Keras's ε̂ form (with ``max_of="raw_v_no_correction"`` it is Keras's
         ``Adam(amsgrad=True)``).
       mu_dtype, nu_dtype: the dtypes m and v (with v_max) are stored in, as in :func:`adam`.
+      state_dtype, stochastic_rounding: how m, v, v_max are stored otherwise, as in
+        :func:`adam`.
 
     Reference:
       Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
@@ -300,8 +328,9 @@ def amsgrad(
             f"'raw_v_no_correction', got {max_of!r}"
         )
     moment_dtypes("amsgrad", mu_dtype, nu_dtype)
-    num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    den = max_rms(b2, max_of=max_of, accumulator_dtype=nu_dtype)
+    store = state_dtype_args("amsgrad", state_dtype, stochastic_rounding)
+    num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
+    den = max_rms(b2, max_of=max_of, accumulator_dtype=nu_dtype, **store)
     return optax.chain(precondition(num, den, eps), *_adam_tail(learning_rate, b2, eps_hat))
 
 
@@ -315,6 +344,8 @@ def adamax(
     eps_in_max: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adamax: Adam with the infinity norm in place of the RMS.
 
@@ -331,7 +362,8 @@ def adamax(
     Blocks: ``precondition(ema(β₁, debias), inf_norm(β₂, ε)) → scale_by_learning_rate(γ)``.
 
     ``mu_dtype`` is the dtype m is stored in and ``nu_dtype`` the (real) dtype u is stored
-    in; None follows the params. For complex params ``|g|`` is the modulus.
+    in; None follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
+    :func:`adam`. For complex params ``|g|`` is the modulus.
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Sec. 7.1.
@@ -341,11 +373,12 @@ def adamax(
       positional as in ``optax.adamax``; the rest are keyword-only.
     """
     moment_dtypes("adamax", mu_dtype, nu_dtype)
-    num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
+    store = state_dtype_args("adamax", state_dtype, stochastic_rounding)
+    num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
     if eps_in_max:
-        pre = precondition(num, inf_norm(b2, eps, accumulator_dtype=nu_dtype))
+        pre = precondition(num, inf_norm(b2, eps, accumulator_dtype=nu_dtype, **store))
     else:
-        pre = precondition(num, inf_norm(b2, accumulator_dtype=nu_dtype), eps)
+        pre = precondition(num, inf_norm(b2, accumulator_dtype=nu_dtype, **store), eps)
     return optax.chain(pre, scale_by_learning_rate(learning_rate))
 
 
@@ -359,6 +392,8 @@ def nadam(
     momentum_decay: float | None = 0.004,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Nadam: Adam with Nesterov momentum (Dozat).
 
@@ -374,6 +409,7 @@ def nadam(
       momentum_decay: ψ ≥ 0. 0.004 (= 1/250, Dozat's schedule, torch's default); 1 is
         Keras 3's schedule; ``None`` keeps μ_t = β₁ (optax's ``nadam``).
       mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
+      state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
 
     Reference:
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
@@ -386,8 +422,9 @@ def nadam(
       ``gradx.compat.optax.nadam(...)`` reproduces optax's numbers.
     """
     moment_dtypes("nadam", mu_dtype, nu_dtype)
-    num = nesterov_ema(b1, momentum_decay, accumulator_dtype=mu_dtype)
-    den = rms(b2, debias=True, accumulator_dtype=nu_dtype)
+    store = state_dtype_args("nadam", state_dtype, stochastic_rounding)
+    num = nesterov_ema(b1, momentum_decay, accumulator_dtype=mu_dtype, **store)
+    den = rms(b2, debias=True, accumulator_dtype=nu_dtype, **store)
     return optax.chain(precondition(num, den, eps), scale_by_learning_rate(learning_rate))
 
 

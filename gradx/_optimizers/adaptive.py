@@ -20,7 +20,7 @@ from gradx._optimizers.momentum import trace
 from gradx._optimizers.preconditioners import ema_of, precondition, rms, rss
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -29,6 +29,7 @@ from gradx._protocol.gain import (
     needs_incoming,
     scaled,
 )
+from gradx._protocol.storage import decode_moments, moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 
 
@@ -38,7 +39,12 @@ class AdadeltaState(NamedTuple):
 
 
 def scale_by_adadelta(
-    rho: jax.typing.ArrayLike, eps: jax.typing.ArrayLike, *, accumulator_dtype: Any = None
+    rho: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    *,
+    accumulator_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Zeiler's Adadelta direction (the learning rate is applied after it).
 
@@ -46,20 +52,24 @@ def scale_by_adadelta(
 
     For complex params ``|·|²`` is the squared modulus, so both accumulators are real and d has
     g's phase. ``accumulator_dtype`` is the (real) dtype E_g and E_d are stored in; None
-    follows the params. d is emitted in the computed dtype, which may be wider than g's.
+    follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
+    :func:`trace`. d is emitted in the computed dtype, which may be wider than g's.
     """
-    acc = dtype_arg("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "scale_by_adadelta", "accumulator_dtype", accumulator_dtype, state_dtype,
+        stochastic_rounding, nonnegative=True,
+    )  # fmt: skip
 
     def init(params: Any) -> AdadeltaState:
-        zeros = moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
-        return AdadeltaState(e_d=zeros, e_g=zeros)
+        return AdadeltaState(e_d=codec.init(params, "e_d"), e_g=codec.init(params, "e_g"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.e_g, "accumulators in the state")
+        old_g, old_d = codec.decode(state.e_g), codec.decode(state.e_d)
+        check_tree(updates, old_g, "accumulators in the state")
         r, e = jnp.asarray(rho), jnp.asarray(eps)
 
-        e_g = jax.tree.map(lambda g, eg: ema_of(r, abs_sq(wide(g, r, eg)), eg), updates, state.e_g)
+        e_g = jax.tree.map(lambda g, eg: ema_of(r, abs_sq(wide(g, r, eg)), eg), updates, old_g)
 
         def step_of(g, eg, ed):
             egw, edw = wide(eg, r, e, ed), wide(ed, r, e, eg)
@@ -67,9 +77,11 @@ def scale_by_adadelta(
             gw = wide(g, r, e, ratio)
             return ratio.astype(gw.dtype) * gw
 
-        d = jax.tree.map(step_of, updates, e_g, state.e_d)
-        e_d = jax.tree.map(lambda d, ed: ema_of(r, abs_sq(wide(d, r, ed)), ed), d, state.e_d)
-        return d, AdadeltaState(e_d=stored(e_d, state.e_d), e_g=stored(e_g, state.e_g))
+        d = jax.tree.map(step_of, updates, e_g, old_d)
+        e_d = jax.tree.map(lambda d, ed: ema_of(r, abs_sq(wide(d, r, ed)), ed), d, old_d)
+        return d, AdadeltaState(
+            e_d=codec.encode(e_d, state.e_d), e_g=codec.encode(e_g, state.e_g)
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -94,6 +106,8 @@ def rmsprop(
     initial_scale: float = 0.0,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """RMSProp (seeds 000–003): the gradient divided by a running RMS of itself.
 
@@ -124,6 +138,9 @@ def rmsprop(
       mu_dtype: the dtype the momentum buffer b is stored in; None follows the params.
       nu_dtype: the dtype v (and, with ``centered``, the mean a, which only serves the
         denominator) is stored in; None follows the params.
+      state_dtype, stochastic_rounding: how b, v (and a) are stored where ``mu_dtype`` or
+        ``nu_dtype`` is None: a float dtype, ``"bfloat16"`` rounded stochastically, or
+        ``"int8"`` (blockwise); see :func:`gradx.adam`.
 
     Reference:
       Tieleman and Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
@@ -138,6 +155,7 @@ def rmsprop(
       ``gradx.compat.optax.rmsprop(...)`` reproduces optax's numbers.
     """
     moment_dtypes("rmsprop", mu_dtype, nu_dtype)
+    store = state_dtype_args("rmsprop", state_dtype, stochastic_rounding)
     den = rms(
         decay,
         eps_root=eps if eps_in_sqrt else 0.0,
@@ -145,13 +163,14 @@ def rmsprop(
         centered=centered,
         initial_scale=initial_scale,
         accumulator_dtype=nu_dtype,
+        **store,
     )
     blocks = [
         precondition(optax.identity(), den, 0.0 if eps_in_sqrt else eps),
         scale_by_learning_rate(learning_rate),
     ]
     if momentum is not None:
-        blocks.append(trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype))
+        blocks.append(trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype, **store))
     elif nesterov:
         raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None")
     elif mu_dtype is not None:
@@ -170,6 +189,8 @@ def adagrad(
     initial_accumulator_value: float = 0.0,
     eps_in_sqrt: bool = False,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adagrad (seeds 001, 003): each coordinate's step shrinks with its gradients' history.
 
@@ -181,8 +202,9 @@ def adagrad(
 
     Blocks: ``precondition(identity, rss(G₀), ε) → scale_by_learning_rate(γ)``.
 
-    ``nu_dtype`` is the (real) dtype G is stored in; None follows the params. For complex
-    params G sums ``|g|²``.
+    ``nu_dtype`` is the (real) dtype G is stored in; None follows the params, or
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`gradx.adam`. For complex params
+    G sums ``|g|²``.
 
     Reference:
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online Learning and
@@ -201,6 +223,7 @@ def adagrad(
         initial_accumulator_value,
         eps_root=eps if eps_in_sqrt else 0.0,
         accumulator_dtype=nu_dtype,
+        **state_dtype_args("adagrad", state_dtype, stochastic_rounding),
     )
     return optax.chain(
         precondition(optax.identity(), den, 0.0 if eps_in_sqrt else eps),
@@ -215,6 +238,8 @@ def adadelta(
     eps: float = 1e-6,
     *,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adadelta (seed 001): step sizes from the ratio of two running RMS, no learning rate.
 
@@ -232,7 +257,8 @@ def adadelta(
     Blocks: ``scale_by_adadelta(ρ, ε) → scale_by_learning_rate(α)``.
 
     ``nu_dtype`` is the (real) dtype both accumulators E_g and E_d are stored in (both are
-    second moments); None follows the params. Complex params: both accumulate ``|·|²``, so d
+    second moments); None follows the params, or ``state_dtype`` and ``stochastic_rounding``
+    as in :func:`gradx.adam`. Complex params: both accumulate ``|·|²``, so d
     keeps g's phase (optax's adadelta squares g; its tests skip complex params).
 
     Reference:
@@ -244,8 +270,9 @@ def adadelta(
       ``optax.adadelta``; the rest are keyword-only.
     """
     moment_dtypes("adadelta", nu_dtype=nu_dtype)
+    store = state_dtype_args("adadelta", state_dtype, stochastic_rounding)
     return optax.chain(
-        scale_by_adadelta(rho, eps, accumulator_dtype=nu_dtype),
+        scale_by_adadelta(rho, eps, accumulator_dtype=nu_dtype, **store),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -265,5 +292,5 @@ def _adadelta_gain(ctx, cells, state, incoming):
         before = jnp.maximum((d - (1 - rho) * eps * q) / (rho + (1 - rho) * q), 0)
         return jnp.sqrt(before + eps) / jnp.sqrt(s + eps)
 
-    factors = jax.tree.map(ratio, incoming, state.e_g, state.e_d)
+    factors = jax.tree.map(ratio, incoming, decode_moments(state.e_g), decode_moments(state.e_d))
     return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)

@@ -23,7 +23,7 @@ from gradx._optimizers.adam import moment_dtypes
 from gradx._optimizers.preconditioners import ema_of
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -32,6 +32,7 @@ from gradx._protocol.gain import (
     needs_incoming,
     nonzero_divisor,
 )
+from gradx._protocol.storage import decode_moments, moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 
 
@@ -58,6 +59,8 @@ def scale_by_adopt(
     use_clipping: bool = True,
     clip_value_fn: Callable[[jax.Array], jax.Array] = quarter_power,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: ADOPT's "normalise, then momentum", u ← m.
 
@@ -72,12 +75,14 @@ def scale_by_adopt(
     β₁·m + (1−β₁)·x (m the new momentum). m is not bias-corrected.
 
     ``mu_dtype`` and ``nu_dtype`` are the dtypes m and v are stored in; None follows the
-    params. The update is in the computed dtype, which may be wider than the gradient's.
-    Complex params are refused with clipping (clip of a complex number is not defined);
-    without it, v accumulates ``|g|²``.
+    params, or ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. The update
+    is in the computed dtype, which may be wider than the gradient's. Complex params are
+    refused with clipping (clip of a complex number is not defined); without it, v
+    accumulates ``|g|²``.
     """
-    mu_acc = dtype_arg("scale_by_adopt", "mu_dtype", mu_dtype)
-    nu_acc = dtype_arg("scale_by_adopt", "nu_dtype", nu_dtype)
+    store = (state_dtype, stochastic_rounding)
+    mu_codec = moment_codec("scale_by_adopt", "mu_dtype", mu_dtype, *store)
+    nu_codec = moment_codec("scale_by_adopt", "nu_dtype", nu_dtype, *store, nonnegative=True)
     if not callable(clip_value_fn):
         raise TypeError(
             "scale_by_adopt: clip_value_fn must be a function of the step count, "
@@ -91,13 +96,13 @@ def scale_by_adopt(
             raise TypeError(
                 "scale_by_adopt: use_clipping=True needs real params, got a complex leaf"
             )
-        mu = moment_zeros("scale_by_adopt", "mu_dtype", params, mu_acc)
-        nu = moment_zeros("scale_by_adopt", "nu_dtype", params, nu_acc, real=True)
+        mu, nu = mu_codec.init(params, "mu"), nu_codec.init(params, "nu")
         return ScaleByAdoptState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.nu, "second moment in the state")
+        old_mu, old_nu = mu_codec.decode(state.mu), nu_codec.decode(state.nu)
+        check_tree(updates, old_nu, "second moment in the state")
         beta1, beta2, e = jnp.asarray(b1), jnp.asarray(b2), jnp.asarray(eps)
         started = state.count > 0
         # The first step: v₀ = |g₀|² and m stays 0 (β₁ → 1, β₂ → 0 there, as in optax).
@@ -113,16 +118,14 @@ def scale_by_adopt(
             c = coef(clip, x)
             return jnp.clip(x, -c, c)
 
-        xs = jax.tree.map(normalised, updates, state.nu)
-        nu = jax.tree.map(
-            lambda g, v: ema_of(beta2, abs_sq(wide(g, beta2, v)), v), updates, state.nu
-        )
-        mu = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, state.mu)
+        xs = jax.tree.map(normalised, updates, old_nu)
+        nu = jax.tree.map(lambda g, v: ema_of(beta2, abs_sq(wide(g, beta2, v)), v), updates, old_nu)
+        mu = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, old_mu)
         out = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, mu) if nesterov else mu
         return out, ScaleByAdoptState(
             count=optax.safe_increment(state.count),
-            mu=stored(mu, state.mu),
-            nu=stored(nu, state.nu),
+            mu=mu_codec.encode(mu, state.mu),
+            nu=nu_codec.encode(nu, state.nu),
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -154,7 +157,7 @@ def _adopt_gain(ctx, cells, state, incoming):
         x = jnp.sqrt(g2) * inverse  # |g|/max(√v_{t−1}, ε); clipped: c·sign(g) = (c/|x|)·x
         return inverse * jnp.where(x > clip, clip / nonzero_divisor(x), jnp.ones_like(x))
 
-    tree = jax.tree.map(factor, incoming, state.nu)
+    tree = jax.tree.map(factor, incoming, decode_moments(state.nu))
     return Gain(scale, tree), None
 
 
@@ -170,6 +173,8 @@ def adopt(
     use_clipping: bool = True,
     clip_value_fn: Callable[[jax.Array], jax.Array] = quarter_power,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """ADOPT: Adam's normalisation by the *previous* second moment, before the momentum.
 
@@ -195,6 +200,9 @@ def adopt(
       clip_value_fn: c(s) as a function of the int32 count s of steps taken before the
         step (s^¼ by default, optax's); any jax-traceable function.
       nu_dtype: the (real) dtype v is stored in; None follows the params.
+      state_dtype, stochastic_rounding: how m and v are stored where ``mu_dtype`` or
+        ``nu_dtype`` is None: a float dtype, ``"bfloat16"`` rounded stochastically, or
+        ``"int8"`` (blockwise); see :func:`gradx.adam`.
 
     Returns:
       An optax transformation whose state holds learning_rate, b1, b2, eps.
@@ -209,6 +217,7 @@ def adopt(
       ``mu_dtype`` are positional as in ``optax.contrib.adopt``; the rest are keyword-only.
     """
     moment_dtypes("adopt", mu_dtype, nu_dtype)
+    store = state_dtype_args("adopt", state_dtype, stochastic_rounding)
     block = scale_by_adopt(
         b1,
         b2,
@@ -218,5 +227,6 @@ def adopt(
         use_clipping=use_clipping,
         clip_value_fn=clip_value_fn,
         nu_dtype=nu_dtype,
+        **store,
     )
     return optax.chain(block, scale_by_learning_rate(learning_rate))

@@ -22,6 +22,7 @@ from gradx._optimizers.scaling import (
     scale_by_trust_ratio,
 )
 from gradx._protocol.declare import optimizer
+from gradx._protocol.storage import state_dtype_args
 
 
 @optimizer(
@@ -40,6 +41,9 @@ def lamb(
     eps_root: float = 0.0,
     weight_decay: float = 0.0,
     mask: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """LAMB: Adam's direction plus weight decay, rescaled per leaf by a trust ratio.
 
@@ -69,6 +73,9 @@ def lamb(
       mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
         params' structure or a prefix of it (True = decay), or a function of the params
         returning one.
+      state_dtype, stochastic_rounding: how m and v are stored: None (the params' dtype), a
+        float dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
+        :func:`gradx.adam`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding
@@ -84,8 +91,10 @@ def lamb(
       Equals ``optax.lamb`` (same arguments, order and defaults; the trust ratio with
       optax's defaults: no norm clipping, coefficient 1, no ε).
     """
+    store = state_dtype_args("lamb", state_dtype, stochastic_rounding)
+    num = ema(b1, debias=True, **store)
     return optax.chain(
-        precondition(ema(b1, debias=True), rms(b2, eps_root=eps_root, debias=True), eps),
+        precondition(num, rms(b2, eps_root=eps_root, debias=True, **store), eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(learning_rate),

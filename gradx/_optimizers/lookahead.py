@@ -22,6 +22,7 @@ from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import wide
 from gradx._protocol.gain import GAIN_FN, Gain, closure_value, gain_rule, in_gain_dtype, walk_gain
 from gradx._protocol.state import HyperparamsState
+from gradx._protocol.storage import state_dtype_args
 from gradx._protocol.trees import check_tree, needs_params
 
 
@@ -371,16 +372,31 @@ def lookahead(
 
 def lookahead_momentum(
     learning_rate: optax.ScalarOrSchedule,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """Lookahead (k = 5, α = 0.5) around heavy-ball momentum (μ = 0.9)."""
-    return lookahead(momentum(learning_rate))
+    """Lookahead (k = 5, α = 0.5) around heavy-ball momentum (μ = 0.9).
+
+    ``state_dtype`` and ``stochastic_rounding`` store the momentum's velocity (see
+    :func:`gradx.momentum`); the slow weights are a copy of the params, kept in their dtype.
+    """
+    store = state_dtype_args("lookahead_momentum", state_dtype, stochastic_rounding)
+    return lookahead(momentum(learning_rate, **store))
 
 
 def lookahead_fitted(
     learning_rate: optax.ScalarOrSchedule,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """Lookahead (k = 5) around momentum, α fitted by a quadratic at each sync (seed 004)."""
-    return lookahead(momentum(learning_rate), alpha="quadratic")
+    """Lookahead (k = 5) around momentum, α fitted by a quadratic at each sync (seed 004).
+
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`lookahead_momentum`.
+    """
+    store = state_dtype_args("lookahead_fitted", state_dtype, stochastic_rounding)
+    return lookahead(momentum(learning_rate, **store), alpha="quadratic")
 
 
 @gain_rule(_report_alpha)

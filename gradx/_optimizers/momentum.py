@@ -16,7 +16,7 @@ import optax
 
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -25,6 +25,7 @@ from gradx._protocol.gain import (
     nonzero_divisor,
     steps_taken,
 )
+from gradx._protocol.storage import moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 
 
@@ -39,6 +40,8 @@ def trace(
     *,
     dampening: jax.typing.ArrayLike | None = None,
     accumulator_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: heavy-ball velocity, v ← μ·v + (1 − d)·u; emits v (or u + μ·v with ``nesterov``).
 
@@ -53,6 +56,9 @@ def trace(
       dampening: d, the share of each new u left out of the velocity after the first step;
         None (the default) is d = 0 without the extra multiply.
       accumulator_dtype: the dtype v is stored in (optax's name); None follows the params.
+      state_dtype, stochastic_rounding: how v is stored where ``accumulator_dtype`` is None:
+        None (the params' dtype), a float dtype, ``"bfloat16"`` with stochastic rounding, or
+        ``"int8"`` (blockwise; see :doc:`/guides/state-dtype`).
 
     ``decay`` and ``nesterov`` are positional as in ``optax.trace``; the rest are
     keyword-only (optax's third argument is ``accumulator_dtype``).
@@ -62,15 +68,17 @@ def trace(
       (``wide`` of u, μ and v), which may be wider than u's: the new v
       before it is rounded to its storage dtype.
     """
-    acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "trace", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
+    )
 
     def init(params: Any) -> TraceState:
-        velocity = moment_zeros("trace", "accumulator_dtype", params, acc)
-        return TraceState(count=jnp.zeros([], jnp.int32), velocity=velocity)
+        return TraceState(count=jnp.zeros([], jnp.int32), velocity=codec.init(params, "velocity"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.velocity, "velocity in the state")
+        old = codec.decode(state.velocity)
+        check_tree(updates, old, "velocity in the state")
         mu = jnp.asarray(decay)
         if dampening is None:
             keep = None  # no multiply at all
@@ -81,13 +89,14 @@ def trace(
             uw, vw = wide(u, mu, v), wide(v, mu, u)
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
-        velocity = jax.tree.map(velocity_of, updates, state.velocity)
+        velocity = jax.tree.map(velocity_of, updates, old)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
             updates = velocity
         new_state = TraceState(
-            count=optax.safe_increment(state.count), velocity=stored(velocity, state.velocity)
+            count=optax.safe_increment(state.count),
+            velocity=codec.encode(velocity, state.velocity),
         )
         return updates, new_state
 
@@ -108,6 +117,8 @@ def ema(
     *,
     init: str = "zero",
     accumulator_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: exponential moving average, m ← β·m + (1−β)·g.
 
@@ -117,7 +128,8 @@ def ema(
     (1 − dampening)·g). The correction is computed in the hyperparameter dtype.
 
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
-    params. The update is in the computed dtype (``wide`` of g, β and m),
+    params, or ``state_dtype`` and ``stochastic_rounding`` where given (as in :func:`trace`).
+    The update is in the computed dtype (``wide`` of g, β and m),
     which may be wider than g's: the new m before it is rounded to its storage dtype.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
@@ -144,15 +156,17 @@ def ema(
         raise ValueError(
             "ema: debias=True corrects a zero start; with init='first' it must be False"
         )
-    acc = dtype_arg("ema", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "ema", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
+    )
 
     def init_state(params: Any) -> EmaState:
-        mean = moment_zeros("ema", "accumulator_dtype", params, acc)
-        return EmaState(count=jnp.zeros([], jnp.int32), mean=mean)
+        return EmaState(count=jnp.zeros([], jnp.int32), mean=codec.init(params, "mean"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.mean, "moving average in the state")
+        old = codec.decode(state.mean)
+        check_tree(updates, old, "moving average in the state")
         beta = jnp.asarray(decay)
         if init == "first":  # on the first step, m = g: as if β were 0 once
             beta = jnp.where(state.count == 0, jnp.zeros_like(beta), beta)
@@ -163,13 +177,13 @@ def ema(
             gw, mw = wide(g, beta, m), wide(m, beta, g)
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
-        mean = jax.tree.map(mean_of, updates, state.mean)
+        mean = jax.tree.map(mean_of, updates, old)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)
         else:
             updates = mean
-        return updates, EmaState(count=count, mean=stored(mean, state.mean))
+        return updates, EmaState(count=count, mean=codec.encode(mean, state.mean))
 
     return optax.GradientTransformationExtraArgs(init_state, update)
 
@@ -197,6 +211,8 @@ def sgd(
     accumulator_dtype: Any = None,
     *,
     mu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient descent: θ ← θ − γ·g; with ``momentum``, optax's ``sgd``.
 
@@ -222,6 +238,8 @@ def sgd(
       accumulator_dtype: the dtype the buffer v is stored in (optax's name); None follows
         the params. Needs a momentum.
       mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
+      state_dtype, stochastic_rounding: how v is stored where neither dtype is given (a
+        float dtype, ``"bfloat16"`` rounded stochastically, ``"int8"``): see :func:`adam`.
 
     Returns:
       An optax ``GradientTransformationExtraArgs``; its state is a ``HyperparamsState``
@@ -244,17 +262,19 @@ def sgd(
       [-0.05, 0.05]
     """
     name, dtype = _buffer_dtype("sgd", accumulator_dtype, mu_dtype)
+    store = state_dtype_args("sgd", state_dtype, stochastic_rounding)
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None")
-        if dtype is not None:
+        name, given = (name, dtype) if dtype is not None else ("state_dtype", state_dtype)
+        if given is not None:
             raise ValueError(
-                f"sgd: {name}={dtype!r} sets the momentum buffer's dtype, but "
+                f"sgd: {name}={given!r} sets the momentum buffer's dtype, but "
                 "momentum=None keeps no buffer"
             )
         return scale_by_learning_rate(learning_rate)
     return optax.chain(
-        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype, **store),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -267,6 +287,8 @@ def momentum(
     accumulator_dtype: Any = None,
     *,
     mu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Heavy-ball momentum (seeds 000 and 004).
 
@@ -288,6 +310,8 @@ def momentum(
       accumulator_dtype: the dtype v is stored in (optax's name, as in ``optax.sgd``); None
         follows the params.
       mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
+      state_dtype, stochastic_rounding: how v is stored where neither dtype is given (a
+        float dtype, ``"bfloat16"`` rounded stochastically, ``"int8"``): see :func:`adam`.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -298,9 +322,10 @@ def momentum(
       ``SGD`` keeps γ inside, as here.
     """
     _, dtype = _buffer_dtype("momentum", accumulator_dtype, mu_dtype)
+    store = state_dtype_args("momentum", state_dtype, stochastic_rounding)
     return optax.chain(
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=dtype, **store),
     )
 
 
@@ -311,6 +336,8 @@ def nesterov(
     accumulator_dtype: Any = None,
     *,
     mu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Nesterov momentum: the gradient is taken at the look-ahead point (seed 004).
 
@@ -336,6 +363,8 @@ def nesterov(
       accumulator_dtype: the dtype v is stored in (optax's name, as in ``optax.sgd``); None
         follows the params.
       mu_dtype: the same, under the name gradx's other optimizers use; give one of the two.
+      state_dtype, stochastic_rounding: how v is stored where neither dtype is given (a
+        float dtype, ``"bfloat16"`` rounded stochastically, ``"int8"``): see :func:`adam`.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``momentum``.
@@ -349,9 +378,10 @@ def nesterov(
       nesterov=True)`` for a constant γ.
     """
     _, dtype = _buffer_dtype("nesterov", accumulator_dtype, mu_dtype)
+    store = state_dtype_args("nesterov", state_dtype, stochastic_rounding)
     return optax.chain(
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov=True, accumulator_dtype=dtype),
+        trace(momentum, nesterov=True, accumulator_dtype=dtype, **store),
     )
 
 
@@ -362,6 +392,9 @@ def ema_momentum(
     bias_correction: bool = False,
     ema_init: str = "zero",
     mu_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum as an exponential moving average of gradients (seeds 001 and 002).
 
@@ -383,6 +416,8 @@ def ema_momentum(
       ema_init: ``"zero"`` (m₀ = 0, the seeds) or ``"first"`` (m₁ = g₁, torch's
         ``SGD(momentum=β, dampening=β)``; no bias to correct, so bias_correction=False).
       mu_dtype: the dtype m is stored in; None follows the params.
+      state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None (a
+        float dtype, ``"bfloat16"`` rounded stochastically, ``"int8"``): see :func:`adam`.
 
     Returns:
       An optax transformation whose state holds ``learning_rate`` and ``beta``.
@@ -392,8 +427,9 @@ def ema_momentum(
       ``SGD(momentum=β, dampening=β)`` starts at g₁ instead: that is ``ema_init="first"``.
     """
     dtype_arg("ema_momentum", "mu_dtype", mu_dtype)
+    store = state_dtype_args("ema_momentum", state_dtype, stochastic_rounding)
     return optax.chain(
-        ema(beta, debias=bias_correction, init=ema_init, accumulator_dtype=mu_dtype),
+        ema(beta, debias=bias_correction, init=ema_init, accumulator_dtype=mu_dtype, **store),
         scale_by_learning_rate(learning_rate),
     )
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     DENOMINATORS,
     GAIN_FN,
@@ -33,6 +33,7 @@ from gradx._protocol.gain import (
     steps_taken,
     walk_gain,
 )
+from gradx._protocol.storage import decode_moments, moment_codec
 from gradx._protocol.trees import check_tree
 
 
@@ -140,6 +141,9 @@ def rms(
     centered: bool = False,
     initial_scale: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block (denominator): √(v̂ − ``|â|²`` + ε_root) from v ← ρ·v + (1−ρ)·``|g|²``.
 
@@ -148,35 +152,38 @@ def rms(
     v̂ − ``|â|²`` slightly negative). v₀ = ``initial_scale`` (TF1 used 1). ``|g|²`` = g·conj(g) for
     complex params, so v is real (complex64 params keep a float32 v).
 
-    ``accumulator_dtype`` is the dtype v and a are stored in (None follows the params; a of
-    complex params stays complex).
+    ``accumulator_dtype`` is the dtype v and a are stored in (None follows the params, or
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`; a of complex params stays
+    complex).
 
     Returns:
       An optax transformation emitting the (real) denominator in the computed dtype, which
       may be wider than the gradient's.
     """
-    acc = dtype_arg("rms", "accumulator_dtype", accumulator_dtype)
+    store = ("rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding)
+    nu_codec, mean_codec = moment_codec(*store, nonnegative=True), moment_codec(*store)
 
     def init(params: Any) -> RmsState:
-        scale = jnp.asarray(initial_scale)
-        nu = moment_zeros("rms", "accumulator_dtype", params, acc, real=True, fill=scale)
-        mean = moment_zeros("rms", "accumulator_dtype", params, acc) if centered else ()
+        nu = nu_codec.init(params, "nu", fill=jnp.asarray(initial_scale))
+        mean = mean_codec.init(params, "mean") if centered else ()
         return RmsState(count=jnp.zeros([], jnp.int32), mean=mean, nu=nu)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.nu, "second moment in the state")
+        old_nu = nu_codec.decode(state.nu)
+        check_tree(updates, old_nu, "second moment in the state")
         rho, e = jnp.asarray(decay), jnp.asarray(eps_root)
         count = optax.safe_increment(state.count)
         correction = 1 - rho ** count_as(count, rho) if debias else 1
         rest = 1 - rho
 
         nu = jax.tree.map(
-            lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, state.nu
+            lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, old_nu
         )
         mean = ()
         if centered:
-            mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, state.mean)
+            old_mean = mean_codec.decode(state.mean)
+            mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, old_mean)
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
@@ -186,8 +193,8 @@ def rms(
             return jnp.sqrt(plus(var, e, eps_root))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
-        new_mean = stored(mean, state.mean) if centered else ()
-        return out, RmsState(count=count, mean=new_mean, nu=stored(nu, state.nu))
+        new_mean = mean_codec.encode(mean, state.mean) if centered else ()
+        return out, RmsState(count=count, mean=new_mean, nu=nu_codec.encode(nu, state.nu))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -202,7 +209,12 @@ MAX_OF = ("raw_v", "v_hat", "raw_v_no_correction")
 
 
 def max_rms(
-    decay: jax.typing.ArrayLike, max_of: str = "raw_v", accumulator_dtype: Any = None
+    decay: jax.typing.ArrayLike,
+    max_of: str = "raw_v",
+    accumulator_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block (denominator) for AMSGrad: the root of a running maximum of the second moment.
 
@@ -213,39 +225,47 @@ def max_rms(
     * ``"raw_v_no_correction"`` (Reddi et al. without correction): emits √max(v_max, v).
 
     ``accumulator_dtype`` is the (real) dtype v and v_max are stored in; None follows the
-    params (their real precision for complex params). The denominator is emitted in the
-    computed dtype, which may be wider than the gradient's.
+    params (their real precision for complex params), or ``state_dtype`` and
+    ``stochastic_rounding`` as in :func:`trace`. The denominator is emitted in the computed
+    dtype, which may be wider than the gradient's.
     """
     if max_of not in MAX_OF:
         raise ValueError(f"max_rms: max_of must be one of {MAX_OF}, got {max_of!r}")
-    acc = dtype_arg("max_rms", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "max_rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
+        nonnegative=True,
+    )  # fmt: skip
 
     def init(params: Any) -> MaxRmsState:
-        zeros = moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
-        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros, nu_max=zeros)
+        return MaxRmsState(
+            count=jnp.zeros([], jnp.int32),
+            nu=codec.init(params, "nu"),
+            nu_max=codec.init(params, "nu_max"),
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.nu, "second moment in the state")
+        old_nu, old_max = codec.decode(state.nu), codec.decode(state.nu_max)
+        check_tree(updates, old_nu, "second moment in the state")
         b2 = jnp.asarray(decay)
         count = optax.safe_increment(state.count)
         correction = 1 - b2 ** count_as(count, b2)
-        nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, state.nu)
+        nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, old_nu)
         if max_of == "v_hat":
             nu_max = jax.tree.map(
-                lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)),
-                nu,
-                state.nu_max,
+                lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)), nu, old_max
             )
             out = jax.tree.map(jnp.sqrt, nu_max)
         else:
             nu_max = jax.tree.map(
-                lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), state.nu_max, nu
+                lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), old_max, nu
             )
             c = jnp.sqrt(correction) if max_of == "raw_v" else 1
             out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
         return out, MaxRmsState(
-            count=count, nu=stored(nu, state.nu), nu_max=stored(nu_max, state.nu_max)
+            count=count,
+            nu=codec.encode(nu, state.nu),
+            nu_max=codec.encode(nu_max, state.nu_max),
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -259,33 +279,39 @@ def rss(
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
     eps_root: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block (denominator) for Adagrad: √(G + ε_root) with G ← G + ``|g|²``, G₀ = initial value.
 
     ``accumulator_dtype`` is the (real) dtype G is stored in; None follows the params (their
-    real precision for complex params). The denominator is emitted in the computed dtype,
-    which may be wider than the gradient's.
+    real precision for complex params), or ``state_dtype`` and ``stochastic_rounding`` as in
+    :func:`trace`. The denominator is emitted in the computed dtype, which may be wider than
+    the gradient's.
     """
-    acc = dtype_arg("rss", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "rss", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
+        nonnegative=True,
+    )  # fmt: skip
 
     def init(params: Any) -> RssState:
         g0 = jnp.asarray(initial_accumulator_value)
-        return RssState(
-            sum_of_squares=moment_zeros("rss", "accumulator_dtype", params, acc, True, g0)
-        )
+        return RssState(sum_of_squares=codec.init(params, "sum_of_squares", fill=g0))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.sum_of_squares, "sum of squares in the state")
+        old = codec.decode(state.sum_of_squares)
+        check_tree(updates, old, "sum of squares in the state")
         e = jnp.asarray(eps_root)
 
         def total_of(g, s):
             g2 = abs_sq(wide(g, e, s))
             return wide(s, e, g2) + g2
 
-        total = jax.tree.map(total_of, updates, state.sum_of_squares)
+        total = jax.tree.map(total_of, updates, old)
         out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
-        return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
+        return out, RssState(sum_of_squares=codec.encode(total, state.sum_of_squares))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -295,31 +321,41 @@ class InfNormState(NamedTuple):
 
 
 def inf_norm(
-    decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike = 0.0, accumulator_dtype: Any = None
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block (denominator) for Adamax: u ← max(β₂·u, ``|g|`` + ε), emits u.
 
     ε inside the max is torch's and optax's placement; Keras adds ε to u afterwards (give
     ε to ``precondition`` instead). ``|g|`` is the modulus for complex params, so u is real.
-    ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params. u is
-    emitted in the computed dtype, which may be wider than the gradient's.
+    ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params, or
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. u is emitted in the
+    computed dtype, which may be wider than the gradient's.
     """
-    acc = dtype_arg("inf_norm", "accumulator_dtype", accumulator_dtype)
+    codec = moment_codec(
+        "inf_norm", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
+        nonnegative=True,
+    )  # fmt: skip
 
     def init(params: Any) -> InfNormState:
-        return InfNormState(u=moment_zeros("inf_norm", "accumulator_dtype", params, acc, True))
+        return InfNormState(u=codec.init(params, "u"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.u, "infinity norm in the state")
+        old = codec.decode(state.u)
+        check_tree(updates, old, "infinity norm in the state")
         b2, e = jnp.asarray(decay), jnp.asarray(eps)
 
         def norm_of(g, u):
             uw, mod = wide(u, b2, e, g), jnp.abs(wide(g, b2, e, u))
             return jnp.maximum(coef(b2, uw) * uw, mod + coef(e, mod))
 
-        u = jax.tree.map(norm_of, updates, state.u)
-        return u, InfNormState(u=stored(u, state.u))
+        u = jax.tree.map(norm_of, updates, old)
+        return u, InfNormState(u=codec.encode(u, state.u))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -397,30 +433,31 @@ def _rms_gain(ctx, cells, state):
             var = jnp.maximum(var - in_gain_dtype(ctx, abs_sq(debiased_gain(a, correction))), 0)
         return jnp.sqrt(var + eps_root)
 
+    nu = decode_moments(state.nu)
     if closure_value(cells, "centered", "rms"):
-        return jax.tree.map(root, state.nu, state.mean)
-    return jax.tree.map(root, state.nu)
+        return jax.tree.map(root, nu, decode_moments(state.mean))
+    return jax.tree.map(root, nu)
 
 
 @denominator_gain_rule(max_rms)
 def _max_rms_gain(ctx, cells, state):
     b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "max_rms"))
     max_of = closure_value(cells, "max_of", "max_rms")
+    nu_max = decode_moments(state.nu_max)
     if max_of == "raw_v":
         c = jnp.sqrt(1 - b2 ** steps_taken(ctx, state.count))
-        return jax.tree.map(
-            lambda m: jnp.sqrt(in_gain_dtype(ctx, m)) / nonzero_divisor(c), state.nu_max
-        )
-    return jax.tree.map(lambda m: jnp.sqrt(in_gain_dtype(ctx, m)), state.nu_max)
+        return jax.tree.map(lambda m: jnp.sqrt(in_gain_dtype(ctx, m)) / nonzero_divisor(c), nu_max)
+    return jax.tree.map(lambda m: jnp.sqrt(in_gain_dtype(ctx, m)), nu_max)
 
 
 @denominator_gain_rule(rss)
 def _rss_gain(ctx, cells, state):
     eps_root = in_gain_dtype(ctx, closure_value(cells, "eps_root", "rss"))
-    return jax.tree.map(lambda s: jnp.sqrt(in_gain_dtype(ctx, s) + eps_root), state.sum_of_squares)
+    total = decode_moments(state.sum_of_squares)
+    return jax.tree.map(lambda s: jnp.sqrt(in_gain_dtype(ctx, s) + eps_root), total)
 
 
 @denominator_gain_rule(inf_norm)
 def _inf_norm_gain(ctx, cells, state):
     # u_t = max(β₂·u_{t−1}, |g| + ε) already holds its ε: the max-norm's gain is 1/u_t.
-    return jax.tree.map(lambda u: in_gain_dtype(ctx, u), state.u)
+    return jax.tree.map(lambda u: in_gain_dtype(ctx, u), decode_moments(state.u))

@@ -32,6 +32,7 @@ from gradx._protocol.gain import (
     in_gain_dtype,
     walk_gain,
 )
+from gradx._protocol.storage import state_dtype_args
 
 
 @optimizer(**ADAM_RULES, eps_root=">= 0", threshold=">= 4")
@@ -46,6 +47,8 @@ def radam(
     nesterov: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """RAdam: Adam whose adaptive step is rectified, and skipped while its variance diverges.
 
@@ -71,6 +74,7 @@ def radam(
         default 5 (the paper's code) is kept.
       nesterov: optax's Nesterov momentum for m̂.
       mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
+      state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
 
     Returns:
       An optax transformation whose state holds learning_rate, b1, b2, eps, eps_root and
@@ -90,11 +94,12 @@ def radam(
       ``threshold`` are positional as in ``optax.radam``; the rest are keyword-only.
     """
     moment_dtypes("radam", mu_dtype, nu_dtype)
+    store = state_dtype_args("radam", state_dtype, stochastic_rounding)
     if nesterov:
-        num = nesterov_ema(b1, None, accumulator_dtype=mu_dtype)
+        num = nesterov_ema(b1, None, accumulator_dtype=mu_dtype, **store)
     else:
-        num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    den = rms(b2, eps_root=eps_root, debias=True, accumulator_dtype=nu_dtype)
+        num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
+    den = rms(b2, eps_root=eps_root, debias=True, accumulator_dtype=nu_dtype, **store)
     return optax.chain(
         rectified(num, den, b2, threshold, eps), scale_by_learning_rate(learning_rate)
     )

@@ -15,8 +15,9 @@ import optax
 
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, needs_incoming, nonzero_divisor
+from gradx._protocol.storage import moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 
 
@@ -220,6 +221,9 @@ def scale_by_lion(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.99,
     mu_dtype: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Lion's direction, u ← sign(β₁·m + (1−β₁)·g), then m ← β₂·m + (1−β₂)·g.
 
@@ -232,16 +236,18 @@ def scale_by_lion(
       b1: β₁, the weight of the momentum in the interpolation the sign is taken of.
       b2: β₂, the decay of the momentum.
       mu_dtype: the dtype m is stored in (optax's ``mu_dtype``); None follows the params.
+      state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None, as in
+        :func:`trace`.
     """
-    acc = dtype_arg("scale_by_lion", "mu_dtype", mu_dtype)
+    codec = moment_codec("scale_by_lion", "mu_dtype", mu_dtype, state_dtype, stochastic_rounding)
 
     def init(params: Any) -> ScaleByLionState:
-        mu = moment_zeros("scale_by_lion", "mu_dtype", params, acc)
-        return ScaleByLionState(count=jnp.zeros([], jnp.int32), mu=mu)
+        return ScaleByLionState(count=jnp.zeros([], jnp.int32), mu=codec.init(params, "mu"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.mu, "momentum in the state")
+        old = codec.decode(state.mu)
+        check_tree(updates, old, "momentum in the state")
         beta1, beta2 = jnp.asarray(b1), jnp.asarray(b2)
         rest1, rest2 = 1 - beta1, 1 - beta2  # once per step, not once per leaf
 
@@ -250,12 +256,12 @@ def scale_by_lion(
             u = jnp.sign(coef(rest1, gw) * gw + coef(beta1, mw) * mw)
             return u.astype(g.dtype), coef(rest2, gw) * gw + coef(beta2, mw) * mw
 
-        out = jax.tree.map(leaf, updates, state.mu)
+        out = jax.tree.map(leaf, updates, old)
         outer = jax.tree.structure(updates)
         rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
         u, mu = (outer.unflatten([row[i] for row in rows]) for i in range(2))
         count = optax.safe_increment(state.count)
-        return u, ScaleByLionState(count=count, mu=stored(mu, state.mu))
+        return u, ScaleByLionState(count=count, mu=codec.encode(mu, state.mu))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -268,6 +274,9 @@ def lion(
     mu_dtype: Any = None,
     weight_decay: float = 1e-3,
     mask: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
@@ -293,6 +302,9 @@ def lion(
       mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
         params' structure or a prefix of it (True = decay), or a function of the params
         returning one.
+      state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None: a float
+        dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
+        :func:`gradx.adam`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding
@@ -308,8 +320,9 @@ def lion(
       step, up to rounding.
     """
     dtype_arg("lion", "mu_dtype", mu_dtype)
+    store = state_dtype_args("lion", state_dtype, stochastic_rounding)
     return optax.chain(
-        scale_by_lion(b1, b2, mu_dtype),
+        scale_by_lion(b1, b2, mu_dtype, **store),
         scale_by_learning_rate(learning_rate),
         decoupled_weight_decay(weight_decay, learning_rate, mask),
     )

@@ -8,6 +8,8 @@ An optimizer is optax's ``(init, update)`` pair. What gradx adds lives here:
 * ``access``: ``hyperparams`` / ``set_hyperparams`` over any state;
 * ``dtypes``, ``trees``, ``checks``: numerics, tree checks and run-time checks every block uses;
 * ``placement``: a state's leaves placed like the params they mirror on a mesh;
+* ``storage``, ``quantized``: how moments are stored (``state_dtype=``: a float dtype,
+  bfloat16 with stochastic rounding, blockwise int8), one codec per moment;
 * ``gain``: the registry of gain rules (a block's factor on the current gradient).
 
 Data flow of one ``update``: the gradient and the state come in; ``declare``'s update reads

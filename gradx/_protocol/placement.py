@@ -6,7 +6,9 @@ gradx builds no communication of its own. Params are ``jax.Array``s placed on a
 * a state leaf that mirrors a param (same key path suffix, same shape: moments, traces,
   Rprop's step sizes, lookahead's slow weights) gets that param's ``NamedSharding``;
 * every other leaf (step counts, hyperparameters, lookahead's phase and fitted alpha) is
-  replicated: ``NamedSharding(mesh, P())``.
+  replicated: ``NamedSharding(mesh, P())``;
+* an int8 moment (``state_dtype="int8"``) of a param: its codes as the param, its scales
+  with their blocks where the blocks do not straddle shards (see ``quantized.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from gradx._protocol.quantized import is_quantized, scales_sharding
 
 
 def _named_mesh(params: Any) -> Mesh | None:
@@ -85,12 +89,20 @@ def state_shardings(state: Any, params: Any, mesh: Mesh | None = None) -> Any:
     replicated = NamedSharding(mesh, P())
     index = _param_index(params)
 
-    def pick(path: tuple, leaf: Any) -> NamedSharding:
+    def pick(path: tuple, leaf: Any) -> Any:
+        if is_quantized(leaf):  # codes like the param they mirror, scales with their blocks
+            shape = tuple(np.shape(leaf.codes))
+            codes = _mirrored(index, tuple(path), shape)
+            scales = scales_sharding(codes, shape)
+            return type(leaf)(
+                codes=replicated if codes is None else codes,
+                scales=replicated if scales is None else scales,
+            )
         shape = tuple(np.shape(leaf))
         sharding = _mirrored(index, tuple(path), shape) if shape else None
         return replicated if sharding is None else sharding
 
-    return jax.tree_util.tree_map_with_path(pick, state)
+    return jax.tree_util.tree_map_with_path(pick, state, is_leaf=is_quantized)
 
 
 def _equivalent(a: Any, b: NamedSharding, ndim: int) -> bool:

@@ -57,15 +57,17 @@ def off_if_zero(value: Any) -> Any:
 @optimizer(**_ADAM_RULES)
 @named_like_optax("adam")
 def _adam(
-    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nesterov: bool
-) -> optax.GradientTransformationExtraArgs:
+    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nesterov: bool,
+    state_dtype=None, stochastic_rounding: bool = False,
+) -> optax.GradientTransformationExtraArgs:  # fmt: skip
     """optax's scale_by_adam (nesterov: its Nadam), [+ λ·θ], then −γ: optax's adam family."""
     dtype_arg("adam", "mu_dtype", mu_dtype)
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
     if nesterov:
-        num = nesterov_ema(b1, momentum_decay=None, accumulator_dtype=mu_dtype)
+        num = nesterov_ema(b1, momentum_decay=None, accumulator_dtype=mu_dtype, **store)
     else:
-        num = ema(b1, debias=True, accumulator_dtype=mu_dtype)
-    blocks = [precondition(num, rms(b2, eps_root=eps_root, debias=True), eps)]
+        num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
+    blocks = [precondition(num, rms(b2, eps_root=eps_root, debias=True, **store), eps)]
     if weight_decay is not None:  # optax's adamw: added to the Adam step, then times −γ
         blocks.append(add_decayed_weights(weight_decay, mask))
     blocks.append(scale_by_learning_rate(learning_rate))
@@ -73,7 +75,7 @@ def _adam(
 
 
 def optax_adam_like(
-    fn, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, wd=None, mask=None
+    fn, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, wd=None, mask=None, store=None
 ):
     check_like_optax(
         fn, _adam, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root
@@ -93,26 +95,36 @@ def optax_adam_like(
         mask=mask,
         mu_dtype=mu_dtype,
         nesterov=nesterov,
+        **(store or {}),
     )
 
 
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
 @named_like_optax("amsgrad")
 def optax_amsgrad(
-    learning_rate, b1, b2, eps, mu_dtype, bias_correction_mu: bool, bias_correction_nu: bool
-) -> optax.GradientTransformationExtraArgs:
+    learning_rate, b1, b2, eps, mu_dtype, bias_correction_mu: bool, bias_correction_nu: bool,
+    state_dtype=None, stochastic_rounding: bool = False,
+) -> optax.GradientTransformationExtraArgs:  # fmt: skip
     """optax's scale_by_amsgrad (max over v̂, or over v without correction), then −γ."""
-    num = ema(b1, debias=bias_correction_mu, accumulator_dtype=mu_dtype)
-    den = max_rms(b2, max_of="v_hat" if bias_correction_nu else "raw_v_no_correction")
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    num = ema(b1, debias=bias_correction_mu, accumulator_dtype=mu_dtype, **store)
+    max_of = "v_hat" if bias_correction_nu else "raw_v_no_correction"
+    den = max_rms(b2, max_of=max_of, **store)
     return optax.chain(precondition(num, den, eps), scale_by_learning_rate(learning_rate))
 
 
 @optimizer(learning_rate=">= 0", rho="[0, 1)", eps=">= 0", weight_decay=">= 0")
 @named_like_optax("adadelta")
-def optax_adadelta(learning_rate, rho, eps, weight_decay, weight_decay_mask):
+def optax_adadelta(
+    learning_rate, rho, eps, weight_decay, weight_decay_mask, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
     """[+ λ·θ] → Zeiler's step → −γ: optax's adadelta."""
     decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, weight_decay_mask)]
-    return optax.chain(*decay, scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))
+    step = scale_by_adadelta(
+        rho, eps, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding
+    )
+    return optax.chain(*decay, step, scale_by_learning_rate(learning_rate))
 
 
 def refuse_lookahead_params(params: Any) -> None:

@@ -230,15 +230,26 @@ def _chain(
 
 
 @optimizer(learning_rate=">= 0", momentum=">= 0", dampening="[0, 1]", weight_decay=">= 0")
-def torch_sgd(learning_rate, momentum, dampening, weight_decay, nesterov):
-    velocity = [] if momentum is None else [trace(momentum, nesterov, dampening=dampening)]
+def torch_sgd(
+    learning_rate, momentum, dampening, weight_decay, nesterov, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    velocity = (
+        [] if momentum is None else [trace(momentum, nesterov, dampening=dampening, **store)]
+    )
     return _chain(velocity, learning_rate, weight_decay)
 
 
 @optimizer(learning_rate=">= 0", alpha="[0, 1]", eps=">= 0", weight_decay=">= 0", momentum=">= 0")
-def torch_rmsprop(learning_rate, alpha, eps, weight_decay, momentum, centered):
-    velocity = [] if momentum is None else [trace(momentum)]
-    step = [precondition(optax.identity(), rms(alpha, centered=centered), eps), *velocity]
+def torch_rmsprop(
+    learning_rate, alpha, eps, weight_decay, momentum, centered, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    velocity = [] if momentum is None else [trace(momentum, **store)]
+    den = rms(alpha, centered=centered, **store)
+    step = [precondition(optax.identity(), den, eps), *velocity]
     return _chain(step, learning_rate, weight_decay)
 
 
@@ -249,27 +260,42 @@ def torch_rmsprop(learning_rate, alpha, eps, weight_decay, momentum, centered):
     initial_accumulator_value=">= 0",
     eps=">= 0",
 )
-def torch_adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps):
+def torch_adagrad(
+    learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
     decay = [] if lr_decay is None else [_scale_by_lr_decay(lr_decay)]
-    step = [precondition(optax.identity(), rss(initial_accumulator_value), eps), *decay]
+    den = rss(initial_accumulator_value, **store)
+    step = [precondition(optax.identity(), den, eps), *decay]
     return _chain(step, learning_rate, weight_decay)
 
 
 @optimizer(learning_rate=">= 0", rho="[0, 1]", eps=">= 0", weight_decay=">= 0")
-def torch_adadelta(learning_rate, rho, eps, weight_decay):
-    return _chain([scale_by_adadelta(rho, eps)], learning_rate, weight_decay)
+def torch_adadelta(
+    learning_rate, rho, eps, weight_decay, state_dtype=None, stochastic_rounding: bool = False
+):
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    return _chain([scale_by_adadelta(rho, eps, **store)], learning_rate, weight_decay)
 
 
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
-def torch_adam(learning_rate, b1, b2, eps, weight_decay, amsgrad, decoupled):
-    den = max_rms(b2, max_of="raw_v") if amsgrad else rms(b2, debias=True)
-    step = [precondition(ema(b1, debias=True), den, eps)]
+def torch_adam(
+    learning_rate, b1, b2, eps, weight_decay, amsgrad, decoupled, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    den = max_rms(b2, max_of="raw_v", **store) if amsgrad else rms(b2, debias=True, **store)
+    step = [precondition(ema(b1, debias=True, **store), den, eps)]
     return _chain(step, learning_rate, weight_decay, decoupled)
 
 
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
-def torch_adamax(learning_rate, b1, b2, eps, weight_decay):
-    step = [precondition(ema(b1, debias=True), inf_norm(b2, eps))]
+def torch_adamax(
+    learning_rate, b1, b2, eps, weight_decay, state_dtype=None, stochastic_rounding: bool = False
+):
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    step = [precondition(ema(b1, debias=True, **store), inf_norm(b2, eps, **store))]
     return _chain(step, learning_rate, weight_decay)
 
 
@@ -281,8 +307,13 @@ def torch_adamax(learning_rate, b1, b2, eps, weight_decay):
     weight_decay=">= 0",
     momentum_decay=">= 0",
 )
-def torch_nadam(learning_rate, b1, b2, eps, weight_decay, momentum_decay, decoupled):
-    step = [precondition(nesterov_ema(b1, momentum_decay), rms(b2, debias=True), eps)]
+def torch_nadam(
+    learning_rate, b1, b2, eps, weight_decay, momentum_decay, decoupled, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    num = nesterov_ema(b1, momentum_decay, **store)
+    step = [precondition(num, rms(b2, debias=True, **store), eps)]
     return _chain(step, learning_rate, weight_decay, decoupled)
 
 
@@ -298,3 +329,15 @@ def _lr_decay_gain(ctx, cells, state, incoming):
     factor = 1 / (1 + (steps_taken(ctx, state.count) - 1) * decay)
     out = None if incoming is None else jax.tree.map(lambda g: g * factor.astype(g.dtype), incoming)
     return Gain(factor), out
+
+
+def torch_adam_like(cls, lr, betas, eps, weight_decay, amsgrad, decoupled, switches, store):
+    """``Adam`` and ``AdamW``: torch's checks, then :func:`torch_adam` (``switches``: torch's
+    kernel flags and ``maximize``; ``store``: the checked ``state_dtype`` arguments)."""
+    check_like_torch(cls, torch_adam, lr=lr, eps=eps, weight_decay=weight_decay)
+    b1, b2 = checked_betas(cls, betas)
+    check_switches(cls, amsgrad=amsgrad, decoupled_weight_decay=decoupled, **switches)
+    opt = torch_adam(
+        lr, b1, b2, eps, torch_off_if_zero(weight_decay), amsgrad, decoupled, **store
+    )
+    return with_maximize(opt, switches["maximize"])

@@ -21,6 +21,10 @@ Options that change Keras's training loop rather than the update (``use_ema``,
 ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
 ``gradient_accumulation_steps``) cannot be honoured by an update rule and raise a
 ``ValueError`` when set; ``name`` is accepted and ignored.
+
+Every class also takes gradx's keyword-only ``state_dtype`` and ``stochastic_rounding``,
+which store the moments as in :func:`gradx.adam` (a float dtype, bfloat16 rounded
+stochastically, or blockwise int8); Keras has neither.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from gradx._protocol.gain import (
     nonzero_divisor,
     scaled,
 )
+from gradx._protocol.storage import state_dtype_args
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
 
@@ -190,12 +195,16 @@ def SGD(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="SGD",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.SGD``: v ← μ·v − γ·g; θ ← θ + v (Nesterov: θ ← θ + μ·v − γ·g).
 
     γ sits inside the velocity, as in :func:`gradx.momentum`.
     """
-    return [], [trace(momentum, nesterov=nesterov)]
+    store = state_dtype_args("SGD", state_dtype, stochastic_rounding)
+    return [], [trace(momentum, nesterov=nesterov, **store)]
 
 
 @_keras(rho="[0, 1)", momentum="[0, 1)", epsilon=">= 0")
@@ -215,13 +224,17 @@ def RMSprop(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="rmsprop",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.RMSprop``: θ ← θ − γ·g/√(v + ε) (ε inside the root).
 
     With ``momentum``: b ← μ·b + γ·g/√(v + ε); θ ← θ − b. ``centered`` subtracts a².
     """
-    step = [precondition(optax.identity(), rms(rho, eps_root=epsilon, centered=centered))]
-    return step, [trace(momentum)]
+    store = state_dtype_args("RMSprop", state_dtype, stochastic_rounding)
+    den = rms(rho, eps_root=epsilon, centered=centered, **store)
+    return [precondition(optax.identity(), den)], [trace(momentum, **store)]
 
 
 @_keras(initial_accumulator_value=">= 0", epsilon=">= 0")
@@ -239,10 +252,14 @@ def Adagrad(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adagrad",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Adagrad``: G ← G + g², θ ← θ − γ·g/√(G + ε), G₀ = 0.1."""
-    step = [precondition(optax.identity(), rss(initial_accumulator_value, eps_root=epsilon))]
-    return step, []
+    store = state_dtype_args("Adagrad", state_dtype, stochastic_rounding)
+    den = rss(initial_accumulator_value, eps_root=epsilon, **store)
+    return [precondition(optax.identity(), den)], []
 
 
 @_keras(rho="[0, 1)", epsilon=">= 0")
@@ -260,15 +277,24 @@ def Adadelta(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adadelta",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Adadelta``: Zeiler's rule times γ (Keras's default γ = 1e-3)."""
-    return [scale_by_adadelta(rho, epsilon)], []
+    store = state_dtype_args("Adadelta", state_dtype, stochastic_rounding)
+    return [scale_by_adadelta(rho, epsilon, **store)], []
 
 
-def _adam_step(beta_1, beta_2, epsilon, amsgrad):
+def _adam_step(cls, beta_1, beta_2, epsilon, amsgrad, state_dtype, stochastic_rounding):
     # Keras's eps-hat form: γ·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε), AMSGrad over the raw v.
-    den = max_rms(beta_2, max_of="raw_v_no_correction") if amsgrad else rms(beta_2)
-    return [precondition(ema(beta_1, debias=True), den, epsilon), scale_by_bias_correction(beta_2)]
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
+    if amsgrad:
+        den = max_rms(beta_2, max_of="raw_v_no_correction", **store)
+    else:
+        den = rms(beta_2, **store)
+    num = ema(beta_1, debias=True, **store)
+    return [precondition(num, den, epsilon), scale_by_bias_correction(beta_2)]
 
 
 _ADAM_RULES = dict(beta_1="[0, 1)", beta_2="[0, 1)", epsilon=">= 0")
@@ -291,9 +317,13 @@ def Adam(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adam",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Adam``: θ ← θ − γ·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε) (the ε̂ form)."""
-    return _adam_step(beta_1, beta_2, epsilon, amsgrad), []
+    step = _adam_step("Adam", beta_1, beta_2, epsilon, amsgrad, state_dtype, stochastic_rounding)
+    return step, []
 
 
 @_keras(**_ADAM_RULES)
@@ -313,9 +343,13 @@ def AdamW(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adamw",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.AdamW``: Keras's Adam with ``weight_decay=0.004`` by default."""
-    return _adam_step(beta_1, beta_2, epsilon, amsgrad), []
+    step = _adam_step("AdamW", beta_1, beta_2, epsilon, amsgrad, state_dtype, stochastic_rounding)
+    return step, []
 
 
 @_keras(**_ADAM_RULES)
@@ -334,10 +368,14 @@ def Adamax(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adamax",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Adamax``: u ← max(β₂·u, ``|g|``); θ ← θ − γ·m/((1−β₁ᵗ)(u + ε))."""
-    step = [precondition(ema(beta_1, debias=True), inf_norm(beta_2), epsilon)]
-    return step, []
+    store = state_dtype_args("Adamax", state_dtype, stochastic_rounding)
+    num, den = ema(beta_1, debias=True, **store), inf_norm(beta_2, **store)
+    return [precondition(num, den, epsilon)], []
 
 
 @_keras(**_ADAM_RULES)
@@ -356,12 +394,14 @@ def Nadam(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="nadam",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Nadam``: Dozat's Nadam with μ_t = β₁(1 − ½·0.96ᵗ) (ψ = 1)."""
-    step = [
-        precondition(nesterov_ema(beta_1, momentum_decay=1.0), rms(beta_2, debias=True), epsilon)
-    ]
-    return step, []
+    store = state_dtype_args("Nadam", state_dtype, stochastic_rounding)
+    num = nesterov_ema(beta_1, momentum_decay=1.0, **store)
+    return [precondition(num, rms(beta_2, debias=True, **store), epsilon)], []
 
 
 @gain_rule(clip_by_norm)

@@ -8,6 +8,11 @@ names (``gradx.hyperparams(state)["b1"]``), whose updates equal optax 0.2.8's fo
 gradients, to float rounding. Porting an optax script is changing ``optax.X`` to
 ``gradx.compat.optax.X``.
 
+Every function with moments also takes gradx's keyword-only ``state_dtype`` and
+``stochastic_rounding`` (after optax's arguments), which store the moments as in
+:func:`gradx.adam` (a float dtype, bfloat16 rounded stochastically, or blockwise int8);
+optax has neither (its ``mu_dtype`` stays, and wins for the first moment).
+
 gradx's own optimizers follow the seeds and the papers; with defaults, six of optax's
 same-named ones give other numbers: ``adamw`` (weight decay 1e-4 against 1e-2), ``amsgrad``
 (the max over v̂), ``nadam`` (no momentum schedule), ``rprop`` (optax's update lags a step),
@@ -39,6 +44,7 @@ from gradx._optimizers import momentum as _momentum
 from gradx._optimizers.lookahead import lookahead as _gradx_lookahead
 from gradx._protocol.declare import optimizer
 from gradx._protocol.gain import closure_value, gain_rule, walk_gain
+from gradx._protocol.storage import state_dtype_args
 from gradx._protocol.trees import check_tree
 from gradx.compat._optax_builders import (
     check_like_optax,
@@ -76,11 +82,16 @@ def adam(
     mu_dtype: Any | None = None,
     *,
     nesterov: bool = False,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adam`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adam(learning_rate, b1, b2, eps, eps_root=eps_root, mu_dtype=mu_dtype)``
     (``nesterov=True``: optax's Nadam, ``gradx.nadam(..., momentum_decay=None)``)."""
-    return optax_adam_like("adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+    store = state_dtype_args("adam", state_dtype, stochastic_rounding)
+    return optax_adam_like(
+        "adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, store=store
+    )
 
 
 def nadam(
@@ -92,11 +103,16 @@ def nadam(
     mu_dtype: Any | None = None,
     *,
     nesterov: bool = True,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``nadam`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.nadam(learning_rate, b1, b2, eps, momentum_decay=None)`` (no momentum schedule,
     where gradx's default follows Dozat's ψ = 0.004)."""
-    return optax_adam_like("nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov)
+    store = state_dtype_args("nadam", state_dtype, stochastic_rounding)
+    return optax_adam_like(
+        "nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, store=store
+    )
 
 
 def adamw(
@@ -110,13 +126,17 @@ def adamw(
     mask: Any = None,
     *,
     nesterov: bool = False,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adamw`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adamw(learning_rate, b1, b2, eps, weight_decay=1e-4, mask=mask)`` (gradx's
     default weight decay is 1e-2, torch's)."""
+    store = state_dtype_args("adamw", state_dtype, stochastic_rounding)
     return optax_adam_like(
-        "adamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
-    )
+        "adamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask,
+        store,
+    )  # fmt: skip
 
 
 def nadamw(
@@ -130,13 +150,17 @@ def nadamw(
     mask: Any = None,
     *,
     nesterov: bool = True,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``nadamw`` reproduced with gradx's blocks, hyperparameters in the state:
     optax's Nadam (``gradx.nadam(..., momentum_decay=None)``) with decoupled weight decay
     λ·γ·θ, as in ``gradx.adamw``."""
+    store = state_dtype_args("nadamw", state_dtype, stochastic_rounding)
     return optax_adam_like(
-        "nadamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
-    )
+        "nadamw", learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask,
+        store,
+    )  # fmt: skip
 
 
 def amsgrad(
@@ -148,6 +172,9 @@ def amsgrad(
     mu_dtype: Any | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``amsgrad`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.amsgrad(learning_rate, b1, b2, eps, max_of="v_hat")`` (gradx's default takes the
@@ -160,6 +187,7 @@ def amsgrad(
             f"got {eps_root!r}"
         )
     moment_dtype(fn, "mu_dtype", mu_dtype)
+    store = state_dtype_args(fn, state_dtype, stochastic_rounding)
     return optax_amsgrad(
         learning_rate=learning_rate,
         b1=b1,
@@ -168,6 +196,7 @@ def amsgrad(
         mu_dtype=mu_dtype,
         bias_correction_mu=bias_correction_mu,
         bias_correction_nu=bias_correction_nu,
+        **store,
     )
 
 
@@ -176,10 +205,14 @@ def adamax(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adamax`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adamax(learning_rate, b1, b2, eps)`` (the same defaults)."""
-    return gradx_adam.adamax(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    store = state_dtype_args("adamax", state_dtype, stochastic_rounding)
+    return gradx_adam.adamax(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, **store)
 
 
 def sgd(
@@ -187,15 +220,20 @@ def sgd(
     momentum: float | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``sgd`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.sgd(learning_rate, momentum, nesterov, mu_dtype=accumulator_dtype)``."""
     moment_dtype("sgd", "accumulator_dtype", accumulator_dtype)
+    store = state_dtype_args("sgd", state_dtype, stochastic_rounding)
     return _momentum.sgd(
         learning_rate=learning_rate,
         momentum=momentum,
         nesterov=nesterov,
         mu_dtype=accumulator_dtype,
+        **store,
     )
 
 
@@ -203,6 +241,9 @@ def adagrad(
     learning_rate: optax.ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adagrad`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adagrad(learning_rate, eps=1e-7, initial_accumulator_value=0.1,
@@ -212,6 +253,7 @@ def adagrad(
         eps=eps,
         initial_accumulator_value=initial_accumulator_value,
         eps_in_sqrt=True,
+        **state_dtype_args("adagrad", state_dtype, stochastic_rounding),
     )
 
 
@@ -225,6 +267,9 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``rmsprop`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.rmsprop(learning_rate, decay, eps, eps_in_sqrt=True, ...)`` (gradx's default puts
@@ -239,6 +284,7 @@ def rmsprop(
         momentum=momentum,
         nesterov=nesterov,
         initial_scale=initial_scale,
+        **state_dtype_args("rmsprop", state_dtype, stochastic_rounding),
     )
 
 
@@ -248,6 +294,9 @@ def adadelta(
     eps: float = 1e-6,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     weight_decay_mask: Any = None,
+    *,
+    state_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """optax's ``adadelta`` reproduced with gradx's blocks, hyperparameters in the state:
     ``gradx.adadelta(learning_rate, rho, eps)``, after ``gradx.add_decayed_weights(λ)``.
@@ -271,6 +320,7 @@ def adadelta(
         eps=eps,
         weight_decay=off_if_zero(weight_decay),
         weight_decay_mask=weight_decay_mask,
+        **state_dtype_args(fn, state_dtype, stochastic_rounding),
     )
 
 

@@ -15,6 +15,10 @@ differentiable and capturable). ``maximize=True`` ascends, as in torch. Bad valu
 ``"Rprop: etas must be (eta_minus, eta_plus) with 0 < eta_minus < 1 < eta_plus, got (1.5, 1.2)"``.
 The conventions each class reproduces are listed in ``docs/conventions.md``.
 
+Every class with moments (all but ``Rprop``) also takes gradx's keyword-only ``state_dtype``
+and ``stochastic_rounding``, which store the moments as in :func:`gradx.adam` (a float dtype,
+bfloat16 rounded stochastically, or blockwise int8); torch has neither.
+
 Passing the params first, torch's habit (``Adam(model.parameters(), lr=1e-3)``, or a pytree
 or model of arrays), raises a ``TypeError`` that shows the gradx spelling. torch's param
 groups (a list of dicts, each with its ``params`` and options) are refused the same way: JAX
@@ -25,9 +29,12 @@ group; for the usual no-decay group on biases and norms, a weight-decay mask doe
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
 from gradx._optimizers.sign import rprop
+from gradx._protocol.storage import state_dtype_args
 from gradx.compat._torch_blocks import (
     check_like_torch,
     check_number,
@@ -38,7 +45,7 @@ from gradx.compat._torch_blocks import (
     no_params,
     torch_adadelta,
     torch_adagrad,
-    torch_adam,
+    torch_adam_like,
     torch_adamax,
     torch_nadam,
     torch_off_if_zero,
@@ -144,6 +151,8 @@ def SGD(
     foreach: bool | None = None,
     differentiable: bool = False,
     fused: bool | None = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.SGD``: g ← g + λ·θ; b₁ = g, b ← μ·b + (1 − d)·g; θ ← θ − γ·b.
 
@@ -151,6 +160,7 @@ def SGD(
     and the first buffer is the undamped gradient.
     """
     cls = "SGD"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(
         cls, torch_sgd, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay
     )
@@ -173,6 +183,7 @@ def SGD(
         torch_off_if_zero(dampening),
         torch_off_if_zero(weight_decay),
         nesterov,
+        **store,
     )
     return with_maximize(opt, maximize)
 
@@ -189,12 +200,16 @@ def RMSprop(
     foreach: bool | None = None,
     maximize: bool = False,
     differentiable: bool = False,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.RMSprop``: v ← α·v + (1−α)·g²; θ ← θ − γ·g/(√v + ε) (ε outside).
 
     ``centered`` uses √(v − a²) + ε; ``momentum`` μ: b ← μ·b + g/den, θ ← θ − γ·b.
     """
     cls = "RMSprop"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(
         cls,
         torch_rmsprop,
@@ -213,7 +228,13 @@ def RMSprop(
         differentiable=differentiable,
     )
     opt = torch_rmsprop(
-        lr, alpha, eps, torch_off_if_zero(weight_decay), torch_off_if_zero(momentum), centered
+        lr,
+        alpha,
+        eps,
+        torch_off_if_zero(weight_decay),
+        torch_off_if_zero(momentum),
+        centered,
+        **store,
     )
     return with_maximize(opt, maximize)
 
@@ -230,9 +251,13 @@ def Adagrad(
     maximize: bool = False,
     differentiable: bool = False,
     fused: bool | None = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.Adagrad``: G ← G + g²; θ ← θ − γ/(1 + (t−1)·lr_decay)·g/(√G + ε)."""
+    """``torch.optim.Adagrad``: G ← G + g²; θ ← θ − γ/(1 + (t−1)·lr_decay)·g/(√G + ε).
+    """
     cls = "Adagrad"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(
         cls,
         torch_adagrad,
@@ -251,6 +276,7 @@ def Adagrad(
         torch_off_if_zero(weight_decay),
         initial_accumulator_value,
         eps,
+        **store,
     )
     return with_maximize(opt, maximize)
 
@@ -266,9 +292,13 @@ def Adadelta(
     capturable: bool = False,
     maximize: bool = False,
     differentiable: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.Adadelta``: Zeiler's rule (see ``gradx.adadelta``) times γ."""
+    """``torch.optim.Adadelta``: Zeiler's rule (see ``gradx.adadelta``) times γ.
+    """
     cls = "Adadelta"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(cls, torch_adadelta, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
     check_switches(
         cls,
@@ -277,7 +307,8 @@ def Adadelta(
         maximize=maximize,
         differentiable=differentiable,
     )
-    return with_maximize(torch_adadelta(lr, rho, eps, torch_off_if_zero(weight_decay)), maximize)
+    opt = torch_adadelta(lr, rho, eps, torch_off_if_zero(weight_decay), **store)
+    return with_maximize(opt, maximize)
 
 
 @no_params
@@ -294,6 +325,8 @@ def Adam(
     differentiable: bool = False,
     fused: bool | None = None,
     decoupled_weight_decay: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.Adam``: Algorithm 1 of Kingma & Ba, ε outside the root.
 
@@ -301,19 +334,11 @@ def Adam(
     (then it is ``AdamW``). ``amsgrad`` takes the max over the raw v, then divides by
     √(1 − β₂ᵗ).
     """
-    return _adam_like(
-        "Adam",
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        amsgrad,
-        decoupled_weight_decay,
-        foreach,
-        maximize,
-        capturable,
-        differentiable,
-        fused,
+    store = state_dtype_args("Adam", state_dtype, stochastic_rounding)
+    switches = dict(foreach=foreach, maximize=maximize, capturable=capturable, fused=fused)
+    switches.update(differentiable=differentiable)
+    return torch_adam_like(
+        "Adam", lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay, switches, store
     )
 
 
@@ -330,52 +355,15 @@ def AdamW(
     capturable: bool = False,
     differentiable: bool = False,
     fused: bool | None = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.AdamW``: θ ← (1 − γλ)·θ, then Adam's step (decoupled weight decay)."""
-    return _adam_like(
-        "AdamW",
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        amsgrad,
-        True,
-        foreach,
-        maximize,
-        capturable,
-        differentiable,
-        fused,
-    )
-
-
-def _adam_like(
-    cls,
-    lr,
-    betas,
-    eps,
-    weight_decay,
-    amsgrad,
-    decoupled,
-    foreach,
-    maximize,
-    capturable,
-    differentiable,
-    fused,
-):
-    check_like_torch(cls, torch_adam, lr=lr, eps=eps, weight_decay=weight_decay)
-    b1, b2 = checked_betas(cls, betas)
-    check_switches(
-        cls,
-        amsgrad=amsgrad,
-        decoupled_weight_decay=decoupled,
-        foreach=foreach,
-        maximize=maximize,
-        capturable=capturable,
-        differentiable=differentiable,
-        fused=fused,
-    )
-    opt = torch_adam(lr, b1, b2, eps, torch_off_if_zero(weight_decay), amsgrad, decoupled)
-    return with_maximize(opt, maximize)
+    """``torch.optim.AdamW``: θ ← (1 − γλ)·θ, then Adam's step (decoupled weight decay).
+    """
+    store = state_dtype_args("AdamW", state_dtype, stochastic_rounding)
+    switches = dict(foreach=foreach, maximize=maximize, capturable=capturable, fused=fused)
+    switches.update(differentiable=differentiable)
+    return torch_adam_like("AdamW", lr, betas, eps, weight_decay, amsgrad, True, switches, store)
 
 
 @no_params
@@ -389,9 +377,13 @@ def Adamax(
     maximize: bool = False,
     differentiable: bool = False,
     capturable: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.Adamax``: u ← max(β₂·u, ``|g|`` + ε); θ ← θ − γ/(1−β₁ᵗ)·m/u."""
+    """``torch.optim.Adamax``: u ← max(β₂·u, ``|g|`` + ε); θ ← θ − γ/(1−β₁ᵗ)·m/u.
+    """
     cls = "Adamax"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(cls, torch_adamax, lr=lr, eps=eps, weight_decay=weight_decay)
     b1, b2 = checked_betas(cls, betas)
     check_switches(
@@ -401,7 +393,8 @@ def Adamax(
         differentiable=differentiable,
         capturable=capturable,
     )
-    return with_maximize(torch_adamax(lr, b1, b2, eps, torch_off_if_zero(weight_decay)), maximize)
+    opt = torch_adamax(lr, b1, b2, eps, torch_off_if_zero(weight_decay), **store)
+    return with_maximize(opt, maximize)
 
 
 @no_params
@@ -417,9 +410,13 @@ def NAdam(
     maximize: bool = False,
     capturable: bool = False,
     differentiable: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """``torch.optim.NAdam``: Dozat's Nadam with μ_t = β₁(1 − ½·0.96^(ψt)), ψ = 0.004."""
+    """``torch.optim.NAdam``: Dozat's Nadam with μ_t = β₁(1 − ½·0.96^(ψt)), ψ = 0.004.
+    """
     cls = "NAdam"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(
         cls, torch_nadam, lr=lr, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay
     )
@@ -433,6 +430,13 @@ def NAdam(
         differentiable=differentiable,
     )
     opt = torch_nadam(
-        lr, b1, b2, eps, torch_off_if_zero(weight_decay), momentum_decay, decoupled_weight_decay
+        lr,
+        b1,
+        b2,
+        eps,
+        torch_off_if_zero(weight_decay),
+        momentum_decay,
+        decoupled_weight_decay,
+        **store,
     )
     return with_maximize(opt, maximize)

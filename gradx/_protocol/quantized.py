@@ -1,0 +1,165 @@
+"""Blockwise int8 moments: bitsandbytes' dynamic maps, 256 elements per block, one scale each.
+
+A moment leaf of n ≥ 256 elements is stored as int8 codes (the leaf's shape) and float32
+scales, one per block of 256 consecutive elements of the flattened leaf: the block's absmax.
+An element x of a block with absmax s is stored as the code of the map value nearest to x/s,
+and read back as map[code]·s. First moments (any sign) use the *signed* map, second moments
+(|g|², sums of squares, infinity norms: never negative) the *unsigned* one.
+
+The maps are bitsandbytes' dynamic ("dynamic tree") maps, ``create_dynamic_map(signed)`` with
+7 exponent bits, which torchao's 8-bit optimizers use as well: per decade 10⁻⁷…10⁰ of the
+block's absmax, a linear grid of 2ⁱ (signed) or 2ⁱ⁺¹ (unsigned) values, plus 0 and 1. A
+second moment 10⁻⁵ times its block's largest is still stored to about 10%, where a linear map
+would round everything below 1/510 of the absmax to 0 and, divided into ε, blow the step up.
+
+Layout (what the state holds per leaf):
+
+* ``codes``: int8, the leaf's shape (a code is the map index minus 128);
+* ``scales``: float32. When the leaf's last axis is a multiple of 256, a block never crosses
+  a row, and ``scales`` has the leaf's shape with its last axis divided by 256, so it can
+  be sharded like the leaf. Otherwise it is 1-D, one scale per block of the flattened
+  leaf; the last block is padded with zeros to 256 elements for the computation (padding is
+  never stored, and zeros change no absmax).
+
+Leaves smaller than one block are stored in float32 by the caller (:mod:`storage`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+#: Elements per block (bitsandbytes' and torchao's blockwise 8-bit optimizers).
+BLOCK = 256
+
+
+class SignedInt8Moment(NamedTuple):
+    """A moment of any sign, quantised blockwise with the signed dynamic map."""
+
+    codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
+    scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
+
+
+class UnsignedInt8Moment(NamedTuple):
+    """A moment that is never negative, quantised blockwise with the unsigned dynamic map."""
+
+    codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
+    scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
+
+
+QUANTIZED = (SignedInt8Moment, UnsignedInt8Moment)
+
+
+def is_quantized(node: Any) -> bool:
+    return isinstance(node, QUANTIZED)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+    """bitsandbytes' ``create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)``: 256
+    sorted float32 values in [-1, 1] (signed) or [0, 1] (unsigned), 0 and 1 included.
+
+    Written from bitsandbytes' definition; computed in float64 and rounded once to float32
+    (bitsandbytes builds it in float32, so a value may differ in its last bit)."""
+    data: list[float] = []
+    for i in range(7):  # the decade 10^(i-7) .. 10^(i-6) of the absmax
+        items = 2**i + 1 if signed else 2 ** (i + 1) + 1
+        boundaries = np.linspace(0.1, 1.0, items)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += list(10.0 ** (i - 6) * means)
+        if signed:
+            data += list(-(10.0 ** (i - 6)) * means)
+    data += [0.0, 1.0]
+    out = np.sort(np.asarray(data, np.float32))
+    assert out.shape == (256,) and np.all(np.diff(out) > 0)
+    return out
+
+
+MAPS = {True: dynamic_map(True), False: dynamic_map(False)}
+# The midpoints between neighbouring map values: the number of midpoints below x/s is the
+# index of the nearest value (a tie goes to the lower one).
+MIDPOINTS = {s: ((m[:-1] + m[1:]) / np.float32(2)).astype(np.float32) for s, m in MAPS.items()}
+
+
+def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the scales of a leaf of ``shape`` (see the module's docstring)."""
+    if shape and shape[-1] % BLOCK == 0:
+        return (*shape[:-1], shape[-1] // BLOCK)
+    return (-(-int(np.prod(shape, dtype=np.int64)) // BLOCK),)
+
+
+def _blocks(x: jax.Array) -> jax.Array:
+    """``x`` as (..., 256) blocks: its last axis split, or flattened and zero-padded."""
+    if x.ndim and x.shape[-1] % BLOCK == 0:
+        return x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
+    flat = x.reshape(-1)
+    pad = -flat.shape[0] % BLOCK
+    if pad:
+        flat = jnp.concatenate([flat, jnp.zeros(pad, flat.dtype)])
+    return flat.reshape(-1, BLOCK)
+
+
+def _unblocks(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The inverse of :func:`_blocks` (the padding dropped)."""
+    if shape and shape[-1] % BLOCK == 0:
+        return blocks.reshape(shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = blocks.reshape(-1)
+    return (flat if flat.shape[0] == size else flat[:size]).reshape(shape)
+
+
+def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
+    """``x`` (any real float dtype; computed in float32) quantised blockwise with the map.
+
+    A block of zeros has scale 0 (and reads back as zeros). A non-finite element makes its
+    whole block non-finite: the moment was lost anyway."""
+    blocks = _blocks(jnp.asarray(x).astype(jnp.float32))
+    scales = jnp.max(jnp.abs(blocks), axis=-1)
+    safe = jnp.where(scales > 0, scales, jnp.ones_like(scales))
+    index = jnp.searchsorted(jnp.asarray(MIDPOINTS[signed]), blocks / safe[..., None])
+    codes = _unblocks((index - 128).astype(jnp.int8), x.shape)
+    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
+
+
+def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
+    """The float32 values ``q`` stands for: map[code]·scale of its block."""
+    table = jnp.asarray(MAPS[isinstance(q, SignedInt8Moment)])
+    values = table[q.codes.astype(jnp.int32) + 128]
+    return _unblocks(_blocks(values) * q.scales[..., None], q.codes.shape)
+
+
+def _axis_size(mesh: Any, axes: Any) -> int:
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([mesh.shape[a] for a in names if a is not None], dtype=np.int64))
+
+
+def scales_sharding(codes: NamedSharding | None, shape: tuple[int, ...]) -> NamedSharding | None:
+    """The sharding of the scales of a leaf of ``shape`` whose codes are placed with ``codes``.
+
+    The scales shard with their blocks where a block never straddles two shards: the leaf's
+    own spec when its last axis holds whole blocks (the last axis's share dropped where a
+    shard's width is not a multiple of 256), and, for 1-D scales, the first axis's share
+    when only the first axis is split and each shard is whole blocks. Else they are
+    replicated (4 bytes per 256 elements): the update is still right, since ``jit`` works
+    on the whole array, at the cost of gathering the blocks that cross shards.
+    """
+    if codes is None:
+        return None
+    mesh = codes.mesh
+    spec = tuple(codes.spec) + (None,) * (len(shape) - len(codes.spec))
+    if shape and shape[-1] % BLOCK == 0:
+        last = spec[-1]
+        if last is not None and (shape[-1] // BLOCK) % _axis_size(mesh, last):
+            last = None
+        return NamedSharding(mesh, P(*spec[:-1], last))
+    size = int(np.prod(shape, dtype=np.int64))
+    first = spec[0] if spec else None
+    n = _axis_size(mesh, first)
+    whole = size % n == 0 and (size // n) % BLOCK == 0
+    if first is not None and all(s is None for s in spec[1:]) and whole:
+        return NamedSharding(mesh, P(first))
+    return NamedSharding(mesh, P())

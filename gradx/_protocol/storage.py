@@ -1,0 +1,226 @@
+"""How optimizer states store their moments: ``state_dtype=`` and ``stochastic_rounding=``.
+
+Every optimizer and block with moments takes the keyword-only pair and builds, per moment, a
+:class:`MomentCodec` with :func:`moment_codec`. A block then changes in three places only::
+
+    codec = moment_codec("rms", "accumulator_dtype", accumulator_dtype, state_dtype,
+                         stochastic_rounding, nonnegative=True)
+    init:    nu = codec.init(params, "nu", fill=initial_scale)
+    update:  v = codec.decode(state.nu)          # a tree like params, float
+             ... compute the new v (float32 or wider) ...
+             RmsState(..., nu=codec.encode(new_v, state.nu))
+
+The policies (``state_dtype``):
+
+* ``None``: the moment follows the params' dtype (complex params keep a real second moment);
+* a real float dtype (``"float32"``, ``jnp.bfloat16``, ...): the moment is stored in it,
+  rounded to nearest;
+* ``"bfloat16"`` with ``stochastic_rounding=True``: rounded stochastically from float32, so
+  that E[stored] = value and small EMA increments are not rounded away. The stored moment
+  is a :class:`RoundedMoment`: its PRNG key (one per moment, fixed at init) and a count of
+  stores, folded into the key at every store (and the leaf's index into that), so a run is
+  reproducible and resumes exactly from a checkpoint;
+* ``"int8"`` (or ``jnp.int8``): blockwise-quantised moments (see :mod:`quantized`): each leaf
+  of at least 256 elements is a :class:`~gradx.SignedInt8Moment` (first moments) or
+  :class:`~gradx.UnsignedInt8Moment` (second moments, never negative); smaller leaves stay
+  float32. Real params only.
+
+An explicit ``mu_dtype``/``nu_dtype``/``accumulator_dtype`` wins over ``state_dtype`` for its
+moment. A block always computes in float32 (or wider) and encodes once per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradx._protocol.dtypes import dtype_arg, moment_zeros, stored
+from gradx._protocol.quantized import BLOCK, dequantize, is_quantized, quantize
+
+BFLOAT16 = jnp.dtype(jnp.bfloat16)
+
+
+class RoundedMoment(NamedTuple):
+    """A moment stored in bfloat16 with stochastic rounding, and what its rounding draws from."""
+
+    count: jax.Array  # shape=(), int32: stores so far, folded into the key at the next one
+    key: jax.Array  # shape=(2,) for threefry, uint32: the raw PRNG key (jax.random.key_data)
+    values: Any  # like params, bfloat16: the moment
+
+
+class StatePolicy(NamedTuple):
+    kind: str  # "follow" (the params' dtype), "float", "rounded" or "int8"
+    dtype: Any  # the float dtype for "float" and "rounded", else None
+
+
+def state_policy(fn: str, state_dtype: Any, stochastic_rounding: Any) -> StatePolicy:
+    """``state_dtype`` and ``stochastic_rounding`` checked, naming ``fn``; raises on a bad pair."""
+    if not isinstance(stochastic_rounding, (bool, np.bool_)):
+        raise TypeError(f"{fn}: stochastic_rounding must be a bool, got {stochastic_rounding!r}")
+    try:
+        dtype = None if state_dtype is None else jnp.dtype(state_dtype)
+    except TypeError:
+        dtype = None
+    if dtype == jnp.dtype(jnp.int8):
+        if stochastic_rounding:
+            raise ValueError(
+                f"{fn}: stochastic_rounding=True rounds float32 moments to bfloat16; int8 "
+                "moments are quantised blockwise to the nearest map value, so it must be "
+                f"False with state_dtype={state_dtype!r}"
+            )
+        return StatePolicy("int8", None)
+    if state_dtype is not None and (dtype is None or not jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(
+            f"{fn}: state_dtype must be None, a real floating dtype ('float32', 'bfloat16', "
+            f"jnp.float16, ...) or 'int8', got {state_dtype!r}"
+        )
+    if stochastic_rounding and dtype != BFLOAT16:
+        raise ValueError(
+            f"{fn}: stochastic_rounding=True rounds moments to bfloat16, so it needs "
+            f"state_dtype='bfloat16', got state_dtype={state_dtype!r}"
+        )
+    if dtype is None:
+        return StatePolicy("follow", None)
+    return StatePolicy("rounded" if stochastic_rounding else "float", dtype)
+
+
+def state_dtype_args(fn: str, state_dtype: Any, stochastic_rounding: Any) -> dict[str, Any]:
+    """The pair checked (naming the optimizer ``fn``), as keyword arguments for its blocks."""
+    state_policy(fn, state_dtype, stochastic_rounding)
+    return {"state_dtype": state_dtype, "stochastic_rounding": bool(stochastic_rounding)}
+
+
+def round_stochastically(x: jax.Array, key: jax.Array) -> jax.Array:
+    """``x`` rounded to bfloat16 up or down at random, P(up) = the share of the gap below x.
+
+    bfloat16 is float32's upper 16 bits: a uniform 16-bit integer is added to the lower
+    16 bits and they are cut off, so x rounds away from 0 with probability (lower bits)/2¹⁶
+    and E[result] = x. x is first made float32 (to nearest, for a float64 x); non-finite
+    values are kept as they are."""
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    noise = jax.random.bits(key, x.shape, jnp.uint16).astype(jnp.uint32)
+    cut = (bits + noise) & jnp.uint32(0xFFFF0000)
+    rounded = jax.lax.bitcast_convert_type(cut, jnp.float32)
+    return jnp.where(jnp.isfinite(x), rounded, x).astype(jnp.bfloat16)
+
+
+def seed_key(tag: str) -> jax.Array:
+    """The raw key a moment named ``tag`` starts with: ``key_data(key(crc32(tag)))``."""
+    return jax.random.key_data(jax.random.key(zlib.crc32(tag.encode()) & 0x7FFFFFFF))
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentCodec:
+    """How one moment of a block is stored: made by :func:`moment_codec`."""
+
+    fn: str  # the block, for messages and the rounding key's tag
+    name: str  # the argument the dtype came from, for messages
+    policy: StatePolicy
+    nonnegative: bool  # a second moment (real, never negative): the unsigned int8 map
+
+    def init(self, params: Any, field: str, fill: Any = 0) -> Any:
+        """The stored moment for ``params``, every element ``fill``; ``field`` names it (the
+        state's field) so that two moments of a block round with keys of their own."""
+        kind, dtype = self.policy
+        if kind in ("follow", "float"):
+            return moment_zeros(self.fn, self.name, params, dtype, self.nonnegative, fill)
+        if kind == "rounded":
+            values = moment_zeros(self.fn, self.name, params, dtype, self.nonnegative, fill)
+            key = seed_key(f"{self.fn}.{field}")
+            return RoundedMoment(count=jnp.zeros([], jnp.int32), key=key, values=values)
+
+        def leaf(p: Any) -> Any:
+            p = jnp.asarray(p)
+            if jnp.iscomplexobj(p):
+                raise TypeError(
+                    f"{self.fn}: {self.name}='int8' needs real params (the int8 maps are "
+                    f"real), got a {p.dtype} leaf; give complex params a float state_dtype"
+                )
+            full = jnp.full(p.shape, fill, jnp.float32)
+            return full if p.size < BLOCK else quantize(full, not self.nonnegative)
+
+        return jax.tree.map(leaf, params)
+
+    def decode(self, moment: Any) -> Any:
+        """The stored moment as a tree like the params, in float (float32 for int8)."""
+        if self.policy.kind in ("follow", "float"):
+            return moment  # nothing to trace
+        return decode_moments(moment)
+
+    def encode(self, new: Any, old: Any) -> Any:
+        """``new`` (a tree like the params) stored as ``old`` is: once per step."""
+        kind = self.policy.kind
+        if kind in ("follow", "float"):
+            return stored(new, old)
+        if kind == "rounded":
+            base = jax.random.fold_in(jax.random.wrap_key_data(old.key), old.count)
+            leaves, treedef = jax.tree.flatten(new)
+            values = treedef.unflatten(
+                [round_stochastically(x, jax.random.fold_in(base, i)) for i, x in enumerate(leaves)]
+            )
+            count = old.count + jnp.ones([], old.count.dtype)
+            return RoundedMoment(count=count, key=old.key, values=values)
+        signed = not self.nonnegative
+
+        def leaf(o: Any, n: jax.Array) -> Any:
+            return quantize(n, signed) if is_quantized(o) else n.astype(o.dtype)
+
+        return jax.tree.map(leaf, old, new, is_leaf=is_quantized)
+
+
+def moment_codec(
+    fn: str,
+    name: str,
+    dtype: Any,
+    state_dtype: Any = None,
+    stochastic_rounding: Any = False,
+    *,
+    nonnegative: bool = False,
+) -> MomentCodec:
+    """The codec of one moment of block ``fn``: ``dtype`` (its ``accumulator_dtype``,
+    ``mu_dtype`` or ``nu_dtype``, named ``name``) wins where given, else ``state_dtype``.
+
+    ``nonnegative``: a second moment (|g|², a sum of squares, an infinity norm): real for
+    complex params, and quantised with the unsigned map. Raises on a bad value, naming
+    ``fn`` and the argument."""
+    explicit = dtype_arg(fn, name, dtype)
+    policy = state_policy(fn, state_dtype, stochastic_rounding)
+    if explicit is not None:
+        return MomentCodec(fn, name, StatePolicy("float", explicit), nonnegative)
+    return MomentCodec(fn, "state_dtype", policy, nonnegative)
+
+
+def decode_moments(tree: Any) -> Any:
+    """``tree`` with every stored moment in it read back as float arrays.
+
+    ``tree`` may be one moment, a block's state or a whole optimizer state. A
+    :class:`RoundedMoment` becomes its bfloat16 ``values``, a :class:`~gradx.SignedInt8Moment`
+    or :class:`~gradx.UnsignedInt8Moment` the float32 array it stands for; anything else is
+    kept as it is (so a moment stored in a float dtype is returned unchanged).
+
+    Examples:
+      >>> import jax.numpy as jnp, gradx
+      >>> opt = gradx.adam(1e-3, state_dtype="int8")
+      >>> state = opt.init({"w": jnp.ones((4, 256))})
+      >>> nu = state.inner_state[0].by.nu["w"]  # the second moment, quantised
+      >>> type(nu).__name__, nu.codes.dtype, nu.scales.shape
+      ('UnsignedInt8Moment', dtype('int8'), (4, 1))
+      >>> gradx.decode_moments(nu).shape
+      (4, 256)
+    """
+
+    def leaf(node: Any) -> Any:
+        if isinstance(node, RoundedMoment):
+            return node.values
+        return dequantize(node) if is_quantized(node) else node
+
+    def is_stored(node: Any) -> bool:
+        return isinstance(node, RoundedMoment) or is_quantized(node)
+
+    return jax.tree.map(leaf, tree, is_leaf=is_stored)
