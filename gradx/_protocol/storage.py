@@ -18,8 +18,9 @@ The policies (``state_dtype``):
 * ``"bfloat16"`` with ``stochastic_rounding=True``: rounded stochastically from float32, so
   that E[stored] = value and small EMA increments are not rounded away. The stored moment
   is a :class:`RoundedMoment`: its PRNG key (one per moment, fixed at init) and a count of
-  stores, folded into the key at every store (and the leaf's index into that), so a run is
-  reproducible and resumes exactly from a checkpoint;
+  stores. Each store folds the count into the key (a hash, :func:`step_seed`); each
+  element's 16 random bits are a hash of its index, the leaf's index and that seed
+  (:func:`uniform_bits`). A run is reproducible and resumes exactly from a checkpoint;
 * ``"int8"`` (or ``jnp.int8``): blockwise-quantised moments (see :mod:`quantized`): each leaf
   of at least 256 elements is a :class:`~gradx.SignedInt8Moment` (first moments) or
   :class:`~gradx.UnsignedInt8Moment` (second moments, never negative); smaller leaves stay
@@ -95,17 +96,50 @@ def state_dtype_args(fn: str, state_dtype: Any, stochastic_rounding: Any) -> dic
     return {"state_dtype": state_dtype, "stochastic_rounding": bool(stochastic_rounding)}
 
 
-def round_stochastically(x: jax.Array, key: jax.Array) -> jax.Array:
+def _mix(h: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finaliser: a bijection of uint32 whose every output bit depends on
+    every input bit."""
+    h = h ^ jax.lax.shift_right_logical(h, np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ jax.lax.shift_right_logical(h, np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ jax.lax.shift_right_logical(h, np.uint32(16))
+
+
+def uniform_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """16 uniform random bits (uint32 in [0, 2¹⁶)) per element of an array of ``shape``:
+    the upper half of mix(index·φ + seed), φ = 0x9E3779B9 (a counter-based generator, as
+    SplitMix's). Elementwise, so it costs a few integer operations per element to compile
+    and run, where ``jax.random.bits`` traces a threefry per leaf."""
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+        stride *= shape[axis]
+    return jax.lax.shift_right_logical(
+        _mix(index * np.uint32(0x9E3779B9) + seed), np.uint32(16)
+    )
+
+
+def step_seed(key: jax.Array, count: jax.Array) -> jax.Array:
+    """The uint32 seed of the store number ``count`` of a moment with raw key ``key``: the
+    key's words and the count folded together with :func:`_mix` (no threefry to trace)."""
+    h = _mix(count.astype(jnp.uint32) * np.uint32(0x9E3779B9))
+    for word in range(key.shape[-1]):
+        h = _mix(h ^ key[..., word].astype(jnp.uint32))
+    return h
+
+
+def round_stochastically(x: jax.Array, seed: jax.Array) -> jax.Array:
     """``x`` rounded to bfloat16 up or down at random, P(up) = the share of the gap below x.
 
-    bfloat16 is float32's upper 16 bits: a uniform 16-bit integer is added to the lower
-    16 bits and they are cut off, so x rounds away from 0 with probability (lower bits)/2¹⁶
-    and E[result] = x. x is first made float32 (to nearest, for a float64 x); non-finite
-    values are kept as they are."""
+    bfloat16 is float32's upper 16 bits: a uniform 16-bit integer (:func:`uniform_bits` of
+    the uint32 ``seed``) is added to the lower 16 bits and they are cut off, so x rounds
+    away from 0 with probability (lower bits)/2¹⁶ and E[result] = x. x is first made
+    float32 (to nearest, for a float64 x); non-finite values are kept as they are."""
     x = x.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    noise = jax.random.bits(key, x.shape, jnp.uint16).astype(jnp.uint32)
-    cut = (bits + noise) & jnp.uint32(0xFFFF0000)
+    cut = (bits + uniform_bits(seed, x.shape)) & jnp.uint32(0xFFFF0000)
     rounded = jax.lax.bitcast_convert_type(cut, jnp.float32)
     return jnp.where(jnp.isfinite(x), rounded, x).astype(jnp.bfloat16)
 
@@ -158,11 +192,14 @@ class MomentCodec:
         kind = self.policy.kind
         if kind in ("follow", "float"):
             return stored(new, old)
-        if kind == "rounded":
-            base = jax.random.fold_in(jax.random.wrap_key_data(old.key), old.count)
+        if kind == "rounded":  # one seed per store, from the key and the count
+            seed = step_seed(old.key, old.count)
             leaves, treedef = jax.tree.flatten(new)
             values = treedef.unflatten(
-                [round_stochastically(x, jax.random.fold_in(base, i)) for i, x in enumerate(leaves)]
+                [
+                    round_stochastically(x, _mix(seed + np.uint32(i) * np.uint32(0x85EBCA77)))
+                    for i, x in enumerate(leaves)
+                ]
             )
             count = old.count + jnp.ones([], old.count.dtype)
             return RoundedMoment(count=count, key=old.key, values=values)

@@ -1,0 +1,373 @@
+"""``state_dtype=`` and ``stochastic_rounding=``: how optimizer states store their moments.
+
+Checked against independent references: a NumPy Adam with float32 moments on bfloat16 params,
+the expectation of stochastic rounding, a NumPy transcription of bitsandbytes' dynamic map
+and blockwise quantiser, and float32 Adam on a small problem; then the machinery every state
+must keep working with (hyperparameters, vmap, pickle, orbax, effective learning rate, fit).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradx
+import gradx.compat.keras
+import gradx.compat.optax
+import gradx.compat.torch
+from gradx._protocol.quantized import quantize
+from gradx._protocol.storage import round_stochastically
+
+BF16 = jnp.bfloat16
+STORED = (gradx.RoundedMoment, gradx.SignedInt8Moment, gradx.UnsignedInt8Moment)
+
+
+def _stored_kinds(state):
+    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, STORED))
+    return {type(x) for x in nodes if isinstance(x, STORED)}
+
+
+# ------------------------------------------------------------ float32 state, bf16 params
+
+
+def test_float32_state_on_bfloat16_params_is_adam_with_float32_moments():
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(2, 5)).astype(BF16) for _ in range(6)]
+    theta = rng.normal(size=(2, 5)).astype(BF16)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+
+    def run(opt):
+        params = {"w": jnp.asarray(theta)}
+        state = opt.init(params)
+        for g in grads:
+            updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
+            params = optax.apply_updates(params, updates)
+        return params["w"], state.inner_state[0]
+
+    got, inner = run(gradx.adam(lr, state_dtype="float32"))
+    assert got.dtype == BF16
+    assert inner.direction.mean["w"].dtype == inner.by.nu["w"].dtype == jnp.float32
+    same, _ = run(gradx.adam(lr, mu_dtype=jnp.float32, nu_dtype=jnp.float32))
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(same, np.float32))
+    _, default = run(gradx.adam(lr))  # without state_dtype: moments in the params' bfloat16
+    assert default.direction.mean["w"].dtype == default.by.nu["w"].dtype == BF16
+
+    # NumPy, written from Kingma & Ba: float32 moments, each update rounded to bf16 and added
+    # to the bf16 params (optax.apply_updates adds in the params' dtype).
+    # The hyperparameters are float32 numbers (gradx stores them so): 1 − β in float32.
+    t32, m, v = theta.copy(), np.zeros((2, 5), np.float32), np.zeros((2, 5), np.float32)
+    f = np.float32
+    b1, b2 = f(b1), f(b2)
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(np.float32)
+        m = b1 * m + (f(1) - b1) * g
+        v = b2 * v + (f(1) - b2) * g * g
+        m_hat, v_hat = m / (f(1) - b1**t), v / (f(1) - b2**t)
+        u = (-f(lr) * m_hat / (np.sqrt(v_hat) + f(eps))).astype(BF16)
+        t32 = (t32.astype(np.float32) + u.astype(np.float32)).astype(BF16)
+    np.testing.assert_allclose(inner.direction.mean["w"], m, rtol=1e-6)
+    np.testing.assert_allclose(inner.by.nu["w"], v, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got, np.float32), t32.astype(np.float32), rtol=2**-8)
+
+
+# ------------------------------------------------------------ stochastic rounding
+
+
+def test_stochastic_rounding_is_unbiased_reproducible_and_keeps_small_increments():
+    rng = np.random.default_rng(1)
+    ulp = 2.0**-7  # bfloat16's spacing in [1, 2)
+    between = 1 + ulp * rng.uniform(size=2048)  # strictly between two bfloat16 neighbours
+    x = jnp.asarray(np.concatenate([between, -between]), jnp.float32)
+    seeds = jnp.arange(512, dtype=jnp.uint32) * jnp.uint32(2654435761)
+    draws = jax.jit(jax.vmap(round_stochastically, in_axes=(None, 0)))(x, seeds)
+    d = np.asarray(draws, np.float64)
+    lo, hi = np.floor(np.abs(np.asarray(x)) / ulp) * ulp, np.ceil(np.abs(np.asarray(x)) / ulp) * ulp
+    assert np.all((np.abs(d) == lo) | (np.abs(d) == hi))  # one of the two neighbours
+    err = d.mean(axis=0) - np.asarray(x, np.float64)
+    p = (np.abs(np.asarray(x, np.float64)) - lo) / ulp
+    sigma = ulp * np.sqrt(p * (1 - p) / len(seeds))
+    assert np.all(np.abs(err) <= 6 * sigma + 1e-12), np.max(np.abs(err) / sigma)
+    assert abs(err.mean()) < ulp / 200  # no bias overall
+    again = jax.jit(round_stochastically)(x, seeds[3])
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(draws[3]))
+
+    # An EMA of a constant 1 with β = 0.999: rounded to nearest, bfloat16 stalls once the
+    # increment (1−β)(1−m) is below half a spacing (near m = 0.25); rounded stochastically
+    # its mean follows the float32 value 1 − β¹⁰⁰⁰.
+    def ema_after(stochastic):
+        # a float32 β, as an optimizer's state holds it (a Python 0.999 is weakly typed:
+        # the block would compute in bfloat16, where 0.999 is 1.0)
+        decay = jnp.float32(0.999)
+        block = gradx.ema(decay, state_dtype="bfloat16", stochastic_rounding=stochastic)
+        ones = {"m": jnp.ones(1024, BF16)}
+
+        def step(state, _):
+            return block.update(ones, state)[1], None
+
+        state, _ = jax.lax.scan(step, block.init(ones), None, length=1000)
+        mean = state.mean.values["m"] if stochastic else state.mean["m"]
+        return float(jnp.mean(mean.astype(jnp.float32)))
+
+    want = 1 - 0.999**1000
+    assert abs(ema_after(True) - want) < 0.01 * want
+    assert ema_after(False) < 0.5 * want
+
+    opt = gradx.adam(0.1, state_dtype="bfloat16", stochastic_rounding=True)
+    params = {"w": jnp.linspace(-1, 1, 300)}
+    update = jax.jit(opt.update)
+    runs = []
+    for _ in range(2):
+        state = opt.init(params)
+        for k in range(3):
+            _, state = update(jax.tree.map(lambda p, k=k: jnp.sin(p * (k + 1)), params), state)
+        runs.append(state)
+    for a, b in zip(*map(jax.tree.leaves, runs), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    mean = runs[0].inner_state[0].direction.mean
+    assert isinstance(mean, gradx.RoundedMoment) and int(mean.count) == 3
+    assert mean.values["w"].dtype == BF16
+
+
+# ------------------------------------------------------------ int8
+
+
+def _numpy_dynamic_map(signed):
+    """bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), in float32."""
+    data = []
+    for i in range(7):
+        n = 2**i + 1 if signed else 2 ** (i + 1) + 1
+        b = np.linspace(0.1, 1, n, dtype=np.float32)
+        means = (b[:-1] + b[1:]) / np.float32(2)
+        data += list(np.float32(10.0 ** (i - 6)) * means)
+        if signed:
+            data += list(-np.float32(10.0 ** (i - 6)) * means)
+    return np.sort(np.array([*data, 0.0, 1.0], np.float32))
+
+
+def _numpy_quantise(x, signed, block=256):
+    """Blockwise absmax over the flattened leaf (last block zero-padded), nearest map value."""
+    code = _numpy_dynamic_map(signed)
+    flat = np.asarray(x, np.float32).reshape(-1)
+    padded = np.concatenate([flat, np.zeros(-flat.size % block, np.float32)]).reshape(-1, block)
+    absmax = np.abs(padded).max(axis=1)
+    normed = padded / np.where(absmax > 0, absmax, 1)[:, None]
+    index = np.abs(normed[..., None] - code).argmin(axis=-1)  # ties: the lower value
+    decoded = (code[index] * absmax[:, None]).reshape(-1)[: flat.size].reshape(np.shape(x))
+    return index.reshape(-1)[: flat.size].reshape(np.shape(x)), absmax, decoded, code
+
+
+def test_int8_round_trip_is_the_numpy_quantiser_within_the_maps_resolution():
+    rng = np.random.default_rng(2)
+    cases = [  # a last axis of whole blocks, a padded 1-D leaf, a padded 2-D leaf
+        (rng.normal(size=(3, 512)) * np.logspace(-6, 0, 512), True),
+        (rng.exponential(size=1000) * np.logspace(-7, 1, 1000), False),
+        (rng.normal(size=(5, 300)) ** 2, False),
+    ]
+    for x, signed in cases:
+        x = x.astype(np.float32)
+        q = jax.jit(quantize, static_argnums=1)(jnp.asarray(x), signed)
+        assert isinstance(q, gradx.SignedInt8Moment if signed else gradx.UnsignedInt8Moment)
+        index, absmax, decoded, code = _numpy_quantise(x, signed)
+        np.testing.assert_array_equal(np.asarray(q.codes, np.int32) + 128, index)
+        np.testing.assert_array_equal(np.asarray(q.scales).reshape(-1), absmax)
+        got = np.asarray(jax.jit(gradx.decode_moments)(q))
+        np.testing.assert_allclose(got, decoded, rtol=1e-6, atol=0)
+        # the map's resolution: the farthest any point of [-1, 1] (or [0, 1]) is from it
+        resolution = max(np.max(np.diff(code)) / 2, code[0] + 1 if signed else code[0])
+        scale = np.repeat(absmax, 256)[: x.size].reshape(x.shape)
+        assert np.all(np.abs(got - x) <= resolution * scale * (1 + 1e-5))
+        assert resolution < 0.0071
+        assert q.codes.dtype == jnp.int8 and q.scales.dtype == jnp.float32
+    # scales follow the leaf's shape where its last axis holds whole blocks
+    assert quantize(jnp.ones((3, 512)), True).scales.shape == (3, 2)
+    assert quantize(jnp.ones((5, 300)), True).scales.shape == (6,)
+
+
+def test_int8_adam_stays_close_to_float32_adam():
+    rng = np.random.default_rng(3)
+    a = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    target = a @ jnp.asarray(rng.normal(size=(8, 256)), jnp.float32)
+    p0 = {k: jnp.zeros(s, jnp.float32) for k, s in (("w", (8, 256)), ("b", 256), ("c", 3))}
+
+    def loss(p):
+        return jnp.mean((a @ p["w"] + p["b"][None, :] - target) ** 2) + jnp.sum((p["c"] - 1) ** 2)
+
+    def run(state_dtype):
+        opt = gradx.adam(0.05, state_dtype=state_dtype)
+
+        def step(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(loss)(p)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), value
+
+        (p, s), values = jax.lax.scan(step, (p0, opt.init(p0)), None, length=50)
+        return p, s, values
+
+    p32, _, l32 = run(None)
+    p8, s8, l8 = run("int8")
+    moved = np.max(np.abs(np.asarray(p32["w"])))
+    assert np.max(np.abs(np.asarray(p8["w"] - p32["w"]))) < 0.08 * moved
+    assert abs(float(l8[-1]) - float(l32[-1])) < 0.06 * float(l32[-1])
+    assert float(l8[-1]) < 0.05 * float(l8[0])
+    nu = s8.inner_state[0].by.nu
+    assert isinstance(nu["w"], gradx.UnsignedInt8Moment) and nu["c"].dtype == jnp.float32
+
+
+def test_state_bytes_per_parameter():
+    shapes = {"w1": (1000, 1000), "b1": (1000,), "w2": (1000, 3), "b2": (3,)}
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    n = sum(int(np.prod(s)) for s in shapes.values())
+
+    def per_param(**kw):
+        state = jax.eval_shape(gradx.adam(1e-3, **kw).init, params)
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / n
+
+    assert 7.99 < per_param() < 8.01
+    assert 2.0 < per_param(state_dtype="int8") <= 2.1
+    assert per_param(state_dtype="bfloat16") <= 4.05
+    assert per_param(state_dtype="bfloat16", stochastic_rounding=True) <= 4.05
+    assert per_param(state_dtype=jnp.int8) == per_param(state_dtype="int8")
+
+
+# ------------------------------------------------------------ bad values
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: gradx.adam(0.1, state_dtype="int9"), TypeError,
+         r"^adam: state_dtype must be None, a real floating dtype .* or 'int8', got 'int9'"),
+        (lambda: gradx.lion(0.1, state_dtype=jnp.int32), TypeError,
+         r"^lion: state_dtype must be None, a real floating dtype"),
+        (lambda: gradx.adam(0.1, state_dtype="int8", stochastic_rounding=True), ValueError,
+         r"^adam: stochastic_rounding=True rounds float32 moments to bfloat16; int8 .* must "
+         r"be False with state_dtype='int8'"),
+        (lambda: gradx.rmsprop(0.1, stochastic_rounding=True), ValueError,
+         r"^rmsprop: stochastic_rounding=True rounds moments to bfloat16, so it needs "
+         r"state_dtype='bfloat16', got state_dtype=None"),
+        (lambda: gradx.adagrad(0.1, state_dtype="float32", stochastic_rounding=True),
+         ValueError, r"^adagrad: .* needs state_dtype='bfloat16', got state_dtype='float32'"),
+        (lambda: gradx.adam(0.1, state_dtype="bfloat16", stochastic_rounding=1), TypeError,
+         r"^adam: stochastic_rounding must be a bool, got 1"),
+        (lambda: gradx.sgd(0.1, state_dtype="int8"), ValueError,
+         r"^sgd: state_dtype='int8' sets the momentum buffer's dtype, but momentum=None"),
+        (lambda: gradx.compat.torch.Adam(state_dtype="int4"), TypeError,
+         r"^Adam: state_dtype must be"),
+        (lambda: gradx.compat.keras.Nadam(state_dtype="float16", stochastic_rounding=True),
+         ValueError, r"^Nadam: stochastic_rounding=True"),
+        (lambda: gradx.compat.optax.adamw(0.1, state_dtype="q8"), TypeError,
+         r"^adamw: state_dtype must be"),
+        (lambda: gradx.lookahead_momentum(0.1, state_dtype="uint8"), TypeError,
+         r"^lookahead_momentum: state_dtype must be"),
+        (lambda: gradx.adam(0.1, state_dtype="int8").init({"z": jnp.ones(300, jnp.complex64)}),
+         TypeError, r"^rms: state_dtype='int8' needs real params .* complex64 leaf"),
+        (lambda: gradx.adam(0.1, state_dtype="bfloat16").init({"z": jnp.ones(3, jnp.complex64)}),
+         TypeError, r"^ema: state_dtype must be float32 or float64 for complex params"),
+    ],
+)  # fmt: skip
+def test_a_bad_state_dtype_is_refused_by_name(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+# ------------------------------------------------------------ the machinery around a state
+
+
+POLICIES = {
+    "float32": dict(state_dtype="float32"),
+    "bfloat16_sr": dict(state_dtype="bfloat16", stochastic_rounding=True),
+    "int8": dict(state_dtype="int8"),
+}
+
+
+def test_every_state_dtype_with_hyperparams_vmap_pickle_orbax_and_effective_lr(tmp_path):
+    import orbax.checkpoint as ocp
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 512, dtype=jnp.float32).reshape(2, 256)}
+    params["b"] = jnp.ones(3, jnp.float32)
+    grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
+    states, updates = {}, {}
+    for name, kw in POLICIES.items():
+        opt = gradx.adam(0.1, **kw)
+        update = jax.jit(opt.update)
+        first = opt.init(params)
+        u1, state = update(grads, first, params)
+        # step 1: α_ef = γ/(√v̂ + ε), read from the stored (decoded) v; the step itself used
+        # v before it was stored: −α_ef·g within the storage's rounding
+        alpha = gradx.effective_learning_rate(opt, state, params, grads)
+        nu = gradx.decode_moments(state.inner_state[0].by.nu)["w"].astype(jnp.float32)
+        b2 = np.float32(0.999)
+        want = np.float32(0.1) / (np.sqrt(nu / (np.float32(1) - b2)) + np.float32(1e-8))
+        np.testing.assert_allclose(alpha["w"], want, rtol=1e-6, err_msg=name)
+        rtol = {"float32": 1e-6, "bfloat16_sr": 1e-2, "int8": 0.1}[name]
+        np.testing.assert_allclose(u1["w"], -alpha["w"] * grads["w"], rtol=rtol, err_msg=name)
+        # a new learning rate is data: no retrace
+        compiled = update._cache_size()
+        state = gradx.set_hyperparams(state, learning_rate=0.05)
+        _, state = update(grads, state, params)
+        assert update._cache_size() == compiled, name
+        # vmap over two learning rates equals the two runs
+        lrs = jnp.asarray([0.05, 0.2], jnp.float32)
+        batch = jax.vmap(lambda lr, s=state: gradx.set_hyperparams(s, learning_rate=lr))(lrs)
+        vu, _ = jax.vmap(update, in_axes=(None, 0, None))(grads, batch, params)
+        single, _ = update(grads, gradx.set_hyperparams(state, learning_rate=0.2), params)
+        np.testing.assert_allclose(vu["w"][1], single["w"], rtol=1e-6, err_msg=name)
+        # pickle: the same state, and the same next step
+        states[name], updates[name] = state, update(grads, state, params)
+        back = pickle.loads(pickle.dumps(state))
+        assert jax.tree.structure(back) == jax.tree.structure(state)
+        resumed = update(grads, back, params)
+        for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(updates[name]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _stored_kinds(states["bfloat16_sr"]) == {gradx.RoundedMoment}
+    assert _stored_kinds(states["int8"]) == {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "states", states)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(tmp_path / "states", states)  # a target: the classes
+    with ocp.StandardCheckpointer() as checkpointer:
+        raw = checkpointer.restore(tmp_path / "states")  # no target: dicts, sorted fields
+    unflat = jax.tree.unflatten(jax.tree.structure(states), jax.tree.leaves(raw))
+    for back in (restored, unflat):
+        assert jax.tree.structure(back) == jax.tree.structure(states)
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(states), strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name, kw in POLICIES.items():  # exact resume: the restored state takes the same step
+        again = jax.jit(gradx.adam(0.1, **kw).update)(grads, restored[name], params)
+        for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(updates[name]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_fit_with_int8_and_stochastic_rounding_packed_and_not():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    data = {"x": x, "y": np.tanh(x @ rng.normal(size=(4, 300))).astype(np.float32)}
+    params = {k: jnp.zeros(s, jnp.float32) for k, s in (("w", (4, 300)), ("b", 300), ("c", 2))}
+
+    def loss_fn(p, batch):
+        fit = batch["x"] @ p["w"] + p["b"][None, :]
+        return jnp.mean((fit - batch["y"]) ** 2) + jnp.sum(p["c"] ** 2)
+
+    kw = dict(batch_size=8, epochs=3, key=jax.random.key(0), progress=False)
+    int8 = gradx.adam(0.05, state_dtype="int8")
+    plain = gradx.fit(loss_fn, params, int8, data, **kw)  # leaf by leaf: blocks per leaf
+    packed = gradx.fit(loss_fn, params, gradx.flat(int8), data, **kw)  # blocks of buffers
+    rounded = gradx.adam(0.05, state_dtype="bfloat16", stochastic_rounding=True)
+    packed_sr = gradx.fit(loss_fn, params, rounded, data, flat=True, **kw)  # fit's packing
+    for result in (plain, packed, packed_sr):
+        losses = np.asarray(result.history["loss"])
+        assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+    assert _stored_kinds(plain.opt_state) == {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}
+    assert isinstance(packed.opt_state, gradx.FlatState)
+    nu = packed_sr.opt_state.inner_state[0].by.nu  # the optimizer's own layout, not buffers
+    assert isinstance(nu, gradx.RoundedMoment) and nu.values["w"].shape == (4, 300)
+    with pytest.raises(ValueError, match="fit: flat=True"):
+        gradx.fit(loss_fn, params, int8, data, flat=True, **kw)
