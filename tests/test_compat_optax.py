@@ -161,9 +161,19 @@ def test_every_same_named_optimizer_is_covered():
 
 @pytest.mark.parametrize("name", OPTAX_NAMES)
 def test_signature_is_optax(name):
-    """The same parameters in the same order, of the same kind, with the same defaults."""
-    ours = inspect.signature(getattr(gx, name)).parameters
+    """The same parameters in the same order, of the same kind, with the same defaults; then,
+    for a function with moments, gradx's keyword-only ``state_dtype`` and
+    ``stochastic_rounding`` (how the moments are stored: optax has neither)."""
+    ours = dict(inspect.signature(getattr(gx, name)).parameters)
     theirs = inspect.signature(getattr(optax, name)).parameters
+    extra = [ours.pop(n) for n in ("state_dtype", "stochastic_rounding") if n in ours]
+    if name not in ("rprop", "lookahead"):
+        assert [(p.name, p.kind, p.default) for p in extra] == [
+            ("state_dtype", inspect.Parameter.KEYWORD_ONLY, None),
+            ("stochastic_rounding", inspect.Parameter.KEYWORD_ONLY, False),
+        ], name
+        last = list(inspect.signature(getattr(gx, name)).parameters)[-2:]
+        assert last == ["state_dtype", "stochastic_rounding"], name
     assert list(ours) == list(theirs)
     for p, q in zip(ours.values(), theirs.values(), strict=True):
         assert (p.name, p.kind, p.default) == (q.name, q.kind, q.default), name

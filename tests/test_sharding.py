@@ -30,6 +30,8 @@ CHECKS = [
     "states_follow_params[explicit]",
     "blocks_with_shard_like_params",
     "state_shardings_matches_paths",
+    "state_dtype_on_a_mesh[auto]",
+    "state_dtype_on_a_mesh[explicit]",
     "fit_equals_single_device[adam]",
     "fit_equals_single_device[momentum]",
     "fit_equals_single_device[rprop]",

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 #: Elements per block (bitsandbytes' and torchao's blockwise 8-bit optimizers).
@@ -107,14 +107,20 @@ BUCKETS = {s: _bucket_table(m) for s, m in MIDPOINTS.items()}
 PADDED = {s: np.append(m, np.float32(np.inf)).astype(np.float32) for s, m in MIDPOINTS.items()}
 
 
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]``, placed like ``index``: with explicit mesh axes a gather must be told
+    its output's sharding (outside ``jax.set_mesh`` it cannot infer it)."""
+    return jnp.asarray(table).at[index].get(out_sharding=jax.typeof(index).sharding)
+
+
 def nearest_index(x: jax.Array, signed: bool) -> jax.Array:
     """The index (int32, 0..255) of the map value nearest to each element of ``x`` (float32,
     in [-1, 1]); a tie goes to the lower value."""
     bucket = jax.lax.shift_right_logical(
         jax.lax.bitcast_convert_type(x, jnp.uint32), jnp.uint32(16)
     )
-    base = jnp.asarray(BUCKETS[signed])[bucket].astype(jnp.int32)
-    above = jnp.asarray(PADDED[signed])[base] < x
+    base = _lookup(BUCKETS[signed], bucket).astype(jnp.int32)
+    above = _lookup(PADDED[signed], base) < x
     return base + above.astype(jnp.int32)
 
 
@@ -136,33 +142,62 @@ def _blocks(x: jax.Array) -> jax.Array:
     return flat.reshape(-1, BLOCK)
 
 
-def _unblocks(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """The inverse of :func:`_blocks` (the padding dropped)."""
+def _per_element(scales: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Each element's block scale, in the leaf's ``shape``. The codes are then computed (and
+    read) elementwise in the leaf's shape, so that under ``jit`` on a mesh they follow the
+    leaf's sharding; only the absmax reduction sees the blocks."""
     if shape and shape[-1] % BLOCK == 0:
-        return blocks.reshape(shape)
+        return jnp.repeat(scales, BLOCK, axis=-1, total_repeat_length=shape[-1])
     size = int(np.prod(shape, dtype=np.int64))
-    flat = blocks.reshape(-1)
-    return (flat if flat.shape[0] == size else flat[:size]).reshape(shape)
+    expanded = jnp.repeat(scales, BLOCK, total_repeat_length=scales.shape[0] * BLOCK)
+    return (expanded if expanded.shape[0] == size else expanded[:size]).reshape(shape)
+
+
+def _explicit(x: jax.Array) -> NamedSharding | None:
+    """``x``'s sharding where it has explicit mesh axes (``AxisType.Explicit``), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or AxisType.Explicit not in tuple(mesh.axis_types):
+        return None
+    return sharding
 
 
 def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
     """``x`` (any real float dtype; computed in float32) quantised blockwise with the map.
 
     A block of zeros has scale 0 (and reads back as zeros). A non-finite element makes its
-    whole block non-finite: the moment was lost anyway."""
-    blocks = _blocks(jnp.asarray(x).astype(jnp.float32))
-    scales = jnp.max(jnp.abs(blocks), axis=-1)
-    safe = jnp.where(scales > 0, scales, jnp.ones_like(scales))
-    index = nearest_index(blocks / safe[..., None], signed)
-    codes = _unblocks((index - 128).astype(jnp.int8), x.shape)
-    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
+    whole block non-finite: the moment was lost anyway. With explicit mesh axes the blocks
+    are computed with the axes made automatic (``auto_axes``), the codes placed like ``x``
+    and the scales as :func:`scales_sharding` says."""
+    x = jnp.asarray(x).astype(jnp.float32)
+    sharding = _explicit(x)
+    if sharding is None:
+        return _quantize(x, signed)
+    cls = SignedInt8Moment if signed else UnsignedInt8Moment
+    out = cls(codes=sharding, scales=scales_sharding(sharding, x.shape))
+    return jax.sharding.auto_axes(lambda v: _quantize(v, signed), out_sharding=out)(x)
 
 
 def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
-    """The float32 values ``q`` stands for: map[code]·scale of its block."""
-    table = jnp.asarray(MAPS[isinstance(q, SignedInt8Moment)])
-    values = table[q.codes.astype(jnp.int32) + 128]
-    return _unblocks(_blocks(values) * q.scales[..., None], q.codes.shape)
+    """The float32 values ``q`` stands for: map[code]·scale of its block (placed like the
+    codes, also with explicit mesh axes)."""
+    sharding = _explicit(q.codes)
+    if sharding is None:
+        return _dequantize(q)
+    return jax.sharding.auto_axes(_dequantize, out_sharding=sharding)(q)
+
+
+def _quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
+    scales = jnp.max(jnp.abs(_blocks(x)), axis=-1)
+    safe = jnp.where(scales > 0, scales, jnp.ones_like(scales))
+    index = nearest_index(x / _per_element(safe, x.shape), signed)
+    codes = (index - 128).astype(jnp.int8)
+    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
+
+
+def _dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
+    values = _lookup(MAPS[isinstance(q, SignedInt8Moment)], q.codes.astype(jnp.int32) + 128)
+    return values * _per_element(q.scales, q.codes.shape)
 
 
 def _axis_size(mesh: Any, axes: Any) -> int:

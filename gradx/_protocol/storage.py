@@ -176,7 +176,7 @@ class MomentCodec:
                     f"{self.fn}: {self.name}='int8' needs real params (the int8 maps are "
                     f"real), got a {p.dtype} leaf; give complex params a float state_dtype"
                 )
-            full = jnp.full(p.shape, fill, jnp.float32)
+            full = jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p
             return full if p.size < BLOCK else quantize(full, not self.nonnegative)
 
         return jax.tree.map(leaf, params)
@@ -197,7 +197,7 @@ class MomentCodec:
             leaves, treedef = jax.tree.flatten(new)
             values = treedef.unflatten(
                 [
-                    round_stochastically(x, _mix(seed + np.uint32(i) * np.uint32(0x85EBCA77)))
+                    round_stochastically(x, _mix(seed + np.uint32(i * 0x85EBCA77 % 2**32)))
                     for i, x in enumerate(leaves)
                 ]
             )
