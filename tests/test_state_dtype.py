@@ -346,7 +346,16 @@ def test_every_state_dtype_with_hyperparams_vmap_pickle_orbax_and_effective_lr(t
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_fit_with_int8_and_stochastic_rounding_packed_and_not():
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at_epoch_1(epoch, logs, params, opt_state):
+    if epoch == 1:
+        raise _Interrupt
+
+
+def test_fit_with_int8_and_stochastic_rounding_packed_and_not(tmp_path):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(32, 4)).astype(np.float32)
     data = {"x": x, "y": np.tanh(x @ rng.normal(size=(4, 300))).astype(np.float32)}
@@ -371,3 +380,11 @@ def test_fit_with_int8_and_stochastic_rounding_packed_and_not():
     assert isinstance(nu, gradx.RoundedMoment) and nu.values["w"].shape == (4, 300)
     with pytest.raises(ValueError, match="fit: flat=True"):
         gradx.fit(loss_fn, params, int8, data, flat=True, **kw)
+    # interrupted and resumed from its checkpoint: the same rounding draws, the same run
+    run = dict(flat=True, checkpoint_dir=tmp_path, **kw)
+    with pytest.raises(_Interrupt):
+        gradx.fit(loss_fn, params, rounded, data, callbacks=[_interrupt_at_epoch_1], **run)
+    resumed = gradx.fit(loss_fn, params, rounded, data, resume=True, **run)
+    np.testing.assert_array_equal(resumed.history["loss"], packed_sr.history["loss"])
+    for a, b in zip(*map(jax.tree.leaves, (resumed.opt_state, packed_sr.opt_state)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

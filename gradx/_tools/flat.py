@@ -328,7 +328,10 @@ def flat(
     norm over the whole tree either way), so the numbers are those of the per-leaf path: the
     same operations on the same numbers, equal bit for bit in 22 of the 23 rows of the
     optimizer table after 6 jitted steps on CPU and within 3 ulps in the other (XLA fuses a
-    long buffer and a short leaf differently, e.g. where it contracts a multiply-add). With D
+    long buffer and a short leaf differently, e.g. where it contracts a multiply-add). Two
+    exceptions, by design: int8 moments (``state_dtype="int8"``) are quantised in blocks of
+    the buffers, and bfloat16 moments rounded stochastically draw by the buffers' indices
+    (the same distribution, other draws). With D
     buffers instead of L small leaves the optimizer's arithmetic is O(D) kernels instead of
     O(L); what remains per leaf is one slice of the update (fused with the apply) and the
     copy of each gradient into its buffer. XLA compiles one kernel per distinct fused
