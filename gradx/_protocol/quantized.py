@@ -9,8 +9,11 @@ and read back as map[code]·s. First moments (any sign) use the *signed* map, se
 The maps are bitsandbytes' dynamic ("dynamic tree") maps, ``create_dynamic_map(signed)`` with
 7 exponent bits, which torchao's 8-bit optimizers use as well: per decade 10⁻⁷…10⁰ of the
 block's absmax, a linear grid of 2ⁱ (signed) or 2ⁱ⁺¹ (unsigned) values, plus 0 and 1. A
-second moment 10⁻⁵ times its block's largest is still stored to about 10%, where a linear map
-would round everything below 1/510 of the absmax to 0 and, divided into ε, blow the step up.
+second moment 10⁻³ times its block's largest is stored to within 11% (10⁻⁵: 28%), where a
+linear map would round everything below 1/510 of the absmax to 0 and, divided into ε, blow
+the step up. Any element reads back within 0.71% of its block's absmax. The nearest map
+value is found with a table over the float32's upper 16 bits and one comparison
+(:func:`nearest_index`): the same index as a binary search, cheap to compile and run.
 
 Layout (what the state holds per leaf):
 
@@ -39,14 +42,19 @@ BLOCK = 256
 
 
 class SignedInt8Moment(NamedTuple):
-    """A moment of any sign, quantised blockwise with the signed dynamic map."""
+    """A moment of any sign (m, a velocity), stored by ``state_dtype="int8"``: blocks of 256
+    elements of the flattened leaf, each element the int8 code of the nearest value of
+    bitsandbytes' signed dynamic map times its block's absmax. Read it with
+    :func:`gradx.decode_moments`."""
 
     codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
     scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
 
 
 class UnsignedInt8Moment(NamedTuple):
-    """A moment that is never negative, quantised blockwise with the unsigned dynamic map."""
+    """A moment that is never negative (v, a sum of squares, an infinity norm), stored by
+    ``state_dtype="int8"`` as :class:`SignedInt8Moment` is, with bitsandbytes' unsigned
+    dynamic map. Read it with :func:`gradx.decode_moments`."""
 
     codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
     scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax

@@ -114,7 +114,8 @@ def uniform_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+        iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+        index = index + iota * np.uint32(stride % 2**32)  # modulo 2³²: a hash, not an index
         stride *= shape[axis]
     return jax.lax.shift_right_logical(
         _mix(index * np.uint32(0x9E3779B9) + seed), np.uint32(16)
