@@ -32,6 +32,7 @@ CHECKS = [
     "state_shardings_matches_paths",
     "state_dtype_on_a_mesh[auto]",
     "state_dtype_on_a_mesh[explicit]",
+    "state_dtype_on_a_mesh[rounded]",
     "fit_equals_single_device[adam]",
     "fit_equals_single_device[momentum]",
     "fit_equals_single_device[rprop]",

@@ -20,7 +20,7 @@ import gradx
 import gradx.compat.keras
 import gradx.compat.optax
 import gradx.compat.torch
-from gradx._protocol.quantized import quantize
+from gradx._protocol.quantized import quantize, quantized_full
 from gradx._protocol.storage import round_stochastically
 
 BF16 = jnp.bfloat16
@@ -183,6 +183,12 @@ def test_int8_round_trip_is_the_numpy_quantiser_within_the_maps_resolution():
         assert np.all(np.abs(got - x) <= resolution * scale * (1 + 1e-5))
         assert resolution < 0.0071
         assert q.codes.dtype == jnp.int8 and q.scales.dtype == jnp.float32
+    # init builds what quantising a constant gives, without quantising
+    for fill, signed, shape in ((0.0, True, (5, 300)), (0.1, False, (5, 300)), (0.0, False, (512,))):
+        full = quantized_full(jnp.zeros(shape, jnp.float32), fill, signed)
+        want = quantize(jnp.full(shape, fill, jnp.float32), signed)
+        for a, b in zip(full, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # scales follow the leaf's shape where its last axis holds whole blocks
     assert quantize(jnp.ones((3, 512)), True).scales.shape == (3, 2)
     assert quantize(jnp.ones((5, 300)), True).scales.shape == (6,)

@@ -55,10 +55,8 @@ def scale_by_adadelta(
     follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
     :func:`trace`. d is emitted in the computed dtype, which may be wider than g's.
     """
-    codec = moment_codec(
-        "scale_by_adadelta", "accumulator_dtype", accumulator_dtype, state_dtype,
-        stochastic_rounding, nonnegative=True,
-    )  # fmt: skip
+    store = ("scale_by_adadelta", "accumulator_dtype", accumulator_dtype, state_dtype)
+    codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
 
     def init(params: Any) -> AdadeltaState:
         return AdadeltaState(e_d=codec.init(params, "e_d"), e_g=codec.init(params, "e_g"))

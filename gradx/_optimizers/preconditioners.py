@@ -231,10 +231,8 @@ def max_rms(
     """
     if max_of not in MAX_OF:
         raise ValueError(f"max_rms: max_of must be one of {MAX_OF}, got {max_of!r}")
-    codec = moment_codec(
-        "max_rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
-        nonnegative=True,
-    )  # fmt: skip
+    store = ("max_rms", "accumulator_dtype", accumulator_dtype, state_dtype)
+    codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
 
     def init(params: Any) -> MaxRmsState:
         return MaxRmsState(
@@ -290,10 +288,8 @@ def rss(
     :func:`trace`. The denominator is emitted in the computed dtype, which may be wider than
     the gradient's.
     """
-    codec = moment_codec(
-        "rss", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
-        nonnegative=True,
-    )  # fmt: skip
+    store = ("rss", "accumulator_dtype", accumulator_dtype, state_dtype)
+    codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
 
     def init(params: Any) -> RssState:
         g0 = jnp.asarray(initial_accumulator_value)
@@ -336,10 +332,8 @@ def inf_norm(
     ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. u is emitted in the
     computed dtype, which may be wider than the gradient's.
     """
-    codec = moment_codec(
-        "inf_norm", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding,
-        nonnegative=True,
-    )  # fmt: skip
+    store = ("inf_norm", "accumulator_dtype", accumulator_dtype, state_dtype)
+    codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
 
     def init(params: Any) -> InfNormState:
         return InfNormState(u=codec.init(params, "u"))

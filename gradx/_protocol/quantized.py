@@ -29,6 +29,7 @@ Leaves smaller than one block are stored in float32 by the caller (:mod:`storage
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -186,6 +187,24 @@ def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Momen
     return jax.sharding.auto_axes(lambda v: _quantize(v, signed), out_sharding=out)(x)
 
 
+def quantized_full(like: jax.Array, fill: Any, signed: bool) -> Any:
+    """``quantize(jnp.full_like(like, fill), signed)``, built without quantising: every scale
+    ``|fill|`` and every code that of 0, 1 or -1 (cheap at ``init``: no program to compile
+    per leaf shape). Placed as :func:`quantize` places them, also with explicit mesh axes."""
+    fill = jnp.asarray(fill).astype(jnp.float32)
+    zero, one, minus = (int(np.searchsorted(MIDPOINTS[signed], v)) - 128 for v in (0, 1, -1))
+    code = jnp.where(fill == 0, zero, jnp.where(fill > 0, one, minus)).astype(jnp.int8)
+    codes = jnp.full_like(like, code, dtype=jnp.int8)
+    scales = jnp.full(scales_shape(tuple(like.shape)), jnp.abs(fill), jnp.float32)
+    sharding = _explicit(like)
+    if sharding is not None:
+        if isinstance(like, jax.core.Tracer):  # jit: the abstract mesh of jax.set_mesh
+            scales = jax.sharding.reshard(scales, scales_sharding(sharding, like.shape))
+        else:  # eager: the concrete mesh of the array
+            scales = jax.device_put(scales, scales_sharding(like.sharding, like.shape))
+    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
+
+
 def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
     """The float32 values ``q`` stands for: map[code]·scale of its block (placed like the
     codes, also with explicit mesh axes)."""
@@ -195,6 +214,8 @@ def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
     return jax.sharding.auto_axes(_dequantize, out_sharding=sharding)(q)
 
 
+# jitted: an eager init quantises each leaf in one program, not one per operation
+@functools.partial(jax.jit, static_argnums=1)
 def _quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
     scales = jnp.max(jnp.abs(_blocks(x)), axis=-1)
     safe = jnp.where(scales > 0, scales, jnp.ones_like(scales))
@@ -203,6 +224,7 @@ def _quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Mome
     return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
 
 
+@jax.jit
 def _dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
     values = _lookup(MAPS[isinstance(q, SignedInt8Moment)], q.codes.astype(jnp.int32) + 128)
     return values * _per_element(q.scales, q.codes.shape)

@@ -41,7 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradx._protocol.dtypes import dtype_arg, moment_zeros, stored
-from gradx._protocol.quantized import BLOCK, dequantize, is_quantized, quantize
+from gradx._protocol.quantized import (
+    BLOCK,
+    dequantize,
+    is_quantized,
+    quantize,
+    quantized_full,
+)
 
 BFLOAT16 = jnp.dtype(jnp.bfloat16)
 
@@ -177,8 +183,9 @@ class MomentCodec:
                     f"{self.fn}: {self.name}='int8' needs real params (the int8 maps are "
                     f"real), got a {p.dtype} leaf; give complex params a float state_dtype"
                 )
-            full = jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p
-            return full if p.size < BLOCK else quantize(full, not self.nonnegative)
+            if p.size < BLOCK:
+                return jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p
+            return quantized_full(p, fill, not self.nonnegative)
 
         return jax.tree.map(leaf, params)
 
