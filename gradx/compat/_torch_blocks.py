@@ -18,14 +18,22 @@ from gradx._optimizers.adam import nesterov_ema
 from gradx._optimizers.adaptive import scale_by_adadelta
 from gradx._optimizers.momentum import ema, trace
 from gradx._optimizers.preconditioners import inf_norm, max_rms, precondition, rms, rss
+from gradx._optimizers.rectified import rectified
 from gradx._optimizers.scaling import (
     add_decayed_weights,
     decoupled_weight_decay,
     scale_by_learning_rate,
 )
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import wide
-from gradx._protocol.gain import Gain, closure_value, gain_rule, in_gain_dtype, steps_taken
+from gradx._protocol.dtypes import abs_sq, coef, moment_zeros, stored, wide
+from gradx._protocol.gain import (
+    Gain,
+    closure_value,
+    denominator_gain_rule,
+    gain_rule,
+    in_gain_dtype,
+    steps_taken,
+)
 from gradx._protocol.rules import Rule, is_number
 from gradx._protocol.rules import check_flag as _core_check_flag
 
@@ -283,6 +291,55 @@ def torch_adamax(learning_rate, b1, b2, eps, weight_decay):
 )
 def torch_nadam(learning_rate, b1, b2, eps, weight_decay, momentum_decay, decoupled):
     step = [precondition(nesterov_ema(b1, momentum_decay), rms(b2, debias=True), eps)]
+    return _chain(step, learning_rate, weight_decay, decoupled)
+
+
+class TorchRadamRootState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+    nu: Any  # like params, real: EMA of |g|²
+
+
+def _torch_radam_root(decay: Any, eps: Any) -> optax.GradientTransformationExtraArgs:
+    """Denominator of torch's RAdam: (√v + ε)/√(1 − β₂ᵗ), ε on the raw root.
+
+    torch's adaptive rate is √(1 − β₂ᵗ)/(√v + ε); gradx's ``rms(debias=True)`` with ε outside
+    would give 1/(√v̂ + ε), which differs by ε·(1 − √(1 − β₂ᵗ)) in the denominator.
+    """
+
+    def init(params: Any) -> TorchRadamRootState:
+        nu = moment_zeros("RAdam", "params", params, None, real=True)
+        return TorchRadamRootState(count=jnp.zeros([], jnp.int32), nu=nu)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        b2, e = jnp.asarray(decay), jnp.asarray(eps)
+        count = optax.safe_increment(state.count)
+        root_c = jnp.sqrt(1 - b2 ** count.astype(b2.dtype))
+
+        def ema_sq(g, v):
+            vw = wide(v, b2, e)
+            return coef(b2, vw) * vw + coef(1 - b2, vw) * abs_sq(wide(g, b2, e)).astype(vw.dtype)
+
+        nu = jax.tree.map(ema_sq, updates, state.nu)
+        out = jax.tree.map(lambda v: (jnp.sqrt(v) + coef(e, v)) / coef(root_c, v), nu)
+        return out, TorchRadamRootState(count=count, nu=stored(nu, state.nu))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@denominator_gain_rule(_torch_radam_root)
+def _torch_radam_root_gain(ctx, cells, state):
+    b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "_torch_radam_root"))
+    eps = in_gain_dtype(ctx, closure_value(cells, "eps", "_torch_radam_root"))
+    root_c = jnp.sqrt(1 - b2 ** steps_taken(ctx, state.count))
+    return jax.tree.map(lambda v: (jnp.sqrt(in_gain_dtype(ctx, v)) + eps) / root_c, state.nu)
+
+
+@optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
+def torch_radam(learning_rate, b1, b2, eps, weight_decay, decoupled):
+    # torch switches at ρ_t > 5; rectified at ρ_t ≥ 5: ρ_t is never exactly 5 for β₂ in (0, 1)
+    # short of contrived values, and both give the same step up to r_t = √(1·3·…/…) there.
+    step = [rectified(ema(b1, debias=True), _torch_radam_root(b2, eps), b2, 5.0)]
     return _chain(step, learning_rate, weight_decay, decoupled)
 
 

@@ -42,12 +42,24 @@ from gradx.compat._torch_blocks import (
     torch_adamax,
     torch_nadam,
     torch_off_if_zero,
+    torch_radam,
     torch_rmsprop,
     torch_sgd,
     with_maximize,
 )
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "Rprop"]
+__all__ = [
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+]
 
 
 @no_params
@@ -435,4 +447,39 @@ def NAdam(
     opt = torch_nadam(
         lr, b1, b2, eps, torch_off_if_zero(weight_decay), momentum_decay, decoupled_weight_decay
     )
+    return with_maximize(opt, maximize)
+
+
+@no_params
+def RAdam(
+    lr: optax.ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """``torch.optim.RAdam``: Adam rectified while ρ_t ≤ 5, ε on the raw root.
+
+    θ ← θ − γ·r_t·m̂·√(1 − β₂ᵗ)/(√v + ε) where ρ_t > 5, else θ ← θ − γ·m̂ (ρ_t and r_t as in
+    :func:`gradx.radam`). ε is added to √v before the bias correction, unlike
+    ``gradx.radam``/``optax.radam`` (√v̂ + ε). ``weight_decay`` is coupled L2 unless
+    ``decoupled_weight_decay=True`` (θ ← (1 − γλ)·θ first, as ``AdamW``).
+    """
+    cls = "RAdam"
+    check_like_torch(cls, torch_radam, lr=lr, eps=eps, weight_decay=weight_decay)
+    b1, b2 = checked_betas(cls, betas)
+    check_switches(
+        cls,
+        decoupled_weight_decay=decoupled_weight_decay,
+        foreach=foreach,
+        maximize=maximize,
+        capturable=capturable,
+        differentiable=differentiable,
+    )
+    opt = torch_radam(lr, b1, b2, eps, torch_off_if_zero(weight_decay), decoupled_weight_decay)
     return with_maximize(opt, maximize)

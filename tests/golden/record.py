@@ -85,6 +85,10 @@ TORCH_CONFIGS = [
     ("NAdam", {"lr": 0.1}),
     ("NAdam", {"lr": 0.1, "momentum_decay": 1.0}),
     ("NAdam", {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    # RAdam: ρ_t passes 5 near t = 6 for β₂ = 0.999 (both branches), near t = 3 for 0.99
+    ("RAdam", {"lr": 0.1}),
+    ("RAdam", {"lr": 0.1, "betas": [0.8, 0.99], "eps": 0.1, "weight_decay": 0.1}),
+    ("RAdam", {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Rprop", {}),
     ("Rprop", {"lr": 0.05, "etas": [0.3, 1.5], "step_sizes": [0.01, 0.2]}),
     # initial step size above the maximum: torch clamps it already on the first step
@@ -115,6 +119,10 @@ KERAS_CONFIGS = [
     ("Adamax", {"learning_rate": 0.1, "epsilon": 0.1}),
     ("Nadam", {}),
     ("Nadam", {"learning_rate": 0.1, "epsilon": 0.1}),
+    ("Lion", {"learning_rate": 0.01}),
+    ("Lion", {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.95, "weight_decay": 0.1}),
+    ("Lamb", {"learning_rate": 0.1}),
+    ("Lamb", {"learning_rate": 0.1, "epsilon": 0.1, "weight_decay": 0.1}),
     # options handled by the Keras base optimizer
     ("SGD", {"learning_rate": 0.1, "weight_decay": 0.1}),
     ("Adam", {"learning_rate": 0.1, "clipnorm": 0.5}),
@@ -341,6 +349,28 @@ def _torch_nadam(kw):
     )
 
 
+def _torch_radam(kw):
+    lr, (b1, b2), eps = kw.get("lr", 1e-3), kw.get("betas", (0.9, 0.999)), kw.get("eps", 1e-8)
+    wd, decoupled = kw.get("weight_decay", 0.0), kw.get("decoupled_weight_decay", False)
+    rho_inf = 2 / (1 - b2) - 1
+
+    def step(x, g, s, t):
+        if decoupled:
+            x = x * (1 - lr * wd)
+        else:
+            g = g + wd * x
+        s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+        s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+        m_hat = s["m"] / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho <= 5:
+            return x - lr * m_hat
+        r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        return x - lr * m_hat * r * np.sqrt(1 - b2**t) / (np.sqrt(s["v"]) + eps)
+
+    return dict, step
+
+
 def _torch_rprop(kw):
     lr, (eta_m, eta_p) = kw.get("lr", 1e-2), kw.get("etas", (0.5, 1.2))
     smin, smax = kw.get("step_sizes", (1e-6, 50))
@@ -444,6 +474,32 @@ def _keras_nadam(kw):
     )
 
 
+def _keras_lion(kw):
+    lr, b1, b2 = kw.get("learning_rate", 1e-3), kw.get("beta_1", 0.9), kw.get("beta_2", 0.99)
+
+    def step(x, g, s, t):
+        m = s.get("m", 0.0)
+        s["m"] = b2 * m + (1 - b2) * g
+        return x - lr * np.sign(b1 * m + (1 - b1) * g)
+
+    return dict, step
+
+
+def _keras_lamb(kw):
+    lr, b1, b2 = kw.get("learning_rate", 1e-3), kw.get("beta_1", 0.9), kw.get("beta_2", 0.999)
+    eps = kw.get("epsilon", 1e-7)
+
+    def step(x, g, s, t):  # x is already decayed by _keras_preprocess, as Keras's base does
+        s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+        s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+        u = (s["m"] / (1 - b1**t)) / (np.sqrt(s["v"] / (1 - b2**t)) + eps)
+        w_norm, u_norm = np.linalg.norm(x), np.linalg.norm(u)
+        ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        return x - ratio * lr * u
+
+    return dict, step
+
+
 REFERENCES = {
     "torch": {
         "SGD": _torch_sgd,
@@ -454,6 +510,7 @@ REFERENCES = {
         "AdamW": lambda kw: _torch_adam(kw, adamw=True),
         "Adamax": _torch_adamax,
         "NAdam": _torch_nadam,
+        "RAdam": _torch_radam,
         "Rprop": _torch_rprop,
     },
     "keras": {
@@ -465,10 +522,12 @@ REFERENCES = {
         "AdamW": _keras_adam,
         "Adamax": _keras_adamax,
         "Nadam": _keras_nadam,
+        "Lion": _keras_lion,
+        "Lamb": _keras_lamb,
     },
 }
 KERAS_DEFAULT_WEIGHT_DECAY = {"AdamW": 0.004}
-KERAS_DEFAULT_LR = {"SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3}
+KERAS_DEFAULT_LR = {"SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3, "Lion": 1e-3, "Lamb": 1e-3}
 
 
 def _keras_preprocess(cls, kw, params, grads):
