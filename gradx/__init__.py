@@ -27,6 +27,8 @@ from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
 from gradx._optimizers.adopt import adopt as adopt
 from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
+from gradx._optimizers.groups import ParamGroupsState as ParamGroupsState
+from gradx._optimizers.groups import param_groups as param_groups
 from gradx._optimizers.layerwise import lamb as lamb
 from gradx._optimizers.lookahead import lookahead as lookahead
 from gradx._optimizers.lookahead import lookahead_fitted as lookahead_fitted

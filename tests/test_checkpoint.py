@@ -259,6 +259,9 @@ def _raw_builds():
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
             ),
+            "param_groups": lambda: gradx.param_groups(
+                gradx.adamw(0.05), no_decay=("^vector$", {"weight_decay": 0.0})
+            ),
             "flat(adam)": lambda: gradx.flat(gradx.adam(0.05), max_leaf_size=4),
             "flat(lookahead_fitted)": lambda: gradx.flat(gradx.lookahead_fitted(0.05)),
             # a tuple of more than 10 states: orbax restores it as a list, in order

@@ -7,7 +7,8 @@
   ``adopt``: scale_by_adopt, adopt;
 * ``adaptive``: rmsprop, adagrad, adadelta;
 * ``sign``: Rprop, Lion; ``layerwise``: LAMB;
-* ``lookahead``: lookahead with a fixed or a fitted step.
+* ``lookahead``: lookahead with a fixed or a fitted step;
+* ``groups``: param_groups, one optimizer rebuilt per regex-named group of params leaves.
 
 An optimizer is a function of its numbers that returns a short chain of blocks, decorated
 with ``@optimizer(...)`` rules (``gradx._protocol.declare``); a block is a plain optax

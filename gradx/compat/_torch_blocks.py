@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ import optax
 
 from gradx._optimizers.adam import nesterov_ema
 from gradx._optimizers.adaptive import scale_by_adadelta
+from gradx._optimizers.groups import grouped
 from gradx._optimizers.momentum import ema, trace
 from gradx._optimizers.preconditioners import inf_norm, max_rms, precondition, rms, rss
 from gradx._optimizers.rectified import rectified
@@ -132,13 +134,14 @@ def _call(cls: str, options: Mapping[str, Any]) -> str:
 
 
 def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuses torch's habit of passing the params first, with the gradx spelling.
+    """Refuses torch's habit of passing the params first, with the gradx spelling, and takes
+    torch's param groups with patterns in place of tensors.
 
     ``torch.optim.Adam(model.parameters(), lr=1e-3)`` is ``gradx.compat.torch.Adam(lr=1e-3)``
     followed by ``opt.init(params)``: JAX optimizers are built before they see the params.
-    torch's param groups are refused too: which arrays form a group is not known when the
-    optimizer is built, so the message spells the groups as an ``optax.partition`` over
-    labels, one gradx optimizer per group.
+    torch's param groups (a list of dicts) are taken when each group's ``"params"`` is a
+    regular expression naming its leaves by key path (see :func:`torch_param_groups`); given
+    arrays, they are refused with that spelling.
     """
     cls = factory.__name__
     names = list(inspect.signature(factory).parameters)  # lr, then torch's order
@@ -154,20 +157,26 @@ def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
         options = {**rest, **kwargs}
         groups = _param_groups(given)
         if groups is not None:
-            labelled = ", ".join(
-                f'"group{i}": '
-                + _call(cls, {**options, **{k: v for k, v in g.items() if k != "params"}})
+            bad = [i for i, g in enumerate(groups) if not isinstance(g["params"], _PATTERN)]
+            if not bad:
+                return torch_param_groups(cls, factory, groups, options)
+            spelled = ", ".join(
+                "{"
+                + ", ".join(
+                    [f"'params': r'<pattern {i}>'"]
+                    + [f"{k!r}: {v!r}" for k, v in g.items() if k != "params"]
+                )
+                + "}"
                 for i, g in enumerate(groups)
             )
-            labels = "/".join(f'"group{i}"' for i in range(len(groups)))
+            arguments = "".join(f", {k}={v!r}" for k, v in options.items())
             raise TypeError(
-                f"{cls}: torch's param groups have no gradx form (the optimizer is built "
-                f"before it sees the params), got {len(groups)} groups. Give each group a "
-                f"label and its own optimizer:\n"
-                f"    opt = optax.partition({{{labelled}}}, param_labels)\n"
-                f"where param_labels is a pytree like the params holding {labels} (or a "
-                f"function of the params returning it). For the usual group without weight "
-                f"decay, gradx.adamw(..., mask=...) also does it in one optimizer."
+                f"{cls}: a param group's 'params' must be a regular expression that names its "
+                f"leaves by key path (the optimizer is built before it sees the params), got "
+                f"{_describe(groups[bad[0]]['params'])} in group {bad[0]}. Write:\n"
+                f"    opt = gradx.compat.torch.{cls}([{spelled}]{arguments})\n"
+                f"where each pattern matches the '/'-joined key paths of the group's leaves "
+                f"(e.g. r'(^|/)bias$'); see gradx.param_groups."
             )
         raise TypeError(
             f"{cls}: lr must be a number >= 0 or a schedule, got {_describe(given)}: "
@@ -177,6 +186,35 @@ def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
         )
 
     return checked
+
+
+_PATTERN = (str, re.Pattern)
+
+
+def torch_param_groups(
+    cls: str, factory: Callable[..., Any], groups: list[Mapping[str, Any]], options: dict
+) -> optax.GradientTransformationExtraArgs:
+    """torch's param groups, each a dict with ``"params"`` a regular expression.
+
+    As in torch, a group's missing options take the constructor's (``options``), and each
+    group's optimizer is the class built with them, on its own leaves with its own state. A
+    leaf goes to the first group whose pattern ``re.search``-es its key path (see
+    ``gradx.param_groups``); a leaf no group takes is an error at ``init`` (torch steps only
+    the params it was given, and a silently frozen leaf is rarely meant). An optional
+    ``"name"`` names the group in ``gradx.hyperparams`` (by default ``group0``, ``group1``,
+    ... in list order).
+    """
+    built = []
+    for i, group in enumerate(groups):
+        name = group.get("name", f"group{i}")
+        settings = {k: v for k, v in group.items() if k not in ("params", "name")}
+        try:
+            tx = factory(**{**options, **settings})
+        except (TypeError, ValueError) as e:
+            why = str(e).removeprefix(f"{cls}: ")
+            raise type(e)(f"{cls}: param group {i} ({name!r}): {why}") from None
+        built.append((name, group["params"], tx))
+    return grouped(cls, built, None)
 
 
 def check_switches(cls: str, **flags: Any) -> None:

@@ -17,10 +17,14 @@ The conventions each class reproduces are listed in ``docs/conventions.md``.
 
 Passing the params first, torch's habit (``Adam(model.parameters(), lr=1e-3)``, or a pytree
 or model of arrays), raises a ``TypeError`` that shows the gradx spelling. torch's param
-groups (a list of dicts, each with its ``params`` and options) are refused the same way: JAX
-builds the optimizer before it sees the params, so which arrays form a group cannot be named
-here. The message spells the groups as ``optax.partition`` over labels, one optimizer per
-group; for the usual no-decay group on biases and norms, a weight-decay mask does the same.
+groups (a list of dicts, each with its ``params`` and the options that differ) are taken with
+a regular expression for ``params``, since JAX builds the optimizer before it sees the params:
+``AdamW([{"params": r"^embed/", "lr": 1e-4}, {"params": r".*"}], lr=1e-3)``. Each leaf goes
+to the first group whose pattern ``re.search``-es its '/'-joined key path (as in
+``gradx.param_groups``), a group's missing options take the constructor's (torch's rule), a
+leaf no group takes is an error at ``init``, and ``gradx.hyperparams`` keys each group's
+values ``group0/...``, ``group1/...`` (or by the group's optional ``"name"``). Groups of
+arrays are refused with that spelling.
 """
 
 from __future__ import annotations

@@ -95,6 +95,27 @@ TORCH_CONFIGS = [
     ("Rprop", {"lr": 0.5, "step_sizes": [0.01, 0.2]}),
 ]
 
+# ---- param groups (torch_groups.json, replayed by tests/test_param_groups.py) ----
+# (class, constructor kwargs, param groups). Each group's "params" is a regular expression over
+# the parameter names ("a", "b"): gradx.compat.torch takes it as is, torch gets the tensors
+# whose names it matches (re.search). A group's missing options take the constructor's.
+TORCH_GROUP_CONFIGS = [
+    (
+        "AdamW",
+        {"lr": 0.05, "weight_decay": 0.1},
+        [{"params": "^a$", "lr": 0.1}, {"params": "b", "weight_decay": 0.0, "betas": [0.8, 0.99]}],
+    ),
+    (
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9},
+        [
+            {"params": "a", "nesterov": True, "weight_decay": 0.1},
+            {"params": "b", "lr": 0.05, "momentum": 0.0},
+        ],
+    ),
+]
+# ---- end of param groups configs ----
+
 KERAS_CONFIGS = [
     ("SGD", {"learning_rate": 0.1}),
     ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
@@ -163,6 +184,90 @@ def record_torch():
                     traj[n].append([float(v) for v in params[n].detach().numpy()])
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return {"library": "torch", "version": torch.__version__, "records": records}
+
+
+# ------------------------------------------------------------------ torch param groups
+def _torch_options(options):
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def record_torch_groups():
+    """``TORCH_GROUP_CONFIGS``: torch's list-of-dicts param groups, one tensor per name."""
+    import re
+
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    records = []
+    for cls, kwargs, groups in TORCH_GROUP_CONFIGS:
+        for problem in problems.PROBLEMS:
+            grad_fn = problems.grad_fn(problem)
+            params = {
+                n: torch.tensor(problems.PARAMS0[n], dtype=torch.float64, requires_grad=True)
+                for n in NAMES
+            }
+            torch_groups = [
+                {
+                    **_torch_options({k: v for k, v in g.items() if k != "params"}),
+                    "params": [params[n] for n in NAMES if re.search(g["params"], n)],
+                }
+                for g in groups
+            ]
+            opt = getattr(torch.optim, cls)(torch_groups, **_torch_options(kwargs))
+            traj = _empty_trajectory()
+            for k in range(problems.STEPS):
+                current = {n: params[n].detach().numpy().copy() for n in NAMES}
+                grads = grad_fn(k, current)
+                for n in NAMES:
+                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
+                opt.step()
+                for n in NAMES:
+                    traj[n].append([float(v) for v in params[n].detach().numpy()])
+            records.append(
+                {
+                    "cls": cls,
+                    "kwargs": kwargs,
+                    "groups": groups,
+                    "problem": problem,
+                    "trajectory": traj,
+                }
+            )
+    return {"library": "torch", "version": torch.__version__, "records": records}
+
+
+def replay_groups(cls, kwargs, groups, problem):
+    """The NumPy transcription of a param-groups record: each name steps with its group's
+    options (the first group whose pattern matches it; missing options: the constructor's)."""
+    import re
+
+    grad_fn = problems.grad_fn(problem)
+    steps, state = {}, {}
+    for n in NAMES:
+        group = next(g for g in groups if re.search(g["params"], n))
+        init, steps[n] = REFERENCES["torch"][cls](
+            {**kwargs, **{k: v for k, v in group.items() if k != "params"}}
+        )
+        state[n] = init()
+    params = {n: problems.PARAMS0[n].copy() for n in NAMES}
+    traj = {n: [] for n in NAMES}
+    for k in range(problems.STEPS):
+        grads = grad_fn(k, params)
+        params = {n: steps[n](params[n], grads[n], state[n], k + 1) for n in NAMES}
+        for n in NAMES:
+            traj[n].append(params[n])
+    return {n: np.array(v) for n, v in traj.items()}
+
+
+def self_check_groups(data, tol=1e-10):
+    worst = 0.0
+    for rec in data["records"]:
+        ref = replay_groups(rec["cls"], rec["kwargs"], rec["groups"], rec["problem"])
+        diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in NAMES)
+        worst = max(worst, diff)
+        flag = "" if diff <= tol else "   <-- MISMATCH"
+        print(f"  groups {rec['cls']:8s} {rec['problem']:6s} max|diff|={diff:.2e}{flag}")
+    print(f"  torch groups: worst max|diff| = {worst:.3e} over {len(data['records'])} records")
+    return worst <= tol
 
 
 # ------------------------------------------------------------------ keras
@@ -600,6 +705,12 @@ def main():
         path.write_text(_dumps(data))
         print(f"wrote {path} ({path.stat().st_size} bytes, {len(data['records'])} records)")
         ok &= self_check(data)
+    # param groups: their own file and check
+    groups = record_torch_groups()
+    path = HERE / "torch_groups.json"
+    path.write_text(_dumps(groups))
+    print(f"wrote {path} ({path.stat().st_size} bytes, {len(groups['records'])} records)")
+    ok &= self_check_groups(groups)
     if not ok:
         raise SystemExit("self-check FAILED")
 
