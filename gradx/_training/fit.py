@@ -16,6 +16,10 @@ Because the permutation changes every epoch, a dropped example is dropped only i
 epoch. :class:`FitResult` reports ``steps_per_epoch`` and ``dropped_per_epoch``; choose B
 dividing N to drop nothing.
 
+**Gradient accumulation** (``accumulate=A``): a step averages A consecutive minibatches (a
+window, see ``gradx._training.accumulate``), so ⌊N/(A·B)⌋ steps run per epoch and the
+N mod A·B examples left over are dropped, the same as ``batch_size=A·B`` drops.
+
 Data is any pytree of arrays with one leading example axis of length N (``(x, y)``,
 ``{"image": x, "label": y}``, ...). ``loss_fn(params, batch)`` always receives a batch with
 that leading axis, of length B (length 1 for SGD, N for full batch).
