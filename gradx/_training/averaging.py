@@ -30,6 +30,8 @@ import numpy as np
 import optax
 
 from gradx._protocol.dtypes import hyperparam_dtype
+from gradx._training import mesh as _mesh
+from gradx._training.inputs import fresh_copy
 
 
 class Average(NamedTuple):
@@ -83,6 +85,16 @@ def start(ema: float | None, params: Any) -> Average | None:
         return None
     decay = jnp.asarray(ema, hyperparam_dtype(params))
     return Average(count=jnp.zeros((), jnp.int32), decay=decay, params=params)
+
+
+def place(plan: Any, ema: float | None, params: Any, opt_state: Any) -> tuple:
+    """(holder of the average, params, opt_state, plan) at the start of a fit: the three copied
+    (the epoch program donates them), placed by the mesh plan (the average like the params),
+    and the plan completed with the state's part (:func:`gradx._training.mesh.place_fit`)."""
+    params, opt_state, average = fresh_copy((params, opt_state, start(ema, params)))
+    params, state, plan = _mesh.place_fit(plan, params, join(opt_state, average))
+    opt_state, average = split(state)
+    return Holder(average), params, opt_state, plan
 
 
 def join(opt_state: Any, average: Average | None) -> Any:

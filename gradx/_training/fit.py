@@ -52,7 +52,6 @@ from gradx._training.inputs import (
     check_int,
     check_key,
     check_optimizer,
-    fresh_copy,
     prepare_data,
     steps_and_dropped,
 )
@@ -317,7 +316,7 @@ def fit(
     packing, optimizer, opt_state = start_optimizer(
         "fit", flat, optimizer, params, opt_state, plan, diagnostics
     )
-    holder, params, opt_state, plan = place_with_average(plan, ema, params, opt_state)
+    holder, params, opt_state, plan = _averaging.place(plan, ema, params, opt_state)
     plan = _accumulate.window_plan(plan, accumulate)
     eval_data = _mesh.place_eval(plan, eval_data)
     update = optax.with_extra_args_support(optimizer).update
@@ -346,15 +345,6 @@ def fit(
         run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
         overwrite=overwrite, run_info=run_info, holder=holder,
     )  # fmt: skip
-
-
-def place_with_average(plan, ema, params, opt_state):
-    """(holder of the average, params, opt_state, plan): the three copied (the epoch program
-    donates them) and placed by the plan, the average like the params."""
-    params, opt_state, average = fresh_copy((params, opt_state, _averaging.start(ema, params)))
-    params, state, plan = _mesh.place_fit(plan, params, _averaging.join(opt_state, average))
-    opt_state, average = _averaging.split(state)
-    return _averaging.Holder(average), params, opt_state, plan
 
 
 def train_epochs(

@@ -330,7 +330,7 @@ def fit_stream(
     import optax
 
     from gradx._training import loop as _loop
-    from gradx._training.fit import place_with_average, train_epochs
+    from gradx._training.fit import train_epochs
     from gradx._training.inputs import check_int, check_key
     from gradx._training.packing import start_optimizer
     from gradx._training.program import Program
@@ -362,7 +362,7 @@ def fit_stream(
     packing, optimizer, opt_state = start_optimizer(
         fn, flat, optimizer, params, opt_state, plan, False
     )
-    holder, params, opt_state, plan = place_with_average(plan, ema, params, opt_state)
+    holder, params, opt_state, plan = _averaging.place(plan, ema, params, opt_state)
     plan = _accumulate.window_plan(plan, accumulate)
     update = optax.with_extra_args_support(optimizer).update
     program = Program(
