@@ -65,7 +65,8 @@ def test_one_gradient_sum_is_carried_across_the_window():
     loss = _accumulate.value_and_grad(lambda p, b: (loss_fn(p, b), {}), 4)
     jaxpr = jax.make_jaxpr(loss)(P0, window).jaxpr
     (scan,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
-    carry = scan.invars[scan.params["num_consts"] : scan.params["num_consts"] + 3]
+    first = scan.params["num_consts"]
+    carry = scan.invars[first : first + scan.params["num_carry"]]
     # the loss, and one buffer per param: the gradient sum
     assert sorted(v.aval.shape for v in carry) == [(), (2,), (3, 2)]
 

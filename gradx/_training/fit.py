@@ -193,7 +193,8 @@ def fit(
         ``fit(..., epochs=2)`` then ``fit(result.params, opt_state=result.opt_state,
         initial_epoch=2, epochs=4)`` equals ``fit(..., epochs=4)``.
       steps_per_epoch: streamed data only: take this many batches per epoch (needed to
-        cut a one-shot iterator into several epochs).
+        cut a one-shot iterator into several epochs); with ``accumulate=A``, this many steps
+        of A batches.
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
         ``lax.scan`` over S stacked batches), >= 1.
       flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
