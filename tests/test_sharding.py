@@ -37,6 +37,7 @@ CHECKS = [
     "fit_explicit_mesh_and_spec_tree",
     "fit_errors",
     "streamed_fit_on_a_mesh",
+    "fit_accumulate_and_ema_on_a_mesh",
     "sweep_over_devices",
 ]
 
