@@ -170,14 +170,14 @@ def ns_steps_arg(fn: str, ns_steps: Any, most: int | None = None) -> int:
     return steps
 
 
-def ns_coefficients(fn: str, ns_coeffs: Any, ns_steps: Any) -> np.ndarray:
+def ns_coefficients(fn: str, ns_coeffs: Any, ns_steps: Any, name: str = "ns_coeffs") -> np.ndarray:
     """The coefficients as a float64 array of shape (3,) or (n, 3), presets resolved; with
     (n, 3), ``ns_steps`` must be >= n and all n rows are used (optax's rule)."""
     steps = ns_steps_arg(fn, ns_steps)
     if isinstance(ns_coeffs, str):
         if ns_coeffs not in NS_PRESETS:
             raise ValueError(
-                f"{fn}: ns_coeffs must be (c0, c1, c2), rows of them, or one of "
+                f"{fn}: {name} must be (c0, c1, c2), rows of them, or one of "
                 f"{sorted(NS_PRESETS)}, got {ns_coeffs!r}"
             )
         ns_coeffs = NS_PRESETS[ns_coeffs]
@@ -187,12 +187,12 @@ def ns_coefficients(fn: str, ns_coeffs: Any, ns_steps: Any) -> np.ndarray:
         coeffs = np.zeros((0,))
     if coeffs.ndim not in (1, 2) or coeffs.shape[-1] != 3 or not np.all(np.isfinite(coeffs)):
         raise ValueError(
-            f"{fn}: ns_coeffs must be 3 finite numbers (c0, c1, c2) or an (n, 3) array of "
+            f"{fn}: {name} must be 3 finite numbers (c0, c1, c2) or an (n, 3) array of "
             f"them, got {ns_coeffs!r}"
         )
     if coeffs.ndim == 2 and coeffs.shape[0] > steps:
         raise ValueError(
-            f"{fn}: ns_steps must be >= the {coeffs.shape[0]} rows of ns_coeffs (one per step; "
+            f"{fn}: ns_steps must be >= the {coeffs.shape[0]} rows of {name} (one per step; "
             f"all are used), got {steps}"
         )
     return coeffs
@@ -293,6 +293,11 @@ class SplitMatricesState(NamedTuple):
     others: Any  # the others' transform's state, the matrices optax.MaskedNode()
 
 
+def matrix_mask(fn: str, spec: Any, tree: Any) -> list[bool]:
+    """Per leaf of ``tree``: a matrix (to be orthogonalised)?"""
+    return [d is not None for d in leaf_dims(fn, spec, tree)]
+
+
 def _parts(tree: Any, mask: list[bool]) -> tuple[Any, Any]:
     """``tree`` twice: its matrices (the others masked), its others (the matrices masked)."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -327,17 +332,14 @@ def split_matrices(
     fn = "split_matrices"
     matrices, others = (optax.with_extra_args_support(t) for t in (matrices, others))
 
-    def mask_of(tree: Any) -> list[bool]:
-        return [d is not None for d in leaf_dims(fn, weight_dimension_numbers, tree)]
-
     def init(params: Any) -> SplitMatricesState:
         refuse_flat(fn)
-        mine, rest = _parts(params, mask_of(params))
+        mine, rest = _parts(params, matrix_mask(fn, weight_dimension_numbers, params))
         return SplitMatricesState(matrices=matrices.init(mine), others=others.init(rest))
 
     def update(updates, state, params=None, **extra_args):
         refuse_flat(fn)
-        mask = mask_of(updates)
+        mask = matrix_mask(fn, weight_dimension_numbers, updates)
         (mu, ou), treedef = _parts(updates, mask), jax.tree.structure(updates)
         mp, op = (None, None) if params is None else _parts(params, mask)
         mu, ms = matrices.update(mu, state.matrices, mp, **extra_args)
@@ -354,7 +356,7 @@ def _split_gain(ctx, cells, state, incoming):
     tree = incoming if incoming is not None else ctx.params
     if tree is None:
         raise ValueError(f"{GAIN_FN}: split_matrices routes leaves by their shapes: pass params=")
-    mask = [d is not None for d in leaf_dims(GAIN_FN, spec, tree)]
+    mask = matrix_mask(GAIN_FN, spec, tree)
     treedef, parts = jax.tree.structure(tree), _parts(tree, mask)
     inputs = (None, None) if incoming is None else parts
     factors, outs = [], []

@@ -51,30 +51,52 @@ DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 _AOL_EPS = 1e-8  # optax's first-step floors for the 'aol' and 'schatten' preconditionings
 
 
-def _iterate(x, c, first, preconditioning, narrow, acc):
-    """One Newton–Schulz step X ← c₀·X + (c₁·A + c₂·A·A)·X, A = X·Xᴴ, on a matrix with at most
-    as many rows as columns. In one dtype (narrow = acc) it is optax's arithmetic, c₂·A·A
-    as (c₂·A)·A; rounding to a narrower dtype it is torch's ``addmm``: each product
-    accumulates in ``acc`` and the sum is rounded to ``narrow`` once."""
+def _rounder(to: Any, within: Any):
+    """z (of dtype ``within``) rounded to ``to``'s precision and kept in ``within``, by
+    ``lax.reduce_precision``: XLA may drop a round trip through ``to`` (excess precision),
+    never this."""
+    if jnp.dtype(to) == jnp.dtype(within):
+        return lambda z: z
+    f = jnp.finfo(to)
+    return lambda z: jax.lax.reduce_precision(z, exponent_bits=f.nexp, mantissa_bits=f.nmant)
+
+
+def _to(dtype: Any, z: jax.Array) -> jax.Array:
+    """``z`` in ``dtype``, rounded once (a wider z first to its precision, then converted)."""
+    return _rounder(dtype, z.dtype)(z).astype(dtype)
+
+
+def _iterate(x, c, first, preconditioning, acc, rnd, one_dtype):
+    """One Newton–Schulz step X ← c₀·X + (c₁·A + c₂·A·A)·X, A = X·Xᴴ, on a matrix (in
+    ``acc``) with at most as many rows as columns. In one dtype it is optax's arithmetic,
+    c₂·A·A as (c₂·A)·A. Rounding (``rnd``) to a narrower dtype it is torch's ``addmm``
+    (β·C + α·(A·B)): the product accumulates in ``acc`` and the combination is rounded once,
+    as a fused multiply-add (exactly so with float64 on; in float32 a tie may round the
+    other way)."""
 
     def mm(a, b):
-        return jnp.matmul(a.astype(acc), b.astype(acc), preferred_element_type=acc)
+        return jnp.matmul(a, b, preferred_element_type=acc)
 
     def times(k, y):
-        y = y.astype(acc)
         return coef(c[k], y) * y
 
     schatten = first and preconditioning == "schatten"
-    a = mm(x, x.T if schatten else x.T.conj()).astype(narrow)  # optax's Schatten: no conj
+    a = rnd(mm(x, x.T if schatten else x.T.conj()))  # optax's Schatten: no conj
     if first and preconditioning == "aol":  # optax: rows rescaled by 1/√Σ|A_ij|
         s = jax.lax.rsqrt(jnp.clip(jnp.abs(a).sum(axis=-1), min=_AOL_EPS))[:, None]
-        x, a = x * s, a * s * s.T
+        x, a = rnd(x * s), rnd(a * s * s.T)
     elif schatten:  # optax: X / √‖A‖_F
         s = jax.lax.rsqrt(jnp.clip(jnp.linalg.norm(a, ord="fro"), min=_AOL_EPS))
-        x, a = x * s, a * s**2
-    a2 = mm(times(2, a), a) if narrow == acc else times(2, mm(a, a))
-    b = (times(1, a) + a2).astype(narrow)
-    return (times(0, x) + mm(b, x)).astype(narrow)
+        x, a = rnd(x * s), rnd(a * s**2)
+    if one_dtype:
+        return times(0, x) + mm(times(1, a) + mm(times(2, a), a), x)
+    fused = jax.dtypes.canonicalize_dtype(jnp.float64)
+
+    def scaled(k, z):  # c_k (a float32 number) times z: exact in float64
+        return jnp.asarray(c[k], acc).astype(fused) * z.astype(fused)
+
+    b = rnd(_to(acc, scaled(1, a) + scaled(2, mm(a, a))))
+    return rnd(_to(acc, scaled(0, x) + mm(b, x).astype(fused)))
 
 
 def orthogonalize_via_newton_schulz(
@@ -135,18 +157,20 @@ def orthogonalize_via_newton_schulz(
     narrow = jnp.dtype(given if ns_dtype is None else ns_dtype)
     acc = narrow if jnp.finfo(narrow).bits >= 32 else jnp.dtype(jnp.float32)
 
+    rnd = _rounder(narrow, acc)
+
     def one(m):
         if m.shape[0] > m.shape[1]:
             return one(m.T).T
-        m = m.astype(acc).astype(narrow)  # torch rounds float64 to bfloat16 through float32
+        m = rnd(_to(acc, m))  # torch rounds float64 to bfloat16 through float32
         if preconditioning in ("frobenius", "spectral"):
             ord_ = "fro" if preconditioning == "frobenius" else 2
-            norm = jnp.linalg.norm(m.astype(acc), ord=ord_).astype(narrow)
-            e = jnp.asarray(eps).astype(narrow)
-            den = jnp.maximum(norm, e) if eps_as_floor else norm + e
-            m = m / jnp.where(den == 0, jnp.ones_like(den), den)  # X = 0: zeros, not 0/0
+            norm = rnd(jnp.linalg.norm(m, ord=ord_))
+            e = rnd(_to(acc, jnp.asarray(eps)))
+            den = rnd(jnp.maximum(norm, e) if eps_as_floor else norm + e)
+            m = rnd(m / jnp.where(den == 0, jnp.ones_like(den), den))  # X = 0: 0, not 0/0
         for i, c in enumerate(rows):
-            m = _iterate(m, c, i == 0, preconditioning, narrow, acc)
+            m = _iterate(m, c, i == 0, preconditioning, acc, rnd, narrow == acc)
         return m
 
     reshape, inverse = reshape_fns("orthogonalize_via_newton_schulz", x.shape, dims)
@@ -195,7 +219,9 @@ def orthogonalize(
 
     def init(params: Any) -> OrthogonalizeState:
         refuse_flat(fn)
-        leaf_dims(fn, weight_dimension_numbers, params, every_leaf=True)
+        dims = leaf_dims(fn, weight_dimension_numbers, params, every_leaf=True)
+        for x, d in zip(jax.tree.leaves(params), dims, strict=True):  # bad axes fail here
+            reshape_fns(fn, np.shape(x), matrix_dims(fn, x, d))
         return OrthogonalizeState()
 
     def update(updates, state, params=None, **extra_args):

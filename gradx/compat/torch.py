@@ -46,8 +46,11 @@ from gradx.compat._torch_blocks import (
     torch_sgd,
     with_maximize,
 )
+from gradx.compat._torch_muon import Muon as Muon
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "Rprop"]
+__all__ = [
+    "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Muon", "NAdam", "RMSprop", "Rprop",
+]  # fmt: skip
 
 
 @no_params
