@@ -326,7 +326,7 @@ def split_matrices(
     ``optax.MaskedNode()``, as in ``optax.partition``.
 
     Returns:
-      An optax transformation whose state is a :class:`SplitMatricesState`. Refused inside
+      An optax transformation whose state is a ``SplitMatricesState``. Refused inside
       ``gradx.flat`` (its packed buffers are not the leaves).
     """
     fn = "split_matrices"

@@ -46,6 +46,7 @@ from gradx._optimizers.scaling import add_decayed_weights, scale_by_learning_rat
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg
 from gradx._protocol.gain import GAIN_FN, gain_rule
+from gradx._protocol.rules import check_flag
 
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 _AOL_EPS = 1e-8  # optax's first-step floors for the 'aol' and 'schatten' preconditionings
@@ -55,7 +56,7 @@ def _rounder(to: Any, within: Any):
     """z (of dtype ``within``) rounded to ``to``'s precision and kept in ``within``, by
     ``lax.reduce_precision``: XLA may drop a round trip through ``to`` (excess precision),
     never this."""
-    if jnp.dtype(to) == jnp.dtype(within):
+    if jnp.finfo(to).bits >= jnp.finfo(within).bits:
         return lambda z: z
     f = jnp.finfo(to)
     return lambda z: jax.lax.reduce_precision(z, exponent_bits=f.nexp, mantissa_bits=f.nmant)
@@ -216,6 +217,8 @@ def orthogonalize(
     coeffs = ns_coefficients(fn, ns_coeffs, ns_steps)
     preconditioning_arg(fn, preconditioning)
     dtype_arg(fn, "ns_dtype", ns_dtype)
+    check_flag(fn, "adaptive", adaptive, "bool")
+    check_flag(fn, "eps_as_floor", eps_as_floor, "bool")
 
     def init(params: Any) -> OrthogonalizeState:
         refuse_flat(fn)
