@@ -182,12 +182,16 @@ def test_effective_learning_rate_refuses_muon_by_name():
 
 def test_split_matrices_gain_joins_its_branches():
     # two coordinate-wise branches: α_ef is each branch's on its own leaves
-    opt = gradx.split_matrices(gradx.scale_by_learning_rate(0.1), gradx.scale_by_learning_rate(0.3))
+    # (the matrices' branch decays its weights: α_ef reads the params of its own leaves)
+    opt = gradx.split_matrices(
+        gradx.chain(gradx.add_decayed_weights(0.5), gradx.scale_by_learning_rate(0.1)),
+        gradx.scale_by_learning_rate(0.3),
+    )
     params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4), "cube": jnp.ones((2, 2, 2))}
     updates, state = opt.update(params, opt.init(params), params)
-    np.testing.assert_allclose(updates["w"], -0.1)
+    np.testing.assert_allclose(updates["w"], -0.15)
     np.testing.assert_allclose(updates["cube"], -0.3)
-    alpha = gradx.effective_learning_rate(opt, state, params)
+    alpha = gradx.effective_learning_rate(opt, state, params, grads=params)
     assert {k: float(v.max()) for k, v in alpha.items()} == pytest.approx(
         {"w": 0.1, "b": 0.3, "cube": 0.3}
     )

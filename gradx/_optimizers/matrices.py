@@ -359,15 +359,18 @@ def _split_gain(ctx, cells, state, incoming):
     mask = matrix_mask(GAIN_FN, spec, tree)
     treedef, parts = jax.tree.structure(tree), _parts(tree, mask)
     inputs = (None, None) if incoming is None else parts
+    params = (None, None) if ctx.params is None else _parts(ctx.params, mask)
     factors, outs = [], []
-    for name, sub, x in zip(("matrices", "others"), parts, inputs, strict=True):
-        branch = closure_value(cells, name, "split_matrices")
-        gain, out = walk_gain(ctx, branch.update, getattr(state, name), x)
+    for i, name in enumerate(("matrices", "others")):
+        branch, sub = closure_value(cells, name, "split_matrices"), parts[i]
+        gain, out = walk_gain(
+            ctx._replace(params=params[i]), branch.update, getattr(state, name), inputs[i]
+        )
         if gain.tree is None:
             factors.append(jax.tree.map(lambda _, s=gain.scale: s, sub))
         else:
             factors.append(jax.tree.map(lambda v, s=gain.scale: s * v, gain.tree))
         outs.append(out)
     joined = _joined(treedef, mask, *factors)
-    out = None if None in outs else _joined(treedef, mask, *outs)
+    out = None if any(o is None for o in outs) else _joined(treedef, mask, *outs)
     return Gain(jnp.ones([], ctx.dtype), joined), out
