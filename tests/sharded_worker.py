@@ -216,6 +216,8 @@ OPTIMIZERS = {
     "momentum": lambda: gradx.momentum(0.05, momentum=0.9),
     "rprop": lambda: gradx.rprop(0.01),
     "lookahead_fitted": lambda: gradx.lookahead_fitted(0.05),
+    # not coordinate-wise: Newton–Schulz on the sharded matrices (fsdp splits w1 and w2)
+    "muon": lambda: gradx.muon(0.02, weight_decay=0.01),
 }
 
 

@@ -51,6 +51,7 @@ from gradx.compat._torch_blocks import (
     torch_sgd,
     with_maximize,
 )
+from gradx.compat._torch_muon import Muon as Muon
 
 __all__ = [
     "SGD",
@@ -59,6 +60,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",

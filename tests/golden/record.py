@@ -115,6 +115,26 @@ TORCH_GROUP_CONFIGS = [
     ),
 ]
 # ---- end of param groups configs ----
+# Optimizers of matrices only (torch's Muon), recorded on problems.MATRIX_PROBLEMS.
+TORCH_MATRIX_CONFIGS = [
+    ("Muon", {}),
+    ("Muon", {"lr": 0.02}),
+    (
+        "Muon",
+        {"lr": 0.02, "nesterov": False, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"},
+    ),
+    (
+        "Muon",
+        {
+            "lr": 0.05,
+            "momentum": 0.8,
+            "ns_coefficients": [2.0, -1.5, 0.5],
+            "ns_steps": 3,
+            "eps": 0.5,
+            "adjust_lr_fn": "original",
+        },
+    ),
+]
 
 KERAS_CONFIGS = [
     ("SGD", {"learning_rate": 0.1}),
@@ -268,6 +288,32 @@ def self_check_groups(data, tol=1e-10):
         print(f"  groups {rec['cls']:8s} {rec['problem']:6s} max|diff|={diff:.2e}{flag}")
     print(f"  torch groups: worst max|diff| = {worst:.3e} over {len(data['records'])} records")
     return worst <= tol
+
+
+def record_torch_matrices():
+    """The records of ``TORCH_MATRIX_CONFIGS`` on the matrix problems (matrices as nested lists)."""
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    records = []
+    for cls, kwargs in TORCH_MATRIX_CONFIGS:
+        call_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        for problem in problems.MATRIX_PROBLEMS:
+            grad_fn = problems.grad_fn(problem)
+            start = problems.params0(problem)
+            params = {n: torch.tensor(start[n], requires_grad=True) for n in NAMES}
+            opt = getattr(torch.optim, cls)([params[n] for n in NAMES], **call_kwargs)
+            traj = _empty_trajectory()
+            for k in range(problems.STEPS):
+                current = {n: params[n].detach().numpy().copy() for n in NAMES}
+                grads = grad_fn(k, current)
+                for n in NAMES:
+                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
+                opt.step()
+                for n in NAMES:
+                    traj[n].append(params[n].detach().numpy().tolist())
+            records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
+    return records
 
 
 # ------------------------------------------------------------------ keras
@@ -605,8 +651,63 @@ def _keras_lamb(kw):
     return dict, step
 
 
+def _bf16(x):
+    """``x`` rounded to bfloat16 through float32 (torch's double → bfloat16), as float32."""
+    import ml_dtypes
+
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _mm32(a, b):
+    """a·b of bfloat16-valued matrices, accumulated in float32 over k in order (each
+    product is exact in float32)."""
+    acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(a.shape[1]):
+        acc = acc + np.outer(a[:, k], b[k, :]).astype(np.float32)
+    return acc
+
+
+def _newton_schulz_bf16(m, coefficients, steps, eps):
+    """Jordan's quintic Newton–Schulz iteration as torch 2.13 runs it: in bfloat16, each
+    matmul accumulated in float32, and addmm's β·C + α·(A·B) rounded once to float32 (a fused
+    multiply-add: computed here in float64, where the products of float32 numbers by
+    bfloat16 ones are exact), then to bfloat16."""
+    a, b, c = (float(np.float32(v)) for v in coefficients)
+    x = _bf16(m)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    norm = _bf16(np.sqrt(np.sum(x.astype(np.float32) ** 2, dtype=np.float32)))
+    x = _bf16(x / np.maximum(norm, _bf16(eps)))
+    for _ in range(steps):
+        gram = _bf16(_mm32(x, x.T)).astype(np.float64)
+        poly = _bf16(b * gram + c * _mm32(gram, gram).astype(np.float64))
+        x = _bf16(a * x.astype(np.float64) + _mm32(poly, x).astype(np.float64))
+    return (x.T if tall else x).astype(np.float64)
+
+
+def _torch_muon(kw):
+    lr, wd, mu = kw.get("lr", 1e-3), kw.get("weight_decay", 0.1), kw.get("momentum", 0.95)
+    nesterov, eps, steps = kw.get("nesterov", True), kw.get("eps", 1e-7), kw.get("ns_steps", 5)
+    coefficients = kw.get("ns_coefficients", (3.4445, -4.7750, 2.0315))
+    adjust = kw.get("adjust_lr_fn")
+
+    def step(x, g, s, t):
+        s["buf"] = mu * s.get("buf", 0.0) + (1 - mu) * g
+        m = (1 - mu) * g + mu * s["buf"] if nesterov else s["buf"]
+        rows, cols = x.shape
+        if adjust == "match_rms_adamw":
+            ratio = 0.2 * np.sqrt(max(rows, cols))
+        else:
+            ratio = np.sqrt(max(1, rows / cols))
+        o = _newton_schulz_bf16(m, coefficients, steps, eps)
+        return x * (1 - lr * wd) - lr * ratio * o
+
+    return dict, step
+
+
 REFERENCES = {
     "torch": {
+        "Muon": _torch_muon,
         "SGD": _torch_sgd,
         "RMSprop": _torch_rmsprop,
         "Adagrad": _torch_adagrad,
@@ -658,7 +759,7 @@ def replay(library, cls, kwargs, problem):
     """Trajectory of the NumPy transcription, in the JSON layout."""
     init, step = REFERENCES[library][cls](kwargs)
     grad_fn = problems.grad_fn(problem)
-    params = {n: problems.PARAMS0[n].copy() for n in NAMES}
+    params = problems.params0(problem)
     state = {n: init() for n in NAMES}
     traj = {n: [] for n in NAMES}
     for k in range(problems.STEPS):
@@ -677,7 +778,11 @@ def self_check(data, tol=1e-10):
         ref = replay(data["library"], rec["cls"], rec["kwargs"], rec["problem"])
         diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in NAMES)
         moved = max(
-            float(np.max(np.abs(np.array(rec["trajectory"][n][-1]) - problems.PARAMS0[n])))
+            float(
+                np.max(
+                    np.abs(np.array(rec["trajectory"][n][-1]) - problems.params0(rec["problem"])[n])
+                )
+            )
             for n in NAMES
         )
         worst = max(worst, diff)
@@ -699,6 +804,7 @@ def _dumps(data):
 
 def main():
     outputs = {"torch": record_torch(), "keras": record_keras()}
+    outputs["torch"]["records"] += record_torch_matrices()
     ok = True
     for library, data in outputs.items():
         path = HERE / f"{library}.json"
