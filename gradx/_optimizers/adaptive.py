@@ -51,8 +51,10 @@ def scale_by_adadelta(
     acc = dtype_arg("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> AdadeltaState:
-        zeros = moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
-        return AdadeltaState(e_d=zeros, e_g=zeros)
+        def zeros():  # two buffers: a step that donates its state must not get one twice
+            return moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
+
+        return AdadeltaState(e_d=zeros(), e_g=zeros())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -223,8 +223,10 @@ def max_rms(
     acc = dtype_arg("max_rms", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> MaxRmsState:
-        zeros = moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
-        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros, nu_max=zeros)
+        def zeros():  # two buffers: a step that donates its state must not get one twice
+            return moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
+
+        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros(), nu_max=zeros())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

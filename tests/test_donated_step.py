@@ -1,8 +1,10 @@
-"""bfloat16 moments: a block's update reads each moment as the state stores it.
+"""A jitted step that donates its params and state, as training steps (and update_step.py) do.
 
-So the compiled step keeps no copy of an old moment (the copy, a buffer the moment's size,
-cost a bfloat16-moment Adam step on CPU more than all its arithmetic: benchmarks/README.md).
-Checked against a NumPy transcription that rounds each moment to bfloat16 before using it.
+bfloat16 moments: a block's update reads each moment as the state stores it, so the compiled
+step keeps no copy of an old moment (the copy, a buffer the moment's size, cost a
+bfloat16-moment Adam step on CPU more than all its arithmetic: benchmarks/README.md); checked
+against a NumPy transcription that rounds each moment to bfloat16 before using it. And no
+state leaf shares a buffer with another or with the params (a donated buffer twice is refused).
 """
 
 from __future__ import annotations
@@ -72,3 +74,13 @@ def test_bf16_moment_steps_compile_without_a_copy_of_an_old_moment():
         copies = compiled.as_text().count(" copy(")
         found[name] = (copies, compiled.memory_analysis().temp_size_in_bytes)
     assert all(copies == 0 and temp < 1024 for copies, temp in found.values()), found
+
+
+def test_no_state_leaf_shares_a_buffer_with_another_or_with_the_params():
+    """A step that donates params and state (as update_step.py does) gets each buffer once:
+    a buffer twice is refused at the first call ("donate the same buffer twice")."""
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    for name, make in sorted(gradx.OPTIMIZERS.items()):
+        state = make(0.1).init(params)
+        buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves((params, state))]
+        assert len(buffers) == len(set(buffers)), name
