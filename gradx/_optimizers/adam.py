@@ -30,7 +30,7 @@ from gradx._optimizers.preconditioners import (
 )
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import as_stored, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -88,6 +88,7 @@ def nesterov_ema(
         c_grad = (1 - mu) / (1 - mu_product)
         c_mean = mu_next / (1 - mu_product * mu_next)
         mean = jax.tree.map(lambda g, m: ema_of(b1, g, m), updates, state.mean)
+        mean = as_stored(mean, state.mean)
 
         def out_of(g, m):
             gw, mw = wide(g, b1, m), wide(m, b1, g)

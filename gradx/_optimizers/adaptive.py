@@ -20,7 +20,7 @@ from gradx._optimizers.momentum import trace
 from gradx._optimizers.preconditioners import ema_of, precondition, rms, rss
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, as_stored, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -51,8 +51,10 @@ def scale_by_adadelta(
     acc = dtype_arg("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> AdadeltaState:
-        zeros = moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
-        return AdadeltaState(e_d=zeros, e_g=zeros)
+        def zeros():  # two buffers: a step that donates its state must not get one twice
+            return moment_zeros("scale_by_adadelta", "accumulator_dtype", params, acc, True)
+
+        return AdadeltaState(e_d=zeros(), e_g=zeros())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -60,6 +62,7 @@ def scale_by_adadelta(
         r, e = jnp.asarray(rho), jnp.asarray(eps)
 
         e_g = jax.tree.map(lambda g, eg: ema_of(r, abs_sq(wide(g, r, eg)), eg), updates, state.e_g)
+        e_g = as_stored(e_g, state.e_g)
 
         def step_of(g, eg, ed):
             egw, edw = wide(eg, r, e, ed), wide(ed, r, e, eg)

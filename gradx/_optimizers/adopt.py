@@ -23,7 +23,7 @@ from gradx._optimizers.adam import moment_dtypes
 from gradx._optimizers.preconditioners import ema_of
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, as_stored, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -118,6 +118,7 @@ def scale_by_adopt(
             lambda g, v: ema_of(beta2, abs_sq(wide(g, beta2, v)), v), updates, state.nu
         )
         mu = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, state.mu)
+        mu = as_stored(mu, state.mu)
         out = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, mu) if nesterov else mu
         return out, ScaleByAdoptState(
             count=optax.safe_increment(state.count),

@@ -16,7 +16,7 @@ import optax
 
 from gradx._optimizers.scaling import scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import as_stored, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -59,8 +59,8 @@ def trace(
 
     Returns:
       An optax transformation. Its update is in the computed dtype
-      (``wide`` of u, μ and v), which may be wider than u's: the new v
-      before it is rounded to its storage dtype.
+      (``wide`` of u, μ and v), which may be wider than u's: the new v as
+      stored (rounded to a bfloat16 buffer and back; see ``as_stored``).
     """
     acc = dtype_arg("trace", "accumulator_dtype", accumulator_dtype)
 
@@ -82,6 +82,7 @@ def trace(
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
         velocity = jax.tree.map(velocity_of, updates, state.velocity)
+        velocity = as_stored(velocity, state.velocity)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
@@ -118,7 +119,7 @@ def ema(
 
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
     params. The update is in the computed dtype (``wide`` of g, β and m),
-    which may be wider than g's: the new m before it is rounded to its storage dtype.
+    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back).
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
@@ -164,6 +165,7 @@ def ema(
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, state.mean)
+        mean = as_stored(mean, state.mean)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, as_stored, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     DENOMINATORS,
     GAIN_FN,
@@ -174,9 +174,11 @@ def rms(
         nu = jax.tree.map(
             lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, state.nu
         )
+        nu = as_stored(nu, state.nu)
         mean = ()
         if centered:
             mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, state.mean)
+            mean = as_stored(mean, state.mean)
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
@@ -221,8 +223,10 @@ def max_rms(
     acc = dtype_arg("max_rms", "accumulator_dtype", accumulator_dtype)
 
     def init(params: Any) -> MaxRmsState:
-        zeros = moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
-        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros, nu_max=zeros)
+        def zeros():  # two buffers: a step that donates its state must not get one twice
+            return moment_zeros("max_rms", "accumulator_dtype", params, acc, real=True)
+
+        return MaxRmsState(count=jnp.zeros([], jnp.int32), nu=zeros(), nu_max=zeros())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -231,17 +235,20 @@ def max_rms(
         count = optax.safe_increment(state.count)
         correction = 1 - b2 ** count_as(count, b2)
         nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, state.nu)
+        nu = as_stored(nu, state.nu)
         if max_of == "v_hat":
             nu_max = jax.tree.map(
                 lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)),
                 nu,
                 state.nu_max,
             )
+            nu_max = as_stored(nu_max, state.nu_max)
             out = jax.tree.map(jnp.sqrt, nu_max)
         else:
             nu_max = jax.tree.map(
                 lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), state.nu_max, nu
             )
+            nu_max = as_stored(nu_max, state.nu_max)
             c = jnp.sqrt(correction) if max_of == "raw_v" else 1
             out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
         return out, MaxRmsState(
@@ -284,6 +291,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, state.sum_of_squares)
+        total = as_stored(total, state.sum_of_squares)
         out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
         return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
 
@@ -319,6 +327,7 @@ def inf_norm(
             return jnp.maximum(coef(b2, uw) * uw, mod + coef(e, mod))
 
         u = jax.tree.map(norm_of, updates, state.u)
+        u = as_stored(u, state.u)
         return u, InfNormState(u=stored(u, state.u))
 
     return optax.GradientTransformationExtraArgs(init, update)
