@@ -4,6 +4,7 @@
                                       [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
                                       [--repeats 5] [--compile-repeats 3] [--inject]
                                       [--skip-step] [--skip-mlp] [--skip-fit]
+                                      [--muon-blocks 12]
 
 For every rule and number of leaves L it builds, for each side, a fresh
 
@@ -33,6 +34,8 @@ by default, and with ``flat=False``) against the optax-tutorial loop's first epo
 step per minibatch, host batches); both include compilation. One fit and one loop run first
 to warm what a process compiles once for all (JAX's helpers, and fit's shuffle program for
 N = 1437: 0.2-0.25 s, once per process and N). ``--quick`` skips the 4,000-leaf size.
+With ``--muon-blocks B`` it also traces and compiles ``gradx.muon`` and ``optax.contrib.muon``
+on update_step.py's transformer-shaped tree of B blocks (shapes only, nothing runs).
 With ``--cache-dir DIR`` JAX's persistent compilation cache is on: run it twice, and the
 second run's first epochs reuse the programs the first run compiled (``gradx.fit`` and
 ``gradx.sweep`` programs are found by their HLO).
@@ -276,6 +279,49 @@ def mlp_table(args: argparse.Namespace) -> None:
         print(f"| {name} | {t:.2f} | {c:.2f} | {total[name] / total['optax']:.2f}× |")
 
 
+# ----------------------------------------------------------------------------- Muon
+
+
+def transformer_shapes(blocks: int, d: int = 768) -> list[tuple[int, ...]]:
+    """update_step.py's transformer-shaped tree: per block q, k, v, o (d×d) and biases, two
+    layer norms, the MLP (d×4d, 4d×d) and its biases (16 leaves, 7.1M params)."""
+    one = [(d, d), (d,)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return one * blocks
+
+
+def muon_table(args: argparse.Namespace) -> None:
+    """Trace and compile of one update + apply of gradx.muon and optax.contrib.muon on the
+    transformer-shaped tree (shapes only: nothing is allocated or run)."""
+    import optax.contrib
+
+    shapes = transformer_shapes(args.muon_blocks)
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    makers = {"gradx": lambda: gradx.muon(LR), "optax": lambda: optax.contrib.muon(LR)}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in makers}
+    count = {}
+    for r in range(args.compile_repeats):
+        for name in list(makers) if r % 2 == 0 else list(makers)[::-1]:
+            opt = makers[name]()
+            state = jax.eval_shape(opt.init, params)
+            t, c, compiled = trace_compile(make_step(opt), params, state, params)
+            samples[name].append((t, c))
+            count[name] = instructions(compiled)
+    total = {k: statistics.median(t + c for t, c in v) for k, v in samples.items()}
+    leaves = len(shapes)
+    print(
+        f"\n### Muon, transformer-shaped tree ({args.muon_blocks} blocks, {leaves} leaves, "
+        f"{sum(math.prod(s) for s in shapes) / 1e6:.1f}M float32): trace / compile s, "
+        f"median of {args.compile_repeats}\n"
+    )
+    print("| side | trace s | compile s | total vs optax | HLO instructions |")
+    print("|---|---:|---:|---:|---:|")
+    for name, v in samples.items():
+        t, c = statistics.median(t for t, _ in v), statistics.median(c for _, c in v)
+        print(
+            f"| {name} | {t:.2f} | {c:.2f} | {total[name] / total['optax']:.2f}× | {count[name]} |"
+        )
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -404,6 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-mlp", action="store_true")
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument(
+        "--muon-blocks",
+        type=int,
+        default=0,
+        help="also compile gradx.muon and optax.contrib.muon on a transformer-shaped tree of "
+        "this many blocks (12: update_step.py's 85M tree); 0: skip",
+    )
+    parser.add_argument(
         "--cache-dir",
         default=None,
         help="use JAX's persistent compilation cache in this directory (run twice: the second "
@@ -432,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         mlp_table(args)
     if not args.skip_fit:
         fit_table(args)
+    if args.muon_blocks:
+        muon_table(args)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -13,6 +13,7 @@ median seconds per epoch of each side, their ratio, and the median of the paired
 repeat's "on" median over its "off" median).
 
     python benchmarks/diagnostics.py [--n 60000] [--repeats 5] [--epochs 3]
+                                     [--optimizers momentum,adam] [--batch-sizes 32,128]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
 
@@ -77,9 +80,9 @@ def main() -> None:
     )
     print(f"{'optimizer':<10} {'B':>4} {'off_s':>8} {'on_s':>8} {'ratio':>7} {'paired':>7}")
     rows = []
-    for name in OPTIMIZERS:
+    for name in args.optimizers.split(","):
         optimizer = gradx.OPTIMIZERS[name](0.01)
-        for batch in BATCH_SIZES:
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
             off, on, paired = [], [], []
             for r in range(args.repeats):
                 order = (False, True) if r % 2 == 0 else (True, False)

@@ -17,7 +17,9 @@ momentum (lr 0.01, μ 0.9) in every contender:
 
 Each figure is the median over ``--repeats`` epochs after one warm-up epoch (which compiles).
 
-    python benchmarks/train_epoch.py [--n 60000] [--repeats 3] [--torch-python PATH]
+    python benchmarks/train_epoch.py [--n 60000] [--repeats 3] [--torch-python PATH] [--no-torch]
+
+It prints a markdown table.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def bench_torch(n: int, batch_sizes: list[int], repeats: int) -> dict[str, float
 
 
 def torch_figures(args) -> dict[str, float] | None:
+    if args.no_torch:
+        return None
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=60000, help="examples (default 60000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median)")
     parser.add_argument("--torch-python", help="a Python with torch, if this one has none")
+    parser.add_argument("--no-torch", action="store_true", help="skip torch even if present")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_only:
@@ -241,16 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     seq, swp = jax_figures["sequential/epoch"], jax_figures["sweep/epoch"]
     rows.append(("8 sequential gradx.fit", "128", f"{seq:.3f}", ""))
     rows.append(("gradx.sweep, 8 lrs", "128", f"{swp:.3f}", f"{seq / swp:.1f}× faster"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for i, r in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w)
-                for j, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
+        print("| " + " | ".join(r) + " |")
         if i == 0:
-            print("  ".join("-" * w for w in widths))
+            print("|---|---:|---:|---:|")
     print()
     print(
         f"wall time incl. compilation: sweep {jax_figures['sweep/total']:.1f} s, "

@@ -4,8 +4,9 @@
                                      [--only adam,sgd] [--hlo DIR] [--flat] [--torch-fused]
 
 For each case (one 16M-parameter float32 leaf; 1,000 leaves of 1,000; with
-``--cases transformer``, a transformer-shaped tree of 192 leaves, 85M params) and each pair of the
-table ``PAIRS`` whose gradx optimizer exists, it builds
+``--cases transformer``, a transformer-shaped tree of 192 leaves, 85M params; ``transformer2``,
+its first 2 blocks, for Muon on a CPU; ``LxN``: L leaves of N, e.g. ``10x100`` for a smoke
+run) and each pair of the table ``PAIRS`` whose gradx optimizer exists, it builds
 
     step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))
 
@@ -14,6 +15,14 @@ steps, then warms up and takes ``--repeats`` measurements of N back-to-back step
 (N so that one measurement lasts about ``--min-time`` seconds), alternating which of the two
 goes first, and reports the median time per step of each and their ratio. When ``import
 torch`` works it also times the nearest ``torch.optim`` optimizer (an extra column).
+
+Against the memory limit: each row also gives the bytes the rule must move per parameter
+(read the params, the gradient and the state, write the params and the state: 28 for float32
+Adam), counted from the dtypes and sizes of the state ``jax.eval_shape`` gives for the
+optimizer's ``init``; the bandwidth that implies at gradx's measured step time; the
+bandwidth of a donated, jitted triad x ← x + a·y over one float32 array of the case's size
+(12 bytes an element), measured interleaved with the two sides in every row; and each side's
+implied bandwidth as a fraction of the triad's (1.0: as fast as streaming allows).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import dataclasses
 import math
 import os
 import pathlib
-import re
 import shlex
 import statistics
 import sys
@@ -34,6 +42,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+import optax.contrib
+from _hlo import dump_hlo, hlo_summary  # benchmarks/_hlo.py, beside this script
 
 import gradx
 
@@ -49,6 +59,7 @@ class Pair:
     gradx_kwargs: dict[str, Any]
     optax_make: Callable[[float], optax.GradientTransformation]
     torch_make: Callable[[Any, float], Any] | None = None  # (torch params, lr) -> optimizer
+    same_tol: float = 1e-5  # the largest |Δθ| between the two sides that counts as one rule
 
 
 # --torch-fused: the optimizers that have a fused CPU kernel in torch use it.
@@ -65,8 +76,10 @@ def _torch(name: str, **kwargs: Any) -> Callable[[Any, float], Any]:
     return make
 
 
-# A rule joins the benchmark by adding a row; rows whose gradx optimizer does not exist yet are
-# skipped. The keyword arguments make both sides the same rule where the defaults differ.
+# A rule joins the benchmark by adding a row: Pair(label, gradx name, gradx kwargs, optax twin
+# as a function of the learning rate, optionally torch's); rows whose gradx optimizer does not
+# exist yet are skipped. The keyword arguments make both sides the same rule where the
+# defaults differ.
 PAIRS = [
     Pair("sgd", "sgd", {}, optax.sgd, _torch("SGD")),
     Pair(
@@ -134,6 +147,18 @@ PAIRS = [
         lambda lr: optax.adamw(lr, weight_decay=1e-2),
         _torch("AdamW", weight_decay=1e-2),
     ),
+    Pair(
+        "adam(μ bfloat16)",
+        "adam",
+        {"mu_dtype": "bfloat16"},
+        lambda lr: optax.adam(lr, mu_dtype=jnp.bfloat16),
+        # gradx's step reads m as stored (rounded to bfloat16), optax's before rounding: over
+        # the 5 checking steps at lr 0.1, |Δθ| ≈ 3e-3 (docs/guides/porting.md).
+        same_tol=1e-2,
+    ),
+    # Newton–Schulz on the matrices, Adam on the rest; torch's Muon takes matrices only: no
+    # torch column. Not coordinate-wise: gradx.flat refuses it (no flat column).
+    Pair("muon", "muon", {}, lambda lr: optax.contrib.muon(lr)),
 ]
 
 
@@ -152,6 +177,17 @@ def transformer_shapes(blocks: int = 12, d: int = 768) -> tuple[tuple[int, ...],
     return tuple(one * blocks)
 
 
+def case_of(name: str) -> Case:
+    """A case of ``CASES`` by name, or ``LxN``: L float32 leaves of N."""
+    if name in CASES:
+        return CASES[name]
+    leaves, _, size = name.partition("x")
+    if not (leaves.isdigit() and size.isdigit()):
+        raise SystemExit(f"update_step.py: --cases takes {', '.join(CASES)} or LxN, not {name!r}")
+    title = f"{int(leaves):,} lea{'f' if leaves == '1' else 'ves'} of {int(size):,} float32"
+    return Case(name, title, ((int(size),),) * int(leaves))
+
+
 CASES = {
     "big": Case("big", "1 leaf of 16M (2^24) float32", ((1 << 24,),)),
     "many": Case("many", "1,000 leaves of 1,000 float32", ((1000,),) * 1000),
@@ -160,18 +196,24 @@ CASES = {
         "transformer-shaped: 12 blocks, 192 leaves, 85M float32",
         transformer_shapes(),
     ),
+    # Muon's Newton–Schulz costs ~1.6 TFLOP per step of the 12 blocks: 2 blocks on a CPU
+    "transformer2": Case(
+        "transformer2",
+        "transformer-shaped: 2 blocks, 32 leaves, 14M float32",
+        transformer_shapes(blocks=2),
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- programs
 
 
-def make_step(opt: optax.GradientTransformation) -> Callable[..., Any]:
+def make_step(opt: optax.GradientTransformation, donate: Any = (0, 1)) -> Callable[..., Any]:
     def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=donate)
 
 
 def tree(shapes: tuple[tuple[int, ...], ...], seed: int, scale: float) -> list[jax.Array]:
@@ -190,14 +232,46 @@ def same_rule(gradx_opt: Any, optax_opt: Any, steps: int = 5) -> float:
     params = {"gradx": tree(shapes, 0, 1.0), "optax": tree(shapes, 0, 1.0)}
     opts = {"gradx": gradx_opt, "optax": optax_opt}
     states = {k: opts[k].init(params[k]) for k in opts}
+    steps_of = {k: make_step(opts[k], donate=()) for k in opts}  # jitted: one compile each
     for t in range(steps):
         grads = tree(shapes, 100 + t, 1.0)
         for k in opts:
-            updates, states[k] = opts[k].update(grads, states[k], params[k])
-            params[k] = optax.apply_updates(params[k], updates)
+            params[k], states[k] = steps_of[k](params[k], states[k], grads)
         for a, b in zip(params["gradx"], params["optax"], strict=True):
             worst = max(worst, float(jnp.max(jnp.abs(a - b))))
     return worst
+
+
+def moved_bytes(opt: optax.GradientTransformation, shapes: tuple[tuple[int, ...], ...]) -> float:
+    """Bytes per parameter one step must move at least: read the params, the gradient and the
+    state, write the params and the state; the state's dtypes and sizes are those
+    ``jax.eval_shape`` gives for ``opt.init`` (its scalars count too, a few bytes a step)."""
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    state = jax.eval_shape(opt.init, params)
+
+    def size(tree: Any) -> int:
+        return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+    return (3 * size(params) + 2 * size(state)) / sum(math.prod(s) for s in shapes)
+
+
+TRIAD_BYTES = 12  # x ← x + a·y: read x and y, write x (float32)
+
+
+class StreamSide:
+    """The streaming limit: a donated, jitted triad x ← x + a·y over one float32 array."""
+
+    def __init__(self, n: int):
+        self.step = jax.jit(lambda x, y: x + jnp.float32(1e-6) * y, donate_argnums=0)
+        self.x, self.y = tree(((n,),), 2, 1.0)[0], tree(((n,),), 3, 1.0)[0]
+
+    def run(self, grads: Any, n: int) -> float:
+        del grads
+        start = time.perf_counter()
+        for _ in range(n):
+            self.x = self.step(self.x, self.y)
+        jax.block_until_ready(self.x)
+        return (time.perf_counter() - start) / n
 
 
 @dataclasses.dataclass
@@ -258,46 +332,68 @@ def measure(sides: dict[str, Any], grads: Any, repeats: int, min_time: float) ->
     }
 
 
-# ----------------------------------------------------------------------------- HLO
-
-
-_OP = re.compile(r"^\s*(?:ROOT\s+)?%\S+ = (\w+)\[([\d,]*)\](?:\{[\d,]*\})? ([a-z-]+)\(")
-_FREE = {"parameter", "broadcast", "constant", "fusion", "tuple", "bitcast", "copy"}
-
-
-def hlo_summary(text: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, dict[str, int], int]:
-    """What the compiled step does per element and per step, read off its optimized HLO.
-
-    Returns (elementwise ops per element, {op: count} per element, scalar fusions): the ops
-    on arrays of the leaves' shape inside fusions (broadcasts, parameters and constants
-    excluded), divided by the number of leaves; and the fusions that compute a scalar (count
-    increments, bias corrections), each one more kernel launch per step.
-    """
-    leaf_dims = {",".join(map(str, s)) for s in shapes}
-    ops: dict[str, int] = {}
-    scalar_fusions = 0
-    for line in text.splitlines():
-        m = _OP.match(line)
-        if not m:
-            continue
-        _, dims, op = m.groups()
-        if op == "fusion" and dims == "" and "ENTRY" not in line:
-            scalar_fusions += 1
-        if dims in leaf_dims and op not in _FREE:
-            ops[op] = ops.get(op, 0) + 1
-    per_element = {k: v // len(shapes) for k, v in sorted(ops.items())}
-    return sum(per_element.values()), per_element, scalar_fusions
-
-
-def dump_hlo(directory: pathlib.Path, tag: str, step: Any, *args: Any) -> str:
-    """Writes the compiled HLO of ``step`` on ``args``; returns it."""
-    text = step.lower(*args).compile().as_text()
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{tag}.hlo.txt").write_text(text)
-    return text
-
-
 # ----------------------------------------------------------------------------- main
+
+
+def hlo_line(args: Any, case: Case, pair: Pair, sides: dict[str, Any], grads: Any) -> str:
+    """Dumps each side's HLO to ``--hlo`` and compares gradx's with optax's in one line."""
+    summaries = {}
+    for name, side in sides.items():
+        tag = f"{case.name}_{pair.gradx_name}_{name}"
+        text = dump_hlo(args.hlo, tag, side.step, side.params, side.state, grads)
+        summaries[name] = hlo_summary(text, case.shapes)
+    (gn, gops, gs, gc), (on, oops, os_, oc) = summaries["gradx"], summaries["optax"]
+    extra = {k: gops.get(k, 0) - oops.get(k, 0) for k in {*gops, *oops}}
+    extra_text = ", ".join(f"{v:+d} {k}" for k, v in sorted(extra.items()) if v)
+    return (
+        f"- {pair.label}, HLO: {gn} vs {on} elementwise ops per element"
+        f" ({extra_text or 'the same ops'}); {gs} vs {os_} scalar fusions,"
+        f" {gc} vs {oc} leaf copies per step"
+    )
+
+
+def columns(flat: bool, torch: bool) -> list[str]:
+    cols = ["rule", "gradx ms", "optax ms", "ratio", "paired", "per-repeat"]
+    cols += ["flat ms (paired)"] * flat + ["torch ms (paired)"] * torch
+    return [*cols, "B/param", "GB/s", "triad GB/s", "of limit", "optax of limit", "N", "same"]
+
+
+def run_pair(args: Any, case: Case, pair: Pair, make: Any, grads: Any, torch: bool):
+    """Times one row: (its markdown line, gradx/optax, the HLO line or None)."""
+    gradx_opt, optax_opt = make(LR, **pair.gradx_kwargs), pair.optax_make(LR)
+    diff = same_rule(make(0.1, **pair.gradx_kwargs), pair.optax_make(0.1))
+    sides: dict[str, Any] = {}
+    for name, opt in (("gradx", gradx_opt), ("optax", optax_opt)):
+        params = tree(case.shapes, 0, 1.0)
+        sides[name] = Side(make_step(opt), params, opt.init(params))
+    if args.flat:
+        flat_opt = gradx.flat(make(LR, **pair.gradx_kwargs))
+        params = tree(case.shapes, 0, 1.0)
+        try:
+            sides["flat"] = Side(make_step(flat_opt), params, flat_opt.init(params))
+        except ValueError:  # refused packed (muon: each matrix as a whole)
+            pass
+    hlo = hlo_line(args, case, pair, sides, grads) if args.hlo else None
+    if torch and pair.torch_make:
+        sides["torch"] = TorchSide(pair.torch_make, case.shapes)
+    n_params = sum(math.prod(s) for s in case.shapes)
+    sides["stream"] = StreamSide(n_params)
+    result = measure(sides, grads, args.repeats, args.min_time)
+    med = result["median"]
+    ratio = med["gradx"] / med["optax"]
+    per_param = moved_bytes(gradx_opt, case.shapes)
+    moved, stream = per_param * n_params, TRIAD_BYTES * n_params / med["stream"]
+    cells = [pair.label, f"{1e3 * med['gradx']:.3f}", f"{1e3 * med['optax']:.3f}"]
+    cells += [f"{ratio:.3f}", f"{statistics.median(result['ratios']):.3f}"]
+    cells.append(f"{min(result['ratios']):.2f}-{max(result['ratios']):.2f}")
+    for extra in ("flat",) * args.flat + ("torch",) * torch:
+        have = extra in med
+        cells.append(f"{1e3 * med[extra]:.3f} ({result['paired'][extra]:.2f}×)" if have else "—")
+    cells += [f"{per_param:.1f}", f"{moved / med['gradx'] / 1e9:.1f}", f"{stream / 1e9:.1f}"]
+    cells += [f"{moved / med[k] / stream:.2f}" for k in ("gradx", "optax")]
+    same = "yes" if diff <= pair.same_tol else "NO"
+    cells += [str(result["n"]), f"{same} ({diff:.0e})"]
+    return "| " + " | ".join(cells) + " |", ratio, hlo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--min-time", type=float, default=0.2, help="seconds one measurement lasts (0.2)"
     )
-    parser.add_argument("--cases", default="big,many", help=f"of {','.join(CASES)}")
+    parser.add_argument("--cases", default="big,many", help=f"of {','.join(CASES)}, or LxN")
     parser.add_argument("--only", default=None, help="pair labels or gradx names, a,b")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if present")
     parser.add_argument("--hlo", type=pathlib.Path, help="write the compiled HLO of each side")
@@ -318,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     TORCH_FUSED["on"] = args.torch_fused
+    cases = [case_of(name) for name in args.cases.split(",")]
 
     try:
         if args.no_torch:
@@ -328,16 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         torch_version = None
 
+    def emit(*lines: str) -> None:  # the output is markdown: tables, one per case
+        print(*lines, sep="\n", flush=True)
+
     device = jax.devices()[0]
-    print("$ python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]))
-    print(
+    emit(
+        "$ python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, optax {optax.__version__}, "
         f"gradx {gradx.__version__}"
-        + (f", torch {torch_version}" if torch_version else ", torch not installed")
-    )
-    print(
+        + (f", torch {torch_version}" if torch_version else ", torch not installed"),
         f"device: {device.platform} {device.device_kind} ({len(jax.devices())} device(s)), "
-        f"{os.cpu_count()} CPU cores; median of {args.repeats} x N steps per side, interleaved"
+        f"{os.cpu_count()} CPU cores; median of {args.repeats} x N steps per side, interleaved",
     )
 
     only = set(args.only.split(",")) if args.only else None
@@ -347,74 +445,23 @@ def main(argv: list[str] | None = None) -> int:
             continue
         make = getattr(gradx, pair.gradx_name, None)
         if make is None:
-            print(f"  (no gradx.{pair.gradx_name} yet: {pair.label} skipped)")
+            emit(f"(no gradx.{pair.gradx_name} yet: {pair.label} skipped)")
             continue
         pairs.append((pair, make))
 
-    worst_ratio = 0.0
-    for case_name in args.cases.split(","):
-        case = CASES[case_name]
-        print(f"\n{case.title}")
-        header = (
-            f"  {'rule':<30} {'gradx_ms':>9} {'optax_ms':>9} {'ratio':>6} {'paired':>6}"
-            f"  {'per-repeat':>11}"
-        )
-        header += f" {'flat_ms':>9} {'(paired)':>8}" if args.flat else ""
-        header += f" {'torch_ms':>9} {'(paired)':>8}" if torch_version else ""
-        print(header + "   N  same rule")
-        grads = tree(case.shapes, 1, 1e-3)
+    ratios = []
+    for case in cases:
+        cols = columns(args.flat, bool(torch_version))
+        emit("", f"### {case.title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|")
+        grads, hlo_lines = tree(case.shapes, 1, 1e-3), []
         for pair, make in pairs:
-            gradx_opt = make(LR, **pair.gradx_kwargs)
-            optax_opt = pair.optax_make(LR)
-            diff = same_rule(make(0.1, **pair.gradx_kwargs), pair.optax_make(0.1))
-            sides: dict[str, Any] = {}
-            for name, opt in (("gradx", gradx_opt), ("optax", optax_opt)):
-                params = tree(case.shapes, 0, 1.0)
-                sides[name] = Side(make_step(opt), params, opt.init(params))
-            if args.flat:
-                flat_opt = gradx.flat(make(LR, **pair.gradx_kwargs))
-                params = tree(case.shapes, 0, 1.0)
-                sides["flat"] = Side(make_step(flat_opt), params, flat_opt.init(params))
-            hlo_line = None
-            if args.hlo:
-                summaries = {}
-                for name, side in sides.items():
-                    tag = f"{case.name}_{pair.gradx_name}_{name}"
-                    text = dump_hlo(args.hlo, tag, side.step, side.params, side.state, grads)
-                    summaries[name] = hlo_summary(text, case.shapes)
-                (gn, gops, gs), (on, oops, os_) = summaries["gradx"], summaries["optax"]
-                extra = {k: gops.get(k, 0) - oops.get(k, 0) for k in {*gops, *oops}}
-                extra_text = ", ".join(f"{v:+d} {k}" for k, v in sorted(extra.items()) if v)
-                hlo_line = (
-                    f"      HLO: {gn} vs {on} elementwise ops per element"
-                    f" ({extra_text or 'the same ops'}); {gs} vs {os_} scalar fusions per step"
-                )
-            if torch_version and pair.torch_make:
-                sides["torch"] = TorchSide(pair.torch_make, case.shapes)
-            result = measure(sides, grads, args.repeats, args.min_time)
-            med = result["median"]
-            ratio = med["gradx"] / med["optax"]
-            worst_ratio = max(worst_ratio, ratio)
-            lo, hi = min(result["ratios"]), max(result["ratios"])
-            paired = statistics.median(result["ratios"])
-            line = (
-                f"  {pair.label:<30} {1e3 * med['gradx']:>9.3f} {1e3 * med['optax']:>9.3f} "
-                f"{ratio:>6.3f} {paired:>6.3f}  {lo:>5.2f}-{hi:<5.2f}"
-            )
-            for extra in ("flat", "torch") if args.flat else ("torch",):
-                if extra == "torch" and not torch_version:
-                    continue
-                if extra in med:
-                    line += f" {1e3 * med[extra]:>9.3f} {result['paired'][extra]:>7.2f}×"
-                else:
-                    line += f" {'—':>9} {'':>8}"
-            same = "yes" if diff <= 1e-5 else f"NO ({diff:.1e})"
-            print(f"{line} {result['n']:>3}  {same}  (max |Δθ| {diff:.0e})")
-            if hlo_line:
-                print(hlo_line)
-            sys.stdout.flush()
-            del sides
-    print(f"\nworst gradx/optax ratio: {worst_ratio:.3f} (target <= 1.05)")
+            line, ratio, hlo = run_pair(args, case, pair, make, grads, bool(torch_version))
+            emit(line)
+            ratios.append(ratio)
+            hlo_lines += [hlo] if hlo else []
+        if hlo_lines:
+            emit("", *hlo_lines)
+    emit("", f"worst gradx/optax ratio: {max(ratios, default=0.0):.3f} (target <= 1.05)")
     return 0
 
 

@@ -27,16 +27,27 @@ from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
 from gradx._optimizers.adopt import adopt as adopt
 from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
+from gradx._optimizers.groups import ParamGroupsState as ParamGroupsState
+from gradx._optimizers.groups import param_groups as param_groups
 from gradx._optimizers.layerwise import lamb as lamb
 from gradx._optimizers.lookahead import lookahead as lookahead
 from gradx._optimizers.lookahead import lookahead_fitted as lookahead_fitted
 from gradx._optimizers.lookahead import lookahead_momentum as lookahead_momentum
+from gradx._optimizers.matrices import MuonDimensionNumbers as MuonDimensionNumbers
+from gradx._optimizers.matrices import scale_by_shape as scale_by_shape
+from gradx._optimizers.matrices import split_matrices as split_matrices
 from gradx._optimizers.momentum import ema as ema
 from gradx._optimizers.momentum import ema_momentum as ema_momentum
 from gradx._optimizers.momentum import momentum as momentum
 from gradx._optimizers.momentum import nesterov as nesterov
 from gradx._optimizers.momentum import sgd as sgd
 from gradx._optimizers.momentum import trace as trace
+from gradx._optimizers.orthogonal import muon as muon
+from gradx._optimizers.orthogonal import orthogonalize as orthogonalize
+from gradx._optimizers.orthogonal import (
+    orthogonalize_via_newton_schulz as orthogonalize_via_newton_schulz,
+)
+from gradx._optimizers.orthogonal import scale_by_muon as scale_by_muon
 from gradx._optimizers.preconditioners import inf_norm as inf_norm
 from gradx._optimizers.preconditioners import max_rms as max_rms
 from gradx._optimizers.preconditioners import precondition as precondition

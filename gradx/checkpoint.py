@@ -2,9 +2,10 @@
 
 A checkpoint, written after every ``checkpoint_every`` epochs (and after the last one), holds
 everything the next epoch depends on: the params, the optimizer state (any state: gradx's,
-with its hyperparameters, lookahead's slow weights, rprop's step sizes, optax's), the number
-of epochs done and of steps taken, the PRNG key, the history, and the counters of the
-callbacks that have some (``get_state``). Resuming restores all of it and runs the next
+with its hyperparameters, lookahead's slow weights, rprop's step sizes, optax's), the moving
+average of the params of ``fit(..., ema=)``, the number of epochs done and of steps taken,
+the PRNG key, the history, and the counters of the callbacks that have some
+(``get_state``). Resuming restores all of it and runs the next
 epoch with the same shuffle (``fold_in(key, epoch)``), so an interrupted and resumed fit
 equals the uninterrupted one bit for bit.
 
@@ -21,7 +22,8 @@ records which run wrote it: the classes of the optimizer state's nodes (momentum
 nesterov differ), the hyperparameters at the start of the run (before any callback changed
 them; optax's optimizers keep none in their state, so for them the state's classes and
 shapes are what is compared), digests of the initial params and optimizer state, the
-shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite``, the key
+shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite``,
+``accumulate`` and ``ema`` (when they are on), the key
 (saved with the state) and the callbacks that have counters (by class, ``monitor`` or
 ``name``, and their settings). ``epochs`` is not part of it: a resume with more epochs
 extends the run. Checkpoints written by gradx before this record (format 1) are refused.
@@ -183,10 +185,12 @@ class Checkpointer:
         stopped: bool,
         plan: dict[str, Any],
         callbacks: list[tuple[str, dict[str, Any]]],
+        average: Any = None,
     ) -> None:
         """Writes the state after ``epochs_done`` epochs (synchronously: see the module doc).
 
-        ``callbacks``: (name, counters) of the callbacks with counters."""
+        ``callbacks``: (name, counters) of the callbacks with counters; ``average``: the
+        moving average of the params of fit's ``ema`` (its count, decay and params), or None."""
         ocp = self.ocp
         key_data, key_impl = _key_parts(key)
         arrays = {
@@ -195,6 +199,8 @@ class Checkpointer:
         }
         if key_data is not None:
             arrays["key"] = key_data
+        if average is not None:
+            arrays["average"] = jax.tree.leaves(average)
         states = {str(i): c for i, (_, c) in enumerate(callbacks) if c}
         meta = {
             "format": _FORMAT,
@@ -209,6 +215,7 @@ class Checkpointer:
             "params": describe_arrays(params),
             "opt_state": describe_arrays(opt_state),
             "callbacks": [name if c else None for name, c in callbacks],
+            **({} if average is None else {"average": describe_arrays(average)}),
             "checksums": {"arrays": array_checksums(arrays), "callbacks": array_checksums(states)},
             **plan,
         }
@@ -219,7 +226,10 @@ class Checkpointer:
         self.manager.save(epochs_done, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
-    def start(self, *, resume: bool, overwrite: bool, params: Any, opt_state: Any, key: Any):
+    def start(
+        self, *, resume: bool, overwrite: bool, params: Any, opt_state: Any, key: Any,
+        average: Any = None,
+    ):  # fmt: skip
         """The checkpoint to resume (see :meth:`restore`), or None to start afresh; refuses
         a fresh start into a directory with checkpoints unless ``overwrite``."""
         fn, steps = self.fn, sorted(self.manager.all_steps())
@@ -238,7 +248,7 @@ class Checkpointer:
         damaged = []
         for step in reversed(steps):
             try:
-                restored = self.restore(step, params, opt_state, key)
+                restored = self.restore(step, params, opt_state, key, average)
             except Damaged as e:
                 aside = self._set_aside(step)
                 damaged.append(f"epoch {step}: {e}; moved to {aside}")
@@ -296,10 +306,12 @@ class Checkpointer:
             raise Damaged("its metadata's checksum differs from the one written")
         return meta
 
-    def restore(self, step: int, params: Any, opt_state: Any, key: Any) -> dict[str, Any]:
+    def restore(
+        self, step: int, params: Any, opt_state: Any, key: Any, average: Any = None
+    ) -> dict[str, Any]:
         """The checkpoint of ``step``, restored into the structures of ``params`` and
-        ``opt_state``; a ValueError for one of another run, :class:`Damaged` for a damaged
-        one."""
+        ``opt_state`` (and ``average``, fit's moving average, when not None); a ValueError
+        for one of another run, :class:`Damaged` for a damaged one."""
         ocp, fn = self.ocp, self.fn
         where = f"the checkpoint of epoch {step} in {self.directory}"
         meta = self._meta(step, where)
@@ -340,6 +352,13 @@ class Checkpointer:
         }
         if key_data is not None:
             target["key"] = abstract(key_data)
+        if average is not None:
+            if meta.get("average") != describe_arrays(average):
+                raise ValueError(
+                    f"{fn}: {where} must hold a moving average of the params like this run's "
+                    "(ema=), got none or another; resume with the same arguments"
+                )
+            target["average"] = [abstract(x) for x in jax.tree.leaves(average)]
         names = meta["callbacks"]
         items = {"arrays": ocp.args.StandardRestore(target)}
         if any(names):
@@ -364,11 +383,13 @@ class Checkpointer:
             raise ValueError(
                 f"{fn}: key must be the key of the checkpointed run ({where}), got another one"
             )
+        tree, trees = jax.tree.structure(average), ("params", "opt_state", "average")
         return {
             "params": jax.tree.unflatten(jax.tree.structure(params), arrays["params"]),
             "opt_state": jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"]),
             "callbacks": {n: states[str(i)] for i, n in enumerate(names) if n is not None},
-            **{k: meta[k] for k in meta if k not in ("params", "opt_state", "callbacks")},
+            "average": None if average is None else jax.tree.unflatten(tree, arrays["average"]),
+            **{k: meta[k] for k in meta if k not in (*trees, "callbacks")},
         }
 
     def close(self) -> None:

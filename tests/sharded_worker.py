@@ -271,6 +271,8 @@ OPTIMIZERS = {
     "momentum": lambda: gradx.momentum(0.05, momentum=0.9),
     "rprop": lambda: gradx.rprop(0.01),
     "lookahead_fitted": lambda: gradx.lookahead_fitted(0.05),
+    # not coordinate-wise: Newton–Schulz on the sharded matrices (fsdp splits w1 and w2)
+    "muon": lambda: gradx.muon(0.02, weight_decay=0.01),
 }
 
 
@@ -399,6 +401,37 @@ def _():
             loss_fn, params, gradx.sgd(0.1), twelves, mesh=mesh, **{**kw, "batch_size": None}
         ),
     )
+
+
+@check("fit_accumulate_and_ema_on_a_mesh")
+def _():
+    # FSDP with windows of 2 micro-batches of 8 (each split over the 8 devices) and an
+    # average of the params: the one-device numbers, the average sharded like the params;
+    # and the same windows streamed (a group of S windows reshaped on the mesh).
+    params, (x, y) = problem()
+    kw = {**FIT, "batch_size": 8, "epochs": 2, "accumulate": 2, "ema": 0.9}
+    one = gradx.fit(loss_fn, params, gradx.adam(0.01), (x, y), **kw)
+    mesh = mesh_of("explicit")
+    rule = gradx.fsdp(mesh)
+    fs = gradx.fit(loss_fn, params, gradx.adam(0.01), (x, y), mesh=mesh, shard_params=rule, **kw)
+
+    def batches(epoch):  # the in-memory path's own minibatches, fed from the host
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(FIT["key"], epoch), len(x)))
+        for i in range(0, len(x), 8):
+            yield (x[order[i : i + 8]], y[order[i : i + 8]])
+
+    streamed = gradx.fit(
+        loss_fn, params, gradx.adam(0.01), batches, mesh=mesh, shard_params=rule,
+        steps_per_execution=3, **{**kw, "key": None},
+    )  # fmt: skip
+    for got, what in ((fs, "fsdp"), (streamed, "streamed fsdp")):
+        assert (got.steps_per_epoch, got.dropped_per_epoch) == (4, 0), what
+        close(got.params, one.params, f"{what} accumulated params")
+        close(got.ema_params, one.ema_params, f"{what} average")
+        np.testing.assert_allclose(got.history["loss"], one.history["loss"], rtol=1e-5)
+        for k, p in got.ema_params.items():
+            assert p.sharding == got.params[k].sharding, (what, k, p.sharding)
+    assert fs.ema_params["w1"].sharding.spec == P(None, "d"), fs.ema_params["w1"].sharding
 
 
 # ----------------------------------------------------------------------------- 3. sweep

@@ -15,34 +15,54 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # script -> (toy-size arguments, a line the script prints when it has run through)
 RUNS = {
-    "compile_time.py": (
-        "--rules momentum --leaves 10 --skip-mlp --skip-fit --repeats 1 --compile-repeats 1 "
-        "--min-time 0.001",
-        "| momentum | 10 |",
-    ),
-    "update_step.py": (
-        "--only sgd --cases many --repeats 1 --min-time 0.001 --no-torch",
-        "worst gradx/optax ratio",
-    ),
     "packing.py": (
         "--leaves 4 --sizes 8 --points fit,2 --steps 2 --epochs 2 --rounds 1",
         "| fit | 8 |",
     ),
-    "diagnostics.py": ("--n 256 --repeats 1 --epochs 1", "adam"),
-    "train_epoch.py": ("--n 256 --repeats 1", "gradx.sweep"),
+    "diagnostics.py": ("--n 256 --repeats 1 --epochs 1 --optimizers adam --batch-sizes 32", "adam"),
     "scaling.py": ("--devices 2 --epochs 1 --n 64 --batch 32", "| digits 64-16-16-10 |"),
     "search_digits.py": ("--seeds 1 --epochs 1 --samples 2", "| random search"),
 }
 
 
+# run by benchmarks/gpu.sh --small: script -> (its table in OUT, a line it writes there)
+GPU_SH = {
+    "update_step.py": ("update_step_big.md", "| adam(μ bfloat16) | "),
+    "compile_time.py": ("compile_time.md", "| momentum | 10 |"),
+    "train_epoch.py": ("train_epoch.md", "| gradx.sweep, 8 lrs | 128 |"),
+}
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+
+
 def test_every_benchmark_script_is_covered():
-    assert sorted(RUNS) == sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+    scripts = [p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")]
+    assert sorted([*RUNS, *GPU_SH]) == sorted(scripts)  # _name.py: a module the scripts import
+
+
+def test_gpu_script_runs_every_benchmark_it_names_at_a_toy_size(tmp_path):
+    """benchmarks/gpu.sh --small: the accelerator run's scripts, at toy sizes, on CPU."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--small", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**_env(), "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for script, (table, marker) in GPU_SH.items():
+        text = (tmp_path / "out" / table).read_text()
+        assert marker in text, (script, text[-3000:])
+    assert "leaf copies per step" in (tmp_path / "out" / "update_step_big.md").read_text()
 
 
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_benchmark_runs_at_a_toy_size(script, tmp_path):
     args, marker = RUNS[script]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    env = _env()
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args.split()],
         capture_output=True,

@@ -233,7 +233,8 @@ RAW_PARAMS = {
 def _raw_builds():
     torch, keras = gradx.compat.torch, gradx.compat.keras
     builds = {name: functools.partial(make, 0.05) for name, make in gradx.OPTIMIZERS.items()}
-    builds.update({f"torch.{n}": getattr(torch, n) for n in torch.__all__})
+    # torch's Muon takes matrices only (RAW_PARAMS has a vector): gradx.muon below stands in
+    builds.update({f"torch.{n}": getattr(torch, n) for n in torch.__all__ if n != "Muon"})
     builds.update({f"keras.{n}": getattr(keras, n) for n in keras.__all__})
     builds.update(
         {
@@ -256,8 +257,12 @@ def _raw_builds():
             "lamb": lambda: gradx.lamb(0.05, weight_decay=0.01),
             "radam": lambda: gradx.radam(0.05),
             "adopt": lambda: gradx.adopt(0.05),
+            "muon": lambda: gradx.muon(0.05, weight_decay=0.01),
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
+            ),
+            "param_groups": lambda: gradx.param_groups(
+                gradx.adamw(0.05), no_decay=("^vector$", {"weight_decay": 0.0})
             ),
             "flat(adam)": lambda: gradx.flat(gradx.adam(0.05), max_leaf_size=4),
             "flat(lookahead_fitted)": lambda: gradx.flat(gradx.lookahead_fitted(0.05)),

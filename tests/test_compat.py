@@ -29,9 +29,10 @@ RECORDS = [
 
 
 def replay(opt, problem, dtype=jnp.float64):
-    """Runs ``opt`` on a golden problem; returns ({"a": (STEPS, 3), "b": (STEPS, 2)}, state)."""
+    """Runs ``opt`` on a golden problem; returns ({"a": (STEPS, 3), "b": (STEPS, 2)}, state)
+    (the matrix problem: (STEPS, 4, 3) and (STEPS, 2, 5))."""
     grad_fn = problems.grad_fn(problem)
-    params = {k: jnp.asarray(v, dtype) for k, v in problems.PARAMS0.items()}
+    params = {k: jnp.asarray(v, dtype) for k, v in problems.params0(problem).items()}
     state = opt.init(params)
     update = jax.jit(opt.update)
     out = {"a": [], "b": []}
@@ -70,7 +71,7 @@ def test_factories_are_gradx_optimizers_with_hyperparameters_in_state(library):
     for name in LIBRARIES[library].__all__:
         opt = getattr(LIBRARIES[library], name)()
         assert isinstance(opt, optax.GradientTransformationExtraArgs)
-        state = opt.init({"w": jnp.ones(2)})
+        state = opt.init({"w": jnp.ones((2, 2))})  # a matrix: torch's Muon takes only those
         assert gradx.hyperparams(state), name
 
 

@@ -37,9 +37,11 @@ CHECKS = [
     "fit_equals_single_device[momentum]",
     "fit_equals_single_device[rprop]",
     "fit_equals_single_device[lookahead_fitted]",
+    "fit_equals_single_device[muon]",
     "fit_explicit_mesh_and_spec_tree",
     "fit_errors",
     "streamed_fit_on_a_mesh",
+    "fit_accumulate_and_ema_on_a_mesh",
     "sweep_over_devices",
 ]
 

@@ -7,7 +7,10 @@
   ``adopt``: scale_by_adopt, adopt;
 * ``adaptive``: rmsprop, adagrad, adadelta;
 * ``sign``: Rprop, Lion; ``layerwise``: LAMB;
-* ``lookahead``: lookahead with a fixed or a fitted step.
+* ``lookahead``: lookahead with a fixed or a fitted step;
+* ``groups``: param_groups, one optimizer rebuilt per regex-named group of params leaves.
+* ``orthogonal``: Muon (orthogonalize, scale_by_muon), with ``matrices`` (which leaves are
+  matrices, scale_by_shape, split_matrices).
 
 An optimizer is a function of its numbers that returns a short chain of blocks, decorated
 with ``@optimizer(...)`` rules (``gradx._protocol.declare``); a block is a plain optax

@@ -68,6 +68,7 @@ def scale_by_adadelta(
         r, e = jnp.asarray(rho), jnp.asarray(eps)
 
         e_g = jax.tree.map(lambda g, eg: ema_of(r, abs_sq(wide(g, r, eg)), eg), updates, old_g)
+        e_g = codec.as_stored(e_g, state.e_g)
 
         def step_of(g, eg, ed):
             egw, edw = wide(eg, r, e, ed), wide(ed, r, e, eg)

@@ -141,7 +141,7 @@ def _fixed(
 
     def init(params: Any) -> LookaheadState:
         return LookaheadState(
-            slow=jax.tree.map(jnp.asarray, params),
+            slow=jax.tree.map(jnp.array, params),  # copies: a donated step gets each buffer once
             phase=jnp.zeros([], jnp.int32),
             fast_state=inner.init(params),
         )
@@ -186,11 +186,11 @@ def _fitted(
     def init(params: Any) -> FittedLookaheadState:
         h = jnp.asarray(alpha_min).dtype
         return FittedLookaheadState(
-            slow=jax.tree.map(jnp.asarray, params),
+            slow=jax.tree.map(jnp.array, params),  # copies: a donated step gets each buffer once
             phase=jnp.zeros([], jnp.int32),
             fast_state=inner.init(params),
             loss_start=jnp.zeros([], h),
-            alpha=jnp.asarray(alpha, h),
+            alpha=jnp.array(alpha, h),  # a copy: not the hyperparameter's buffer
         )
 
     def update(updates, state, params=None, **extra_args):

@@ -65,8 +65,9 @@ def trace(
 
     Returns:
       An optax transformation. Its update is in the computed dtype
-      (``wide`` of u, μ and v), which may be wider than u's: the new v
-      before it is rounded to its storage dtype.
+      (``wide`` of u, μ and v), which may be wider than u's: the new v as
+      stored where it is stored in a float dtype (rounded to a bfloat16 buffer and back;
+      see ``as_stored``), as computed for int8 and stochastically rounded moments.
     """
     codec = moment_codec(
         "trace", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
@@ -90,6 +91,7 @@ def trace(
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
         velocity = jax.tree.map(velocity_of, updates, old)
+        velocity = codec.as_stored(velocity, state.velocity)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
@@ -130,7 +132,8 @@ def ema(
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
     params, or ``state_dtype`` and ``stochastic_rounding`` where given (as in :func:`trace`).
     The update is in the computed dtype (``wide`` of g, β and m),
-    which may be wider than g's: the new m before it is rounded to its storage dtype.
+    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back)
+    in a float dtype, as computed for int8 and stochastically rounded moments.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
@@ -178,6 +181,7 @@ def ema(
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, old)
+        mean = codec.as_stored(mean, state.mean)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)

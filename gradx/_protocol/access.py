@@ -29,21 +29,31 @@ def _children(node: Any) -> list[tuple[str, Any]] | None:
 
 
 def locate_hyperparams(state: Any) -> dict[str, list[tuple[tuple[str, ...], str, bool]]]:
-    """name -> [(path to its HyperparamsState, name, is_scheduled), ...]."""
+    """name -> [(path to its HyperparamsState, name, is_scheduled), ...].
+
+    Under a state class that names a field in its ``hyperparam_groups`` attribute (the state
+    of ``gradx.param_groups``: a mapping from group name to that group's state), a name is
+    keyed ``'<group>/<name>'``; the tuple keeps the name in the HyperparamsState.
+    """
     found: dict[str, list[tuple[tuple[str, ...], str, bool]]] = {}
 
-    def walk(node: Any, path: tuple[str, ...]) -> None:
+    def walk(node: Any, path: tuple[str, ...], prefix: str) -> None:
         if isinstance(node, HyperparamsState):
             for name in node.hyperparams:
-                found.setdefault(name, []).append((path, name, False))
+                found.setdefault(prefix + name, []).append((path, name, False))
             for name in node.scheduled:
-                found.setdefault(name, []).append((path, name, True))
-            walk(node.inner_state, (*path, "inner_state"))
+                found.setdefault(prefix + name, []).append((path, name, True))
+            walk(node.inner_state, (*path, "inner_state"), prefix)
             return
+        groups = getattr(type(node), "hyperparam_groups", None)
         for key, child in _children(node) or ():
-            walk(child, (*path, key))
+            if key == groups:
+                for group, sub in _children(child) or ():
+                    walk(sub, (*path, key, group), f"{prefix}{group}/")
+            else:
+                walk(child, (*path, key), prefix)
 
-    walk(state, ())
+    walk(state, (), "")
     return found
 
 
@@ -54,9 +64,9 @@ def hyperparam_keys(
     'path/name'."""
     keys = {}
     for name, places in located.items():
-        for path, _, scheduled in places:
-            key = name if len(places) == 1 else "/".join((*path, name))
-            keys[key] = (path, name, scheduled)
+        for path, own, scheduled in places:
+            key = name if len(places) == 1 else "/".join((*path, own))
+            keys[key] = (path, own, scheduled)
     return keys
 
 
@@ -71,6 +81,8 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
 
     Names are the optimizer's argument names. A name that occurs more than once (two
     optimizers in one chain) is keyed by its path in the state, e.g. ``"0/learning_rate"``.
+    Under :func:`gradx.param_groups` each group's values are keyed ``"<group>/<name>"``, e.g.
+    ``"embed/learning_rate"``.
     A scheduled value is the one used at the last step (at step 0 before any update).
 
     Examples:
@@ -114,7 +126,7 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     for key, value in values.items():
         if key not in keys:
             if key in located:
-                paths = ", ".join(repr(k) for k, loc in keys.items() if loc[1] == key)
+                paths = ", ".join(repr(k) for k in keys if k.endswith(f"/{key}"))
                 raise ValueError(
                     f"set_hyperparams: {key!r} occurs {len(located[key])} times in this "
                     f"state; address one by its path: {paths}"

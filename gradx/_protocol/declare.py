@@ -192,6 +192,7 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                     update = _shared_update.__wrapped__(*key)
             if _elementwise(factory, static):
                 ELEMENTWISE.add(update)
+            BUILT[init] = (constructor, bound)
             return optax.GradientTransformationExtraArgs(init, update)
 
         constructor.hyperparameter_rules = dict(parsed)  # type: ignore[attr-defined]
@@ -206,6 +207,14 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
 #: (``gradx.flat``). A block that does not (Keras's per-variable ``clipnorm``) refuses to run
 #: packed; ``fit`` then runs leaf by leaf.
 ELEMENTWISE: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+#: How each optimizer built by an @optimizer constructor was built, keyed by its ``init``
+#: (the one function each call makes): ``(constructor, its bound arguments, defaults
+#: applied)``. ``gradx.param_groups`` rebuilds the optimizer per group from it.
+BUILT: weakref.WeakKeyDictionary[Callable[..., Any], tuple[Callable[..., Any], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 _PLAIN = (bool, int, float, complex, str, np.dtype, type, np.generic)

@@ -136,3 +136,21 @@ def moment_zeros(
 def stored(new: Any, old: Any) -> Any:
     """The state's leaves: each value of ``new`` cast to the dtype ``old`` is stored in."""
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+def as_stored(new: Any, old: Any) -> Any:
+    """``new`` as the state keeps it, in ``new``'s dtype: the value a block's update reads.
+
+    Rounded to ``old``'s dtype and back where that dtype is narrower but has as many exponent
+    bits (bfloat16 for float32): reading the moment it stores, the update needs no old moment
+    once the new one is written, so XLA keeps no copy of it (a buffer the moment's size, every
+    step). A dtype of fewer exponent bits (float16) could underflow a small v to 0 and blow
+    up the step: there, and where the dtypes agree, ``new`` is returned as it is.
+    """
+
+    def leaf(n: jax.Array, o: jax.Array) -> jax.Array:
+        if n.dtype == o.dtype or jnp.finfo(o.dtype).nexp < jnp.finfo(n.dtype).nexp:
+            return n
+        return n.astype(o.dtype).astype(n.dtype)
+
+    return jax.tree.map(leaf, new, old)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx._protocol.dtypes import dtype_arg, moment_zeros, stored
+from gradx._protocol.dtypes import as_stored, dtype_arg, moment_zeros, stored
 from gradx._protocol.quantized import (
     BLOCK,
     dequantize,
@@ -194,6 +194,19 @@ class MomentCodec:
         if self.policy.kind in ("follow", "float"):
             return moment  # nothing to trace
         return decode_moments(moment)
+
+    def as_stored(self, new: Any, old: Any) -> Any:
+        """The new moment (a tree like the params) as the block's update reads it.
+
+        A moment stored in a float dtype is read as stored (``dtypes.as_stored``: rounded to
+        bfloat16 and back), so the compiled step keeps no copy of the
+        old moment. Stochastically rounded and int8 moments are read as computed, in
+        float32: their update computes the new moment and its code in one pass over the old
+        one (no copy either), and the rounding error stays out of the step (as bitsandbytes'
+        8-bit optimizers do)."""
+        if self.policy.kind in ("follow", "float"):
+            return as_stored(new, old)
+        return new
 
     def encode(self, new: Any, old: Any) -> Any:
         """``new`` (a tree like the params) stored as ``old`` is: once per step."""

@@ -136,7 +136,10 @@ def effective_learning_rate(
 
     Raises:
       TypeError: the optimizer has a block whose gain gradx does not know (a bare optax
-        transform such as ``optax.adam``), named in the message.
+        transform such as ``optax.adam``), named in the message; or it is Muon
+        (``gradx.muon``, or any chain with ``gradx.orthogonalize``), whose step is not
+        coordinate-wise: each matrix's step depends on the whole matrix, so no
+        per-coordinate factor multiplies the gradient.
       ValueError: a block needs ``grads`` (or ``params``) and they were not given.
 
     Reference:

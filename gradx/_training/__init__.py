@@ -7,7 +7,9 @@ The route of a batch, in memory:
 3. ``mesh``: on a mesh, a plan says where params, state and batches live;
 4. ``program``: each epoch is one compiled program, a ``lax.scan`` of ``step`` over the
    minibatches of the epoch's permutation (``fold_in(key, epoch)``);
-5. ``step``: value_and_grad of the loss, the optimizer's update, the params moved;
+5. ``step``: value_and_grad of the loss (``accumulate``: averaged over a window of
+   micro-batches), the optimizer's update, the params moved (``averaging``: and their moving
+   average advanced);
 6. ``loop``: between two epochs, on the host: history, callbacks, checkpoints and resume;
 7. ``results``: what the user gets back (``FitResult``, ``SweepResult``).
 

@@ -16,6 +16,10 @@ Because the permutation changes every epoch, a dropped example is dropped only i
 epoch. :class:`FitResult` reports ``steps_per_epoch`` and ``dropped_per_epoch``; choose B
 dividing N to drop nothing.
 
+**Gradient accumulation** (``accumulate=A``): a step averages A consecutive minibatches (a
+window, see ``gradx._training.accumulate``), so ⌊N/(A·B)⌋ steps run per epoch and the
+N mod A·B examples left over are dropped, the same as ``batch_size=A·B`` drops.
+
 Data is any pytree of arrays with one leading example axis of length N (``(x, y)``,
 ``{"image": x, "label": y}``, ...). ``loss_fn(params, batch)`` always receives a batch with
 that leading axis, of length B (length 1 for SGD, N for full batch).
@@ -38,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradx._training import accumulate as _accumulate
+from gradx._training import averaging as _averaging
 from gradx._training import loop as _loop
 from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
@@ -46,7 +52,6 @@ from gradx._training.inputs import (
     check_int,
     check_key,
     check_optimizer,
-    fresh_copy,
     prepare_data,
     steps_and_dropped,
 )
@@ -97,6 +102,9 @@ def fit(
     steps_per_execution: int = 16,
     flat: bool | None = None,
     overwrite: bool = False,
+    accumulate: int = 1,
+    ema: float | None = None,
+    eval_on: str = "params",
 ) -> FitResult:
     """Trains ``params`` on ``data`` for ``epochs`` epochs; one compiled program per epoch.
 
@@ -185,7 +193,8 @@ def fit(
         ``fit(..., epochs=2)`` then ``fit(result.params, opt_state=result.opt_state,
         initial_epoch=2, epochs=4)`` equals ``fit(..., epochs=4)``.
       steps_per_epoch: streamed data only: take this many batches per epoch (needed to
-        cut a one-shot iterator into several epochs).
+        cut a one-shot iterator into several epochs); with ``accumulate=A``, this many steps
+        of A batches.
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
         ``lax.scan`` over S stacked batches), >= 1.
       flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
@@ -206,6 +215,36 @@ def fit(
         leaf's); bfloat16 moments rounded stochastically run packed, with other draws.
       overwrite: with ``checkpoint_dir`` and ``resume=False``: delete the checkpoints it
         holds before the first epoch, instead of refusing to start.
+      accumulate: A >= 1, gradient accumulation: each optimizer step averages the loss and
+        gradient of A micro-batches of ``batch_size`` examples, all taken at the same params
+        (one scan whose carry is one params-sized gradient sum), so B=8 with A=4 equals
+        ``batch_size=32`` on the same key (the same shuffle) to float rounding, for any
+        optimizer, *provided the loss is a mean over its batch* (a summed loss gets 1/A of the
+        big batch's). A step is a window of A micro-batches everywhere: the optimizer's step
+        count, ``steps_per_epoch`` (argument and result), ``history["skipped"]`` (a window
+        with any non-finite micro-batch is skipped whole), callbacks and ``diagnostics`` (the
+        last window's mean gradient). The minibatches (or full streamed batches) of an epoch
+        that do not fill a last window are dropped and counted in ``dropped_per_epoch``, never
+        averaged over fewer than A: in memory an epoch drops the N mod A·B examples that
+        ``batch_size=A·B`` drops. Windows never span two epochs, so checkpoints and resume
+        stay exact. Needs a ``batch_size`` in memory.
+      ema: None, or the decay d in [0, 1] of an exponential moving average of the params,
+        updated after every optimizer step (one per window) inside the compiled epoch:
+        ``ema ← d·ema + (1−d)·θ``, the first step copying θ (Keras's ``use_ema=True,
+        ema_momentum=d``, whose momentum is 0 at the first step, and torch's
+        ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d))`` updated after each
+        step: the same average, to rounding); a step skipped by ``skip_nonfinite`` leaves it
+        as it is. It is one params-sized buffer (the params' dtypes, computed in float32 at
+        least), sharded like the params on a mesh, checkpointed and resumed exactly, and
+        returned as ``FitResult.ema_params``; the params and the state are the optimizer's
+        own, as without it. Unlike Keras, fit never overwrites the params with the average
+        (no ``ema_overwrite_frequency``, no overwrite at the end): use ``ema_params``. A fit
+        continued with ``initial_epoch`` starts its average afresh from the params it is
+        given (``resume=True`` continues one).
+      eval_on: ``"params"`` (default, as Keras evaluates during ``fit`` with ``use_ema``):
+        ``eval_fn`` evaluates the trained params; ``"ema"``: it evaluates the moving average
+        instead (needs ``ema`` and ``eval_fn``), so its metrics, callbacks monitoring them and
+        the progress bar follow the average.
 
     Streamed data: ``data`` may also be an iterable of batches (a generator, a loader, or a
     callable ``data(epoch)`` returning one: it must take the epoch, so a generator function
@@ -218,7 +257,7 @@ def fit(
 
     Returns:
       A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
-      ``steps_per_epoch`` and ``dropped_per_epoch``.
+      ``steps_per_epoch``, ``dropped_per_epoch`` and ``ema_params``.
 
     Examples:
       Fit y = 3x with a 1×1 linear model:
@@ -247,6 +286,9 @@ def fit(
     skip_nonfinite = check_flag("fit", "skip_nonfinite", skip_nonfinite)
     resume = check_flag("fit", "resume", resume)
     overwrite = check_flag("fit", "overwrite", overwrite)
+    accumulate = _accumulate.check_accumulate("fit", accumulate)
+    ema = _averaging.check_ema("fit", ema)
+    eval_average = _averaging.check_eval_on("fit", eval_on, ema, eval_fn)
     if _stream.is_stream(data):
         return _stream.fit_stream(
             loss_fn, params, optimizer, data, batch_size=batch_size, epochs=epochs, key=key,
@@ -255,7 +297,8 @@ def fit(
             skip_nonfinite=skip_nonfinite, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, resume=resume, initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch, steps_per_execution=steps_per_execution,
-            flat=flat, overwrite=overwrite,
+            flat=flat, overwrite=overwrite, accumulate=accumulate, ema=ema,
+            eval_average=eval_average,
         )  # fmt: skip
     if steps_per_epoch is not None:
         raise ValueError(
@@ -265,7 +308,9 @@ def fit(
     data, n = prepare_data("fit", "data", data)
     plan, data, n = _mesh.plan_data("fit", mesh, shard_params, params, data, batch_size)
     epochs = check_int("fit", "epochs", epochs, 1)
+    _accumulate.check_full_batch("fit", accumulate, batch_size)
     steps, dropped = steps_and_dropped("fit", n, batch_size)
+    steps, dropped = _accumulate.window_counts("fit", steps, dropped, batch_size, accumulate)
     key = check_key("fit", key, batch_size)
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
@@ -273,13 +318,14 @@ def fit(
     packing, optimizer, opt_state = start_optimizer(
         "fit", flat, optimizer, params, opt_state, plan, diagnostics
     )
-    params, opt_state = fresh_copy((params, opt_state))
-    params, opt_state, plan = _mesh.place_fit(plan, params, opt_state)
+    holder, params, opt_state, plan = _averaging.place(plan, ema, params, opt_state)
+    plan = _accumulate.window_plan(plan, accumulate)
     eval_data = _mesh.place_eval(plan, eval_data)
     update = optax.with_extra_args_support(optimizer).update
     program = Program(
         loss_fn, update, eval_fn, batch_size, steps, vmapped=False, plan=plan,
         has_aux=has_aux, skip_nonfinite=skip_nonfinite, diagnostics=diagnostics,
+        accumulate=accumulate, eval_average=eval_average,
     )  # fmt: skip
     opts = _loop.options(
         "fit", epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
@@ -296,34 +342,40 @@ def fit(
 
     counts = {"steps_per_epoch": steps, "dropped_per_epoch": dropped}
     run_info = {"data": data, "batch_size": batch_size, "eval_data": eval_data}
+    run_info.update(_averaging.identity_extras(accumulate, ema))
     return train_epochs(
         run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
-        overwrite=overwrite, run_info=run_info,
+        overwrite=overwrite, run_info=run_info, holder=holder,
     )  # fmt: skip
 
 
 def train_epochs(
     run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing=None,
-    *, overwrite=False, run_info=None,
+    *, overwrite=False, run_info=None, holder=None,
 ) -> FitResult:  # fmt: skip
     """fit's epochs (in memory or streamed): the host loop, then the result on the user's mesh.
 
     ``run_epoch(epoch, params, opt_state)`` returns ``(params, opt_state, loss, metrics, steps,
     dropped)``; ``counts`` are the steps and dropped examples reported if no epoch runs. With
     ``packing`` (:class:`gradx._tools.flat_packing.Packing`) the epochs run the packed optimizer,
-    and callbacks, checkpoints and the result see the state in the user's layout.
+    and callbacks, checkpoints and the result see the state in the user's layout. With a
+    ``holder`` of an average (:class:`gradx._training.averaging.Holder`) ``run_epoch`` is
+    given and returns the optimizer state alone, and the holder keeps the average.
     """
+    holder = _averaging.Holder(None) if holder is None else holder
+    run_epoch = _averaging.carried(run_epoch, holder)
     for cb in opts.callbacks:  # before the first epoch, not at the first plateau
         if isinstance(cb, ReduceLROnPlateau):
             cb.check_state("fit", opt_state)
     params, opt_state, history, seconds, steps, dropped = _loop.run(
         "fit", run_epoch, params, opt_state, key=key, epochs=epochs, opts=opts,
         bar_factory=lambda total: progress_bar(progress, total, "fit"), postfix=progress_postfix,
-        counts=counts, view=packing, overwrite=overwrite, run_info=run_info,
+        counts=counts, view=packing, overwrite=overwrite, run_info=run_info, average=holder,
     )  # fmt: skip
     if packing is not None:
         opt_state = packing.unpack(opt_state)
-    params, opt_state = _mesh.to_user_mesh(plan, (params, opt_state))
+    ema_params = None if holder.average is None else holder.average.params
+    params, opt_state, ema_params = _mesh.to_user_mesh(plan, (params, opt_state, ema_params))
     return FitResult(
         params=params,
         opt_state=opt_state,
@@ -331,4 +383,5 @@ def train_epochs(
         epoch_seconds=np.asarray(seconds),
         steps_per_epoch=steps,
         dropped_per_epoch=dropped,
+        ema_params=ema_params,
     )

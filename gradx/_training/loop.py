@@ -151,13 +151,16 @@ def run(
     view: Any = None,
     overwrite: bool = False,
     run_info: dict[str, Any] | None = None,
+    average: Any = None,
 ) -> tuple[Any, Any, dict[str, list[float]], list[float], int, int]:
     """The epochs ``opts.initial_epoch`` (or the checkpoint's) to ``epochs - 1``.
 
     ``view``: when the epochs run a packed optimizer (:class:`gradx._tools.flat_packing.Packing`),
     its ``unpack``/``pack`` give callbacks and checkpoints the state in the user's layout.
     ``overwrite``: fit's argument (see :mod:`gradx.checkpoint`); ``run_info``: what else tells this
-    run from another in a checkpoint (``*data``: described by shape and dtype).
+    run from another in a checkpoint (``*data``: described by shape and dtype). ``average``:
+    a :class:`gradx._training.averaging.Holder` whose average (fit's ``ema``), kept up to date
+    by ``run_epoch``, is checkpointed and restored with the params.
 
     Returns (params, opt_state, history, epoch seconds, steps per epoch, dropped per epoch).
     """
@@ -178,11 +181,13 @@ def run(
             )  # fmt: skip
             restored = checkpointer.start(
                 resume=opts.resume, overwrite=overwrite, params=params, opt_state=template,
-                key=key,
+                key=key, average=None if average is None else average.average,
             )  # fmt: skip
             if restored is not None:
                 _check_resume(fn, restored, epochs, opts)
                 params, opt_state = restored["params"], restored["opt_state"]
+                if restored.get("average") is not None:
+                    average.average = restored["average"]
                 if view is not None:
                     opt_state = view.pack(opt_state)
                 history = {k: list(v) for k, v in restored["history"].items()}
@@ -197,7 +202,7 @@ def run(
                         cb.set_state(restored["callbacks"][name])
         params, opt_state, history, seconds = _epochs(
             fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
-            checkpointer, history, seconds, start, step_count, stopped, counts, view,
+            checkpointer, history, seconds, start, step_count, stopped, counts, view, average,
         )  # fmt: skip
     finally:
         if checkpointer is not None:
@@ -271,7 +276,7 @@ def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args:
 
 def _epochs(
     fn, run_epoch, params, opt_state, key, epochs, opts, bar_factory, postfix,
-    checkpointer, history, seconds, start, step_count, stopped, counts, view,
+    checkpointer, history, seconds, start, step_count, stopped, counts, view, average=None,
 ):  # fmt: skip
     warned = False
     if checkpointer is not None:
@@ -334,6 +339,7 @@ def _epochs(
                     seconds=seconds,
                     stopped=stopped,
                     plan=dict(counts),
+                    average=None if average is None else average.average,
                     callbacks=[
                         (name, cb.get_state())
                         for cb, name in zip(opts.callbacks, names, strict=True)

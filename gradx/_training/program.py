@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gradx._tools import effective_lr as _effective_lr
+from gradx._training import averaging as _averaging
 from gradx._training import mesh as _mesh
 from gradx._training import step as _step
 
@@ -39,6 +40,8 @@ class Program(NamedTuple):
     diagnostics: bool = (
         False  # record norms and α_ef quantiles per epoch (gradx._tools.effective_lr)
     )
+    accumulate: int = 1  # micro-batches per step (gradx._training.accumulate)
+    eval_average: bool = False  # eval_fn sees the params' moving average (fit's eval_on="ema")
 
 
 def eval_metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str, jax.Array]:
@@ -57,22 +60,27 @@ def eval_metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _draw_minibatches(key, epoch, n: int, steps: int, batch_size: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _draw_minibatches(key, epoch, n: int, steps: int, batch_size: int, window: int) -> jax.Array:
     order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    if window > 1:  # the first steps·A·B examples, as batch_size=A·B cuts them
+        return order[: steps * window * batch_size].reshape(steps, window, batch_size)
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
 def minibatch_indices(program: Program, key, epoch: int, data) -> jax.Array | None:
     """The example indices of each step of ``epoch``, shape (steps, B): the permutation
     ``jax.random.permutation(fold_in(key, epoch), N)`` cut into ⌊N/B⌋ rows (None for full
-    batch). A program of its own, compiled once per (N, steps, B) in a process and shared by
-    every fit, sweep and search (inside the epoch program it cost every new epoch program
+    batch); with ``accumulate`` A > 1, (steps, A, B), the rows of ⌊N/(A·B)⌋ windows. A program
+    of its own, compiled once per (N, steps, B, A) in a process and shared by every fit, sweep
+    and search (inside the epoch program it cost every new epoch program
     about 0.25 s of compile time on CPU, a third of a small model's first epoch)."""
     if program.batch_size is None:
         return None
     n = jax.tree.leaves(data)[0].shape[0]
-    return _draw_minibatches(key, jnp.int32(epoch), n, program.steps, program.batch_size)
+    return _draw_minibatches(
+        key, jnp.int32(epoch), n, program.steps, program.batch_size, program.accumulate
+    )
 
 
 def _epoch(program: Program, params, opt_state, data, eval_data, batches):
@@ -110,10 +118,10 @@ def _epoch(program: Program, params, opt_state, data, eval_data, batches):
         mean_loss, extra = _step.reduce_steps(program, out)
     params, opt_state = _mesh.constrain_carry(program.plan, (params, opt_state))
     if last is not None:  # the epoch's last step: its norms and α_ef
-        extra = _effective_lr.epoch_diagnostics(fn, program.update_fn, opt_state, *last, extra)
-    metrics = (
-        {} if program.eval_fn is None else eval_metrics(fn, program.eval_fn, params, eval_data)
-    )
+        inner = _averaging.split(opt_state)[0]
+        extra = _effective_lr.epoch_diagnostics(fn, program.update_fn, inner, *last, extra)
+    at = _averaging.eval_params(program, params, opt_state)  # the average with eval_on="ema"
+    metrics = {} if program.eval_fn is None else eval_metrics(fn, program.eval_fn, at, eval_data)
     return params, opt_state, mean_loss, _step.merge(fn, extra, metrics)
 
 

@@ -25,8 +25,13 @@ class FitResult:
         shape ``(epochs,)`` per metric of ``eval_fn``, evaluated at the end of each epoch.
       epoch_seconds: shape ``(epochs,)``, wall time of each epoch (the first includes the
         compilation, unless the program was already compiled).
-      steps_per_epoch: ⌊N/B⌋ (1 for full batch).
-      dropped_per_epoch: N mod B examples left out of each epoch's permutation.
+      steps_per_epoch: optimizer steps per epoch: ⌊N/B⌋ (1 for full batch; ⌊N/(A·B)⌋ with
+        ``accumulate=A``).
+      dropped_per_epoch: N mod B examples left out of each epoch's permutation (N mod A·B
+        with ``accumulate=A``).
+      ema_params: with ``fit(..., ema=d)``, the exponential moving average of the params
+        after the last step (the params' structure, shapes, dtypes and sharding); None
+        without ``ema``.
     """
 
     params: Any
@@ -35,6 +40,7 @@ class FitResult:
     epoch_seconds: np.ndarray
     steps_per_epoch: int
     dropped_per_epoch: int
+    ema_params: Any = None
 
 
 class BestPoint(NamedTuple):

@@ -20,6 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradx._training import accumulate as _accumulate
+from gradx._training import averaging as _averaging
+
 #: History names that fit writes itself; an aux output or a metric may not take them.
 RESERVED = ("loss", "skipped")
 
@@ -87,7 +90,10 @@ def make_step(fn: str, program: Any):
     """``step((params, opt_state), batch) -> ((params, opt_state), (loss, aux, ok))``.
 
     ``program`` gives ``loss_fn``, ``update_fn`` and the flags ``has_aux``, ``skip_nonfinite`` and
-    ``diagnostics`` (read with defaults, so a program without the flags is plain). With
+    ``diagnostics`` (read with defaults, so a program without the flags is plain); with its
+    ``accumulate`` A > 1 a step's batch is a window of A micro-batches
+    (:mod:`gradx._training.accumulate`). A state ``WithAverage`` (fit's ``ema``) has its average
+    advanced after the update (:mod:`gradx._training.averaging`). With
     ``diagnostics`` (the last step of an epoch) the step returns the carry ``(params, opt_state,
     (grads, params, updates))``: its gradient, the params it was taken at and its update (0 if
     skipped), which :func:`gradx._tools.effective_lr.epoch_diagnostics` reads.
@@ -96,12 +102,15 @@ def make_step(fn: str, program: Any):
     skip = getattr(program, "skip_nonfinite", False)
     diagnostics = getattr(program, "diagnostics", False)
     loss = checked_loss(fn, program.loss_fn, has_aux)
+    value_and_grad = _accumulate.value_and_grad(loss, getattr(program, "accumulate", 1))
 
     def step(carry, batch):
         params, opt_state = carry
-        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
-        updates, new_state = program.update_fn(grads, opt_state, params, value=value)
+        inner, average = _averaging.split(opt_state)
+        (value, aux), grads = value_and_grad(params, batch)
+        updates, new_inner = program.update_fn(grads, inner, params, value=value)
         new_params = optax.apply_updates(params, updates)
+        new_state = _averaging.join(new_inner, _averaging.advance(average, new_params))
         if diagnostics:
             steps = jax.tree.map(lambda u, p: jnp.asarray(u).astype(p.dtype), updates, params)
         if not skip:

@@ -15,7 +15,9 @@ of length B (the first batch's, or ``batch_size``). **Short-batch policy**: a ba
 leading axis is shorter than B (usually the last of an epoch) is dropped, and its examples
 are counted in ``FitResult.dropped_per_epoch``, as the in-memory path drops the remainder of
 its permutation; every step then has one shape, and the same gradient variance. Any other
-change of structure, shape or dtype is an error naming the batch.
+change of structure, shape or dtype is an error naming the batch. With ``accumulate=A`` a step
+is a window of A consecutive full batches; the full batches of an epoch that fill no last
+window are dropped and counted as well, and ``steps_per_epoch`` counts windows.
 
 Batches are stacked on the host into groups of S = ``steps_per_execution`` steps; a group is
 one call of a compiled ``lax.scan`` over the same ``step`` the in-memory path scans, so the
@@ -38,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradx._training import accumulate as _accumulate
+from gradx._training import averaging as _averaging
 from gradx._training import mesh as _mesh
 from gradx._training import step as _step
 
@@ -178,11 +182,14 @@ def groups(
     limit: int | None,
     counts: dict[str, int],
     put: Callable[[Any], Any] = jax.device_put,
+    accumulate: int = 1,
 ) -> Iterator[Any]:
-    """Stacked device groups of the epoch's full batches; counts steps and dropped examples."""
+    """Stacked device groups of the epoch's full batches, ``accumulate`` (A) per step (a group
+    of S steps stacks S·A batches); counts steps and dropped examples."""
+    a = accumulate
     pending: list[list[Any]] = []
     index = 0
-    while limit is None or counts["steps"] + len(pending) < limit:
+    while limit is None or counts["steps"] * a + len(pending) < limit * a:
         try:
             batch = next(it)
         except StopIteration:
@@ -193,14 +200,18 @@ def groups(
             counts["dropped"] += admitted
             continue
         pending.append(admitted)
-        if len(pending) == group:
+        if len(pending) == group * a:
             counts["steps"] += group
             yield _stack(pending, spec.treedef, put)
             pending = []
+    partial = len(pending) % a  # a last window cut short by the end of the epoch: dropped
+    if partial:
+        counts["dropped"] += partial * spec.batch_size
+        del pending[len(pending) - partial :]
     start = 0
-    for size in _sizes(len(pending), group) if pending else ():
+    for size in _sizes(len(pending) // a, group) if pending else ():
         counts["steps"] += size
-        yield _stack(pending[start : start + size], spec.treedef, put)
+        yield _stack(pending[start * a : (start + size) * a], spec.treedef, put)
         start += size
 
 
@@ -208,6 +219,7 @@ def groups(
 def _run_group(program: Any, params: Any, opt_state: Any, batches: Any):
     # On a mesh: each step's batch split over the data axis, params and state kept in place.
     step = _mesh.constrain_step(program.plan, _step.make_step("fit", program))
+    batches = _accumulate.windows(program.accumulate, batches)  # (S·A, B, ...) → (S, A, B, ...)
     (params, opt_state), out = jax.lax.scan(step, (params, opt_state), batches)
     params, opt_state = _mesh.constrain_carry(program.plan, (params, opt_state))
     return params, opt_state, out
@@ -242,7 +254,7 @@ def run_epoch_stream(
     counts = {"steps": 0, "dropped": 0}
     it = epoch_iterator(fn, data, epoch)
     outs = []
-    source = groups(fn, it, spec, group, epoch, steps_per_epoch, counts, put)
+    source = groups(fn, it, spec, group, epoch, steps_per_epoch, counts, put, program.accumulate)
     following = next(source, None)
     while following is not None:
         current = following
@@ -252,10 +264,12 @@ def run_epoch_stream(
         outs.append(out)
         following = next(source, None)
     if counts["steps"] == 0:
+        a = program.accumulate
         raise ValueError(
-            f"{fn}: data must yield at least one full batch"
+            f"{fn}: data must yield at least "
+            + (f"accumulate={a} full batches" if a > 1 else "one full batch")
             + (f" of {spec.batch_size} examples" if spec.batch_size else "")
-            + f" each epoch, got none in epoch {epoch}"
+            + f" each epoch, got {'too few' if a > 1 else 'none'} in epoch {epoch}"
             + (
                 f" ({counts['dropped']} examples in short batches dropped)"
                 if counts["dropped"]
@@ -264,8 +278,10 @@ def run_epoch_stream(
         )
     if steps_per_epoch is not None and counts["steps"] < steps_per_epoch:
         raise ValueError(
-            f"{fn}: data must yield steps_per_epoch={steps_per_epoch} full batches each epoch, "
-            f"got {counts['steps']} in epoch {epoch} (the iterator ran out)"
+            f"{fn}: data must yield steps_per_epoch={steps_per_epoch} "
+            + (f"windows of accumulate={program.accumulate} " if program.accumulate > 1 else "")
+            + f"full batches each epoch, got {counts['steps']} in epoch {epoch} (the iterator "
+            "ran out)"
         )
     mean_loss, extra = _reduce(program, outs)
     return params, opt_state, mean_loss, extra, counts["steps"], counts["dropped"]
@@ -305,13 +321,17 @@ def fit_stream(
     steps_per_execution: int,
     flat: bool | None,
     overwrite: bool = False,
+    accumulate: int = 1,
+    ema: float | None = None,
+    eval_average: bool = False,
 ):
-    """``fit`` on streamed data (see the module docstring); same arguments and result."""
+    """``fit`` on streamed data (see the module docstring); same arguments and result
+    (``accumulate`` and ``ema`` checked, ``eval_average``: fit's ``eval_on="ema"``)."""
     import optax
 
     from gradx._training import loop as _loop
     from gradx._training.fit import train_epochs
-    from gradx._training.inputs import check_int, check_key, fresh_copy
+    from gradx._training.inputs import check_int, check_key
     from gradx._training.packing import start_optimizer
     from gradx._training.program import Program
 
@@ -342,12 +362,13 @@ def fit_stream(
     packing, optimizer, opt_state = start_optimizer(
         fn, flat, optimizer, params, opt_state, plan, False
     )
-    params, opt_state = fresh_copy((params, opt_state))
-    params, opt_state, plan = _mesh.place_fit(plan, params, opt_state)
+    holder, params, opt_state, plan = _averaging.place(plan, ema, params, opt_state)
+    plan = _accumulate.window_plan(plan, accumulate)
     update = optax.with_extra_args_support(optimizer).update
     program = Program(
         loss_fn, update, None, None, 0, vmapped=False, plan=plan,
-        has_aux=has_aux, skip_nonfinite=skip_nonfinite,
+        has_aux=has_aux, skip_nonfinite=skip_nonfinite, accumulate=accumulate,
+        eval_average=eval_average,
     )  # fmt: skip
     spec = Spec(fn, batch_size)
     put = jax.device_put if plan is None else functools.partial(_mesh.put_group, fn, plan)
@@ -357,14 +378,16 @@ def fit_stream(
             program, params, opt_state, data, spec, group, epoch, steps_per_epoch, put
         )
         if eval_fn is not None:
-            extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data))
+            at = _averaging.eval_params(program, params, opt_state)  # eval_on="ema": the average
+            extra = _step.merge(fn, extra, run_eval(fn, eval_fn, at, eval_data))
         return params, opt_state, loss, extra, steps, dropped
 
     counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
     run_info = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
     if eval_fn is not None:
         run_info["eval_data"] = eval_data
+    run_info.update(_averaging.identity_extras(accumulate, ema))
     return train_epochs(
         run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,
-        overwrite=overwrite, run_info=run_info,
+        overwrite=overwrite, run_info=run_info, holder=holder,
     )  # fmt: skip

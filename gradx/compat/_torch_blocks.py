@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -16,16 +17,25 @@ import optax
 
 from gradx._optimizers.adam import nesterov_ema
 from gradx._optimizers.adaptive import scale_by_adadelta
+from gradx._optimizers.groups import grouped
 from gradx._optimizers.momentum import ema, trace
 from gradx._optimizers.preconditioners import inf_norm, max_rms, precondition, rms, rss
+from gradx._optimizers.rectified import rectified
 from gradx._optimizers.scaling import (
     add_decayed_weights,
     decoupled_weight_decay,
     scale_by_learning_rate,
 )
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import wide
-from gradx._protocol.gain import Gain, closure_value, gain_rule, in_gain_dtype, steps_taken
+from gradx._protocol.dtypes import abs_sq, coef, moment_zeros, stored, wide
+from gradx._protocol.gain import (
+    Gain,
+    closure_value,
+    denominator_gain_rule,
+    gain_rule,
+    in_gain_dtype,
+    steps_taken,
+)
 from gradx._protocol.rules import Rule, is_number
 from gradx._protocol.rules import check_flag as _core_check_flag
 
@@ -124,13 +134,14 @@ def _call(cls: str, options: Mapping[str, Any]) -> str:
 
 
 def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuses torch's habit of passing the params first, with the gradx spelling.
+    """Refuses torch's habit of passing the params first, with the gradx spelling, and takes
+    torch's param groups with patterns in place of tensors.
 
     ``torch.optim.Adam(model.parameters(), lr=1e-3)`` is ``gradx.compat.torch.Adam(lr=1e-3)``
     followed by ``opt.init(params)``: JAX optimizers are built before they see the params.
-    torch's param groups are refused too: which arrays form a group is not known when the
-    optimizer is built, so the message spells the groups as an ``optax.partition`` over
-    labels, one gradx optimizer per group.
+    torch's param groups (a list of dicts) are taken when each group's ``"params"`` is a
+    regular expression naming its leaves by key path (see :func:`torch_param_groups`); given
+    arrays, they are refused with that spelling.
     """
     cls = factory.__name__
     names = list(inspect.signature(factory).parameters)  # lr, then torch's order
@@ -146,20 +157,26 @@ def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
         options = {**rest, **kwargs}
         groups = _param_groups(given)
         if groups is not None:
-            labelled = ", ".join(
-                f'"group{i}": '
-                + _call(cls, {**options, **{k: v for k, v in g.items() if k != "params"}})
+            bad = [i for i, g in enumerate(groups) if not isinstance(g["params"], _PATTERN)]
+            if not bad:
+                return torch_param_groups(cls, factory, groups, options)
+            spelled = ", ".join(
+                "{"
+                + ", ".join(
+                    [f"'params': r'<pattern {i}>'"]
+                    + [f"{k!r}: {v!r}" for k, v in g.items() if k != "params"]
+                )
+                + "}"
                 for i, g in enumerate(groups)
             )
-            labels = "/".join(f'"group{i}"' for i in range(len(groups)))
+            arguments = "".join(f", {k}={v!r}" for k, v in options.items())
             raise TypeError(
-                f"{cls}: torch's param groups have no gradx form (the optimizer is built "
-                f"before it sees the params), got {len(groups)} groups. Give each group a "
-                f"label and its own optimizer:\n"
-                f"    opt = optax.partition({{{labelled}}}, param_labels)\n"
-                f"where param_labels is a pytree like the params holding {labels} (or a "
-                f"function of the params returning it). For the usual group without weight "
-                f"decay, gradx.adamw(..., mask=...) also does it in one optimizer."
+                f"{cls}: a param group's 'params' must be a regular expression that names its "
+                f"leaves by key path (the optimizer is built before it sees the params), got "
+                f"{_describe(groups[bad[0]]['params'])} in group {bad[0]}. Write:\n"
+                f"    opt = gradx.compat.torch.{cls}([{spelled}]{arguments})\n"
+                f"where each pattern matches the '/'-joined key paths of the group's leaves "
+                f"(e.g. r'(^|/)bias$'); see gradx.param_groups."
             )
         raise TypeError(
             f"{cls}: lr must be a number >= 0 or a schedule, got {_describe(given)}: "
@@ -169,6 +186,35 @@ def no_params(factory: Callable[..., Any]) -> Callable[..., Any]:
         )
 
     return checked
+
+
+_PATTERN = (str, re.Pattern)
+
+
+def torch_param_groups(
+    cls: str, factory: Callable[..., Any], groups: list[Mapping[str, Any]], options: dict
+) -> optax.GradientTransformationExtraArgs:
+    """torch's param groups, each a dict with ``"params"`` a regular expression.
+
+    As in torch, a group's missing options take the constructor's (``options``), and each
+    group's optimizer is the class built with them, on its own leaves with its own state. A
+    leaf goes to the first group whose pattern ``re.search``-es its key path (see
+    ``gradx.param_groups``); a leaf no group takes is an error at ``init`` (torch steps only
+    the params it was given, and a silently frozen leaf is rarely meant). An optional
+    ``"name"`` names the group in ``gradx.hyperparams`` (by default ``group0``, ``group1``,
+    ... in list order).
+    """
+    built = []
+    for i, group in enumerate(groups):
+        name = group.get("name", f"group{i}")
+        settings = {k: v for k, v in group.items() if k not in ("params", "name")}
+        try:
+            tx = factory(**{**options, **settings})
+        except (TypeError, ValueError) as e:
+            why = str(e).removeprefix(f"{cls}: ")
+            raise type(e)(f"{cls}: param group {i} ({name!r}): {why}") from None
+        built.append((name, group["params"], tx))
+    return grouped(cls, built, None)
 
 
 def check_switches(cls: str, **flags: Any) -> None:
@@ -314,6 +360,55 @@ def torch_nadam(
     store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
     num = nesterov_ema(b1, momentum_decay, **store)
     step = [precondition(num, rms(b2, debias=True, **store), eps)]
+    return _chain(step, learning_rate, weight_decay, decoupled)
+
+
+class TorchRadamRootState(NamedTuple):
+    count: jax.Array  # shape=(), int32: steps taken, t
+    nu: Any  # like params, real: EMA of |g|²
+
+
+def _torch_radam_root(decay: Any, eps: Any) -> optax.GradientTransformationExtraArgs:
+    """Denominator of torch's RAdam: (√v + ε)/√(1 − β₂ᵗ), ε on the raw root.
+
+    torch's adaptive rate is √(1 − β₂ᵗ)/(√v + ε); gradx's ``rms(debias=True)`` with ε outside
+    would give 1/(√v̂ + ε), which differs by ε·(1 − √(1 − β₂ᵗ)) in the denominator.
+    """
+
+    def init(params: Any) -> TorchRadamRootState:
+        nu = moment_zeros("RAdam", "params", params, None, real=True)
+        return TorchRadamRootState(count=jnp.zeros([], jnp.int32), nu=nu)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        b2, e = jnp.asarray(decay), jnp.asarray(eps)
+        count = optax.safe_increment(state.count)
+        root_c = jnp.sqrt(1 - b2 ** count.astype(b2.dtype))
+
+        def ema_sq(g, v):
+            vw = wide(v, b2, e)
+            return coef(b2, vw) * vw + coef(1 - b2, vw) * abs_sq(wide(g, b2, e)).astype(vw.dtype)
+
+        nu = jax.tree.map(ema_sq, updates, state.nu)
+        out = jax.tree.map(lambda v: (jnp.sqrt(v) + coef(e, v)) / coef(root_c, v), nu)
+        return out, TorchRadamRootState(count=count, nu=stored(nu, state.nu))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@denominator_gain_rule(_torch_radam_root)
+def _torch_radam_root_gain(ctx, cells, state):
+    b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "_torch_radam_root"))
+    eps = in_gain_dtype(ctx, closure_value(cells, "eps", "_torch_radam_root"))
+    root_c = jnp.sqrt(1 - b2 ** steps_taken(ctx, state.count))
+    return jax.tree.map(lambda v: (jnp.sqrt(in_gain_dtype(ctx, v)) + eps) / root_c, state.nu)
+
+
+@optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
+def torch_radam(learning_rate, b1, b2, eps, weight_decay, decoupled):
+    # torch switches at ρ_t > 5; rectified at ρ_t ≥ 5: ρ_t is never exactly 5 for β₂ in (0, 1)
+    # short of contrived values, and both give the same step up to r_t = √(1·3·…/…) there.
+    step = [rectified(ema(b1, debias=True), _torch_radam_root(b2, eps), b2, 5.0)]
     return _chain(step, learning_rate, weight_decay, decoupled)
 
 

@@ -29,13 +29,6 @@ stochastically, or blockwise int8); Keras has neither.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
-
-import jax
-import jax.numpy as jnp
 import optax
 
 from gradx._optimizers.adam import nesterov_ema
@@ -49,135 +42,23 @@ from gradx._optimizers.preconditioners import (
     rss,
     scale_by_bias_correction,
 )
-from gradx._optimizers.scaling import FLAT_ACTIVE, decoupled_weight_decay, scale_by_learning_rate
-from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, wide
-from gradx._protocol.gain import (
-    Gain,
-    closure_value,
-    gain_rule,
-    global_norm,
-    in_gain_dtype,
-    needs_incoming,
-    nonzero_divisor,
-    scaled,
-)
+from gradx._optimizers.sign import scale_by_lion
 from gradx._protocol.storage import state_dtype_args
+from gradx.compat._keras_blocks import keras_optimizer as _keras
+from gradx.compat._keras_blocks import trust_ratio_after_decay
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
-
-_COMMON = dict(weight_decay=">= 0", clipnorm="> 0", clipvalue="> 0", global_clipnorm="> 0")
-
-
-def _refuse_training_loop_options(cls: str, args: Mapping[str, Any]) -> None:
-    use_ema, loss_scale_factor = args["use_ema"], args["loss_scale_factor"]
-    gradient_accumulation_steps = args["gradient_accumulation_steps"]
-    ema_overwrite_frequency = args["ema_overwrite_frequency"]
-    if use_ema:
-        raise ValueError(
-            f"{cls}: use_ema must be False, got True; keep an EMA of the params in your "
-            "training loop (e.g. optax.ema over params) instead"
-        )
-    if ema_overwrite_frequency is not None:
-        raise ValueError(
-            f"{cls}: ema_overwrite_frequency needs use_ema, got {ema_overwrite_frequency!r}"
-        )
-    if loss_scale_factor is not None:
-        raise ValueError(
-            f"{cls}: loss_scale_factor must be None, got {loss_scale_factor!r}; scale the loss "
-            "and unscale the gradients in your training loop"
-        )
-    if gradient_accumulation_steps is not None:
-        raise ValueError(
-            f"{cls}: gradient_accumulation_steps must be None, got "
-            f"{gradient_accumulation_steps!r}; wrap the optimizer in optax.MultiSteps"
-        )
-
-
-class ClipByNormState(NamedTuple):
-    """Per-leaf norm clipping keeps no state."""
-
-
-def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
-    """Block: each leaf g ← g·c / max(‖g‖, c) (Keras's ``clipnorm``, per variable)."""
-
-    def refuse_packed() -> None:
-        if FLAT_ACTIVE.get():  # a packed buffer is many variables: their norms would mix
-            raise ValueError(
-                "clip_by_norm: clipnorm clips each variable by its own norm; inside "
-                "gradx.flat the variables are packed into buffers by dtype, so it cannot "
-                "see them: use global_clipnorm, or the per-leaf optimizer"
-            )
-
-    def init(params: Any) -> ClipByNormState:
-        del params
-        refuse_packed()
-        return ClipByNormState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        refuse_packed()
-        c = jnp.asarray(max_norm)
-
-        def leaf(g):
-            g_ = wide(g, c)
-            return (g_ * c / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g_))), c)).astype(g.dtype)
-
-        return jax.tree.map(leaf, updates), state
-
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-def _around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
-    """[clip] → step → scale_by_learning_rate → after → [decoupled weight decay]."""
-    learning_rate, weight_decay = args["learning_rate"], args["weight_decay"]
-    clipnorm, clipvalue, global_clipnorm = (
-        args[n] for n in ("clipnorm", "clipvalue", "global_clipnorm")
-    )
-    clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
-    if len(clips) > 1:
-        raise ValueError(
-            f"{cls}: only one of clipnorm, clipvalue and global_clipnorm can be set, got "
-            f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}"
-        )
-    blocks = []
-    if clipnorm is not None:
-        blocks.append(clip_by_norm(clipnorm))
-    if clipvalue is not None:
-        blocks.append(optax.clip(clipvalue))
-    if global_clipnorm is not None:
-        blocks.append(optax.clip_by_global_norm(global_clipnorm))
-    blocks += [*step, scale_by_learning_rate(learning_rate), *after]
-    if weight_decay is not None:
-        blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
-    return optax.chain(*blocks)
-
-
-def _keras(**rules):
-    """@optimizer for a Keras optimizer, with the rules every Keras optimizer shares.
-
-    The decorated body has the Keras class's signature (its names, defaults and positional
-    order) and returns the blocks of its own step as ``(step, after)``; the optimizer
-    refuses the training-loop options, then chains [clip] → step → ×(−γ) → after →
-    [decoupled weight decay] (:func:`_around`).
-    """
-
-    def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
-        signature, cls = inspect.signature(body), body.__name__
-
-        @functools.wraps(body)
-        def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            _refuse_training_loop_options(cls, bound.arguments)
-            step, after = body(*args, **kwargs)
-            return _around(cls, bound.arguments, step, after)
-
-        # The state class's name digests the factory's code name: keep the body's, as before.
-        factory.__code__ = factory.__code__.replace(co_name=body.__code__.co_name)
-        return optimizer(learning_rate=">= 0", **rules, **_COMMON)(factory)
-
-    return wrap
+__all__ = [
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Lamb",
+    "Lion",
+    "Nadam",
+    "RMSprop",
+]
 
 
 @_keras(momentum="[0, 1]")
@@ -404,33 +285,65 @@ def Nadam(
     return [precondition(num, rms(beta_2, debias=True, **store), epsilon)], []
 
 
-@gain_rule(clip_by_norm)
-def _clip_by_norm_gain(ctx, cells, state, incoming):
-    needs_incoming("clip_by_norm", incoming)
-    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "clip_by_norm"))
-    factors = jax.tree.map(lambda g: c / jnp.maximum(global_norm(ctx, [g]), c), incoming)
-    return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
+@_keras(beta_1="(0, 1]", beta_2="[0, 1]")
+def Lion(
+    learning_rate=0.001,
+    beta_1=0.9,
+    beta_2=0.99,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema: bool = False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="lion",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
+):
+    """``keras.optimizers.Lion``: θ ← θ − γ·sign(β₁·m + (1−β₁)·g), then m ← β₂·m + (1−β₂)·g.
+
+    As :func:`gradx.lion`, with Keras's weight decay (θ ← θ − γ·λ·θ, from its base optimizer)
+    and its range for β₁, (0, 1] (β₁ = 0 would make Lion signSGD, which Keras refuses).
+    """
+    store = state_dtype_args("Lion", state_dtype, stochastic_rounding)
+    return [scale_by_lion(beta_1, beta_2, **store)], []
 
 
-@gain_rule(optax.clip)
-def _clip_gain(ctx, cells, state, incoming):
-    needs_incoming("optax.clip", incoming)
-    c = in_gain_dtype(ctx, closure_value(cells, "max_delta", "optax.clip"))
+@_keras(**_ADAM_RULES)
+def Lamb(
+    learning_rate=0.001,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema: bool = False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="lamb",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
+):
+    """``keras.optimizers.Lamb``: u = m̂/(√v̂ + ε), θ ← θ − γ·r·u with r = ‖θ‖/‖u‖ per variable.
 
-    def factor(g):
-        a = jnp.sqrt(in_gain_dtype(ctx, abs_sq(g)))
-        return jnp.where(
-            a > c, c / nonzero_divisor(a), jnp.ones_like(a)
-        )  # clipped: c·sign(g) = (c/|g|)g
-
-    factors = jax.tree.map(factor, incoming)
-    return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
-
-
-@gain_rule(optax.clip_by_global_norm)
-def _clip_by_global_norm_gain(ctx, cells, state, incoming):
-    needs_incoming("optax.clip_by_global_norm", incoming)
-    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "optax.clip_by_global_norm"))
-    norm = global_norm(ctx, jax.tree.leaves(incoming))
-    gain = jnp.where(norm < c, jnp.ones_like(norm), c / nonzero_divisor(norm))
-    return Gain(gain), jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)
+    Unlike :func:`gradx.lamb` (optax's and the paper's), Keras leaves the weight decay out of
+    u and out of the ratio: its base optimizer first decays θ ← θ − γ·λ·θ, and r is taken at
+    that decayed θ. r = 1 where ‖θ‖ or ‖u‖ is 0. The ratio is per leaf: refused inside
+    ``gradx.flat``.
+    """
+    store = state_dtype_args("Lamb", state_dtype, stochastic_rounding)
+    num, den = ema(beta_1, debias=True, **store), rms(beta_2, debias=True, **store)
+    step = [
+        precondition(num, den, epsilon),
+        trust_ratio_after_decay(learning_rate, weight_decay),
+    ]
+    return step, []

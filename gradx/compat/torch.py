@@ -21,10 +21,14 @@ bfloat16 rounded stochastically, or blockwise int8); torch has neither.
 
 Passing the params first, torch's habit (``Adam(model.parameters(), lr=1e-3)``, or a pytree
 or model of arrays), raises a ``TypeError`` that shows the gradx spelling. torch's param
-groups (a list of dicts, each with its ``params`` and options) are refused the same way: JAX
-builds the optimizer before it sees the params, so which arrays form a group cannot be named
-here. The message spells the groups as ``optax.partition`` over labels, one optimizer per
-group; for the usual no-decay group on biases and norms, a weight-decay mask does the same.
+groups (a list of dicts, each with its ``params`` and the options that differ) are taken with
+a regular expression for ``params``, since JAX builds the optimizer before it sees the params:
+``AdamW([{"params": r"^embed/", "lr": 1e-4}, {"params": r".*"}], lr=1e-3)``. Each leaf goes
+to the first group whose pattern ``re.search``-es its '/'-joined key path (as in
+``gradx.param_groups``), a group's missing options take the constructor's (torch's rule), a
+leaf no group takes is an error at ``init``, and ``gradx.hyperparams`` keys each group's
+values ``group0/...``, ``group1/...`` (or by the group's optional ``"name"``). Groups of
+arrays are refused with that spelling.
 """
 
 from __future__ import annotations
@@ -49,12 +53,26 @@ from gradx.compat._torch_blocks import (
     torch_adamax,
     torch_nadam,
     torch_off_if_zero,
+    torch_radam,
     torch_rmsprop,
     torch_sgd,
     with_maximize,
 )
+from gradx.compat._torch_muon import Muon as Muon
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "Rprop"]
+__all__ = [
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Muon",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+]
 
 
 @no_params
@@ -439,4 +457,39 @@ def NAdam(
         decoupled_weight_decay,
         **store,
     )
+    return with_maximize(opt, maximize)
+
+
+@no_params
+def RAdam(
+    lr: optax.ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """``torch.optim.RAdam``: Adam rectified while ρ_t ≤ 5, ε on the raw root.
+
+    θ ← θ − γ·r_t·m̂·√(1 − β₂ᵗ)/(√v + ε) where ρ_t > 5, else θ ← θ − γ·m̂ (ρ_t and r_t as in
+    :func:`gradx.radam`). ε is added to √v before the bias correction, unlike
+    ``gradx.radam``/``optax.radam`` (√v̂ + ε). ``weight_decay`` is coupled L2 unless
+    ``decoupled_weight_decay=True`` (θ ← (1 − γλ)·θ first, as ``AdamW``).
+    """
+    cls = "RAdam"
+    check_like_torch(cls, torch_radam, lr=lr, eps=eps, weight_decay=weight_decay)
+    b1, b2 = checked_betas(cls, betas)
+    check_switches(
+        cls,
+        decoupled_weight_decay=decoupled_weight_decay,
+        foreach=foreach,
+        maximize=maximize,
+        capturable=capturable,
+        differentiable=differentiable,
+    )
+    opt = torch_radam(lr, b1, b2, eps, torch_off_if_zero(weight_decay), decoupled_weight_decay)
     return with_maximize(opt, maximize)

@@ -9,6 +9,10 @@ replay a problem. Parameters are a dict ``{"a": shape (3,), "b": shape (2,)}`` i
   logic all matter.
 * ``"quad"``: the gradient is ``quad_grad(params)`` at the current parameters, for the quadratic
   ``0.5 xᵀ A x − cᵀ x`` with ``x = concat([a, b])``.
+* ``"matrix"`` (for optimizers of matrices, torch's ``Muon``): parameters
+  ``{"a": shape (4, 3), "b": shape (2, 5)}`` (``MATRIX_PARAMS0``; ``params0(problem)`` gives
+  each problem's), gradient ``matrix_grad(params)`` of a quadratic: ``P·a − C_a`` and
+  ``b·Q − C_b`` with P, Q symmetric positive definite. Only in ``MATRIX_PROBLEMS``.
 
 In both problems step ``k`` uses the gradient for step ``k``; trajectory row ``k`` is the
 parameters after ``k + 1`` updates.
@@ -79,8 +83,46 @@ def quad_grad(params):
     return _split(QUAD_A @ _concat(params) - QUAD_C)
 
 
+# ---------------------------------------------------------------- matrix problem (Muon)
+MATRIX_PARAMS0 = {
+    "a": np.array(
+        [[0.5, -1.0, 0.25], [1.5, 0.0, -0.5], [-0.75, 2.0, 1.0], [0.3, -0.2, 0.8]],
+        dtype=np.float64,
+    ),
+    "b": np.array([[1.0, -0.5, 0.0, 2.0, -1.5], [0.25, 0.75, -1.25, 0.5, 1.0]], dtype=np.float64),
+}
+MATRIX_P = np.array(
+    [[3.0, 0.5, 0.0, -0.5], [0.5, 2.0, 0.25, 0.0], [0.0, 0.25, 1.5, 0.5], [-0.5, 0.0, 0.5, 1.0]],
+    dtype=np.float64,
+)
+MATRIX_Q = np.diag([2.0, 1.5, 1.0, 0.75, 0.5]) + 0.1 * np.ones((5, 5))
+MATRIX_CA = np.array(
+    [[1.0, 0.0, -0.5], [0.0, 0.5, 0.0], [0.25, -1.0, 0.5], [0.0, 0.0, 1.0]], dtype=np.float64
+)
+MATRIX_CB = np.array([[0.5, -1.0, 0.0, 0.25, 0.0], [0.0, 0.5, 1.0, 0.0, -0.5]], dtype=np.float64)
+
+
+def matrix_grad(params):
+    """Gradient ``{"a": P·a − C_a, "b": b·Q − C_b}`` at ``params`` (copies)."""
+    return {
+        "a": MATRIX_P @ np.asarray(params["a"], np.float64) - MATRIX_CA,
+        "b": np.asarray(params["b"], np.float64) @ MATRIX_Q - MATRIX_CB,
+    }
+
+
+MATRIX_PROBLEMS = ("matrix",)
+
+
+def params0(problem):
+    """The initial parameters of ``problem`` (copies)."""
+    start = MATRIX_PARAMS0 if problem in MATRIX_PROBLEMS else PARAMS0
+    return {n: v.copy() for n, v in start.items()}
+
+
 def grad_fn(problem):
-    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad"}``."""
+    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad", "matrix"}``."""
+    if problem == "matrix":
+        return lambda k, params: matrix_grad(params)
     if problem == "stream":
         return lambda k, params: {n: v.copy() for n, v in STREAM[k].items()}
     if problem == "quad":

@@ -85,10 +85,55 @@ TORCH_CONFIGS = [
     ("NAdam", {"lr": 0.1}),
     ("NAdam", {"lr": 0.1, "momentum_decay": 1.0}),
     ("NAdam", {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    # RAdam: ρ_t passes 5 near t = 6 for β₂ = 0.999 (both branches), near t = 3 for 0.99
+    ("RAdam", {"lr": 0.1}),
+    ("RAdam", {"lr": 0.1, "betas": [0.8, 0.99], "eps": 0.1, "weight_decay": 0.1}),
+    ("RAdam", {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Rprop", {}),
     ("Rprop", {"lr": 0.05, "etas": [0.3, 1.5], "step_sizes": [0.01, 0.2]}),
     # initial step size above the maximum: torch clamps it already on the first step
     ("Rprop", {"lr": 0.5, "step_sizes": [0.01, 0.2]}),
+]
+
+# ---- param groups (torch_groups.json, replayed by tests/test_param_groups.py) ----
+# (class, constructor kwargs, param groups). Each group's "params" is a regular expression over
+# the parameter names ("a", "b"): gradx.compat.torch takes it as is, torch gets the tensors
+# whose names it matches (re.search). A group's missing options take the constructor's.
+TORCH_GROUP_CONFIGS = [
+    (
+        "AdamW",
+        {"lr": 0.05, "weight_decay": 0.1},
+        [{"params": "^a$", "lr": 0.1}, {"params": "b", "weight_decay": 0.0, "betas": [0.8, 0.99]}],
+    ),
+    (
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9},
+        [
+            {"params": "a", "nesterov": True, "weight_decay": 0.1},
+            {"params": "b", "lr": 0.05, "momentum": 0.0},
+        ],
+    ),
+]
+# ---- end of param groups configs ----
+# Optimizers of matrices only (torch's Muon), recorded on problems.MATRIX_PROBLEMS.
+TORCH_MATRIX_CONFIGS = [
+    ("Muon", {}),
+    ("Muon", {"lr": 0.02}),
+    (
+        "Muon",
+        {"lr": 0.02, "nesterov": False, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"},
+    ),
+    (
+        "Muon",
+        {
+            "lr": 0.05,
+            "momentum": 0.8,
+            "ns_coefficients": [2.0, -1.5, 0.5],
+            "ns_steps": 3,
+            "eps": 0.5,
+            "adjust_lr_fn": "original",
+        },
+    ),
 ]
 
 KERAS_CONFIGS = [
@@ -115,6 +160,10 @@ KERAS_CONFIGS = [
     ("Adamax", {"learning_rate": 0.1, "epsilon": 0.1}),
     ("Nadam", {}),
     ("Nadam", {"learning_rate": 0.1, "epsilon": 0.1}),
+    ("Lion", {"learning_rate": 0.01}),
+    ("Lion", {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.95, "weight_decay": 0.1}),
+    ("Lamb", {"learning_rate": 0.1}),
+    ("Lamb", {"learning_rate": 0.1, "epsilon": 0.1, "weight_decay": 0.1}),
     # options handled by the Keras base optimizer
     ("SGD", {"learning_rate": 0.1, "weight_decay": 0.1}),
     ("Adam", {"learning_rate": 0.1, "clipnorm": 0.5}),
@@ -155,6 +204,116 @@ def record_torch():
                     traj[n].append([float(v) for v in params[n].detach().numpy()])
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return {"library": "torch", "version": torch.__version__, "records": records}
+
+
+# ------------------------------------------------------------------ torch param groups
+def _torch_options(options):
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def record_torch_groups():
+    """``TORCH_GROUP_CONFIGS``: torch's list-of-dicts param groups, one tensor per name."""
+    import re
+
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    records = []
+    for cls, kwargs, groups in TORCH_GROUP_CONFIGS:
+        for problem in problems.PROBLEMS:
+            grad_fn = problems.grad_fn(problem)
+            params = {
+                n: torch.tensor(problems.PARAMS0[n], dtype=torch.float64, requires_grad=True)
+                for n in NAMES
+            }
+            torch_groups = [
+                {
+                    **_torch_options({k: v for k, v in g.items() if k != "params"}),
+                    "params": [params[n] for n in NAMES if re.search(g["params"], n)],
+                }
+                for g in groups
+            ]
+            opt = getattr(torch.optim, cls)(torch_groups, **_torch_options(kwargs))
+            traj = _empty_trajectory()
+            for k in range(problems.STEPS):
+                current = {n: params[n].detach().numpy().copy() for n in NAMES}
+                grads = grad_fn(k, current)
+                for n in NAMES:
+                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
+                opt.step()
+                for n in NAMES:
+                    traj[n].append([float(v) for v in params[n].detach().numpy()])
+            records.append(
+                {
+                    "cls": cls,
+                    "kwargs": kwargs,
+                    "groups": groups,
+                    "problem": problem,
+                    "trajectory": traj,
+                }
+            )
+    return {"library": "torch", "version": torch.__version__, "records": records}
+
+
+def replay_groups(cls, kwargs, groups, problem):
+    """The NumPy transcription of a param-groups record: each name steps with its group's
+    options (the first group whose pattern matches it; missing options: the constructor's)."""
+    import re
+
+    grad_fn = problems.grad_fn(problem)
+    steps, state = {}, {}
+    for n in NAMES:
+        group = next(g for g in groups if re.search(g["params"], n))
+        init, steps[n] = REFERENCES["torch"][cls](
+            {**kwargs, **{k: v for k, v in group.items() if k != "params"}}
+        )
+        state[n] = init()
+    params = {n: problems.PARAMS0[n].copy() for n in NAMES}
+    traj = {n: [] for n in NAMES}
+    for k in range(problems.STEPS):
+        grads = grad_fn(k, params)
+        params = {n: steps[n](params[n], grads[n], state[n], k + 1) for n in NAMES}
+        for n in NAMES:
+            traj[n].append(params[n])
+    return {n: np.array(v) for n, v in traj.items()}
+
+
+def self_check_groups(data, tol=1e-10):
+    worst = 0.0
+    for rec in data["records"]:
+        ref = replay_groups(rec["cls"], rec["kwargs"], rec["groups"], rec["problem"])
+        diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in NAMES)
+        worst = max(worst, diff)
+        flag = "" if diff <= tol else "   <-- MISMATCH"
+        print(f"  groups {rec['cls']:8s} {rec['problem']:6s} max|diff|={diff:.2e}{flag}")
+    print(f"  torch groups: worst max|diff| = {worst:.3e} over {len(data['records'])} records")
+    return worst <= tol
+
+
+def record_torch_matrices():
+    """The records of ``TORCH_MATRIX_CONFIGS`` on the matrix problems (matrices as nested lists)."""
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    records = []
+    for cls, kwargs in TORCH_MATRIX_CONFIGS:
+        call_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        for problem in problems.MATRIX_PROBLEMS:
+            grad_fn = problems.grad_fn(problem)
+            start = problems.params0(problem)
+            params = {n: torch.tensor(start[n], requires_grad=True) for n in NAMES}
+            opt = getattr(torch.optim, cls)([params[n] for n in NAMES], **call_kwargs)
+            traj = _empty_trajectory()
+            for k in range(problems.STEPS):
+                current = {n: params[n].detach().numpy().copy() for n in NAMES}
+                grads = grad_fn(k, current)
+                for n in NAMES:
+                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
+                opt.step()
+                for n in NAMES:
+                    traj[n].append(params[n].detach().numpy().tolist())
+            records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
+    return records
 
 
 # ------------------------------------------------------------------ keras
@@ -341,6 +500,28 @@ def _torch_nadam(kw):
     )
 
 
+def _torch_radam(kw):
+    lr, (b1, b2), eps = kw.get("lr", 1e-3), kw.get("betas", (0.9, 0.999)), kw.get("eps", 1e-8)
+    wd, decoupled = kw.get("weight_decay", 0.0), kw.get("decoupled_weight_decay", False)
+    rho_inf = 2 / (1 - b2) - 1
+
+    def step(x, g, s, t):
+        if decoupled:
+            x = x * (1 - lr * wd)
+        else:
+            g = g + wd * x
+        s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+        s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+        m_hat = s["m"] / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho <= 5:
+            return x - lr * m_hat
+        r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        return x - lr * m_hat * r * np.sqrt(1 - b2**t) / (np.sqrt(s["v"]) + eps)
+
+    return dict, step
+
+
 def _torch_rprop(kw):
     lr, (eta_m, eta_p) = kw.get("lr", 1e-2), kw.get("etas", (0.5, 1.2))
     smin, smax = kw.get("step_sizes", (1e-6, 50))
@@ -444,8 +625,89 @@ def _keras_nadam(kw):
     )
 
 
+def _keras_lion(kw):
+    lr, b1, b2 = kw.get("learning_rate", 1e-3), kw.get("beta_1", 0.9), kw.get("beta_2", 0.99)
+
+    def step(x, g, s, t):
+        m = s.get("m", 0.0)
+        s["m"] = b2 * m + (1 - b2) * g
+        return x - lr * np.sign(b1 * m + (1 - b1) * g)
+
+    return dict, step
+
+
+def _keras_lamb(kw):
+    lr, b1, b2 = kw.get("learning_rate", 1e-3), kw.get("beta_1", 0.9), kw.get("beta_2", 0.999)
+    eps = kw.get("epsilon", 1e-7)
+
+    def step(x, g, s, t):  # x is already decayed by _keras_preprocess, as Keras's base does
+        s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+        s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+        u = (s["m"] / (1 - b1**t)) / (np.sqrt(s["v"] / (1 - b2**t)) + eps)
+        w_norm, u_norm = np.linalg.norm(x), np.linalg.norm(u)
+        ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        return x - ratio * lr * u
+
+    return dict, step
+
+
+def _bf16(x):
+    """``x`` rounded to bfloat16 through float32 (torch's double → bfloat16), as float32."""
+    import ml_dtypes
+
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _mm32(a, b):
+    """a·b of bfloat16-valued matrices, accumulated in float32 over k in order (each
+    product is exact in float32)."""
+    acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(a.shape[1]):
+        acc = acc + np.outer(a[:, k], b[k, :]).astype(np.float32)
+    return acc
+
+
+def _newton_schulz_bf16(m, coefficients, steps, eps):
+    """Jordan's quintic Newton–Schulz iteration as torch 2.13 runs it: in bfloat16, each
+    matmul accumulated in float32, and addmm's β·C + α·(A·B) rounded once to float32 (a fused
+    multiply-add: computed here in float64, where the products of float32 numbers by
+    bfloat16 ones are exact), then to bfloat16."""
+    a, b, c = (float(np.float32(v)) for v in coefficients)
+    x = _bf16(m)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    norm = _bf16(np.sqrt(np.sum(x.astype(np.float32) ** 2, dtype=np.float32)))
+    x = _bf16(x / np.maximum(norm, _bf16(eps)))
+    for _ in range(steps):
+        gram = _bf16(_mm32(x, x.T)).astype(np.float64)
+        poly = _bf16(b * gram + c * _mm32(gram, gram).astype(np.float64))
+        x = _bf16(a * x.astype(np.float64) + _mm32(poly, x).astype(np.float64))
+    return (x.T if tall else x).astype(np.float64)
+
+
+def _torch_muon(kw):
+    lr, wd, mu = kw.get("lr", 1e-3), kw.get("weight_decay", 0.1), kw.get("momentum", 0.95)
+    nesterov, eps, steps = kw.get("nesterov", True), kw.get("eps", 1e-7), kw.get("ns_steps", 5)
+    coefficients = kw.get("ns_coefficients", (3.4445, -4.7750, 2.0315))
+    adjust = kw.get("adjust_lr_fn")
+
+    def step(x, g, s, t):
+        s["buf"] = mu * s.get("buf", 0.0) + (1 - mu) * g
+        m = (1 - mu) * g + mu * s["buf"] if nesterov else s["buf"]
+        rows, cols = x.shape
+        if adjust == "match_rms_adamw":
+            ratio = 0.2 * np.sqrt(max(rows, cols))
+        else:
+            ratio = np.sqrt(max(1, rows / cols))
+        o = _newton_schulz_bf16(m, coefficients, steps, eps)
+        return x * (1 - lr * wd) - lr * ratio * o
+
+    return dict, step
+
+
 REFERENCES = {
     "torch": {
+        "Muon": _torch_muon,
         "SGD": _torch_sgd,
         "RMSprop": _torch_rmsprop,
         "Adagrad": _torch_adagrad,
@@ -454,6 +716,7 @@ REFERENCES = {
         "AdamW": lambda kw: _torch_adam(kw, adamw=True),
         "Adamax": _torch_adamax,
         "NAdam": _torch_nadam,
+        "RAdam": _torch_radam,
         "Rprop": _torch_rprop,
     },
     "keras": {
@@ -465,10 +728,12 @@ REFERENCES = {
         "AdamW": _keras_adam,
         "Adamax": _keras_adamax,
         "Nadam": _keras_nadam,
+        "Lion": _keras_lion,
+        "Lamb": _keras_lamb,
     },
 }
 KERAS_DEFAULT_WEIGHT_DECAY = {"AdamW": 0.004}
-KERAS_DEFAULT_LR = {"SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3}
+KERAS_DEFAULT_LR = {"SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3, "Lion": 1e-3, "Lamb": 1e-3}
 
 
 def _keras_preprocess(cls, kw, params, grads):
@@ -494,7 +759,7 @@ def replay(library, cls, kwargs, problem):
     """Trajectory of the NumPy transcription, in the JSON layout."""
     init, step = REFERENCES[library][cls](kwargs)
     grad_fn = problems.grad_fn(problem)
-    params = {n: problems.PARAMS0[n].copy() for n in NAMES}
+    params = problems.params0(problem)
     state = {n: init() for n in NAMES}
     traj = {n: [] for n in NAMES}
     for k in range(problems.STEPS):
@@ -513,7 +778,11 @@ def self_check(data, tol=1e-10):
         ref = replay(data["library"], rec["cls"], rec["kwargs"], rec["problem"])
         diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in NAMES)
         moved = max(
-            float(np.max(np.abs(np.array(rec["trajectory"][n][-1]) - problems.PARAMS0[n])))
+            float(
+                np.max(
+                    np.abs(np.array(rec["trajectory"][n][-1]) - problems.params0(rec["problem"])[n])
+                )
+            )
             for n in NAMES
         )
         worst = max(worst, diff)
@@ -535,12 +804,19 @@ def _dumps(data):
 
 def main():
     outputs = {"torch": record_torch(), "keras": record_keras()}
+    outputs["torch"]["records"] += record_torch_matrices()
     ok = True
     for library, data in outputs.items():
         path = HERE / f"{library}.json"
         path.write_text(_dumps(data))
         print(f"wrote {path} ({path.stat().st_size} bytes, {len(data['records'])} records)")
         ok &= self_check(data)
+    # param groups: their own file and check
+    groups = record_torch_groups()
+    path = HERE / "torch_groups.json"
+    path.write_text(_dumps(groups))
+    print(f"wrote {path} ({path.stat().st_size} bytes, {len(groups['records'])} records)")
+    ok &= self_check_groups(groups)
     if not ok:
         raise SystemExit("self-check FAILED")
 
