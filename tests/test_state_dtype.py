@@ -155,7 +155,8 @@ def _numpy_quantise(x, signed, block=256):
     flat = np.asarray(x, np.float32).reshape(-1)
     padded = np.concatenate([flat, np.zeros(-flat.size % block, np.float32)]).reshape(-1, block)
     absmax = np.abs(padded).max(axis=1)
-    normed = padded / np.where(absmax > 0, absmax, 1)[:, None]
+    # times the reciprocal of the absmax, as bitsandbytes' kQuantizeBlockwise computes it
+    normed = padded * (np.float32(1) / np.where(absmax > 0, absmax, np.float32(1)))[:, None]
     index = np.abs(normed[..., None] - code).argmin(axis=-1)  # ties: the lower value
     decoded = (code[index] * absmax[:, None]).reshape(-1)[: flat.size].reshape(np.shape(x))
     return index.reshape(-1)[: flat.size].reshape(np.shape(x)), absmax, decoded, code

@@ -96,7 +96,7 @@ def nesterov_ema(
         c_grad = (1 - mu) / (1 - mu_product)
         c_mean = mu_next / (1 - mu_product * mu_next)
         mean = jax.tree.map(lambda g, m: ema_of(b1, g, m), updates, old)
-        mean = codec.as_stored(mean, state.mean)
+        mean, stored_mean = codec.store(mean, state.mean)
 
         def out_of(g, m):
             gw, mw = wide(g, b1, m), wide(m, b1, g)
@@ -105,7 +105,7 @@ def nesterov_ema(
         out = jax.tree.map(out_of, updates, mean)
         new_state = NesterovEmaState(
             count=count,
-            mean=codec.encode(mean, state.mean),
+            mean=stored_mean,
             mu_product=mu_product.astype(state.mu_product.dtype),
         )
         return out, new_state

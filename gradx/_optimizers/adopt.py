@@ -121,11 +121,11 @@ def scale_by_adopt(
         xs = jax.tree.map(normalised, updates, old_nu)
         nu = jax.tree.map(lambda g, v: ema_of(beta2, abs_sq(wide(g, beta2, v)), v), updates, old_nu)
         mu = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, old_mu)
-        mu = mu_codec.as_stored(mu, state.mu)
+        mu, stored_mu = mu_codec.store(mu, state.mu)
         out = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, mu) if nesterov else mu
         return out, ScaleByAdoptState(
             count=optax.safe_increment(state.count),
-            mu=mu_codec.encode(mu, state.mu),
+            mu=stored_mu,
             nu=nu_codec.encode(nu, state.nu),
         )
 

@@ -66,8 +66,8 @@ def trace(
     Returns:
       An optax transformation. Its update is in the computed dtype
       (``wide`` of u, μ and v), which may be wider than u's: the new v as
-      stored where it is stored in a float dtype (rounded to a bfloat16 buffer and back;
-      see ``as_stored``), as computed for int8 and stochastically rounded moments.
+      stored (rounded to a bfloat16 buffer and back; see ``as_stored``), or as computed
+      for an int8 moment.
     """
     codec = moment_codec(
         "trace", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
@@ -91,14 +91,14 @@ def trace(
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
         velocity = jax.tree.map(velocity_of, updates, old)
-        velocity = codec.as_stored(velocity, state.velocity)
+        velocity, stored_velocity = codec.store(velocity, state.velocity)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
             updates = velocity
         new_state = TraceState(
             count=optax.safe_increment(state.count),
-            velocity=codec.encode(velocity, state.velocity),
+            velocity=stored_velocity,
         )
         return updates, new_state
 
@@ -132,8 +132,8 @@ def ema(
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
     params, or ``state_dtype`` and ``stochastic_rounding`` where given (as in :func:`trace`).
     The update is in the computed dtype (``wide`` of g, β and m),
-    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back)
-    in a float dtype, as computed for int8 and stochastically rounded moments.
+    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back),
+    or as computed for an int8 moment.
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
@@ -181,13 +181,13 @@ def ema(
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, old)
-        mean = codec.as_stored(mean, state.mean)
+        mean, stored_mean = codec.store(mean, state.mean)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)
         else:
             updates = mean
-        return updates, EmaState(count=count, mean=codec.encode(mean, state.mean))
+        return updates, EmaState(count=count, mean=stored_mean)
 
     return optax.GradientTransformationExtraArgs(init_state, update)
 

@@ -180,12 +180,12 @@ def rms(
         nu = jax.tree.map(
             lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, old_nu
         )
-        nu = nu_codec.as_stored(nu, state.nu)
+        nu, stored_nu = nu_codec.store(nu, state.nu)
         mean = ()
         if centered:
             old_mean = mean_codec.decode(state.mean)
             mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, old_mean)
-            mean = mean_codec.as_stored(mean, state.mean)
+            mean, stored_mean = mean_codec.store(mean, state.mean)
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
@@ -195,8 +195,8 @@ def rms(
             return jnp.sqrt(plus(var, e, eps_root))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
-        new_mean = mean_codec.encode(mean, state.mean) if centered else ()
-        return out, RmsState(count=count, mean=new_mean, nu=nu_codec.encode(nu, state.nu))
+        new_mean = stored_mean if centered else ()
+        return out, RmsState(count=count, mean=new_mean, nu=stored_nu)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -251,24 +251,24 @@ def max_rms(
         count = optax.safe_increment(state.count)
         correction = 1 - b2 ** count_as(count, b2)
         nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, old_nu)
-        nu = codec.as_stored(nu, state.nu)
+        nu, stored_nu = codec.store(nu, state.nu)
         if max_of == "v_hat":
             nu_max = jax.tree.map(
                 lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)), nu, old_max
             )
-            nu_max = codec.as_stored(nu_max, state.nu_max)
+            nu_max, stored_max = codec.store(nu_max, state.nu_max)
             out = jax.tree.map(jnp.sqrt, nu_max)
         else:
             nu_max = jax.tree.map(
                 lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), old_max, nu
             )
-            nu_max = codec.as_stored(nu_max, state.nu_max)
+            nu_max, stored_max = codec.store(nu_max, state.nu_max)
             c = jnp.sqrt(correction) if max_of == "raw_v" else 1
             out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
         return out, MaxRmsState(
             count=count,
-            nu=codec.encode(nu, state.nu),
-            nu_max=codec.encode(nu_max, state.nu_max),
+            nu=stored_nu,
+            nu_max=stored_max,
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -311,9 +311,9 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, old)
-        total = codec.as_stored(total, state.sum_of_squares)
+        total, stored_total = codec.store(total, state.sum_of_squares)
         out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
-        return out, RssState(sum_of_squares=codec.encode(total, state.sum_of_squares))
+        return out, RssState(sum_of_squares=stored_total)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -355,8 +355,8 @@ def inf_norm(
             return jnp.maximum(coef(b2, uw) * uw, mod + coef(e, mod))
 
         u = jax.tree.map(norm_of, updates, old)
-        u = codec.as_stored(u, state.u)
-        return u, InfNormState(u=codec.encode(u, state.u))
+        u, stored_u = codec.store(u, state.u)
+        return u, InfNormState(u=stored_u)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -195,18 +195,23 @@ class MomentCodec:
             return moment  # nothing to trace
         return decode_moments(moment)
 
-    def as_stored(self, new: Any, old: Any) -> Any:
-        """The new moment (a tree like the params) as the block's update reads it.
+    def store(self, new: Any, old: Any) -> tuple[Any, Any]:
+        """``(read, stored)``: the new moment (a tree like the params) as the block's update
+        reads it, and as the state stores it (:meth:`encode`).
 
-        A moment stored in a float dtype is read as stored (``dtypes.as_stored``: rounded to
-        bfloat16 and back), so the compiled step keeps no copy of the
-        old moment. Stochastically rounded and int8 moments are read as computed, in
-        float32: their update computes the new moment and its code in one pass over the old
-        one (no copy either), and the rounding error stays out of the step (as bitsandbytes'
-        8-bit optimizers do)."""
-        if self.policy.kind in ("follow", "float"):
-            return as_stored(new, old)
-        return new
+        A moment stored in a float dtype or rounded stochastically is read as stored (for a
+        float dtype as ``dtypes.as_stored`` says: rounded to bfloat16 and back), so that the
+        update reads the buffer the state writes and the compiled step keeps no copy of the
+        old moment. An int8 moment is read as computed, in float32: the step uses the new
+        moment, not its 8-bit code (as bitsandbytes' 8-bit optimizers do)."""
+        kind = self.policy.kind
+        if kind in ("follow", "float"):
+            return as_stored(new, old), stored(new, old)
+        encoded = self.encode(new, old)
+        if kind == "rounded":
+            read = jax.tree.map(lambda v, n: v.astype(n.dtype), encoded.values, new)
+            return read, encoded
+        return new, encoded
 
     def encode(self, new: Any, old: Any) -> Any:
         """``new`` (a tree like the params) stored as ``old`` is: once per step."""
