@@ -22,6 +22,7 @@ RUNS = {
     "diagnostics.py": ("--n 256 --repeats 1 --epochs 1 --optimizers adam --batch-sizes 32", "adam"),
     "scaling.py": ("--devices 2 --epochs 1 --n 64 --batch 32", "| digits 64-16-16-10 |"),
     "search_digits.py": ("--seeds 1 --epochs 1 --samples 2", "| random search"),
+    "state_dtype.py": ("--n 4096 --repeats 1 --min-time 0.001 --hlo", "| gradx int8 |"),
 }
 
 

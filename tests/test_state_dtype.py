@@ -9,6 +9,7 @@ must keep working with (hyperparameters, vmap, pickle, orbax, effective learning
 from __future__ import annotations
 
 import pickle
+import re
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,30 @@ def test_stochastic_rounding_is_unbiased_reproducible_and_keeps_small_increments
     mean = runs[0].inner_state[0].direction.mean
     assert isinstance(mean, gradx.RoundedMoment) and int(mean.count) == 3
     assert mean.values["w"].dtype == BF16
+
+
+def test_rounded_and_int8_steps_keep_no_copy_of_an_old_moment():
+    """Donated as in a training step: a stochastically rounded moment is read as stored, so
+    the step copies no old moment and needs no temporary of a moment's size; int8 copies no
+    old codes (its temporaries are the new float32 moments, benchmarks/README.md)."""
+    params = jnp.zeros(4096, jnp.float32)
+    rules = {
+        "bfloat16_sr": gradx.adam(1e-3, state_dtype="bfloat16", stochastic_rounding=True),
+        "sgd_sr": gradx.sgd(1e-3, 0.9, state_dtype="bfloat16", stochastic_rounding=True),
+        "int8": gradx.adam(1e-3, state_dtype="int8"),
+    }
+    for name, opt in rules.items():
+
+        def step(p, s, g, opt=opt):
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt.init(params), params)
+        compiled = lowered.compile()
+        big_copies = re.findall(r"\[4096\]\{0\} copy\(", compiled.as_text())
+        assert not big_copies, (name, big_copies)
+        if name != "int8":
+            assert compiled.memory_analysis().temp_size_in_bytes < 1024, name
 
 
 # ------------------------------------------------------------ int8
@@ -306,7 +331,8 @@ def test_every_state_dtype_with_hyperparams_vmap_pickle_orbax_and_effective_lr(t
         first = opt.init(params)
         u1, state = update(grads, first, params)
         # step 1: α_ef = γ/(√v̂ + ε), read from the stored (decoded) v; the step itself used
-        # v before it was stored: −α_ef·g within the storage's rounding
+        # v as stored (float32, rounded) or before it was stored (int8): −α_ef·g within the
+        # storage's rounding
         alpha = gradx.effective_learning_rate(opt, state, params, grads)
         nu = gradx.decode_moments(state.inner_state[0].by.nu)["w"].astype(jnp.float32)
         b2 = np.float32(0.999)
