@@ -36,6 +36,7 @@ import optax
 
 from gradx._optimizers.adam import nesterov_ema
 from gradx._optimizers.adaptive import scale_by_adadelta
+from gradx._optimizers.factored import clip_by_block_rms, scale_by_factored_rms
 from gradx._optimizers.momentum import ema, trace
 from gradx._optimizers.preconditioners import (
     inf_norm,
@@ -58,8 +59,12 @@ from gradx._protocol.gain import (
     nonzero_divisor,
     scaled,
 )
+from gradx.compat._adafactor import keras_param_scale
+from gradx.compat._adafactor import relative_step as adafactor_relative_step
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop"]
+__all__ = [
+    "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop",
+]  # fmt: skip
 
 _COMMON = dict(weight_decay=">= 0", clipnorm="> 0", clipvalue="> 0", global_clipnorm="> 0")
 
@@ -123,8 +128,8 @@ def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
-    """[clip] → step → scale_by_learning_rate → after → [decoupled weight decay]."""
+def _around(cls: str, args: Mapping[str, Any], step: Any, after: Any, rate: Any = None):
+    """[clip] → step → scale_by_learning_rate (or ``rate``) → after → [decoupled weight decay]."""
     learning_rate, weight_decay = args["learning_rate"], args["weight_decay"]
     clipnorm, clipvalue, global_clipnorm = (
         args[n] for n in ("clipnorm", "clipvalue", "global_clipnorm")
@@ -142,7 +147,7 @@ def _around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
         blocks.append(optax.clip(clipvalue))
     if global_clipnorm is not None:
         blocks.append(optax.clip_by_global_norm(global_clipnorm))
-    blocks += [*step, scale_by_learning_rate(learning_rate), *after]
+    blocks += [*step, scale_by_learning_rate(learning_rate) if rate is None else rate, *after]
     if weight_decay is not None:
         blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
     return optax.chain(*blocks)
@@ -152,9 +157,9 @@ def _keras(**rules):
     """@optimizer for a Keras optimizer, with the rules every Keras optimizer shares.
 
     The decorated body has the Keras class's signature (its names, defaults and positional
-    order) and returns the blocks of its own step as ``(step, after)``; the optimizer
-    refuses the training-loop options, then chains [clip] → step → ×(−γ) → after →
-    [decoupled weight decay] (:func:`_around`).
+    order) and returns the blocks of its own step as ``(step, after)`` (or ``(step, after,
+    rate)``, a block in place of ×(−γ)); the optimizer refuses the training-loop options,
+    then chains [clip] → step → ×(−γ) → after → [decoupled weight decay] (:func:`_around`).
     """
 
     def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -165,8 +170,8 @@ def _keras(**rules):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             _refuse_training_loop_options(cls, bound.arguments)
-            step, after = body(*args, **kwargs)
-            return _around(cls, bound.arguments, step, after)
+            step, after, *rate = body(*args, **kwargs)
+            return _around(cls, bound.arguments, step, after, *rate)
 
         # The state class's name digests the factory's code name: keep the body's, as before.
         factory.__code__ = factory.__code__.replace(co_name=body.__code__.co_name)
@@ -362,6 +367,41 @@ def Nadam(
         precondition(nesterov_ema(beta_1, momentum_decay=1.0), rms(beta_2, debias=True), epsilon)
     ]
     return step, []
+
+
+@_keras(beta_2_decay="<= 0", epsilon_1=">= 0", epsilon_2=">= 0", clip_threshold="> 0")
+def Adafactor(
+    learning_rate=0.001,
+    beta_2_decay=-0.8,
+    epsilon_1=1e-30,
+    epsilon_2=1e-3,
+    clip_threshold=1.0,
+    relative_step: bool = True,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema: bool = False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adafactor",
+):
+    """``keras.optimizers.Adafactor``: optax's factored rule over the last two axes, with
+    θ ← θ − min(γ, 1/√t)·max(ε₂, RMS(θ))·û (û the clipped u = g/√V̂, ε₁ added to g²).
+
+    Every tensor of two or more dimensions is factored. RMS(θ) is taken after Keras's weight
+    decay θ ← θ − λγθ. ``relative_step`` changes no number in Keras 3.15.1 (ρ_t is
+    min(γ, 1/√t) either way): accepted and ignored.
+    """
+    del relative_step
+    step = [
+        scale_by_factored_rms(True, -beta_2_decay, 0, 0, epsilon_1, factor_axes="last"),
+        clip_by_block_rms(clip_threshold),
+        keras_param_scale(epsilon_2, learning_rate, weight_decay),
+    ]
+    return step, [], adafactor_relative_step(learning_rate)
 
 
 @gain_rule(clip_by_norm)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import optax
 
 from gradx._optimizers.sign import rprop
+from gradx.compat._adafactor import Adafactor as Adafactor
 from gradx.compat._torch_blocks import (
     check_like_torch,
     check_number,
@@ -47,7 +48,10 @@ from gradx.compat._torch_blocks import (
     with_maximize,
 )
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "Rprop"]
+__all__ = [
+    "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop",
+    "Rprop",
+]  # fmt: skip
 
 
 @no_params

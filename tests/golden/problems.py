@@ -12,6 +12,11 @@ replay a problem. Parameters are a dict ``{"a": shape (3,), "b": shape (2,)}`` i
 
 In both problems step ``k`` uses the gradient for step ``k``; trajectory row ``k`` is the
 parameters after ``k + 1`` updates.
+
+A third problem, ``"matrix"``, is for the optimizers that factor matrices (Adafactor; see
+``EXTRA_PROBLEMS`` in ``record.py``): its params (:func:`params0`) are a matrix, a 3-D tensor
+and a vector, and its gradient (:func:`matrix_grad`) pulls them towards a target, plus a
+stream with exact zeros (a whole row of the matrix once).
 """
 
 import numpy as np
@@ -80,12 +85,48 @@ def quad_grad(params):
 
 
 def grad_fn(problem):
-    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad"}``."""
+    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad", "matrix"}``."""
     if problem == "stream":
         return lambda k, params: {n: v.copy() for n, v in STREAM[k].items()}
     if problem == "quad":
         return lambda k, params: quad_grad(params)
+    if problem == "matrix":
+        return matrix_grad
     raise ValueError(f"unknown problem {problem!r}")
 
 
 PROBLEMS = ("stream", "quad")
+
+
+# ---------------------------------------------------------------- matrix problem
+MATRIX_SHAPES = {"a": (3, 4), "b": (2, 2, 3), "c": (3,)}
+
+
+def _wave(shape, phase):
+    j = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    return np.sin(1.3 * j + phase)
+
+
+MATRIX_PARAMS0 = {n: 1.5 * _wave(s, 0.4 + i) for i, (n, s) in enumerate(MATRIX_SHAPES.items())}
+MATRIX_TARGET = {n: 0.5 * _wave(s, 2.0 - i) for i, (n, s) in enumerate(MATRIX_SHAPES.items())}
+
+
+def matrix_grad(k, params):
+    """``(1 + j/10)·(θ − target) + 0.3·sin(0.9k + 1.7j)`` per element j; row 1 of ``a`` is 0
+    at step 2 and element 0 of ``c`` at step 5."""
+    out = {}
+    for n, x in params.items():
+        j = np.arange(x.size, dtype=np.float64).reshape(x.shape)
+        g = (1 + j / 10) * (np.asarray(x) - MATRIX_TARGET[n]) + 0.3 * np.sin(0.9 * k + 1.7 * j)
+        if n == "a" and k == 2:
+            g[1] = 0.0
+        if n == "c" and k == 5:
+            g[0] = 0.0
+        out[n] = g
+    return out
+
+
+def params0(problem):
+    """The initial params of ``problem`` (copies)."""
+    start = MATRIX_PARAMS0 if problem == "matrix" else PARAMS0
+    return {n: v.copy() for n, v in start.items()}
