@@ -134,6 +134,8 @@ PAIRS = [
         lambda lr: optax.adamw(lr, weight_decay=1e-2),
         _torch("AdamW", weight_decay=1e-2),
     ),
+    # torch's Adafactor is another rule (min(γ, 1/√t), ε₁ a floor, every matrix factored)
+    Pair("adafactor", "adafactor", {}, optax.adafactor, _torch("Adafactor")),
 ]
 
 
@@ -374,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.flat:
                 flat_opt = gradx.flat(make(LR, **pair.gradx_kwargs))
                 params = tree(case.shapes, 0, 1.0)
-                sides["flat"] = Side(make_step(flat_opt), params, flat_opt.init(params))
+                try:  # adafactor's per-leaf blocks refuse to run packed
+                    sides["flat"] = Side(make_step(flat_opt), params, flat_opt.init(params))
+                except ValueError:
+                    pass
             hlo_line = None
             if args.hlo:
                 summaries = {}
@@ -415,7 +420,30 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             del sides
     print(f"\nworst gradx/optax ratio: {worst_ratio:.3f} (target <= 1.05)")
+    state_bytes_table(pairs, args.cases.split(","))
     return 0
+
+
+def state_bytes_table(pairs: list, cases: list[str]) -> None:
+    """The bytes of each side's optimizer state (from jax.eval_shape: nothing is allocated),
+    and of gradx's hyperparameters in it (a few scalars)."""
+    print("\noptimizer state bytes: gradx (of which hyperparameters) vs optax")
+    for case_name in cases:
+        shapes = CASES[case_name].shapes
+        params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+        for pair, make in pairs:
+            ours = jax.eval_shape(make(LR, **pair.gradx_kwargs).init, params)
+            theirs = jax.eval_shape(pair.optax_make(LR).init, params)
+            hyper = nbytes((ours.hyperparams, ours.scheduled, ours.count))
+            a, b = nbytes(ours), nbytes(theirs)
+            print(
+                f"  {case_name:<12} {pair.label:<30} {a:>13,} ({hyper} B) vs {b:>13,}"
+                f"  gradx - hyperparameters - optax = {a - hyper - b:+,}"
+            )
+
+
+def nbytes(tree_: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree_))
 
 
 if __name__ == "__main__":

@@ -361,6 +361,25 @@ def test_vmap_sweep_over_its_numbers_equals_separate_runs():
             np.testing.assert_allclose(batched[name][i], want[name], rtol=1e-6, atol=1e-7)
 
 
+def test_state_bytes_equal_optax_plus_the_hyperparameters():
+    # A GPT-2-sized block: every matrix factored (m + n numbers), the vectors not.
+    shapes = [(768, 768), (768,), (768, 3072), (3072, 768), (3072,), ()]
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+
+    def nbytes(tree):
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    for kwargs in ({}, {"learning_rate": 0.01, "momentum": 0.9, "weight_decay_rate": 0.1}):
+        ours = jax.eval_shape(gradx.adafactor(**kwargs).init, params)
+        theirs = jax.eval_shape(optax.adafactor(**kwargs).init, params)
+        hyper = nbytes((ours.count, ours.hyperparams, ours.scheduled))
+        assert nbytes(ours) - hyper == nbytes(theirs)
+        assert hyper == 4 * (1 + 4 + len(kwargs))  # the count, and 4 bytes per number
+    # per leaf: rows + columns + a (1,) placeholder for v, or v + two (1,) placeholders
+    numbers = (768 + 768 + 1) + 2 * (768 + 3072 + 1) + (768 + 2) + (3072 + 2) + (1 + 2) + 1
+    assert nbytes(ours.inner_state[0]) == 4 * numbers  # (+1: the block's count)
+
+
 def test_rules_and_errors():
     for call, error, message in [
         (lambda: gradx.adafactor(eps=0.0), ValueError, r"^adafactor: eps must be > 0, got 0\.0"),
