@@ -145,7 +145,7 @@ def scale_by_factored_rms(
         from a restored state whose count is past it).
       min_dim_size_to_factor: factor a leaf only when both axes have at least this many
         elements (static: it decides the state's shapes).
-      epsilon: ε, added to |g|² (ε₁ = 1e-30 in the paper).
+      epsilon: ε, added to ``|g|²`` (ε₁ = 1e-30 in the paper).
       decay_rate_fn: β̂ as a function of (step index − step_offset, decay_rate).
       factor_axes: ``"largest"`` (optax's: the two largest axes) or ``"last"`` (torch's and
         Keras's: the last two axes).
@@ -265,7 +265,7 @@ def block_rms(x: jax.Array) -> jax.Array:
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
     """Block: u ← u / max(1, RMS(u)/d), one RMS per leaf (Adafactor's update clipping).
 
-    RMS(u) = √mean(|u|²) over the whole leaf (a weight matrix, a bias), so a leaf whose
+    RMS(u) = √mean(``|u|²``) over the whole leaf (a weight matrix, a bias), so a leaf whose
     update is larger than d on average is shrunk to RMS d, and smaller ones pass unchanged.
     Equals ``optax.clip_by_block_rms``. Refused inside ``gradx.flat``, whose packed buffers
     are not the leaves.
@@ -313,7 +313,7 @@ def scale_by_param_block_rms(
 ) -> optax.GradientTransformationExtraArgs:
     """Block: u ← u · max(RMS(θ), ε₂), one RMS per leaf (Adafactor's relative step size).
 
-    Each leaf's step is proportional to its params' scale RMS(θ) = √mean(|θ|²), floored at
+    Each leaf's step is proportional to its params' scale RMS(θ) = √mean(``|θ|²``), floored at
     ε₂ = ``min_scale`` so that a leaf at zero still moves. Equals
     ``optax.scale_by_param_block_rms``. ``update`` needs the params; refused inside
     ``gradx.flat``, whose packed buffers are not the leaves.
