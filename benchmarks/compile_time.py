@@ -25,7 +25,9 @@ of the per-repeat ratios flat/optax and gradx/optax).
 Leaves (``--shapes``): ``uniform``: every leaf has shape (1000,), so XLA compiles one kernel
 for all leaves of optax and of per-leaf gradx (it deduplicates identical fused kernels);
 ``distinct``: leaf i has shape (1000 + i,), every kernel is a new one, as in a model whose
-leaves all differ.
+leaves all differ; ``transformer``: the leaves of transformer blocks with d = 128 (16 a block:
+q, k, v, o and the MLP's two matrices, all factored by Adafactor, and their vectors), for
+``--rules adafactor`` (which has no flat column: ``gradx.flat`` refuses its per-leaf blocks).
 
 It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves;
 medians of ``--compile-repeats``)
@@ -64,6 +66,15 @@ import gradx
 
 LR = 1e-3
 
+# optax.adafactor's arguments that decide shapes or Python branches (not runtime values).
+ADAFACTOR_STATIC = (
+    "min_dim_size_to_factor",
+    "multiply_by_parameter_scale",
+    "factored",
+    "dtype_momentum",
+    "decay_offset",
+)
+
 # gradx, optax, and optax with its hyperparameters as runtime values in the state
 # (optax.inject_hyperparams: what gradx does for every optimizer).
 RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]] = {
@@ -86,18 +97,34 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
             learning_rate=LR, decay=0.9, eps=1e-8, eps_in_sqrt=False
         ),
     ),
+    "adafactor": (  # use with --shapes transformer: vectors are not factored
+        lambda: gradx.adafactor(LR),
+        lambda: optax.adafactor(LR),
+        lambda: optax.inject_hyperparams(optax.adafactor, static_args=ADAFACTOR_STATIC)(
+            learning_rate=LR
+        ),
+    ),
 }
+
+# Rules whose blocks work per leaf, so that gradx.flat refuses them: no flat column.
+NO_FLAT = {"adafactor"}
 
 
 def sides_for(rule: str, inject: bool = False) -> dict[str, Callable[[], Any]]:
     make_gradx, make_optax, make_inject = RULES[rule]
     sides = {"gradx": make_gradx, "flat": lambda: gradx.flat(make_gradx()), "optax": make_optax}
+    if rule in NO_FLAT:
+        del sides["flat"]
     return {**sides, "inject": make_inject} if inject else sides
 
 
 def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
     if kind == "uniform":
         return [(1000,)] * n
+    if kind == "transformer":  # blocks of 16 leaves, d = 128: every matrix factored
+        d = 128
+        one = [(d, d), (d,)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+        return (one * math.ceil(n / len(one)))[:n]
     return [(1000 + i,) for i in range(n)]
 
 
@@ -152,7 +179,11 @@ def interleaved(steppers: dict[str, Stepper], grads: Any, repeats: int, min_time
 
 
 def update_table(args: argparse.Namespace) -> None:
-    shape = "(1000,)" if args.shapes == "uniform" else "(1000 + i,)"
+    shape = {
+        "uniform": "(1000,)",
+        "distinct": "(1000 + i,)",
+        "transformer": "of transformer blocks, d = 128 (q, k, v, o, MLP, biases, norms)",
+    }[args.shapes]
     print(
         f"\n### One update + apply, leaves of shape {shape}"
         "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
@@ -203,10 +234,11 @@ def update_table(args: argparse.Namespace) -> None:
                         a / b for a, b in zip(times[k], times["optax"], strict=True)
                     )
                     for k in ("gradx", "flat")
+                    if k in times
                 }
                 step_text = [
                     f"{med['gradx']:.3f} ({paired['gradx']:.2f}×)",
-                    f"{med['flat']:.3f} ({paired['flat']:.2f}×)",
+                    f"{med['flat']:.3f} ({paired['flat']:.2f}×)" if "flat" in med else "—",
                     f"{med['optax']:.3f}",
                 ]
             del steppers
@@ -218,12 +250,14 @@ def update_table(args: argparse.Namespace) -> None:
                 if args.inject
                 else ("", "")
             )
+            flat = "flat" in tc
             print(
                 f"| {rule} | {n} | {tc['gradx'][0]:.2f} / {tc['gradx'][1]:.2f} "
-                f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} "
-                f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
-                f" {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
-                f"|{injected[1]} {count['gradx']} / {count['flat']} / {count['optax']} "
+                + (f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} " if flat else "| — ")
+                + f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
+                f" {total['gradx'] / total['optax']:.2f}× | "
+                + (f"{total['flat'] / total['optax']:.2f}× " if flat else "— ")
+                + f"|{injected[1]} {count['gradx']} / {count.get('flat', '—')} / {count['optax']} "
                 f"| {' | '.join(step_text)} |"
             )
             sys.stdout.flush()
@@ -433,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 4,000-leaf size")
     parser.add_argument("--rules", default="adam,momentum,rmsprop")
     parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
-    parser.add_argument("--shapes", default="uniform", choices=("uniform", "distinct"))
+    parser.add_argument(
+        "--shapes", default="uniform", choices=("uniform", "distinct", "transformer")
+    )
     parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
     parser.add_argument(
         "--compile-repeats", type=int, default=3, help="fresh trace + compile per side and size"

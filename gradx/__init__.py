@@ -15,6 +15,7 @@ from gradx import checkpoint as checkpoint
 from gradx import compat as compat
 from gradx import losses as losses
 from gradx import search_space as search_space
+from gradx._optimizers.adafactor import adafactor as adafactor
 from gradx._optimizers.adam import adam as adam
 from gradx._optimizers.adam import adamax as adamax
 from gradx._optimizers.adam import adamw as adamw
@@ -27,6 +28,9 @@ from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
 from gradx._optimizers.adopt import adopt as adopt
 from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
+from gradx._optimizers.factored import clip_by_block_rms as clip_by_block_rms
+from gradx._optimizers.factored import scale_by_factored_rms as scale_by_factored_rms
+from gradx._optimizers.factored import scale_by_param_block_rms as scale_by_param_block_rms
 from gradx._optimizers.groups import ParamGroupsState as ParamGroupsState
 from gradx._optimizers.groups import param_groups as param_groups
 from gradx._optimizers.layerwise import lamb as lamb

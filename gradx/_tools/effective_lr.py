@@ -89,6 +89,8 @@ def effective_learning_rate(
         rprop                      α_i/|g_i|  (0 where the weight did not move)
         lion                       γ/|g_i|  (0 where g_i = 0)
         lamb                       adam's, times the leaf's trust ratio r = ‖θ‖/‖u‖
+        adafactor                  γ(1−β₁)·max(RMS θ, 10⁻³)/(max(1, RMS(u)/d)·√V̂_t), per
+                                   leaf, u = g/√V̂_t (pass params= and grads=)
         normalized_sgd             γ/‖g‖
 
     Definitions where the seeds leave a choice, each the factor in front of g_t in *this*

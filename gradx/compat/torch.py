@@ -32,6 +32,7 @@ from __future__ import annotations
 import optax
 
 from gradx._optimizers.sign import rprop
+from gradx.compat._adafactor import Adafactor as Adafactor
 from gradx.compat._torch_blocks import (
     check_like_torch,
     check_number,
@@ -56,6 +57,7 @@ from gradx.compat._torch_muon import Muon as Muon
 __all__ = [
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
