@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gradx._tools import effective_lr as _effective_lr
+from gradx._tools.schedule_free_eval import evaluation_point
 from gradx._training import mesh as _mesh
 from gradx._training import step as _step
 
@@ -112,7 +113,9 @@ def _epoch(program: Program, params, opt_state, data, eval_data, batches):
     if last is not None:  # the epoch's last step: its norms and α_ef
         extra = _effective_lr.epoch_diagnostics(fn, program.update_fn, opt_state, *last, extra)
     metrics = (
-        {} if program.eval_fn is None else eval_metrics(fn, program.eval_fn, params, eval_data)
+        {}
+        if program.eval_fn is None  # Schedule-Free: at x, from y and z
+        else eval_metrics(fn, program.eval_fn, evaluation_point(opt_state, params), eval_data)
     )
     return params, opt_state, mean_loss, _step.merge(fn, extra, metrics)
 

@@ -18,7 +18,9 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-      params: the trained params.
+      params: the trained params: where the model is evaluated. With a Schedule-Free
+        optimizer (its state anywhere in ``opt_state``), the average x,
+        ``gradx.schedule_free_eval_params(opt_state, train_params)``.
       opt_state: the optimizer state after the last step.
       history: ``"loss"``: shape ``(epochs,)``, the mean of the minibatch losses of each
         epoch (each at the params before its step, as Keras reports it); one more entry of
@@ -27,6 +29,9 @@ class FitResult:
         compilation, unless the program was already compiled).
       steps_per_epoch: ⌊N/B⌋ (1 for full batch).
       dropped_per_epoch: N mod B examples left out of each epoch's permutation.
+      train_params: the params training continues from (with ``opt_state``): the point the
+        last gradients were taken at. They are ``params``, except with a Schedule-Free
+        optimizer, whose y they are (None given: ``params``).
     """
 
     params: Any
@@ -35,6 +40,11 @@ class FitResult:
     epoch_seconds: np.ndarray
     steps_per_epoch: int
     dropped_per_epoch: int
+    train_params: Any = None
+
+    def __post_init__(self) -> None:
+        if self.train_params is None:
+            object.__setattr__(self, "train_params", self.params)
 
 
 class BestPoint(NamedTuple):

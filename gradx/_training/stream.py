@@ -272,11 +272,12 @@ def run_epoch_stream(
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def run_eval(fn: str, eval_fn: Any, params: Any, eval_data: Any):
-    """eval_fn at the end of a streamed epoch, compiled once."""
+def run_eval(fn: str, eval_fn: Any, params: Any, eval_data: Any, opt_state: Any = None):
+    """eval_fn at the end of a streamed epoch (Schedule-Free: at x), compiled once."""
+    from gradx._tools.schedule_free_eval import evaluation_point
     from gradx._training.program import eval_metrics
 
-    return eval_metrics(fn, eval_fn, params, eval_data)
+    return eval_metrics(fn, eval_fn, evaluation_point(opt_state, params), eval_data)
 
 
 def fit_stream(
@@ -357,7 +358,7 @@ def fit_stream(
             program, params, opt_state, data, spec, group, epoch, steps_per_epoch, put
         )
         if eval_fn is not None:
-            extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data))
+            extra = _step.merge(fn, extra, run_eval(fn, eval_fn, params, eval_data, opt_state))
         return params, opt_state, loss, extra, steps, dropped
 
     counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
