@@ -24,7 +24,8 @@ of the per-repeat ratios flat/optax and gradx/optax).
 Leaves (``--shapes``): ``uniform``: every leaf has shape (1000,), so XLA compiles one kernel
 for all leaves of optax and of per-leaf gradx (it deduplicates identical fused kernels);
 ``distinct``: leaf i has shape (1000 + i,), every kernel is a new one, as in a model whose
-leaves all differ.
+leaves all differ; ``transformer``: ``update_step.py``'s GPT-2-small-shaped blocks, L/16 of
+them (``--leaves 192``: 12 blocks, 85M params; compare ``--rules schedule_free_adamw``).
 
 It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves;
 medians of ``--compile-repeats``)
@@ -56,10 +57,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.contrib
 
 import gradx
 
 LR = 1e-3
+
+
+def _distinct_leaves(opt: Any) -> Any:
+    """``opt`` whose init copies every leaf: optax's schedule_free state keeps the injected
+    b1 array itself, which the donating step would donate twice."""
+    return optax.GradientTransformationExtraArgs(
+        lambda params: jax.tree.map(jnp.copy, opt.init(params)), opt.update
+    )
+
 
 # gradx, optax, and optax with its hyperparameters as runtime values in the state
 # (optax.inject_hyperparams: what gradx does for every optimizer).
@@ -83,6 +94,15 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
             learning_rate=LR, decay=0.9, eps=1e-8, eps_in_sqrt=False
         ),
     ),
+    "schedule_free_adamw": (
+        lambda: gradx.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: optax.contrib.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: _distinct_leaves(
+            optax.inject_hyperparams(
+                optax.contrib.schedule_free_adamw, static_args=("warmup_steps",)
+            )(learning_rate=LR, warmup_steps=100)
+        ),
+    ),
 }
 
 
@@ -95,6 +115,10 @@ def sides_for(rule: str, inject: bool = False) -> dict[str, Callable[[], Any]]:
 def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
     if kind == "uniform":
         return [(1000,)] * n
+    if kind == "transformer":  # update_step.py's GPT-2-small blocks, 16 leaves each
+        from update_step import transformer_shapes
+
+        return list(transformer_shapes(blocks=max(1, n // 16)))
     return [(1000 + i,) for i in range(n)]
 
 
@@ -149,9 +173,11 @@ def interleaved(steppers: dict[str, Stepper], grads: Any, repeats: int, min_time
 
 
 def update_table(args: argparse.Namespace) -> None:
-    shape = "(1000,)" if args.shapes == "uniform" else "(1000 + i,)"
+    shape = {"uniform": "of shape (1000,)", "distinct": "of shape (1000 + i,)"}.get(
+        args.shapes, "of GPT-2-small blocks (16 leaves each: 12 blocks are 192 leaves, 85M)"
+    )
     print(
-        f"\n### One update + apply, leaves of shape {shape}"
+        f"\n### One update + apply, leaves {shape}"
         "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
     )
     inject = (
@@ -387,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 4,000-leaf size")
     parser.add_argument("--rules", default="adam,momentum,rmsprop")
     parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
-    parser.add_argument("--shapes", default="uniform", choices=("uniform", "distinct"))
+    parser.add_argument(
+        "--shapes", default="uniform", choices=("uniform", "distinct", "transformer")
+    )
     parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
     parser.add_argument(
         "--compile-repeats", type=int, default=3, help="fresh trace + compile per side and size"

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+import optax.contrib
 
 import gradx
 
@@ -133,6 +134,12 @@ PAIRS = [
         {"weight_decay": 1e-2},
         lambda lr: optax.adamw(lr, weight_decay=1e-2),
         _torch("AdamW", weight_decay=1e-2),
+    ),
+    Pair(
+        "schedule_free_adamw(warmup)",
+        "schedule_free_adamw",
+        {"warmup_steps": 100},
+        lambda lr: optax.contrib.schedule_free_adamw(lr, warmup_steps=100),
     ),
 ]
 

@@ -256,6 +256,7 @@ def _raw_builds():
             "lamb": lambda: gradx.lamb(0.05, weight_decay=0.01),
             "radam": lambda: gradx.radam(0.05),
             "adopt": lambda: gradx.adopt(0.05),
+            "schedule_free_adamw(warmup)": lambda: gradx.schedule_free_adamw(0.05, 2),
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
             ),

@@ -120,13 +120,12 @@ def schedule_free(
             dtype = moment_dtype("schedule_free", "state_dtype", p.dtype, acc, real=False)
             return jnp.array(p, dtype=dtype, copy=True)
 
-        zero = jnp.zeros([], h)
-        return ScheduleFreeState(
-            b1=jnp.asarray(b1).astype(h),
+        return ScheduleFreeState(  # every leaf its own array: a state may be donated
+            b1=jnp.array(b1, dtype=h, copy=True),  # not the HyperparamsState's own b1
             base_optimizer_state=base.init(params),
             count=jnp.zeros([], jnp.int32),
-            max_lr=zero,
-            weight_sum=zero,
+            max_lr=jnp.zeros([], h),
+            weight_sum=jnp.zeros([], h),
             z=jax.tree.map(copy, params),
         )
 
