@@ -141,7 +141,7 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
       ...     params = optax.apply_updates(params, updates)
       >>> x = gradx.schedule_free_eval_params(state, params)
       >>> [round(v, 4) for v in x["w"].tolist()]
-      [0.2917, -0.5833]
+      [0.2729, -0.5458]
     """
     hit = find_schedule_free(state)
     if hit is None:
