@@ -1,7 +1,8 @@
 """Trace and compile time of one jitted update + apply: gradx, gradx.flat and optax, same run.
 
     python benchmarks/compile_time.py [--quick] [--rules adam,momentum,rmsprop]
-                                      [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
+                                      [--leaves 10,100,1000,4000]
+                                      [--shapes uniform|distinct|transformer|gpt2]
                                       [--repeats 5] [--compile-repeats 3] [--inject]
                                       [--skip-step] [--skip-mlp] [--skip-fit]
                                       [--muon-blocks 12]
@@ -28,6 +29,8 @@ for all leaves of optax and of per-leaf gradx (it deduplicates identical fused k
 leaves all differ; ``transformer``: the leaves of transformer blocks with d = 128 (16 a block:
 q, k, v, o and the MLP's two matrices, all factored by Adafactor, and their vectors), for
 ``--rules adafactor`` (which has no flat column: ``gradx.flat`` refuses its per-leaf blocks).
+``gpt2``: ``update_step.py``'s GPT-2-small-shaped blocks, L/16 of them (``--leaves 192``:
+12 blocks, 85M params; compare ``--rules schedule_free_adamw``).
 
 It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves;
 medians of ``--compile-repeats``)
@@ -61,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.contrib
 
 import gradx
 
@@ -74,6 +78,14 @@ ADAFACTOR_STATIC = (
     "dtype_momentum",
     "decay_offset",
 )
+
+def _distinct_leaves(opt: Any) -> Any:
+    """``opt`` whose init copies every leaf: optax's schedule_free state keeps the injected
+    b1 array itself, which the donating step would donate twice."""
+    return optax.GradientTransformationExtraArgs(
+        lambda params: jax.tree.map(jnp.copy, opt.init(params)), opt.update
+    )
+
 
 # gradx, optax, and optax with its hyperparameters as runtime values in the state
 # (optax.inject_hyperparams: what gradx does for every optimizer).
@@ -104,6 +116,15 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
             learning_rate=LR
         ),
     ),
+    "schedule_free_adamw": (
+        lambda: gradx.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: optax.contrib.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: _distinct_leaves(
+            optax.inject_hyperparams(
+                optax.contrib.schedule_free_adamw, static_args=("warmup_steps",)
+            )(learning_rate=LR, warmup_steps=100)
+        ),
+    ),
 }
 
 # Rules whose blocks work per leaf, so that gradx.flat refuses them: no flat column.
@@ -125,6 +146,10 @@ def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
         d = 128
         one = [(d, d), (d,)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]
         return (one * math.ceil(n / len(one)))[:n]
+    if kind == "gpt2":  # update_step.py's GPT-2-small blocks, 16 leaves each
+        from update_step import transformer_shapes as gpt2_shapes
+
+        return list(gpt2_shapes(blocks=max(1, n // 16)))
     return [(1000 + i,) for i in range(n)]
 
 
@@ -183,9 +208,10 @@ def update_table(args: argparse.Namespace) -> None:
         "uniform": "(1000,)",
         "distinct": "(1000 + i,)",
         "transformer": "of transformer blocks, d = 128 (q, k, v, o, MLP, biases, norms)",
+        "gpt2": "of GPT-2-small blocks (16 leaves each: 12 blocks are 192 leaves, 85M)",
     }[args.shapes]
     print(
-        f"\n### One update + apply, leaves of shape {shape}"
+        f"\n### One update + apply, leaves {shape}"
         "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
     )
     inject = (
@@ -468,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default="adam,momentum,rmsprop")
     parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
     parser.add_argument(
-        "--shapes", default="uniform", choices=("uniform", "distinct", "transformer")
+        "--shapes", default="uniform", choices=("uniform", "distinct", "transformer", "gpt2")
     )
     parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
     parser.add_argument(

@@ -161,6 +161,12 @@ PAIRS = [
     Pair("muon", "muon", {}, lambda lr: optax.contrib.muon(lr)),
     # torch's Adafactor is another rule (min(γ, 1/√t), ε₁ a floor, every matrix factored)
     Pair("adafactor", "adafactor", {}, optax.adafactor, _torch("Adafactor")),
+    Pair(
+        "schedule_free_adamw(warmup)",
+        "schedule_free_adamw",
+        {"warmup_steps": 100},
+        lambda lr: optax.contrib.schedule_free_adamw(lr, warmup_steps=100),
+    ),
 ]
 
 

@@ -66,6 +66,9 @@ from gradx._optimizers.scaling import normalize as normalize
 from gradx._optimizers.scaling import normalized_sgd as normalized_sgd
 from gradx._optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
 from gradx._optimizers.scaling import scale_by_trust_ratio as scale_by_trust_ratio
+from gradx._optimizers.schedule_free import schedule_free as schedule_free
+from gradx._optimizers.schedule_free import schedule_free_adamw as schedule_free_adamw
+from gradx._optimizers.schedule_free import schedule_free_sgd as schedule_free_sgd
 from gradx._optimizers.sign import lion as lion
 from gradx._optimizers.sign import rprop as rprop
 from gradx._optimizers.sign import scale_by_lion as scale_by_lion
@@ -83,6 +86,7 @@ from gradx._protocol.trees import TreeMismatchError as TreeMismatchError
 from gradx._tools.effective_lr import effective_learning_rate as effective_learning_rate
 from gradx._tools.flat import FlatState as FlatState
 from gradx._tools.flat import flat as flat
+from gradx._tools.schedule_free_eval import schedule_free_eval_params as schedule_free_eval_params
 from gradx._training.fit import fit as fit
 from gradx._training.mesh import fsdp as fsdp
 from gradx._training.results import BestPoint as BestPoint

@@ -599,6 +599,8 @@ NOT_LISTED = [
     ("radam(nesterov)", lambda: gradx.radam(0.01, nesterov=True)),
     ("adopt", lambda: gradx.adopt(0.01)),
     ("adopt(nesterov, no clip)", lambda: gradx.adopt(0.01, nesterov=True, use_clipping=False)),
+    ("schedule_free_adamw(warmup)", lambda: gradx.schedule_free_adamw(0.01, 2, weight_decay=0.1)),
+    ("schedule_free_sgd", lambda: gradx.schedule_free_sgd(0.01, weight_decay=0.1)),
 ]
 
 
