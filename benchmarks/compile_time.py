@@ -1,7 +1,8 @@
 """Trace and compile time of one jitted update + apply: gradx, gradx.flat and optax, same run.
 
     python benchmarks/compile_time.py [--quick] [--rules adam,momentum,rmsprop]
-                                      [--leaves 10,100,1000,4000] [--shapes uniform|distinct]
+                                      [--leaves 10,100,1000,4000]
+                                      [--shapes uniform|distinct|transformer|gpt2]
                                       [--repeats 5] [--compile-repeats 3] [--inject]
                                       [--skip-step] [--skip-mlp] [--skip-fit]
                                       [--muon-blocks 12]
@@ -25,7 +26,11 @@ of the per-repeat ratios flat/optax and gradx/optax).
 Leaves (``--shapes``): ``uniform``: every leaf has shape (1000,), so XLA compiles one kernel
 for all leaves of optax and of per-leaf gradx (it deduplicates identical fused kernels);
 ``distinct``: leaf i has shape (1000 + i,), every kernel is a new one, as in a model whose
-leaves all differ.
+leaves all differ; ``transformer``: the leaves of transformer blocks with d = 128 (16 a block:
+q, k, v, o and the MLP's two matrices, all factored by Adafactor, and their vectors), for
+``--rules adafactor`` (which has no flat column: ``gradx.flat`` refuses its per-leaf blocks).
+``gpt2``: ``update_step.py``'s GPT-2-small-shaped blocks, L/16 of them (``--leaves 192``:
+12 blocks, 85M params; compare ``--rules schedule_free_adamw``).
 
 It also times a 50-layer MLP train step (value_and_grad + Adam update + apply; 100 leaves;
 medians of ``--compile-repeats``)
@@ -59,10 +64,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.contrib
 
 import gradx
 
 LR = 1e-3
+
+# optax.adafactor's arguments that decide shapes or Python branches (not runtime values).
+ADAFACTOR_STATIC = (
+    "min_dim_size_to_factor",
+    "multiply_by_parameter_scale",
+    "factored",
+    "dtype_momentum",
+    "decay_offset",
+)
+
+def _distinct_leaves(opt: Any) -> Any:
+    """``opt`` whose init copies every leaf: optax's schedule_free state keeps the injected
+    b1 array itself, which the donating step would donate twice."""
+    return optax.GradientTransformationExtraArgs(
+        lambda params: jax.tree.map(jnp.copy, opt.init(params)), opt.update
+    )
+
 
 # gradx, optax, and optax with its hyperparameters as runtime values in the state
 # (optax.inject_hyperparams: what gradx does for every optimizer).
@@ -86,18 +109,47 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
             learning_rate=LR, decay=0.9, eps=1e-8, eps_in_sqrt=False
         ),
     ),
+    "adafactor": (  # use with --shapes transformer: vectors are not factored
+        lambda: gradx.adafactor(LR),
+        lambda: optax.adafactor(LR),
+        lambda: optax.inject_hyperparams(optax.adafactor, static_args=ADAFACTOR_STATIC)(
+            learning_rate=LR
+        ),
+    ),
+    "schedule_free_adamw": (
+        lambda: gradx.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: optax.contrib.schedule_free_adamw(LR, warmup_steps=100),
+        lambda: _distinct_leaves(
+            optax.inject_hyperparams(
+                optax.contrib.schedule_free_adamw, static_args=("warmup_steps",)
+            )(learning_rate=LR, warmup_steps=100)
+        ),
+    ),
 }
+
+# Rules whose blocks work per leaf, so that gradx.flat refuses them: no flat column.
+NO_FLAT = {"adafactor"}
 
 
 def sides_for(rule: str, inject: bool = False) -> dict[str, Callable[[], Any]]:
     make_gradx, make_optax, make_inject = RULES[rule]
     sides = {"gradx": make_gradx, "flat": lambda: gradx.flat(make_gradx()), "optax": make_optax}
+    if rule in NO_FLAT:
+        del sides["flat"]
     return {**sides, "inject": make_inject} if inject else sides
 
 
 def shapes_of(n: int, kind: str) -> list[tuple[int, ...]]:
     if kind == "uniform":
         return [(1000,)] * n
+    if kind == "transformer":  # blocks of 16 leaves, d = 128: every matrix factored
+        d = 128
+        one = [(d, d), (d,)] * 4 + [(d,)] * 4 + [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+        return (one * math.ceil(n / len(one)))[:n]
+    if kind == "gpt2":  # update_step.py's GPT-2-small blocks, 16 leaves each
+        from update_step import transformer_shapes as gpt2_shapes
+
+        return list(gpt2_shapes(blocks=max(1, n // 16)))
     return [(1000 + i,) for i in range(n)]
 
 
@@ -152,9 +204,14 @@ def interleaved(steppers: dict[str, Stepper], grads: Any, repeats: int, min_time
 
 
 def update_table(args: argparse.Namespace) -> None:
-    shape = "(1000,)" if args.shapes == "uniform" else "(1000 + i,)"
+    shape = {
+        "uniform": "(1000,)",
+        "distinct": "(1000 + i,)",
+        "transformer": "of transformer blocks, d = 128 (q, k, v, o, MLP, biases, norms)",
+        "gpt2": "of GPT-2-small blocks (16 leaves each: 12 blocks are 192 leaves, 85M)",
+    }[args.shapes]
     print(
-        f"\n### One update + apply, leaves of shape {shape}"
+        f"\n### One update + apply, leaves {shape}"
         "\n\nseconds: trace / compile; step: median ms (paired ratio to optax)\n"
     )
     inject = (
@@ -203,10 +260,11 @@ def update_table(args: argparse.Namespace) -> None:
                         a / b for a, b in zip(times[k], times["optax"], strict=True)
                     )
                     for k in ("gradx", "flat")
+                    if k in times
                 }
                 step_text = [
                     f"{med['gradx']:.3f} ({paired['gradx']:.2f}×)",
-                    f"{med['flat']:.3f} ({paired['flat']:.2f}×)",
+                    f"{med['flat']:.3f} ({paired['flat']:.2f}×)" if "flat" in med else "—",
                     f"{med['optax']:.3f}",
                 ]
             del steppers
@@ -218,12 +276,14 @@ def update_table(args: argparse.Namespace) -> None:
                 if args.inject
                 else ("", "")
             )
+            flat = "flat" in tc
             print(
                 f"| {rule} | {n} | {tc['gradx'][0]:.2f} / {tc['gradx'][1]:.2f} "
-                f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} "
-                f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
-                f" {total['gradx'] / total['optax']:.2f}× | {total['flat'] / total['optax']:.2f}× "
-                f"|{injected[1]} {count['gradx']} / {count['flat']} / {count['optax']} "
+                + (f"| {tc['flat'][0]:.2f} / {tc['flat'][1]:.2f} " if flat else "| — ")
+                + f"| {tc['optax'][0]:.2f} / {tc['optax'][1]:.2f} |{injected[0]}"
+                f" {total['gradx'] / total['optax']:.2f}× | "
+                + (f"{total['flat'] / total['optax']:.2f}× " if flat else "— ")
+                + f"|{injected[1]} {count['gradx']} / {count.get('flat', '—')} / {count['optax']} "
                 f"| {' | '.join(step_text)} |"
             )
             sys.stdout.flush()
@@ -433,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 4,000-leaf size")
     parser.add_argument("--rules", default="adam,momentum,rmsprop")
     parser.add_argument("--leaves", default=None, help="default 10,100,1000,4000")
-    parser.add_argument("--shapes", default="uniform", choices=("uniform", "distinct"))
+    parser.add_argument(
+        "--shapes", default="uniform", choices=("uniform", "distinct", "transformer", "gpt2")
+    )
     parser.add_argument("--repeats", type=int, default=5, help="step measurements per side")
     parser.add_argument(
         "--compile-repeats", type=int, default=3, help="fresh trace + compile per side and size"

@@ -159,6 +159,14 @@ PAIRS = [
     # Newton–Schulz on the matrices, Adam on the rest; torch's Muon takes matrices only: no
     # torch column. Not coordinate-wise: gradx.flat refuses it (no flat column).
     Pair("muon", "muon", {}, lambda lr: optax.contrib.muon(lr)),
+    # torch's Adafactor is another rule (min(γ, 1/√t), ε₁ a floor, every matrix factored)
+    Pair("adafactor", "adafactor", {}, optax.adafactor, _torch("Adafactor")),
+    Pair(
+        "schedule_free_adamw(warmup)",
+        "schedule_free_adamw",
+        {"warmup_steps": 100},
+        lambda lr: optax.contrib.schedule_free_adamw(lr, warmup_steps=100),
+    ),
 ]
 
 
@@ -462,7 +470,28 @@ def main(argv: list[str] | None = None) -> int:
         if hlo_lines:
             emit("", *hlo_lines)
     emit("", f"worst gradx/optax ratio: {max(ratios, default=0.0):.3f} (target <= 1.05)")
+    state_bytes_table(pairs, cases, emit)
     return 0
+
+
+def state_bytes_table(pairs: list, cases: list[Case], emit: Any) -> None:
+    """The bytes of each side's optimizer state (from jax.eval_shape: nothing is allocated),
+    and of gradx's hyperparameters in it (a few scalars)."""
+    emit("", "### optimizer state bytes", "")
+    emit("| case | rule | gradx B | of which hyperparameters | optax B | difference |")
+    emit("|---|---|---:|---:|---:|---:|")
+    for case in cases:
+        params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in case.shapes]
+        for pair, make in pairs:
+            ours = jax.eval_shape(make(LR, **pair.gradx_kwargs).init, params)
+            theirs = jax.eval_shape(pair.optax_make(LR).init, params)
+            hyper = nbytes((ours.hyperparams, ours.scheduled, ours.count))
+            a, b = nbytes(ours), nbytes(theirs)
+            emit(f"| {case.name} | {pair.label} | {a:,} | {hyper} | {b:,} | {a - hyper - b:+,} |")
+
+
+def nbytes(tree_: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree_))
 
 
 if __name__ == "__main__":

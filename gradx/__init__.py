@@ -15,6 +15,7 @@ from gradx import checkpoint as checkpoint
 from gradx import compat as compat
 from gradx import losses as losses
 from gradx import search_space as search_space
+from gradx._optimizers.adafactor import adafactor as adafactor
 from gradx._optimizers.adam import adam as adam
 from gradx._optimizers.adam import adamax as adamax
 from gradx._optimizers.adam import adamw as adamw
@@ -27,6 +28,9 @@ from gradx._optimizers.adaptive import rmsprop as rmsprop
 from gradx._optimizers.adaptive import scale_by_adadelta as scale_by_adadelta
 from gradx._optimizers.adopt import adopt as adopt
 from gradx._optimizers.adopt import scale_by_adopt as scale_by_adopt
+from gradx._optimizers.factored import clip_by_block_rms as clip_by_block_rms
+from gradx._optimizers.factored import scale_by_factored_rms as scale_by_factored_rms
+from gradx._optimizers.factored import scale_by_param_block_rms as scale_by_param_block_rms
 from gradx._optimizers.groups import ParamGroupsState as ParamGroupsState
 from gradx._optimizers.groups import param_groups as param_groups
 from gradx._optimizers.layerwise import lamb as lamb
@@ -62,6 +66,9 @@ from gradx._optimizers.scaling import normalize as normalize
 from gradx._optimizers.scaling import normalized_sgd as normalized_sgd
 from gradx._optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
 from gradx._optimizers.scaling import scale_by_trust_ratio as scale_by_trust_ratio
+from gradx._optimizers.schedule_free import schedule_free as schedule_free
+from gradx._optimizers.schedule_free import schedule_free_adamw as schedule_free_adamw
+from gradx._optimizers.schedule_free import schedule_free_sgd as schedule_free_sgd
 from gradx._optimizers.sign import lion as lion
 from gradx._optimizers.sign import rprop as rprop
 from gradx._optimizers.sign import scale_by_lion as scale_by_lion
@@ -83,6 +90,7 @@ from gradx._protocol.trees import TreeMismatchError as TreeMismatchError
 from gradx._tools.effective_lr import effective_learning_rate as effective_learning_rate
 from gradx._tools.flat import FlatState as FlatState
 from gradx._tools.flat import flat as flat
+from gradx._tools.schedule_free_eval import schedule_free_eval_params as schedule_free_eval_params
 from gradx._training.fit import fit as fit
 from gradx._training.mesh import fsdp as fsdp
 from gradx._training.results import BestPoint as BestPoint

@@ -305,6 +305,32 @@ for _name in OPTIMIZERS:
     check(f"fit_equals_single_device[{_name}]")(lambda name=_name: fit_equals(name))
 
 
+@check("fit_equals_single_device[adafactor]")
+def _():
+    # A 128×128 matrix, factored (a row and a column statistic, replicated) while FSDP splits
+    # the matrix itself over the 8 devices: the partitioner reduces the means across them.
+    rng = np.random.default_rng(2)
+    _, (_, y) = problem()
+    x = rng.normal(size=(64, 128)).astype(np.float32)
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(128, 128)) * 0.1, jnp.float32),
+        "b1": jnp.zeros(128, jnp.float32),
+        "w2": jnp.asarray(rng.normal(size=(128, 8)) * 0.3, jnp.float32),
+        "b2": jnp.zeros(8, jnp.float32),
+    }
+    opt = gradx.adafactor(0.02, momentum=0.5)
+    one = gradx.fit(loss_fn, params, opt, (x, y), **FIT)
+    mesh = mesh_of("auto")
+    fs = gradx.fit(loss_fn, params, opt, (x, y), mesh=mesh, shard_params=gradx.fsdp(mesh), **FIT)
+    close(fs.params, one.params, "adafactor fsdp params")
+    close(fs.opt_state, one.opt_state, "adafactor fsdp state")
+    np.testing.assert_allclose(fs.history["loss"], one.history["loss"], rtol=1e-5)
+    split = NamedSharding(mesh, P("d", None))
+    assert fs.params["w1"].sharding.is_equivalent_to(split, 2), fs.params["w1"].sharding
+    block = fs.opt_state.inner_state[0]
+    assert block.v_row["w1"].shape == (128,) and block.v["w1"].shape == (1,), block.v_row["w1"]
+
+
 @check("fit_explicit_mesh_and_spec_tree")
 def _():
     params, data = problem()

@@ -258,6 +258,10 @@ def _raw_builds():
             "radam": lambda: gradx.radam(0.05),
             "adopt": lambda: gradx.adopt(0.05),
             "muon": lambda: gradx.muon(0.05, weight_decay=0.01),
+            "adafactor": lambda: gradx.adafactor(
+                0.05, min_dim_size_to_factor=2, momentum=0.9, weight_decay_rate=0.01
+            ),
+            "schedule_free_adamw(warmup)": lambda: gradx.schedule_free_adamw(0.05, 2),
             "momentum(scheduled)": lambda: gradx.momentum(
                 optax.schedules.linear_schedule(0.05, 0.01, 5)
             ),

@@ -29,13 +29,12 @@ RECORDS = [
 
 
 def replay(opt, problem, dtype=jnp.float64):
-    """Runs ``opt`` on a golden problem; returns ({"a": (STEPS, 3), "b": (STEPS, 2)}, state)
-    (the matrix problem: (STEPS, 4, 3) and (STEPS, 2, 5))."""
+    """Runs ``opt`` on a golden problem; returns ({name: (STEPS, *shape)}, state)."""
     grad_fn = problems.grad_fn(problem)
     params = {k: jnp.asarray(v, dtype) for k, v in problems.params0(problem).items()}
     state = opt.init(params)
     update = jax.jit(opt.update)
-    out = {"a": [], "b": []}
+    out = {n: [] for n in params}
     for k in range(problems.STEPS):
         numpy_params = {n: np.asarray(v, np.float64) for n, v in params.items()}
         grads = {n: jnp.asarray(v, dtype) for n, v in grad_fn(k, numpy_params).items()}

@@ -133,6 +133,9 @@ def test_nnx_set_hyperparams_keeps_the_opt_array_checkpoints_it_and_does_not_ret
 
 # gradx.OPTIMIZERS and the optimizers not (yet) registered there.
 EVERY = {**gradx.OPTIMIZERS, "radam": gradx.radam, "adopt": gradx.adopt}
+EVERY.update(
+    schedule_free_adamw=gradx.schedule_free_adamw, schedule_free_sgd=gradx.schedule_free_sgd
+)
 OPTIMIZERS = sorted(EVERY)
 
 

@@ -324,9 +324,11 @@ def test_the_first_step_is_alpha_times_the_gradient(name):
         lambda: keras_compat.Adam(learning_rate=0.1, clipnorm=0.5),
         lambda: keras_compat.SGD(learning_rate=0.1, clipvalue=0.5),
         lambda: keras_compat.SGD(learning_rate=0.1, global_clipnorm=0.5),
+        lambda: torch_compat.Adafactor(lr=0.1, eps=(1e-3, 1e-3), maximize=True),
+        lambda: keras_compat.Adafactor(learning_rate=0.1, clipnorm=0.5),
     ],
     ids=["torch_sgd", "torch_adadelta_wd", "torch_adagrad", "torch_adam_max", "keras_clipnorm",
-         "keras_clipvalue", "keras_global_clipnorm"],
+         "keras_clipvalue", "keras_global_clipnorm", "torch_adafactor", "keras_adafactor"],
 )  # fmt: skip
 def test_compat_first_step_is_alpha_times_the_gradient(build):
     # Coupled decay, clipping and maximize act on g before the optimizer's statistics: the
@@ -597,6 +599,8 @@ NOT_LISTED = [
     ("radam(nesterov)", lambda: gradx.radam(0.01, nesterov=True)),
     ("adopt", lambda: gradx.adopt(0.01)),
     ("adopt(nesterov, no clip)", lambda: gradx.adopt(0.01, nesterov=True, use_clipping=False)),
+    ("schedule_free_adamw(warmup)", lambda: gradx.schedule_free_adamw(0.01, 2, weight_decay=0.1)),
+    ("schedule_free_sgd", lambda: gradx.schedule_free_sgd(0.01, weight_decay=0.1)),
 ]
 
 

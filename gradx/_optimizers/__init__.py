@@ -4,7 +4,8 @@
 * ``momentum``: trace, EMA and Nadam's Nesterov EMA; sgd, momentum, nesterov, ema_momentum;
 * ``preconditioners``: ``precondition(direction, by, eps)`` and its denominators;
 * ``adam``: adam, adamw, amsgrad, adamax, nadam; ``rectified``: ``rectified``, radam;
-  ``adopt``: scale_by_adopt, adopt;
+  ``adopt``: scale_by_adopt, adopt; ``factored``: Adafactor's blocks (scale_by_factored_rms,
+  clip_by_block_rms, scale_by_param_block_rms) and ``adafactor``: adafactor;
 * ``adaptive``: rmsprop, adagrad, adadelta;
 * ``sign``: Rprop, Lion; ``layerwise``: LAMB;
 * ``lookahead``: lookahead with a fixed or a fitted step;

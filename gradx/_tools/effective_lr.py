@@ -89,6 +89,8 @@ def effective_learning_rate(
         rprop                      α_i/|g_i|  (0 where the weight did not move)
         lion                       γ/|g_i|  (0 where g_i = 0)
         lamb                       adam's, times the leaf's trust ratio r = ‖θ‖/‖u‖
+        adafactor                  γ(1−β₁)·max(RMS θ, 10⁻³)/(max(1, RMS(u)/d)·√V̂_t), per
+                                   leaf, u = g/√V̂_t (pass params= and grads=)
         normalized_sgd             γ/‖g‖
 
     Definitions where the seeds leave a choice, each the factor in front of g_t in *this*
@@ -110,6 +112,10 @@ def effective_learning_rate(
       cannot tell.
     * LAMB's trust ratio r multiplies everything its block receives, the g_t-part included:
       α_ef is Adam's times r, the ratio the last step used (kept in the state).
+    * Schedule-Free (``schedule_free_adamw``, ``schedule_free_sgd``, the ``schedule_free``
+      block): the params are y, so α_ef is the factor on g_t in y's step, the base
+      optimizer's α_ef times (1 − β + β·c_t), c_t the weight of the new z in the average.
+      The average x (``schedule_free_eval_params``) takes g_t with the base's α_ef times c_t.
     * weight decay: coupled (``add_decayed_weights``, torch's ``weight_decay=``) and
       decoupled (``adamw``) decay add a term in θ, not in g_t: they leave α_ef unchanged.
     * seed 002 calls η/(√v̂_t + ε), Adam's factor on m̂_t, the effective learning rate; it

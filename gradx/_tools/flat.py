@@ -372,7 +372,8 @@ def flat(
       TypeError: a ``share_kernels`` that is not a bool.
       ValueError: a bad ``max_leaf_size``; a gradx weight-decay ``mask`` inside (it names
         leaves, which the packed buffers no longer have): build the optimizer without the
-        mask, or leave it per-leaf.
+        mask, or leave it per-leaf; a gradx block that works per leaf (``lamb``'s trust
+        ratio, ``adafactor``'s factored moment and block RMS), at ``init``.
       TypeError: a gradient whose dtype differs from its param's.
 
     Note:

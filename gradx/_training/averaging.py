@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from gradx._protocol.dtypes import hyperparam_dtype
+from gradx._tools.schedule_free_eval import evaluation_point, find_schedule_free
 from gradx._training import mesh as _mesh
 from gradx._training.inputs import fresh_copy
 
@@ -91,6 +92,11 @@ def place(plan: Any, ema: float | None, params: Any, opt_state: Any) -> tuple:
     """(holder of the average, params, opt_state, plan) at the start of a fit: the three copied
     (the epoch program donates them), placed by the mesh plan (the average like the params),
     and the plan completed with the state's part (:func:`gradx._training.mesh.place_fit`)."""
+    if ema is not None and find_schedule_free(opt_state) is not None:
+        raise ValueError(
+            f"fit: ema must be None with a Schedule-Free optimizer, got {ema!r}: it averages "
+            "its iterates itself (FitResult.params is that average, x)"
+        )
     params, opt_state, average = fresh_copy((params, opt_state, start(ema, params)))
     params, state, plan = _mesh.place_fit(plan, params, join(opt_state, average))
     opt_state, average = split(state)
@@ -129,9 +135,12 @@ def advance(average: Average | None, params: Any) -> Average | None:
 
 
 def eval_params(program: Any, params: Any, state: Any) -> Any:
-    """The params ``eval_fn`` sees at the end of an epoch: the average with ``eval_on="ema"``."""
-    _, average = split(state)
-    return average.params if getattr(program, "eval_average", False) else params
+    """The params ``eval_fn`` sees at the end of an epoch: the average with ``eval_on="ema"``,
+    else the params (Schedule-Free: its average x, from y and z)."""
+    opt_state, average = split(state)
+    if getattr(program, "eval_average", False):
+        return average.params
+    return evaluation_point(opt_state, params)
 
 
 def identity_extras(accumulate: int, ema: float | None) -> dict[str, Any]:

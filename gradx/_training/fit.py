@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradx._tools.schedule_free_eval import evaluation_point
 from gradx._training import accumulate as _accumulate
 from gradx._training import averaging as _averaging
 from gradx._training import loop as _loop
@@ -138,7 +139,10 @@ def fit(
         only with ``batch_size=None``.
       eval_fn: optional ``eval_fn(params, eval_data) -> scalar or {name: scalar}``, run at
         the end of each epoch inside the epoch's program. A scalar is recorded as
-        ``"eval"``; the name ``"loss"`` is reserved for the training loss.
+        ``"eval"``; the name ``"loss"`` is reserved for the training loss. With a
+        Schedule-Free optimizer (``gradx.schedule_free_adamw``, its state anywhere in the
+        optimizer's) it sees the average x, ``gradx.schedule_free_eval_params(opt_state,
+        params)``, not the params y the gradients are taken at.
       eval_data: any pytree passed to ``eval_fn``; defaults to ``data``.
       opt_state: a state to start from instead of ``optimizer.init(params)``, e.g. one with
         hyperparameters set by ``gradx.set_hyperparams``, or the state of an earlier fit.
@@ -190,8 +194,9 @@ def fit(
         intact one.
       initial_epoch: the index of the first epoch to run, as in Keras: ``epochs`` is the
         index to stop at, and epoch e shuffles with ``fold_in(key, e)``, so
-        ``fit(..., epochs=2)`` then ``fit(result.params, opt_state=result.opt_state,
-        initial_epoch=2, epochs=4)`` equals ``fit(..., epochs=4)``.
+        ``fit(..., epochs=2)`` then ``fit(result.train_params, opt_state=result.opt_state,
+        initial_epoch=2, epochs=4)`` equals ``fit(..., epochs=4)`` (``train_params`` is
+        ``params`` except with Schedule-Free).
       steps_per_epoch: streamed data only: take this many batches per epoch (needed to
         cut a one-shot iterator into several epochs); with ``accumulate=A``, this many steps
         of A batches.
@@ -240,7 +245,8 @@ def fit(
         own, as without it. Unlike Keras, fit never overwrites the params with the average
         (no ``ema_overwrite_frequency``, no overwrite at the end): use ``ema_params``. A fit
         continued with ``initial_epoch`` starts its average afresh from the params it is
-        given (``resume=True`` continues one).
+        given (``resume=True`` continues one). A Schedule-Free optimizer, which averages
+        its iterates itself (``params`` is that average), refuses it.
       eval_on: ``"params"`` (default, as Keras evaluates during ``fit`` with ``use_ema``):
         ``eval_fn`` evaluates the trained params; ``"ema"``: it evaluates the moving average
         instead (needs ``ema`` and ``eval_fn``), so its metrics, callbacks monitoring them and
@@ -257,7 +263,10 @@ def fit(
 
     Returns:
       A :class:`FitResult` with ``params``, ``opt_state``, ``history``, ``epoch_seconds``,
-      ``steps_per_epoch``, ``dropped_per_epoch`` and ``ema_params``.
+      ``steps_per_epoch``, ``dropped_per_epoch``, ``ema_params`` and ``train_params``. With a
+      Schedule-Free optimizer ``params`` is the average x (where it evaluates, as ``eval_fn`` saw
+      it) and ``train_params`` the y training continues from; checkpoints hold y and the state,
+      so a resumed run is the uninterrupted one. Otherwise the two are the same params.
 
     Examples:
       Fit y = 3x with a 1×1 linear model:
@@ -377,11 +386,12 @@ def train_epochs(
     ema_params = None if holder.average is None else holder.average.params
     params, opt_state, ema_params = _mesh.to_user_mesh(plan, (params, opt_state, ema_params))
     return FitResult(
-        params=params,
+        params=evaluation_point(opt_state, params),  # Schedule-Free: x, from y and z
         opt_state=opt_state,
         history={k: np.asarray(v) for k, v in history.items()},
         epoch_seconds=np.asarray(seconds),
         steps_per_epoch=steps,
         dropped_per_epoch=dropped,
         ema_params=ema_params,
+        train_params=params,
     )

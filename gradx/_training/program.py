@@ -120,7 +120,7 @@ def _epoch(program: Program, params, opt_state, data, eval_data, batches):
     if last is not None:  # the epoch's last step: its norms and α_ef
         inner = _averaging.split(opt_state)[0]
         extra = _effective_lr.epoch_diagnostics(fn, program.update_fn, inner, *last, extra)
-    at = _averaging.eval_params(program, params, opt_state)  # the average with eval_on="ema"
+    at = _averaging.eval_params(program, params, opt_state)  # the average, or Schedule-Free x
     metrics = {} if program.eval_fn is None else eval_metrics(fn, program.eval_fn, at, eval_data)
     return params, opt_state, mean_loss, _step.merge(fn, extra, metrics)
 

@@ -18,7 +18,9 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-      params: the trained params.
+      params: the trained params: where the model is evaluated. With a Schedule-Free
+        optimizer (its state anywhere in ``opt_state``), the average x,
+        ``gradx.schedule_free_eval_params(opt_state, train_params)``.
       opt_state: the optimizer state after the last step.
       history: ``"loss"``: shape ``(epochs,)``, the mean of the minibatch losses of each
         epoch (each at the params before its step, as Keras reports it); one more entry of
@@ -32,6 +34,9 @@ class FitResult:
       ema_params: with ``fit(..., ema=d)``, the exponential moving average of the params
         after the last step (the params' structure, shapes, dtypes and sharding); None
         without ``ema``.
+      train_params: the params training continues from (with ``opt_state``): the point the
+        last gradients were taken at. They are ``params``, except with a Schedule-Free
+        optimizer, whose y they are (None given: ``params``).
     """
 
     params: Any
@@ -41,6 +46,11 @@ class FitResult:
     steps_per_epoch: int
     dropped_per_epoch: int
     ema_params: Any = None
+    train_params: Any = None
+
+    def __post_init__(self) -> None:
+        if self.train_params is None:
+            object.__setattr__(self, "train_params", self.params)
 
 
 class BestPoint(NamedTuple):

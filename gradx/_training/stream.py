@@ -378,7 +378,7 @@ def fit_stream(
             program, params, opt_state, data, spec, group, epoch, steps_per_epoch, put
         )
         if eval_fn is not None:
-            at = _averaging.eval_params(program, params, opt_state)  # eval_on="ema": the average
+            at = _averaging.eval_params(program, params, opt_state)  # the average, Schedule-Free: x
             extra = _step.merge(fn, extra, run_eval(fn, eval_fn, at, eval_data))
         return params, opt_state, loss, extra, steps, dropped
 

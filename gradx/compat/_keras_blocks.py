@@ -121,8 +121,8 @@ def trust_ratio_after_decay(
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
-def around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
-    """[clip] → step → scale_by_learning_rate → after → [decoupled weight decay]."""
+def around(cls: str, args: Mapping[str, Any], step: Any, after: Any, rate: Any = None):
+    """[clip] → step → scale_by_learning_rate (or ``rate``) → after → [decoupled weight decay]."""
     learning_rate, weight_decay = args["learning_rate"], args["weight_decay"]
     clipnorm, clipvalue, global_clipnorm = (
         args[n] for n in ("clipnorm", "clipvalue", "global_clipnorm")
@@ -140,7 +140,7 @@ def around(cls: str, args: Mapping[str, Any], step: Any, after: Any):
         blocks.append(optax.clip(clipvalue))
     if global_clipnorm is not None:
         blocks.append(optax.clip_by_global_norm(global_clipnorm))
-    blocks += [*step, scale_by_learning_rate(learning_rate), *after]
+    blocks += [*step, scale_by_learning_rate(learning_rate) if rate is None else rate, *after]
     if weight_decay is not None:
         blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
     return optax.chain(*blocks)
@@ -150,9 +150,9 @@ def keras_optimizer(**rules):
     """@optimizer for a Keras optimizer, with the rules every Keras optimizer shares.
 
     The decorated body has the Keras class's signature (its names, defaults and positional
-    order) and returns the blocks of its own step as ``(step, after)``; the optimizer
-    refuses the training-loop options, then chains [clip] → step → ×(−γ) → after →
-    [decoupled weight decay] (:func:`around`).
+    order) and returns the blocks of its own step as ``(step, after)`` (or ``(step, after,
+    rate)``, a block in place of ×(−γ)); the optimizer refuses the training-loop options,
+    then chains [clip] → step → ×(−γ) → after → [decoupled weight decay] (:func:`around`).
     """
 
     def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -163,8 +163,8 @@ def keras_optimizer(**rules):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             _refuse_training_loop_options(cls, bound.arguments)
-            step, after = body(*args, **kwargs)
-            return around(cls, bound.arguments, step, after)
+            step, after, *rate = body(*args, **kwargs)
+            return around(cls, bound.arguments, step, after, *rate)
 
         # The state class's name digests the factory's code name: keep the body's, as before.
         factory.__code__ = factory.__code__.replace(co_name=body.__code__.co_name)

@@ -33,6 +33,7 @@ import optax
 
 from gradx._optimizers.adam import nesterov_ema
 from gradx._optimizers.adaptive import scale_by_adadelta
+from gradx._optimizers.factored import clip_by_block_rms, scale_by_factored_rms
 from gradx._optimizers.momentum import ema, trace
 from gradx._optimizers.preconditioners import (
     inf_norm,
@@ -44,12 +45,15 @@ from gradx._optimizers.preconditioners import (
 )
 from gradx._optimizers.sign import scale_by_lion
 from gradx._protocol.storage import state_dtype_args
+from gradx.compat._adafactor import keras_param_scale
+from gradx.compat._adafactor import relative_step as adafactor_relative_step
 from gradx.compat._keras_blocks import keras_optimizer as _keras
 from gradx.compat._keras_blocks import trust_ratio_after_decay
 
 __all__ = [
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -311,6 +315,42 @@ def Lion(
     """
     store = state_dtype_args("Lion", state_dtype, stochastic_rounding)
     return [scale_by_lion(beta_1, beta_2, **store)], []
+
+
+@_keras(beta_2_decay="<= 0", epsilon_1=">= 0", epsilon_2=">= 0", clip_threshold="> 0")
+def Adafactor(
+    learning_rate=0.001,
+    beta_2_decay=-0.8,
+    epsilon_1=1e-30,
+    epsilon_2=1e-3,
+    clip_threshold=1.0,
+    relative_step: bool = True,
+    weight_decay=None,
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema: bool = False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+    name="adafactor",
+):
+    """``keras.optimizers.Adafactor``: optax's factored rule over the last two axes, with
+    θ ← θ − min(γ, 1/√t)·max(ε₂, RMS(θ))·û (û the clipped u = g/√V̂, ε₁ added to g²).
+
+    Every tensor of two or more dimensions is factored. RMS(θ) is taken after Keras's weight
+    decay θ ← θ − λγθ. ``relative_step`` changes no number in Keras 3.15.1 (ρ_t is
+    min(γ, 1/√t) either way): accepted and ignored.
+    """
+    del relative_step
+    step = [
+        scale_by_factored_rms(True, -beta_2_decay, 0, 0, epsilon_1, factor_axes="last"),
+        clip_by_block_rms(clip_threshold),
+        keras_param_scale(epsilon_2, learning_rate, weight_decay),
+    ]
+    return step, [], adafactor_relative_step(learning_rate)
+
 
 
 @_keras(**_ADAM_RULES)

@@ -39,6 +39,7 @@ import optax
 
 from gradx._optimizers.sign import rprop
 from gradx._protocol.storage import state_dtype_args
+from gradx.compat._adafactor import Adafactor as Adafactor
 from gradx.compat._torch_blocks import (
     check_like_torch,
     check_number,
@@ -63,6 +64,7 @@ from gradx.compat._torch_muon import Muon as Muon
 __all__ = [
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

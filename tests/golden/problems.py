@@ -14,7 +14,13 @@ replay a problem. Parameters are a dict ``{"a": shape (3,), "b": shape (2,)}`` i
   each problem's), gradient ``matrix_grad(params)`` of a quadratic: ``P·a − C_a`` and
   ``b·Q − C_b`` with P, Q symmetric positive definite. Only in ``MATRIX_PROBLEMS``.
 
-In both problems step ``k`` uses the gradient for step ``k``; trajectory row ``k`` is the
+* ``"factored"`` (for the optimizers that factor matrices, Adafactor; see ``EXTRA_PROBLEMS``
+  in ``record.py``): its params (``FACTORED_PARAMS0``) are a matrix ``"a"`` (3, 4), a 3-D
+  tensor ``"b"`` (2, 2, 3) and a vector ``"c"`` (3,), and its gradient
+  (:func:`factored_grad`) pulls them towards a target, plus a stream with exact zeros (a whole
+  row of the matrix once).
+
+In every problem step ``k`` uses the gradient for step ``k``; trajectory row ``k`` is the
 parameters after ``k + 1`` updates.
 """
 
@@ -115,19 +121,53 @@ MATRIX_PROBLEMS = ("matrix",)
 
 def params0(problem):
     """The initial parameters of ``problem`` (copies)."""
-    start = MATRIX_PARAMS0 if problem in MATRIX_PROBLEMS else PARAMS0
+    if problem == "factored":
+        start = FACTORED_PARAMS0
+    else:
+        start = MATRIX_PARAMS0 if problem in MATRIX_PROBLEMS else PARAMS0
     return {n: v.copy() for n, v in start.items()}
 
 
 def grad_fn(problem):
-    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad", "matrix"}``."""
+    """``(step, params) -> grads`` for ``problem`` in ``{"stream", "quad", "matrix", "factored"}``."""
     if problem == "matrix":
         return lambda k, params: matrix_grad(params)
     if problem == "stream":
         return lambda k, params: {n: v.copy() for n, v in STREAM[k].items()}
     if problem == "quad":
         return lambda k, params: quad_grad(params)
+    if problem == "factored":
+        return factored_grad
     raise ValueError(f"unknown problem {problem!r}")
 
 
 PROBLEMS = ("stream", "quad")
+
+
+# ---------------------------------------------------------------- factored problem (Adafactor)
+FACTORED_SHAPES = {"a": (3, 4), "b": (2, 2, 3), "c": (3,)}
+
+
+def _wave(shape, phase):
+    j = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    return np.sin(1.3 * j + phase)
+
+
+FACTORED_PARAMS0 = {n: 1.5 * _wave(s, 0.4 + i) for i, (n, s) in enumerate(FACTORED_SHAPES.items())}
+FACTORED_TARGET = {n: 0.5 * _wave(s, 2.0 - i) for i, (n, s) in enumerate(FACTORED_SHAPES.items())}
+
+
+def factored_grad(k, params):
+    """``(1 + j/10)·(θ − target) + 0.3·sin(0.9k + 1.7j)`` per element j; row 1 of ``a`` is 0
+    at step 2 and element 0 of ``c`` at step 5."""
+    out = {}
+    for n, x in params.items():
+        j = np.arange(x.size, dtype=np.float64).reshape(x.shape)
+        g = (1 + j / 10) * (np.asarray(x) - FACTORED_TARGET[n]) + 0.3 * np.sin(0.9 * k + 1.7 * j)
+        if n == "a" and k == 2:
+            g[1] = 0.0
+        if n == "c" and k == 5:
+            g[0] = 0.0
+        out[n] = g
+    return out
+

@@ -20,13 +20,15 @@ JSON format, one file per library::
          "trajectory": {"a": [[3 floats] x STEPS], "b": [[2 floats] x STEPS]}}, ...]}
 
 ``kwargs`` are exactly the constructor keyword arguments given to the peer (tuples written as
-lists); ``trajectory[k]`` holds the parameters after step ``k + 1``. Torch: both parameters in one
-param group, ``.grad`` set by hand, ``opt.step()``. Keras: two ``keras.Variable``s,
+lists); ``trajectory[k]`` holds the parameters after step ``k + 1`` (nested lists for the
+matrices of the ``"matrix"`` and ``"factored"`` problems; the latter's params are ``"a", "b",
+"c"``). Torch: all parameters in one param group, ``.grad`` set by hand, ``opt.step()``. Keras: two ``keras.Variable``s,
 ``opt.apply_gradients``.
 
 After recording, :func:`self_check` replays every record with an independent NumPy transcription
 of the update rules in ``docs/conventions.md`` (see ``REFERENCES``) and prints the maximum
-absolute difference per record; it fails if any difference exceeds ``1e-10``.
+absolute difference per record; it fails if any difference exceeds ``1e-10`` (``1e-7`` for
+Keras's Adafactor, whose means Keras computes in float32: see ``TOLERANCES``).
 """
 
 import json
@@ -93,6 +95,19 @@ TORCH_CONFIGS = [
     ("Rprop", {"lr": 0.05, "etas": [0.3, 1.5], "step_sizes": [0.01, 0.2]}),
     # initial step size above the maximum: torch clamps it already on the first step
     ("Rprop", {"lr": 0.5, "step_sizes": [0.01, 0.2]}),
+    # Adafactor (also on the "factored" problem: EXTRA_PROBLEMS)
+    ("Adafactor", {}),
+    (
+        "Adafactor",
+        {
+            "lr": 0.05,
+            "beta2_decay": -0.5,
+            "eps": [1e-4, 1e-2],
+            "d": 2.0,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ),
 ]
 
 # ---- param groups (torch_groups.json, replayed by tests/test_param_groups.py) ----
@@ -169,8 +184,31 @@ KERAS_CONFIGS = [
     ("Adam", {"learning_rate": 0.1, "clipnorm": 0.5}),
     ("Adam", {"learning_rate": 0.1, "clipvalue": 0.05}),
     ("Adam", {"learning_rate": 0.1, "global_clipnorm": 0.5}),
+    # Adafactor (also on the "factored" problem: EXTRA_PROBLEMS)
+    ("Adafactor", {}),
+    (
+        "Adafactor",
+        {
+            "learning_rate": 0.05,
+            "beta_2_decay": -0.5,
+            "epsilon_1": 1e-20,
+            "epsilon_2": 1e-2,
+            "clip_threshold": 0.5,
+            "relative_step": False,
+            "weight_decay": 0.1,
+        },
+    ),
 ]
 
+# Classes recorded on more problems than problems.PROBLEMS: those that factor matrices.
+EXTRA_PROBLEMS = {"Adafactor": ("factored",)}
+
+
+def problems_of(cls):
+    return (*problems.PROBLEMS, *EXTRA_PROBLEMS.get(cls, ()))
+
+
+# The parameters of the "stream", "quad" and "matrix" problems.
 NAMES = ("a", "b")
 
 
@@ -186,22 +224,22 @@ def record_torch():
     records = []
     for cls, kwargs in TORCH_CONFIGS:
         call_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-        for problem in problems.PROBLEMS:
+        for problem in problems_of(cls):
             grad_fn = problems.grad_fn(problem)
             params = {
-                n: torch.tensor(problems.PARAMS0[n], dtype=torch.float64, requires_grad=True)
-                for n in NAMES
+                n: torch.tensor(x, dtype=torch.float64, requires_grad=True)
+                for n, x in problems.params0(problem).items()
             }
-            opt = getattr(torch.optim, cls)([params[n] for n in NAMES], **call_kwargs)
-            traj = _empty_trajectory()
+            opt = getattr(torch.optim, cls)(list(params.values()), **call_kwargs)
+            traj = {n: [] for n in params}
             for k in range(problems.STEPS):
-                current = {n: params[n].detach().numpy().copy() for n in NAMES}
+                current = {n: p.detach().numpy().copy() for n, p in params.items()}
                 grads = grad_fn(k, current)
-                for n in NAMES:
-                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
+                for n, p in params.items():
+                    p.grad = torch.tensor(grads[n], dtype=torch.float64)
                 opt.step()
-                for n in NAMES:
-                    traj[n].append([float(v) for v in params[n].detach().numpy()])
+                for n, p in params.items():
+                    traj[n].append(p.detach().numpy().tolist())
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return {"library": "torch", "version": torch.__version__, "records": records}
 
@@ -329,26 +367,27 @@ def record_keras():
     assert keras.backend.backend() == "jax"
     records = []
     for cls, kwargs in KERAS_CONFIGS:
-        for problem in problems.PROBLEMS:
+        for problem in problems_of(cls):
             grad_fn = problems.grad_fn(problem)
             variables = {
-                n: keras.Variable(problems.PARAMS0[n], dtype="float64", name=n) for n in NAMES
+                n: keras.Variable(x, dtype="float64", name=n)
+                for n, x in problems.params0(problem).items()
             }
             opt = getattr(keras.optimizers, cls)(**kwargs)
-            traj = _empty_trajectory()
+            traj = {n: [] for n in variables}
             for k in range(problems.STEPS):
                 current = {n: np.asarray(v.numpy(), dtype=np.float64) for n, v in variables.items()}
                 grads = grad_fn(k, current)
                 opt.apply_gradients(
                     [
-                        (keras.ops.convert_to_tensor(grads[n], dtype="float64"), variables[n])
-                        for n in NAMES
+                        (keras.ops.convert_to_tensor(grads[n], dtype="float64"), v)
+                        for n, v in variables.items()
                     ]
                 )
                 for n, v in variables.items():
                     value = np.asarray(v.numpy())
                     assert value.dtype == np.float64, value.dtype
-                    traj[n].append([float(x) for x in value])
+                    traj[n].append(value.tolist())
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return {
         "library": "keras",
@@ -705,6 +744,55 @@ def _torch_muon(kw):
     return dict, step
 
 
+def _torch_adafactor(kw):
+    lr, tau, (eps1, eps2) = (
+        kw.get("lr", 1e-2),
+        kw.get("beta2_decay", -0.8),
+        kw.get("eps", [None, 1e-3]),
+    )
+    eps1 = np.finfo(np.float64).eps if eps1 is None else eps1
+    d, wd, maximize = kw.get("d", 1.0), kw.get("weight_decay", 0.0), kw.get("maximize", False)
+
+    def step(x, g, s, t):
+        g = -g if maximize else g
+        beta = 1 - t**tau
+        if x.ndim >= 2:  # the last two axes factored, ε₁ a floor of mean(R) and of √V̂
+            s["R"] = beta * s.get("R", 0.0) + (1 - beta) * np.mean(g * g, axis=-1)
+            s["C"] = beta * s.get("C", 0.0) + (1 - beta) * np.mean(g * g, axis=-2)
+            den = np.maximum(np.mean(s["R"], axis=-1), eps1)[..., None, None]
+            v = s["R"][..., :, None] * s["C"][..., None, :] / den
+        else:
+            v = s["v"] = beta * s.get("v", 0.0) + (1 - beta) * g * g
+        u = g / np.maximum(np.sqrt(v), eps1)
+        u = u / max(1.0, np.sqrt(np.mean(u * u)) / d)
+        alpha = min(lr, 1 / np.sqrt(t)) * max(eps2, np.sqrt(np.mean(x * x)))
+        return x * (1 - lr * wd) - alpha * u
+
+    return dict, step
+
+
+def _keras_adafactor(kw):
+    lr, c = kw.get("learning_rate", 1e-3), kw.get("beta_2_decay", -0.8)
+    eps1, eps2 = kw.get("epsilon_1", 1e-30), kw.get("epsilon_2", 1e-3)
+    d = kw.get("clip_threshold", 1.0)  # relative_step: no effect on the numbers
+
+    def step(x, g, s, t):
+        beta = 1 - t**c
+        sq = g * g + eps1
+        if x.ndim >= 2:  # the last two axes factored
+            s["r"] = beta * s.get("r", 0.0) + (1 - beta) * np.mean(sq, axis=-1)
+            s["c"] = beta * s.get("c", 0.0) + (1 - beta) * np.mean(sq, axis=-2)
+            row = s["r"] / np.mean(s["r"], axis=-1, keepdims=True)
+            v = row[..., :, None] * s["c"][..., None, :]
+        else:
+            v = s["v"] = beta * s.get("v", 0.0) + (1 - beta) * sq
+        u = g / np.sqrt(v)
+        u = u / max(1.0, np.sqrt(np.mean(u * u)) / d)
+        return x - min(lr, 1 / np.sqrt(t)) * max(eps2, np.sqrt(np.mean(x * x))) * u
+
+    return dict, step
+
+
 REFERENCES = {
     "torch": {
         "Muon": _torch_muon,
@@ -718,6 +806,7 @@ REFERENCES = {
         "NAdam": _torch_nadam,
         "RAdam": _torch_radam,
         "Rprop": _torch_rprop,
+        "Adafactor": _torch_adafactor,
     },
     "keras": {
         "SGD": _keras_sgd,
@@ -730,10 +819,14 @@ REFERENCES = {
         "Nadam": _keras_nadam,
         "Lion": _keras_lion,
         "Lamb": _keras_lamb,
+        "Adafactor": _keras_adafactor,
     },
 }
 KERAS_DEFAULT_WEIGHT_DECAY = {"AdamW": 0.004}
-KERAS_DEFAULT_LR = {"SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3, "Lion": 1e-3, "Lamb": 1e-3}
+KERAS_DEFAULT_LR = {
+    "SGD": 0.01, "Adam": 1e-3, "AdamW": 1e-3, "Lion": 1e-3, "Lamb": 1e-3,
+    "Adafactor": 1e-3,
+}
 
 
 def _keras_preprocess(cls, kw, params, grads):
@@ -760,39 +853,42 @@ def replay(library, cls, kwargs, problem):
     init, step = REFERENCES[library][cls](kwargs)
     grad_fn = problems.grad_fn(problem)
     params = problems.params0(problem)
-    state = {n: init() for n in NAMES}
-    traj = {n: [] for n in NAMES}
+    state = {n: init() for n in params}
+    traj = {n: [] for n in params}
     for k in range(problems.STEPS):
         grads = grad_fn(k, params)
         if library == "keras":
             params, grads = _keras_preprocess(cls, kwargs, params, grads)
-        params = {n: step(params[n], grads[n], state[n], k + 1) for n in NAMES}
-        for n in NAMES:
+        params = {n: step(params[n], grads[n], state[n], k + 1) for n in params}
+        for n in params:
             traj[n].append(params[n])
     return {n: np.array(v) for n, v in traj.items()}
 
 
+# Keras 3.15.1's ops.mean (JAX backend) computes in float32 even for float64 tensors (its
+# result_type("float64", "float32") is float32): Adafactor's means, and so its trajectories,
+# carry float32's rounding (1e-8 here), which this float64 transcription does not copy.
+TOLERANCES = {("keras", "Adafactor"): 1e-7}
+
+
 def self_check(data, tol=1e-10):
-    worst = 0.0
+    worst, ok = 0.0, True
     for rec in data["records"]:
+        rec_tol = TOLERANCES.get((data["library"], rec["cls"]), tol)
         ref = replay(data["library"], rec["cls"], rec["kwargs"], rec["problem"])
-        diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in NAMES)
+        names, start = rec["trajectory"], problems.params0(rec["problem"])
+        diff = max(float(np.max(np.abs(ref[n] - np.array(rec["trajectory"][n])))) for n in names)
         moved = max(
-            float(
-                np.max(
-                    np.abs(np.array(rec["trajectory"][n][-1]) - problems.params0(rec["problem"])[n])
-                )
-            )
-            for n in NAMES
+            float(np.max(np.abs(np.array(rec["trajectory"][n][-1]) - start[n]))) for n in names
         )
-        worst = max(worst, diff)
-        flag = "" if diff <= tol else "   <-- MISMATCH"
+        worst, ok = max(worst, diff), ok and diff <= rec_tol
+        flag = "" if diff <= rec_tol else "   <-- MISMATCH"
         print(
             f"  {data['library']:5s} {rec['cls']:8s} {rec['problem']:6s} "
             f"max|diff|={diff:.2e} moved={moved:.3g} {json.dumps(rec['kwargs'])}{flag}"
         )
     print(f"  {data['library']}: worst max|diff| = {worst:.3e} over {len(data['records'])} records")
-    return worst <= tol
+    return ok
 
 
 def _dumps(data):
