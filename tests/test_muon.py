@@ -83,9 +83,14 @@ def test_trajectory_equals_optax_contrib_muon(dtype, kwargs):
 
 
 def test_signature_is_optax_contrib_muon():
+    # optax's arguments, then gradx's keyword-only state_dtype pair, which optax lacks
     for ours, theirs in ((gradx.muon, optax.contrib.muon),
                          (gradx.scale_by_muon, optax.contrib.scale_by_muon)):  # fmt: skip
         p, q = inspect.signature(ours).parameters, inspect.signature(theirs).parameters
+        extra = list(p.values())[-2:]
+        assert [x.name for x in extra] == ["state_dtype", "stochastic_rounding"]
+        assert all(x.kind is inspect.Parameter.KEYWORD_ONLY for x in extra)
+        p = {k: v for k, v in p.items() if k not in ("state_dtype", "stochastic_rounding")}
         assert list(p) == list(q)
         for a, b in zip(p.values(), q.values(), strict=True):
             assert (a.name, a.kind, a.default) == (b.name, b.kind, b.default), a.name

@@ -308,6 +308,47 @@ def test_a_bad_state_dtype_is_refused_by_name(make, error, message):
         make()
 
 
+# ------------------------------------------------------------ every optimizer with moments
+
+# name -> (a builder taking the policy's keywords, the params' shapes). Abstract (eval_shape):
+# only the state's structure and dtypes are checked here, the numbers in the tests above.
+_MATRIX = {"w": (4, 300), "b": (3,)}
+WITH_MOMENTS = {
+    "adam": (lambda **kw: gradx.adam(0.1, **kw), _MATRIX),
+    "lion": (lambda **kw: gradx.lion(0.1, **kw), _MATRIX),
+    "lamb": (lambda **kw: gradx.lamb(0.1, **kw), _MATRIX),
+    "radam": (lambda **kw: gradx.radam(0.1, **kw), _MATRIX),
+    "adopt": (lambda **kw: gradx.adopt(0.1, **kw), _MATRIX),
+    "adafactor": (lambda **kw: gradx.adafactor(0.1, factored=False, **kw), _MATRIX),
+    "adafactor(factored)": (lambda **kw: gradx.adafactor(0.1, **kw), {"w": (300, 260)}),
+    "muon": (lambda **kw: gradx.muon(0.1, **kw), {"w": (300, 260), "b": (300,)}),
+    "torch.Adafactor": (lambda **kw: gradx.compat.torch.Adafactor(**kw), _MATRIX),
+    "torch.Muon": (lambda **kw: gradx.compat.torch.Muon(**kw), {"w": (300, 260)}),
+    "torch.RAdam": (lambda **kw: gradx.compat.torch.RAdam(**kw), _MATRIX),
+    "keras.Adafactor": (lambda **kw: gradx.compat.keras.Adafactor(**kw), _MATRIX),
+    "keras.Lion": (lambda **kw: gradx.compat.keras.Lion(**kw), _MATRIX),
+    "keras.Lamb": (lambda **kw: gradx.compat.keras.Lamb(**kw), _MATRIX),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITH_MOMENTS))
+def test_every_optimizer_with_moments_stores_them_as_state_dtype_says(name):
+    make, shapes = WITH_MOMENTS[name]
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    for kw, kinds in (
+        (dict(state_dtype="int8"), {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}),
+        (dict(state_dtype="bfloat16", stochastic_rounding=True), {gradx.RoundedMoment}),
+    ):
+        opt = make(**kw)
+        state = jax.eval_shape(opt.init, params)
+        _, after = jax.eval_shape(opt.update, params, state, params)
+        found = _stored_kinds(after)
+        assert found and found <= kinds, (name, kw, found)
+        assert jax.tree.structure(after) == jax.tree.structure(state), (name, kw)
+    state = jax.eval_shape(make(state_dtype="bfloat16").init, params)
+    assert any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state)), name
+
+
 # ------------------------------------------------------------ the machinery around a state
 
 

@@ -25,6 +25,7 @@ from gradx._optimizers.momentum import ema
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import dtype_arg
+from gradx._protocol.storage import state_dtype_args
 
 
 @optimizer(
@@ -49,6 +50,9 @@ def adafactor(
     eps: float = 1e-30,
     factored: bool = True,
     weight_decay_mask: Any = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adafactor: Adam's second moment in sublinear memory, with a step relative to θ.
 
@@ -94,6 +98,10 @@ def adafactor(
       factored: factor the matrices (False: a full second moment for every leaf).
       weight_decay_mask: which leaves decay, as optax's ``mask``: None (all), a pytree of
         bools with the params' structure or a prefix of it, or a function of the params.
+      state_dtype, stochastic_rounding: how the second-moment statistics (v, and the
+        factored v_row, v_col) are stored: a float dtype, ``"bfloat16"`` rounded
+        stochastically, or ``"int8"`` (blockwise; see :func:`gradx.adam`). The momentum
+        follows them where ``dtype_momentum`` is None (its default, float32, wins).
 
     Returns:
       An optax transformation whose state holds ``learning_rate``, ``decay_rate``,
@@ -116,8 +124,11 @@ def adafactor(
     """
     check_min_dim("adafactor", min_dim_size_to_factor)
     dtype_arg("adafactor", "dtype_momentum", dtype_momentum)
+    store = state_dtype_args("adafactor", state_dtype, stochastic_rounding)
     blocks = [
-        scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)
+        scale_by_factored_rms(
+            factored, decay_rate, decay_offset, min_dim_size_to_factor, eps, **store
+        )
     ]
     if clipping_threshold is not None:
         blocks.append(clip_by_block_rms(clipping_threshold))
@@ -126,7 +137,7 @@ def adafactor(
     if multiply_by_parameter_scale:
         blocks.append(scale_by_param_block_rms())
     if momentum is not None:
-        blocks.append(ema(momentum, accumulator_dtype=dtype_momentum))
+        blocks.append(ema(momentum, accumulator_dtype=dtype_momentum, **store))
     if weight_decay_rate is not None:
         blocks.append(decoupled_weight_decay(weight_decay_rate, 1.0, mask=weight_decay_mask))
     return optax.chain(*blocks)

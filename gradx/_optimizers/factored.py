@@ -25,7 +25,7 @@ import optax
 
 from gradx._optimizers.preconditioners import ema_of
 from gradx._optimizers.scaling import FLAT_ACTIVE
-from gradx._protocol.dtypes import abs_sq, coef, real_dtype, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, real_dtype, wide
 from gradx._protocol.gain import (
     GAIN_FN,
     Gain,
@@ -35,6 +35,7 @@ from gradx._protocol.gain import (
     needs_incoming,
     nonzero_divisor,
 )
+from gradx._protocol.storage import decode_moments, moment_codec
 from gradx._protocol.trees import TreeMismatchError, needs_params, params_like
 
 FACTOR_AXES = ("largest", "last")
@@ -103,6 +104,9 @@ class ScaleByFactoredRmsState(NamedTuple):
     # where not factored)
 
 
+STATS = ("v", "v_col", "v_row")
+
+
 def _state_shapes(shape: tuple[int, ...], dims: tuple[int, int] | None) -> tuple:
     """(v, v_col, v_row) shapes of a leaf: optax's layout, (1,) placeholders included."""
     if dims is None:
@@ -121,6 +125,8 @@ def scale_by_factored_rms(
     decay_rate_fn: Callable[[jax.Array, Any], jax.Array] = decay_rate_pow,
     *,
     factor_axes: str = "largest",
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Adafactor's factored second moment (Shazeer & Stern 2018), u = g/√V̂.
 
@@ -149,12 +155,16 @@ def scale_by_factored_rms(
       decay_rate_fn: β̂ as a function of (step index − step_offset, decay_rate).
       factor_axes: ``"largest"`` (optax's: the two largest axes) or ``"last"`` (torch's and
         Keras's: the last two axes).
+      state_dtype, stochastic_rounding: how v, v_col and v_row are stored: None (the
+        params' real dtype), a float dtype, ``"bfloat16"`` rounded stochastically, or
+        ``"int8"`` (blockwise, the unsigned map; statistics of fewer than 256 elements stay
+        float32); see :doc:`/guides/state-dtype`.
 
     Returns:
       An optax transformation whose state is a ``ScaleByFactoredRmsState`` with optax's
       layout (``v``, ``v_col``, ``v_row``, with (1,) placeholders where unused), stored in
-      the params' (real) dtype. The update is in the computed dtype. Refused inside
-      ``gradx.flat`` when ``factored``.
+      the params' (real) dtype or as ``state_dtype`` says. The update is in the computed
+      dtype. Refused inside ``gradx.flat`` when ``factored``.
 
     Note:
       Equals ``optax.scale_by_factored_rms`` (same positional arguments), except that the
@@ -173,6 +183,10 @@ def scale_by_factored_rms(
             f"got {decay_rate_fn!r}"
         )
     min_dim = int(min_dim_size_to_factor)
+    codec = moment_codec(
+        "scale_by_factored_rms", "state_dtype", None, state_dtype, stochastic_rounding,
+        nonnegative=True,
+    )  # fmt: skip
 
     def init(params: Any) -> ScaleByFactoredRmsState:
         if factored:
@@ -186,6 +200,7 @@ def scale_by_factored_rms(
         outer = jax.tree.structure(params)
         parts = outer.flatten_up_to(jax.tree.map(leaf, params))
         v, v_col, v_row = (outer.unflatten([r[i] for r in parts]) for i in range(3))
+        v, v_col, v_row = (codec.init(x, f) for x, f in zip((v, v_col, v_row), STATS, strict=True))
         return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), v=v, v_col=v_col, v_row=v_row)
 
     def update(updates, state, params=None, **extra_args):
@@ -195,6 +210,8 @@ def scale_by_factored_rms(
         dims = [
             factored_dims(g.shape, factored, min_dim, factor_axes) for g in jax.tree.leaves(updates)
         ]
+        stored_stats = state
+        state = state._replace(**{f: codec.decode(getattr(state, f)) for f in STATS})
         _check_state(updates, state, dims)
         c, e = jnp.asarray(decay_rate), jnp.asarray(epsilon)
         rate = jnp.asarray(decay_rate_fn(state.count - step_offset, c))
@@ -221,9 +238,9 @@ def scale_by_factored_rms(
         u, v, v_col, v_row = (outer.unflatten([r[i] for r in rows]) for i in range(4))
         return u, ScaleByFactoredRmsState(
             count=optax.safe_increment(state.count),
-            v=stored(v, state.v),
-            v_col=stored(v_col, state.v_col),
-            v_row=stored(v_row, state.v_row),
+            v=codec.encode(v, stored_stats.v),
+            v_col=codec.encode(v_col, stored_stats.v_col),
+            v_row=codec.encode(v_row, stored_stats.v_row),
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -386,7 +403,8 @@ def _factored_rms_gain(ctx, cells, state, incoming):
         dims = factored_dims(tuple(np.shape(x)), factored, min_dim, axes)
         return jnp.broadcast_to(factored_inverse_root(ctx, v, v_col, v_row, dims), np.shape(x))
 
-    tree = jax.tree.map(factor, template, state.v, state.v_col, state.v_row)
+    v, v_col, v_row = (decode_moments(getattr(state, f)) for f in STATS)
+    tree = jax.tree.map(factor, template, v, v_col, v_row)
     out = None if incoming is None else scaled_by(incoming, tree)
     return Gain(jnp.ones([], ctx.dtype), tree), out
 

@@ -47,6 +47,7 @@ from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg
 from gradx._protocol.gain import GAIN_FN, gain_rule
 from gradx._protocol.rules import check_flag
+from gradx._protocol.storage import state_dtype_args
 
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 _AOL_EPS = 1e-8  # optax's first-step floors for the 'aol' and 'schatten' preconditionings
@@ -257,11 +258,13 @@ def _orthogonalize_gain(ctx, cells, state, incoming):
     )
 
 
-def _momentum(beta: Any, nesterov: bool, mu_dtype: Any) -> optax.GradientTransformationExtraArgs:
+def _momentum(
+    beta: Any, nesterov: bool, mu_dtype: Any, store: dict[str, Any]
+) -> optax.GradientTransformationExtraArgs:
     """optax's bias-corrected momentum: m̂ = m/(1−βᵗ), or its Nesterov form."""
     if nesterov:  # β·m/(1−β^{t+1}) + (1−β)·g/(1−βᵗ)
-        return nesterov_ema(beta, momentum_decay=None, accumulator_dtype=mu_dtype)
-    return ema(beta, debias=True, accumulator_dtype=mu_dtype)
+        return nesterov_ema(beta, momentum_decay=None, accumulator_dtype=mu_dtype, **store)
+    return ema(beta, debias=True, accumulator_dtype=mu_dtype, **store)
 
 
 def scale_by_muon(
@@ -275,6 +278,8 @@ def scale_by_muon(
     adaptive: bool = False,
     preconditioning: str = "frobenius",
     weight_dimension_numbers: Any = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: Muon's direction, the bias-corrected momentum orthogonalised.
 
@@ -282,11 +287,13 @@ def scale_by_muon(
     → ``orthogonalize(ns_coeffs, ns_steps, ε, adaptive, preconditioning)``, with optax's
     ``scale_by_muon``'s arguments, order and defaults: every leaf must be a matrix or have
     dimension numbers (``gradx.muon`` routes the others to Adam). ``mu_dtype`` is the dtype
-    m is stored in.
+    m is stored in; where it is None, ``state_dtype`` and ``stochastic_rounding`` say how
+    (as in :func:`gradx.adam`).
     """
     dtype_arg("scale_by_muon", "mu_dtype", mu_dtype)
+    store = state_dtype_args("scale_by_muon", state_dtype, stochastic_rounding)
     return optax.chain(
-        _momentum(beta, nesterov, mu_dtype),
+        _momentum(beta, nesterov, mu_dtype, store),
         orthogonalize(
             ns_coeffs, ns_steps, eps, adaptive=adaptive, preconditioning=preconditioning,
             weight_dimension_numbers=weight_dimension_numbers,
@@ -326,6 +333,8 @@ def muon(
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     muon_weight_dimension_numbers: Any = None,
     consistent_rms: float | None = None,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon: the momentum of each weight matrix orthogonalised by Newton–Schulz; Adam elsewhere.
 
@@ -375,6 +384,10 @@ def muon(
         of matrices (any rank ≥ 2), a None goes to Adam.
       consistent_rms: None (Jordan's width scaling) or the update's target RMS (0.2 matches
         AdamW's, Moonshot's).
+      state_dtype, stochastic_rounding: how the momenta (where ``mu_dtype`` is None) and
+        Adam's second moment are stored: a float dtype, ``"bfloat16"`` rounded
+        stochastically, or ``"int8"`` (blockwise); see :func:`gradx.adam`. The
+        Newton–Schulz iteration runs on the decoded float32 momentum.
 
     Returns:
       An optax transformation whose state holds ``learning_rate, beta, eps, weight_decay,
@@ -398,11 +411,12 @@ def muon(
     """
     fn = "muon"
     dtype_arg(fn, "mu_dtype", mu_dtype)
+    store = state_dtype_args(fn, state_dtype, stochastic_rounding)
     ns_coefficients(fn, ns_coeffs, ns_steps)
     preconditioning_arg(fn, preconditioning)
     spec = muon_weight_dimension_numbers
     matrices = optax.chain(
-        _momentum(beta, nesterov, mu_dtype),
+        _momentum(beta, nesterov, mu_dtype, store),
         orthogonalize(
             ns_coeffs, ns_steps, eps, adaptive=adaptive, preconditioning=preconditioning,
             weight_dimension_numbers=spec,
@@ -412,12 +426,10 @@ def muon(
         scale_by_learning_rate(learning_rate),
     )  # fmt: skip
     adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
-    if nesterov:
-        num = nesterov_ema(adam_b1, momentum_decay=None, accumulator_dtype=mu_dtype)
-    else:
-        num = ema(adam_b1, debias=True, accumulator_dtype=mu_dtype)
+    num = _momentum(adam_b1, nesterov, mu_dtype, store)
+    den = rms(adam_b2, eps_root=adam_eps_root, debias=True, **store)
     others = optax.chain(
-        precondition(num, rms(adam_b2, eps_root=adam_eps_root, debias=True), eps),
+        precondition(num, den, eps),
         add_decayed_weights(adam_weight_decay),
         scale_by_learning_rate(adam_lr),
     )

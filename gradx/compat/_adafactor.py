@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from gradx._optimizers.factored import (
+    STATS,
     ScaleByFactoredRmsState,
     ScaleByParamBlockRmsState,
     clip_by_block_rms,
@@ -30,7 +31,7 @@ from gradx._optimizers.factored import (
 from gradx._optimizers.preconditioners import ema_of
 from gradx._optimizers.scaling import decoupled_weight_decay
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     GAIN_FN,
     Gain,
@@ -39,6 +40,7 @@ from gradx._protocol.gain import (
     in_gain_dtype,
     steps_taken,
 )
+from gradx._protocol.storage import decode_moments, moment_codec, state_dtype_args
 from gradx._protocol.trees import needs_params, params_like
 from gradx.compat._torch_blocks import (
     check_like_torch,
@@ -54,7 +56,11 @@ def _last_two(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def torch_factored_rms(
-    beta2_decay: jax.typing.ArrayLike, eps1: jax.typing.ArrayLike | None
+    beta2_decay: jax.typing.ArrayLike,
+    eps1: jax.typing.ArrayLike | None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Block: torch's factored second moment, u = g·rsqrt(max(V̂, ε₁²)).
 
@@ -65,8 +71,12 @@ def torch_factored_rms(
         V̂ = R·C / max(mean(R), ε₁)
 
     and v ← β̂·v + (1−β̂)·g², V̂ = v for the others. ε₁ None is the machine epsilon of the
-    gradient's dtype (torch's default). Complex params are refused, as in torch.
+    gradient's dtype (torch's default). Complex params are refused, as in torch. v, R and C
+    are stored as ``state_dtype`` says (see :func:`gradx.scale_by_factored_rms`).
     """
+    codec = moment_codec(
+        "Adafactor", "state_dtype", None, state_dtype, stochastic_rounding, nonnegative=True
+    )
 
     def init(params: Any) -> ScaleByFactoredRmsState:
         refuse_inside_flat("torch_factored_rms")
@@ -82,11 +92,14 @@ def torch_factored_rms(
         outer = jax.tree.structure(params)
         parts = outer.flatten_up_to(jax.tree.map(leaf, params))
         v, v_col, v_row = (outer.unflatten([r[i] for r in parts]) for i in range(3))
+        v, v_col, v_row = (codec.init(x, f) for x, f in zip((v, v_col, v_row), STATS, strict=True))
         return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), v=v, v_col=v_col, v_row=v_row)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         refuse_inside_flat("torch_factored_rms")
+        stored_stats = state
+        state = state._replace(**{f: codec.decode(getattr(state, f)) for f in STATS})
         tau = jnp.asarray(beta2_decay)
         t = optax.safe_increment(state.count).astype(tau.dtype)
         rate = 1 - t**tau
@@ -108,9 +121,9 @@ def torch_factored_rms(
         u, v, v_col, v_row = (outer.unflatten([r[i] for r in rows]) for i in range(4))
         return u, ScaleByFactoredRmsState(
             count=optax.safe_increment(state.count),
-            v=stored(v, state.v),
-            v_col=stored(v_col, state.v_col),
-            v_row=stored(v_row, state.v_row),
+            v=codec.encode(v, stored_stats.v),
+            v_col=codec.encode(v_col, stored_stats.v_col),
+            v_row=codec.encode(v_row, stored_stats.v_row),
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -196,10 +209,14 @@ _TORCH_RULES = dict(beta2_decay="<= 0", eps1=">= 0", eps2=">= 0", d=">= 1", weig
 
 
 @optimizer(learning_rate=">= 0", **_TORCH_RULES)
-def torch_adafactor(learning_rate, beta2_decay, eps1, eps2, d, weight_decay):
+def torch_adafactor(
+    learning_rate, beta2_decay, eps1, eps2, d, weight_decay, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
     after = [] if weight_decay is None else [decoupled_weight_decay(weight_decay, learning_rate)]
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
     return optax.chain(
-        torch_factored_rms(beta2_decay, eps1),
+        torch_factored_rms(beta2_decay, eps1, **store),
         clip_by_block_rms(d),
         scale_by_param_block_rms(eps2),
         relative_step(learning_rate),
@@ -235,6 +252,8 @@ def Adafactor(
     *,
     foreach: bool | None = None,
     maximize: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.Adafactor``: the last two axes factored, ε₁ as a floor, ρ_t = min(γ, 1/√t).
 
@@ -261,6 +280,8 @@ def Adafactor(
       weight_decay: λ ≥ 0, decoupled and multiplied by γ.
       foreach: accepted and ignored (a kernel choice in torch).
       maximize: ascend: the gradient's sign is flipped before everything else.
+      state_dtype, stochastic_rounding: gradx's: how v, R and C are stored (a float dtype,
+        ``"bfloat16"`` rounded stochastically, or ``"int8"``; see :func:`gradx.adam`).
 
     Note:
       ``gradx.adafactor`` is optax's rule: ε₁ added to g², no 1/√t in the step, weight
@@ -268,12 +289,14 @@ def Adafactor(
       (``docs/conventions.md``).
     """
     cls = "Adafactor"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(
         cls, torch_adafactor, lr=lr, beta2_decay=beta2_decay, d=d, weight_decay=weight_decay
     )
     eps1, eps2 = _checked_eps(cls, eps)
     check_switches(cls, foreach=foreach, maximize=maximize)
-    opt = torch_adafactor(lr, beta2_decay, eps1, eps2, d, torch_off_if_zero(weight_decay))
+    wd = torch_off_if_zero(weight_decay)
+    opt = torch_adafactor(lr, beta2_decay, eps1, eps2, d, wd, **store)
     return with_maximize(opt, maximize)
 
 
@@ -291,7 +314,8 @@ def _torch_factored_gain(ctx, cells, state, incoming):
             return jax.lax.rsqrt(jnp.maximum(in_gain_dtype(ctx, v), e * e))
         return torch_inverse_root(in_gain_dtype(ctx, v_row), in_gain_dtype(ctx, v_col), e)
 
-    tree = jax.tree.map(factor, template, state.v, state.v_col, state.v_row)
+    v, v_col, v_row = (decode_moments(getattr(state, f)) for f in STATS)
+    tree = jax.tree.map(factor, template, v, v_col, v_row)
     out = None if incoming is None else scaled_by(incoming, tree)
     return Gain(jnp.ones([], ctx.dtype), tree), out
 

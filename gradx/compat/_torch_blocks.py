@@ -27,7 +27,7 @@ from gradx._optimizers.scaling import (
     scale_by_learning_rate,
 )
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import abs_sq, coef, moment_zeros, stored, wide
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     Gain,
     closure_value,
@@ -38,6 +38,7 @@ from gradx._protocol.gain import (
 )
 from gradx._protocol.rules import Rule, is_number
 from gradx._protocol.rules import check_flag as _core_check_flag
+from gradx._protocol.storage import decode_moments, moment_codec
 
 
 def check_number(cls: str, name: str, value: Any, rule: str) -> None:
@@ -368,16 +369,21 @@ class TorchRadamRootState(NamedTuple):
     nu: Any  # like params, real: EMA of |g|²
 
 
-def _torch_radam_root(decay: Any, eps: Any) -> optax.GradientTransformationExtraArgs:
+def _torch_radam_root(
+    decay: Any, eps: Any, *, state_dtype: Any = None, stochastic_rounding: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """Denominator of torch's RAdam: (√v + ε)/√(1 − β₂ᵗ), ε on the raw root.
 
     torch's adaptive rate is √(1 − β₂ᵗ)/(√v + ε); gradx's ``rms(debias=True)`` with ε outside
     would give 1/(√v̂ + ε), which differs by ε·(1 − √(1 − β₂ᵗ)) in the denominator.
+    v is stored as ``state_dtype`` says (see :func:`gradx.adam`).
     """
+    codec = moment_codec(
+        "RAdam", "state_dtype", None, state_dtype, stochastic_rounding, nonnegative=True
+    )
 
     def init(params: Any) -> TorchRadamRootState:
-        nu = moment_zeros("RAdam", "params", params, None, real=True)
-        return TorchRadamRootState(count=jnp.zeros([], jnp.int32), nu=nu)
+        return TorchRadamRootState(count=jnp.zeros([], jnp.int32), nu=codec.init(params, "nu"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -389,9 +395,10 @@ def _torch_radam_root(decay: Any, eps: Any) -> optax.GradientTransformationExtra
             vw = wide(v, b2, e)
             return coef(b2, vw) * vw + coef(1 - b2, vw) * abs_sq(wide(g, b2, e)).astype(vw.dtype)
 
-        nu = jax.tree.map(ema_sq, updates, state.nu)
+        nu = jax.tree.map(ema_sq, updates, codec.decode(state.nu))
+        nu, stored_nu = codec.store(nu, state.nu)
         out = jax.tree.map(lambda v: (jnp.sqrt(v) + coef(e, v)) / coef(root_c, v), nu)
-        return out, TorchRadamRootState(count=count, nu=stored(nu, state.nu))
+        return out, TorchRadamRootState(count=count, nu=stored_nu)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -401,14 +408,20 @@ def _torch_radam_root_gain(ctx, cells, state):
     b2 = in_gain_dtype(ctx, closure_value(cells, "decay", "_torch_radam_root"))
     eps = in_gain_dtype(ctx, closure_value(cells, "eps", "_torch_radam_root"))
     root_c = jnp.sqrt(1 - b2 ** steps_taken(ctx, state.count))
-    return jax.tree.map(lambda v: (jnp.sqrt(in_gain_dtype(ctx, v)) + eps) / root_c, state.nu)
+    nu = decode_moments(state.nu)
+    return jax.tree.map(lambda v: (jnp.sqrt(in_gain_dtype(ctx, v)) + eps) / root_c, nu)
 
 
 @optimizer(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0", weight_decay=">= 0")
-def torch_radam(learning_rate, b1, b2, eps, weight_decay, decoupled):
+def torch_radam(
+    learning_rate, b1, b2, eps, weight_decay, decoupled, state_dtype=None,
+    stochastic_rounding: bool = False,
+):  # fmt: skip
     # torch switches at ρ_t > 5; rectified at ρ_t ≥ 5: ρ_t is never exactly 5 for β₂ in (0, 1)
     # short of contrived values, and both give the same step up to r_t = √(1·3·…/…) there.
-    step = [rectified(ema(b1, debias=True), _torch_radam_root(b2, eps), b2, 5.0)]
+    store = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding}
+    num, den = ema(b1, debias=True, **store), _torch_radam_root(b2, eps, **store)
+    step = [rectified(num, den, b2, 5.0)]
     return _chain(step, learning_rate, weight_decay, decoupled)
 
 

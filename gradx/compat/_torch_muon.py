@@ -29,8 +29,8 @@ from gradx._optimizers.orthogonal import orthogonalize
 from gradx._optimizers.preconditioners import ema_of
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
-from gradx._protocol.dtypes import moment_zeros, stored
 from gradx._protocol.gain import Gain, closure_value, gain_rule, in_gain_dtype
+from gradx._protocol.storage import moment_codec, state_dtype_args
 from gradx._protocol.trees import check_tree
 from gradx.compat._torch_blocks import (
     check_like_torch,
@@ -59,23 +59,27 @@ def _check_matrices(params: Any) -> None:
             )
 
 
-def _torch_momentum(momentum: Any, nesterov: bool) -> optax.GradientTransformationExtraArgs:
+def _torch_momentum(
+    momentum: Any, nesterov: bool, state_dtype: Any = None, stochastic_rounding: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """Block: torch Muon's buffer b ← b + (1−μ)·(g − b) = μ·b + (1−μ)·g (b₀ = 0, no bias
-    correction); emits b, or (1−μ)·g + μ·b with ``nesterov``. Refuses what torch refuses."""
+    correction); emits b, or (1−μ)·g + μ·b with ``nesterov``. Refuses what torch refuses.
+    b is stored as ``state_dtype`` says (see :func:`gradx.adam`)."""
+    codec = moment_codec("Muon", "state_dtype", None, state_dtype, stochastic_rounding)
 
     def init(params: Any) -> EmaState:
         _check_matrices(params)
-        mean = moment_zeros("Muon", "momentum_buffer", params, None)
-        return EmaState(count=jnp.zeros([], jnp.int32), mean=mean)
+        return EmaState(count=jnp.zeros([], jnp.int32), mean=codec.init(params, "mean"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        check_tree(updates, state.mean, "momentum buffer in the state")
+        old = codec.decode(state.mean)
+        check_tree(updates, old, "momentum buffer in the state")
         mu = jnp.asarray(momentum)
-        mean = jax.tree.map(lambda g, b: ema_of(mu, g, b), updates, state.mean)
+        mean = jax.tree.map(lambda g, b: ema_of(mu, g, b), updates, old)
+        mean, stored_mean = codec.store(mean, state.mean)
         out = jax.tree.map(lambda g, b: ema_of(mu, g, b), updates, mean) if nesterov else mean
-        new = EmaState(count=optax.safe_increment(state.count), mean=stored(mean, state.mean))
-        return out, new
+        return out, EmaState(count=optax.safe_increment(state.count), mean=stored_mean)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -89,14 +93,15 @@ def _torch_momentum_gain(ctx, cells, state, incoming):
 
 @optimizer(learning_rate=">= 0", momentum=">= 0", eps=">= 0", weight_decay=">= 0")
 def torch_muon(
-    learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn
-):
+    learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
+    state_dtype=None, stochastic_rounding: bool = False,
+):  # fmt: skip
     """momentum → orthogonalize (bfloat16, max(‖X‖, ε)) → √max(1, rows/cols) or
     0.2·√max(rows, cols) → ×(−γ) → [−γ·λ·θ]: torch 2.13's Muon."""
     rms = 0.2 if adjust_lr_fn == "match_rms_adamw" else None
     decay = [] if weight_decay is None else [decoupled_weight_decay(weight_decay, learning_rate)]
     return optax.chain(
-        _torch_momentum(momentum, nesterov),
+        _torch_momentum(momentum, nesterov, state_dtype, stochastic_rounding),
         orthogonalize(ns_coefficients, ns_steps, eps, eps_as_floor=True, ns_dtype=jnp.bfloat16),
         # rows are torch's output axis: its ratio A/B is fan_out/fan_in with these numbers
         scale_by_shape(MuonDimensionNumbers(reduction_axis=1, output_axis=0), rms),
@@ -115,6 +120,9 @@ def Muon(
     eps: float = 1e-7,
     ns_steps: int = 5,
     adjust_lr_fn: str | None = None,
+    *,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.Muon``: orthogonalised momentum for 2-D params, with torch's numbers.
 
@@ -143,6 +151,8 @@ def Muon(
       ns_steps: an integer in [0, 100) (torch's bound), static.
       adjust_lr_fn: None or ``"original"`` (Jordan's √max(1, A/B)), or
         ``"match_rms_adamw"`` (Moonshot's 0.2·√max(A, B)).
+      state_dtype, stochastic_rounding: gradx's: how the buffer b is stored (a float
+        dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"``; see :func:`gradx.adam`).
 
     Raises:
       ValueError: at ``init``, a param that is not 2-D (torch's rule: use ``gradx.muon``,
@@ -156,6 +166,7 @@ def Muon(
       differs: ``docs/conventions.md``, Muon.
     """
     cls = "Muon"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(cls, torch_muon, lr=lr, weight_decay=weight_decay, momentum=momentum, eps=eps)
     check_torch_flag(cls, "nesterov", nesterov)
     if adjust_lr_fn not in ADJUST_LR_FNS:
@@ -178,4 +189,5 @@ def Muon(
         eps=eps,
         ns_steps=int(ns_steps),
         adjust_lr_fn=adjust_lr_fn,
+        **store,
     )

@@ -335,6 +335,9 @@ def Adafactor(
     loss_scale_factor=None,
     gradient_accumulation_steps=None,
     name="adafactor",
+    *,
+    state_dtype=None,
+    stochastic_rounding: bool = False,
 ):
     """``keras.optimizers.Adafactor``: optax's factored rule over the last two axes, with
     θ ← θ − min(γ, 1/√t)·max(ε₂, RMS(θ))·û (û the clipped u = g/√V̂, ε₁ added to g²).
@@ -344,8 +347,11 @@ def Adafactor(
     min(γ, 1/√t) either way): accepted and ignored.
     """
     del relative_step
+    store = state_dtype_args("Adafactor", state_dtype, stochastic_rounding)
     step = [
-        scale_by_factored_rms(True, -beta_2_decay, 0, 0, epsilon_1, factor_axes="last"),
+        scale_by_factored_rms(
+            True, -beta_2_decay, 0, 0, epsilon_1, factor_axes="last", **store
+        ),
         clip_by_block_rms(clip_threshold),
         keras_param_scale(epsilon_2, learning_rate, weight_decay),
     ]

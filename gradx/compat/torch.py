@@ -474,6 +474,8 @@ def RAdam(
     maximize: bool = False,
     capturable: bool = False,
     differentiable: bool = False,
+    state_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.RAdam``: Adam rectified while ρ_t ≤ 5, ε on the raw root.
 
@@ -483,6 +485,7 @@ def RAdam(
     ``decoupled_weight_decay=True`` (θ ← (1 − γλ)·θ first, as ``AdamW``).
     """
     cls = "RAdam"
+    store = state_dtype_args(cls, state_dtype, stochastic_rounding)
     check_like_torch(cls, torch_radam, lr=lr, eps=eps, weight_decay=weight_decay)
     b1, b2 = checked_betas(cls, betas)
     check_switches(
@@ -493,5 +496,6 @@ def RAdam(
         capturable=capturable,
         differentiable=differentiable,
     )
-    opt = torch_radam(lr, b1, b2, eps, torch_off_if_zero(weight_decay), decoupled_weight_decay)
+    wd = torch_off_if_zero(weight_decay)
+    opt = torch_radam(lr, b1, b2, eps, wd, decoupled_weight_decay, **store)
     return with_maximize(opt, maximize)
