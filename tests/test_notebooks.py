@@ -22,6 +22,7 @@ EXPECTED = [
     "06_digits_and_sweeps.ipynb",
     "07_curse_of_dimensionality.ipynb",
     "08_effective_learning_rate.ipynb",
+    "09_beyond_the_slides.ipynb",
     "10_state_precision.ipynb",
 ]
 MAX_TOTAL_BYTES = 3 * 1024 * 1024
