@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
+from gradx._optimizers.scaling import (
+    check_weight_decay_scaling,
+    decoupled_weight_decay,
+    scale_by_learning_rate,
+)
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, needs_incoming, nonzero_divisor
@@ -268,6 +272,8 @@ def lion(
     mu_dtype: Any = None,
     weight_decay: float = 1e-3,
     mask: Any = None,
+    *,
+    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
@@ -293,6 +299,9 @@ def lion(
       mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
         params' structure or a prefix of it (True = decay), or a function of the params
         returning one.
+      weight_decay_scaling: what λ is multiplied by: ``"learning_rate"`` (γ_t, as optax) or
+        ``"schedule"`` (η_t = γ_t/γ_peak, the AdamW paper's convention), as in
+        :func:`gradx.adamw`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding
@@ -308,10 +317,13 @@ def lion(
       step, up to rounding.
     """
     dtype_arg("lion", "mu_dtype", mu_dtype)
+    check_weight_decay_scaling("lion", weight_decay_scaling)
     return optax.chain(
         scale_by_lion(b1, b2, mu_dtype),
         scale_by_learning_rate(learning_rate),
-        decoupled_weight_decay(weight_decay, learning_rate, mask),
+        decoupled_weight_decay(
+            weight_decay, learning_rate, mask, weight_decay_scaling=weight_decay_scaling
+        ),
     )
 
 

@@ -13,7 +13,9 @@ gradx speaks optax's protocol and adds one idea to it.
   over a state whose hyperparameters are batched trains one model per value.
 
 A hyperparameter may also be a schedule: a callable of the step count (any optax schedule).
-The callable is static; the step count lives in the state.
+The callable is static; the step count lives in the state. A gradx schedule
+(:class:`gradx.schedules.ArraySchedule`) keeps its numbers in the state too, as ``h/<number>``
+(see ``schedule.py``): its formula is static, its numbers are data.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ from gradx._protocol.rules import (
     check_schedule_shape,
     concrete_value,
     flag_kind,
+)
+from gradx._protocol.schedule import (
+    ArraySchedule,
+    ScheduleSpec,
+    number_is_integer,
+    number_rule,
+    peak_entry,
+    schedule_peaks,
 )
 from gradx._protocol.state import HyperparamsState, declare_state_class
 from gradx._protocol.trees import (
@@ -76,7 +86,10 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
       switches a feature off), else ``TypeError("adam: learning_rate must be ..., got
       None")``;
     * takes a callable for a hyperparameter as a schedule of the step count (it must return a
-      scalar: checked at step 0 and when ``update`` is traced), and a JAX array
+      scalar: checked at step 0 and when ``update`` is traced); a gradx schedule
+      (:mod:`gradx.schedules`) for hyperparameter h stores its numbers in the state as
+      ``h/<number>`` (its value numbers checked against h's rule), so they are set like any
+      hyperparameter, and schedules of one kind share one update; and a JAX array
       or tracer (what ``optax.inject_hyperparams`` passes) as a value set from outside: the
       update uses the value it was built with, not the state's copy, and records it in the
       state's ``scheduled`` like a schedule's value (so ``set_hyperparams`` refuses it);
@@ -130,6 +143,8 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 raise TypeError(f"{fn}: {e}") from None
             bound.apply_defaults()
             numbers, schedules, injected, static = {}, {}, {}, {}
+            # gradx schedules: their numbers (h/<number>), as arrays, and each value at step 0
+            in_state, arrays, first = {}, {}, {}
             for name, value in bound.arguments.items():
                 rule = parsed.get(name)
                 if rule is not None and value is None and name not in nullable:
@@ -140,8 +155,16 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                     if name in flags:
                         check_flag(fn, name, value, flags[name])
                     static[name] = value
+                elif isinstance(value, ArraySchedule):
+                    for k, v in value.numbers.items():
+                        number_rule(k, rule).check(fn, f"{name}/{k}", v)
+                    rule.check_hyperparameter(fn, name, value)
+                    schedules[name] = value.spec
+                    arrays[name] = {f"{name}/{k}": v for k, v in value.arrays().items()}
+                    in_state.update({f"{name}/{k}": v for k, v in value.numbers.items()})
+                    first[name] = value(0)
                 elif rule.check_hyperparameter(fn, name, value):
-                    schedules[name] = value
+                    schedules[name] = first[name] = value
                 else:
                     if np.ndim(value) != 0:
                         raise ValueError(
@@ -160,20 +183,29 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
 
             # Build the chain once now, so that errors in the static arguments surface at
             # construction rather than at init.
-            factory(**static, **given, **{n: s(0) for n, s in schedules.items()})
+            sources = {n: _source(s, n, arrays.get(n, {})) for n, s in schedules.items()}
+            sources.update({n: "injected" for n in injected})
+            _build(factory, static, {**given, **first}, sources)
 
             def as_array(name: str, value: Any, dtype: jnp.dtype) -> jax.Array:
-                return jnp.asarray(value, jnp.int32 if parsed[name].integer else dtype)
+                integer = parsed[name].integer if name in parsed else number_is_integer(name)
+                return jnp.asarray(value, jnp.int32 if integer else dtype)
 
             def init(params: Any) -> HyperparamsState:
                 check_arrays(fn, params, "params")
                 params = as_arrays(params)
                 check_inexact(fn, params, "params")
                 dtype = hyperparam_dtype(params)
-                hyperparams = {n: as_array(n, v, dtype) for n, v in numbers.items()}
-                scheduled = {n: as_array(n, s(0), dtype) for n, s in schedules.items()}
+                stored = {**numbers, **in_state}
+                hyperparams = {n: as_array(n, v, dtype) for n, v in stored.items()}
+                zero = jnp.zeros([], jnp.int32)
+                sources = {n: _source(s, n, hyperparams) for n, s in schedules.items()}
+                scheduled = {
+                    n: as_array(n, _evaluate(src, zero), dtype) for n, src in sources.items()
+                }
                 scheduled.update({n: as_array(n, v, dtype) for n, v in injected.items()})
-                inner = factory(**static, **hyperparams, **scheduled)
+                sources.update({n: "injected" for n in injected})
+                inner = _build(factory, static, {**_own(hyperparams), **scheduled}, sources)
                 state = owner(
                     count=jnp.zeros([], jnp.int32),
                     hyperparams=hyperparams,
@@ -239,6 +271,40 @@ def _shared_update(
     return _make_update(owner, factory, fn, dict(static_items), dict(schedule_items), {})
 
 
+def _own(hyperparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer's own hyperparameters: the state's, less its schedules' numbers."""
+    return {n: v for n, v in hyperparams.items() if "/" not in n}
+
+
+def _source(schedule: Any, name: str, numbers: Mapping[str, Any]) -> Any:
+    """What sets hyperparameter ``name``: a callable, or a gradx schedule's ``(spec, its
+    numbers)`` read from ``numbers`` (keys ``name/<number>``)."""
+    if not isinstance(schedule, ScheduleSpec):
+        return schedule
+    prefix = f"{name}/"
+    local = {k[len(prefix) :]: v for k, v in numbers.items() if k.startswith(prefix)}
+    return schedule, local
+
+
+def _evaluate(source: Any, count: jax.Array) -> Any:
+    if isinstance(source, tuple):
+        spec, numbers = source
+        return spec.evaluate(count, numbers)
+    return source(count)
+
+
+def _build(
+    factory: Callable[..., Any], static: Mapping[str, Any], values: dict, sources: dict
+) -> Any:
+    """``factory(**static, **values)``, with the peak of every gradx schedule among the
+    values readable by its blocks (``weight_decay_scaling="schedule"``)."""
+    entries = {id(v): peak_entry(v, None) for v in values.values()}
+    # a shared Python object (two hyperparameters given one constant): the schedule wins
+    entries.update({id(values[n]): peak_entry(values[n], src) for n, src in sources.items()})
+    with schedule_peaks(entries):
+        return factory(**static, **values)
+
+
 def _cast_like(u: Any, g: jax.Array) -> jax.Array:
     """``u`` in ``g``'s dtype (strongly typed); no cast traced when it already is."""
     if isinstance(u, jax.Array) and u.dtype == g.dtype and not u.weak_type:
@@ -258,6 +324,9 @@ def _make_update(
     with each schedule evaluated at the step count and each injected value as given."""
     outside = set(schedules) | set(injected)
     stored = set(owner.rules) - outside - {n for n, v in static.items() if v is None}
+    stored |= {
+        f"{n}/{k}" for n, s in schedules.items() if isinstance(s, ScheduleSpec) for k in s.names
+    }
 
     def update(
         updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
@@ -290,15 +359,18 @@ def _make_update(
         )
         check_inexact(fn, updates, "gradients")
         scheduled = {}
-        for n, s in schedules.items():
-            value = s(state.count)
+        sources = {n: _source(s, n, state.hyperparams) for n, s in schedules.items()}
+        for n, source in sources.items():
+            value = _evaluate(source, state.count)
             check_schedule_shape(fn, n, value)
             scheduled[n] = jnp.asarray(value, state.scheduled[n].dtype)
         scheduled.update({n: jnp.asarray(v, state.scheduled[n].dtype) for n, v in injected.items()})
+        sources.update({n: "injected" for n in injected})
         if RUNTIME_CHECKS["on"]:
             values = {**state.hyperparams, **scheduled}
             runtime_checks(fn, owner, state.count, values, schedules, injected)
-        inner = optax.with_extra_args_support(factory(**static, **state.hyperparams, **scheduled))
+        built = _build(factory, static, {**_own(state.hyperparams), **scheduled}, sources)
+        inner = optax.with_extra_args_support(built)
         try:
             params = params_like(fn, updates, params)
             out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
@@ -318,12 +390,14 @@ def _make_update(
 @gain_rule(_make_update)
 def _optimizer_gain(ctx, cells, state, incoming):
     """An @optimizer: rebuild its chain from the values in the state, as its update does."""
-    factory, static = (
-        closure_value(cells, "factory", "optimizer"),
-        closure_value(cells, "static", "optimizer"),
+    factory, static, schedules, injected = (
+        closure_value(cells, name, "optimizer")
+        for name in ("factory", "static", "schedules", "injected")
     )
-    values = {**as_arrays(state.hyperparams), **as_arrays(state.scheduled)}
-    inner = factory(**static, **values)
+    hyperparams = as_arrays(state.hyperparams)
+    sources = {n: _source(s, n, hyperparams) for n, s in schedules.items()}
+    sources.update({n: "injected" for n in injected})
+    inner = _build(factory, static, {**_own(hyperparams), **as_arrays(state.scheduled)}, sources)
     gain, out = walk_gain(ctx, inner.update, state.inner_state, incoming)
     # Before the first step there is no last step: α_ef is 0.
     taken = in_gain_dtype(ctx, jnp.asarray(state.count) > 0)
