@@ -72,7 +72,9 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
 
     Names are the optimizer's argument names. A name that occurs more than once (two
     optimizers in one chain) is keyed by its path in the state, e.g. ``"0/learning_rate"``.
-    A scheduled value is the one used at the last step (at step 0 before any update).
+    A scheduled value is the one used at the last step (at step 0 before any update). The
+    numbers of a :mod:`gradx.schedules` schedule for hyperparameter h are keyed
+    ``h/<number>`` (``"learning_rate/peak_value"``), and are set like any other.
 
     Examples:
       >>> import jax.numpy as jnp, gradx
