@@ -20,11 +20,10 @@ re-exported: a closure, static to ``jit``, which an optimizer evaluates at the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from optax.schedules import InjectHyperparamsState as InjectHyperparamsState
 from optax.schedules import InjectStatefulHyperparamsState as InjectStatefulHyperparamsState
@@ -41,6 +40,23 @@ from optax.schedules import sgdr_schedule as sgdr_schedule
 from optax.schedules import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
 
 from gradx._protocol.schedule import ArraySchedule, ScheduleSpec, check_numbers
+from gradx._protocol.schedule_formulas import (
+    constant_formula,
+    constant_formula_peak,
+    cosine_formula,
+    cosine_peak,
+    exponential_formula,
+    exponential_peak,
+    join_formula,
+    join_peak,
+    linear_formula,
+    linear_peak,
+    piecewise_formula,
+    piecewise_peak,
+    warmup_constant_formula,
+    warmup_cosine_formula,
+    warmup_peak,
+)
 
 __all__ = [
     "ArraySchedule",
@@ -74,162 +90,6 @@ def _build(kind: str, formula: Callable, peak: Callable, numbers: dict, static=(
     return ArraySchedule(spec, numbers)
 
 
-# The formulas. Each takes the step count and the numbers as arrays (floats in one dtype, the
-# step numbers as integers), follows optax's operations in order, and computes in the
-# numbers' float dtype: float32, or float64 in a float64 state.
-
-
-def _as_steps(count: jax.Array, steps: jax.Array) -> jax.Array:
-    return steps.astype(count.dtype)
-
-
-def _ramp(count, init, end, steps, begin):
-    """optax's polynomial_schedule at power 1: init until ``begin``, then linear to ``end`` in
-    ``steps`` steps, then ``end``; ``steps`` <= 0: init throughout."""
-    steps, begin = _as_steps(count, steps), _as_steps(count, begin)
-    done = jnp.clip(count - begin, min=jnp.zeros_like(steps), max=steps)
-    frac = 1 - done.astype(init.dtype) / jnp.maximum(steps, 1).astype(init.dtype)
-    return jnp.where(steps <= 0, init, (init - end) * frac + end)
-
-
-def _cosine(count, init, decay_steps, alpha, exponent):
-    steps = decay_steps.astype(init.dtype)
-    done = jnp.minimum(count.astype(init.dtype), steps)
-    cosine = 0.5 * (1 + jnp.cos(jnp.pi * done / steps))
-    return init * ((1 - alpha) * cosine**exponent + alpha)
-
-
-def _constant_formula(count, n):
-    del count
-    return n["value"]
-
-
-def _linear_formula(count, n):
-    return _ramp(
-        count, n["init_value"], n["end_value"], n["transition_steps"], n["transition_begin"]
-    )
-
-
-def _warmup_constant_formula(count, n):
-    zero = jnp.zeros_like(n["warmup_steps"])
-    return _ramp(count, n["init_value"], n["peak_value"], n["warmup_steps"], zero)
-
-
-def _cosine_formula(count, n):
-    return _cosine(count, n["init_value"], n["decay_steps"], n["alpha"], n["exponent"])
-
-
-def _end_over_peak(n):
-    """optax's α = end/peak (0 where the peak is 0)."""
-    peak = n["peak_value"]
-    nonzero = peak != 0
-    return jnp.where(nonzero, n["end_value"] / jnp.where(nonzero, peak, 1), jnp.zeros_like(peak))
-
-
-def _warmup_cosine_formula(count, n):
-    """optax's join of linear warmup (to ``peak_value`` in ``warmup_steps``) and cosine decay
-    (from the peak, over ``decay_steps - warmup_steps``, α = end/peak)."""
-    warmup, peak = n["warmup_steps"], n["peak_value"]
-    warm = _ramp(count, n["init_value"], peak, warmup, jnp.zeros_like(warmup))
-    start = _as_steps(count, warmup)
-    decay = n["decay_steps"] - warmup
-    cool = _cosine(count - start, peak, decay, _end_over_peak(n), n["exponent"])
-    return jnp.where(count < start, warm, cool)
-
-
-def _exponential_formula(count, n, staircase, has_end):
-    init, rate = n["init_value"], n["decay_rate"]
-    steps = _as_steps(count, n["transition_steps"])
-    decreased = count - _as_steps(count, n["transition_begin"])
-    p = decreased.astype(init.dtype) / jnp.maximum(steps, 1).astype(init.dtype)
-    if staircase:
-        p = jnp.floor(p)
-    value = jnp.where(decreased <= 0, init, init * jnp.power(rate, p))
-    if has_end:
-        end = n["end_value"]
-        value = jnp.where(rate < 1, jnp.maximum(value, end), jnp.minimum(value, end))
-    return jnp.where(steps <= 0, init, value)
-
-
-def _piecewise_formula(count, n, size):
-    value = n["init_value"]
-    for i in range(size):
-        threshold = _as_steps(count, n[f"boundaries/{i}"])
-        below = jnp.maximum(0, jnp.sign(threshold - count)).astype(value.dtype)
-        value = value * below + (1 - below) * n[f"scales/{i}"] * value
-    return value
-
-
-def _child(n: Mapping[str, Any], i: int) -> dict[str, Any]:
-    prefix = f"{i}/"
-    return {k[len(prefix) :]: v for k, v in n.items() if k.startswith(prefix)}
-
-
-def _join_formula(count, n, specs):
-    out = specs[0].evaluate(count, _child(n, 0))
-    for j, spec in enumerate(specs[1:]):
-        boundary = _as_steps(count, n[f"boundaries/{j}"])
-        out = jnp.where(count < boundary, out, spec.evaluate(count - boundary, _child(n, j + 1)))
-    return out
-
-
-# The peaks: the largest value of each schedule (for weight_decay_scaling="schedule").
-
-
-def _most(*xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = jnp.maximum(out, x)
-    return out
-
-
-def _constant_formula_peak(n):
-    return n["value"]
-
-
-def _linear_peak(n):
-    return _most(n["init_value"], n["end_value"])
-
-
-def _warmup_peak(n):
-    """Warmup to the peak, then constant or a decay to ``end_value`` (cosine: α·peak with
-    α = end/peak, which is ``end_value`` up to rounding)."""
-    return _most(n["init_value"], n["peak_value"], *([n["end_value"]] if "end_value" in n else []))
-
-
-def _cosine_peak(n):
-    return _most(n["init_value"], n["init_value"] * n["alpha"])
-
-
-def _exponential_peak(n, staircase, has_end):
-    del staircase
-    init, rate = n["init_value"], n["decay_rate"]
-    if has_end:
-        end = n["end_value"]
-        peak = jnp.where(
-            rate < 1, _most(init, end), jnp.where(rate > 1, end, jnp.minimum(init, end))
-        )
-    else:  # growing without bound: no peak (NaN, refused at construction)
-        peak = jnp.where(rate <= 1, init, jnp.full_like(init, jnp.nan))
-    return jnp.where(n["transition_steps"] <= 0, init, peak)
-
-
-def _piecewise_peak(n, size):
-    init = n["init_value"]
-    values = [init]
-    for j in range(size):  # the value right after boundary j: every scale at or before it
-        value = init
-        for i in range(size):
-            applied = n[f"boundaries/{i}"] <= n[f"boundaries/{j}"]
-            value = value * jnp.where(applied, n[f"scales/{i}"], jnp.ones_like(init))
-        values.append(value)
-    return _most(*values)
-
-
-def _join_peak(n, specs):
-    return _most(*(spec.peak(_child(n, i)) for i, spec in enumerate(specs)))
-
-
 def constant_schedule(value: jax.typing.ArrayLike) -> ArraySchedule:
     """A constant: ``value`` at every step (optax's ``constant_schedule``).
 
@@ -239,7 +99,7 @@ def constant_schedule(value: jax.typing.ArrayLike) -> ArraySchedule:
     Returns:
       An :class:`ArraySchedule`.
     """
-    return _build("constant_schedule", _constant_formula, _constant_formula_peak, {"value": value})
+    return _build("constant_schedule", constant_formula, constant_formula_peak, {"value": value})
 
 
 def linear_schedule(
@@ -273,7 +133,7 @@ def linear_schedule(
         transition_steps=transition_steps,
         transition_begin=transition_begin,
     )
-    return _build("linear_schedule", _linear_formula, _linear_peak, numbers)
+    return _build("linear_schedule", linear_formula, linear_peak, numbers)
 
 
 def warmup_constant_schedule(
@@ -286,7 +146,7 @@ def warmup_constant_schedule(
       An :class:`ArraySchedule` with numbers ``init_value``, ``peak_value``, ``warmup_steps``.
     """
     numbers = dict(init_value=init_value, peak_value=peak_value, warmup_steps=warmup_steps)
-    return _build("warmup_constant_schedule", _warmup_constant_formula, _warmup_peak, numbers)
+    return _build("warmup_constant_schedule", warmup_constant_formula, warmup_peak, numbers)
 
 
 def cosine_decay_schedule(
@@ -313,7 +173,7 @@ def cosine_decay_schedule(
       Loshchilov and Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
     """
     numbers = dict(init_value=init_value, decay_steps=decay_steps, alpha=alpha, exponent=exponent)
-    return _build("cosine_decay_schedule", _cosine_formula, _cosine_peak, numbers)
+    return _build("cosine_decay_schedule", cosine_formula, cosine_peak, numbers)
 
 
 def warmup_cosine_decay_schedule(
@@ -350,7 +210,7 @@ def warmup_cosine_decay_schedule(
         end_value=end_value,
         exponent=exponent,
     )
-    return _build("warmup_cosine_decay_schedule", _warmup_cosine_formula, _warmup_peak, numbers)
+    return _build("warmup_cosine_decay_schedule", warmup_cosine_formula, warmup_peak, numbers)
 
 
 def exponential_decay(
@@ -395,7 +255,7 @@ def exponential_decay(
     if end_value is not None:
         numbers["end_value"] = end_value
     static = (staircase, end_value is not None)
-    return _build("exponential_decay", _exponential_formula, _exponential_peak, numbers, static)
+    return _build("exponential_decay", exponential_formula, exponential_peak, numbers, static)
 
 
 def piecewise_constant_schedule(
@@ -418,7 +278,7 @@ def piecewise_constant_schedule(
     for i, (boundary, scale) in enumerate(items):
         numbers[f"boundaries/{i}"], numbers[f"scales/{i}"] = boundary, scale
     size = (len(items),)
-    return _build("piecewise_constant_schedule", _piecewise_formula, _piecewise_peak, numbers, size)
+    return _build("piecewise_constant_schedule", piecewise_formula, piecewise_peak, numbers, size)
 
 
 def join_schedules(schedules: Sequence[Any], boundaries: Sequence[int]) -> Any:
@@ -449,4 +309,4 @@ def join_schedules(schedules: Sequence[Any], boundaries: Sequence[int]) -> Any:
         numbers.update({f"{i}/{k}": v for k, v in schedule.numbers.items()})
     numbers.update({f"boundaries/{j}": b for j, b in enumerate(boundaries)})
     specs = (tuple(s.spec for s in schedules),)
-    return _build("join_schedules", _join_formula, _join_peak, numbers, specs)
+    return _build("join_schedules", join_formula, join_peak, numbers, specs)
