@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradx._protocol.constants import positive_by_construction, zero_by_construction
 from gradx._protocol.dtypes import abs_sq, coef, dtype_arg, moment_zeros, stored, wide
 from gradx._protocol.gain import (
     DENOMINATORS,
@@ -50,8 +51,9 @@ def ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> ja
 
 def plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
     """x + e in x's dtype; nothing is traced when ``given`` (e as the caller received it) is a
-    Python 0, such as rmsprop's ε_root with ε outside the root: XLA drops the x + 0 from the
-    compiled program anyway, and at 1,000 leaves its tracing and lowering cost time."""
+    Python 0, such as rmsprop's ε_root with ε outside the root, or an ε_root an optimizer was
+    built with as 0 (``zero_by_construction``, which the caller asks when it is built): XLA
+    drops an x + 0 from the compiled program, and at 1,000 leaves its tracing costs time."""
     if isinstance(given, (int, float)) and not isinstance(given, bool) and given == 0:
         return x
     return x + coef(e, x)
@@ -103,6 +105,8 @@ def precondition(
     """
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
+    # ε > 0 for good (given so): the denominator is never 0, no guard compiled.
+    guarded = not positive_by_construction(eps)
 
     def init(params: Any) -> PreconditionState:
         return PreconditionState(by=by.init(params), direction=direction.init(params))
@@ -118,7 +122,9 @@ def precondition(
             # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
             # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
             # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
-            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
+            safe = (
+                jax.lax.select(total > 0, total, jax.lax.full_like(total, 1)) if guarded else total
+            )
             return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
 
         out = jax.tree.map(leaf, num, den)
@@ -156,6 +162,7 @@ def rms(
       may be wider than the gradient's.
     """
     acc = dtype_arg("rms", "accumulator_dtype", accumulator_dtype)
+    added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
 
     def init(params: Any) -> RmsState:
         scale = jnp.asarray(initial_scale)
@@ -183,7 +190,7 @@ def rms(
             var = _debiased(vw, correction)
             if a is not None:
                 var = jnp.maximum(var - abs_sq(_debiased(wide(a, rho, e, v), correction)), 0)
-            return jnp.sqrt(plus(var, e, eps_root))
+            return jnp.sqrt(plus(var, e, added))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
         new_mean = stored(mean, state.mean) if centered else ()
@@ -267,6 +274,7 @@ def rss(
     which may be wider than the gradient's.
     """
     acc = dtype_arg("rss", "accumulator_dtype", accumulator_dtype)
+    added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
 
     def init(params: Any) -> RssState:
         g0 = jnp.asarray(initial_accumulator_value)
@@ -284,7 +292,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, state.sum_of_squares)
-        out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
+        out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, added)), total)
         return out, RssState(sum_of_squares=stored(total, state.sum_of_squares))
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from gradx._protocol.checks import RUNTIME_CHECKS, runtime_checks
+from gradx._protocol.constants import built_from, decide_from_numbers
 from gradx._protocol.dtypes import hyperparam_dtype
 from gradx._protocol.gain import Gain, closure_value, gain_rule, in_gain_dtype, walk_gain
 from gradx._protocol.placement import shard_like_params
@@ -51,7 +52,7 @@ from gradx._protocol.schedule import (
     peak_entry,
     schedule_peaks,
 )
-from gradx._protocol.state import HyperparamsState, declare_state_class
+from gradx._protocol.state import HyperparamsState, declare_state_class, variant_state_class
 from gradx._protocol.trees import (
     TreeMismatchError,
     as_arrays,
@@ -183,9 +184,15 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
 
             # Build the chain once now, so that errors in the static arguments surface at
             # construction rather than at init.
+            # The numbers as fresh arrays: each value its own object, so a block's question
+            # about one (is this ε > 0 for good?) names it (constants.py).
             sources = {n: _source(s, n, arrays.get(n, {})) for n, s in schedules.items()}
             sources.update({n: "injected" for n in injected})
-            _build(factory, static, {**given, **first}, sources)
+            built = {**{n: np.array(v) for n, v in numbers.items()}, **injected, **first}
+            relied: set[tuple[str, str]] = set()
+            decide = decide_from_numbers(numbers, parsed)
+            _build(factory, static, built, sources, decide, relied)
+            owner_here = variant_state_class(owner, frozenset(relied))
 
             def as_array(name: str, value: Any, dtype: jnp.dtype) -> jax.Array:
                 integer = parsed[name].integer if name in parsed else number_is_integer(name)
@@ -205,8 +212,9 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 }
                 scheduled.update({n: as_array(n, v, dtype) for n, v in injected.items()})
                 sources.update({n: "injected" for n in injected})
-                inner = _build(factory, static, {**_own(hyperparams), **scheduled}, sources)
-                state = owner(
+                values = {**_own(hyperparams), **scheduled}
+                inner = _build(factory, static, values, sources, owner_here.facts)
+                state = owner_here(
                     count=jnp.zeros([], jnp.int32),
                     hyperparams=hyperparams,
                     inner_state=inner.init(params),
@@ -215,9 +223,9 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 return shard_like_params(state, params)  # on a mesh: scalars replicated
 
             if injected:  # the values are part of this update: nothing to share
-                update = _make_update(owner, factory, fn, static, schedules, injected)
+                update = _make_update(owner_here, factory, fn, static, schedules, injected)
             else:
-                key = (owner, factory, fn, tuple(static.items()), tuple(schedules.items()))
+                key = (owner_here, factory, fn, tuple(static.items()), tuple(schedules.items()))
                 try:
                     update = _shared_update(*key)
                 except TypeError:  # an unhashable static argument: no sharing for this one
@@ -271,6 +279,10 @@ def _shared_update(
     return _make_update(owner, factory, fn, dict(static_items), dict(schedule_items), {})
 
 
+def _facts_text(cls: Any) -> str:
+    return ", ".join(f"{n} {k[0]} {k[1]}" for n, k in sorted(cls.facts)) or "no constants"
+
+
 def _own(hyperparams: Mapping[str, Any]) -> dict[str, Any]:
     """The optimizer's own hyperparameters: the state's, less its schedules' numbers."""
     return {n: v for n, v in hyperparams.items() if "/" not in n}
@@ -294,14 +306,23 @@ def _evaluate(source: Any, count: jax.Array) -> Any:
 
 
 def _build(
-    factory: Callable[..., Any], static: Mapping[str, Any], values: dict, sources: dict
+    factory: Callable[..., Any],
+    static: Mapping[str, Any],
+    values: dict,
+    sources: dict,
+    facts: Any = frozenset(),
+    relied: set | None = None,
 ) -> Any:
-    """``factory(**static, **values)``, with the peak of every gradx schedule among the
-    values readable by its blocks (``weight_decay_scaling="schedule"``)."""
+    """``factory(**static, **values)``, with what its blocks may ask about a value readable:
+    the peak of a gradx schedule (``weight_decay_scaling="schedule"``), and the facts fixed
+    at construction (``constants.py``): ``facts`` as decided then, or, at construction, a
+    ``decide(name, kind)`` whose yeses are added to ``relied``."""
     entries = {id(v): peak_entry(v, None) for v in values.values()}
     # a shared Python object (two hyperparameters given one constant): the schedule wins
     entries.update({id(values[n]): peak_entry(values[n], src) for n, src in sources.items()})
-    with schedule_peaks(entries):
+    decide = facts if callable(facts) else (lambda name, kind: (name, kind) in facts)
+    names = {id(v): n for n, v in values.items()}
+    with schedule_peaks(entries), built_from(names, decide, set() if relied is None else relied):
         return factory(**static, **values)
 
 
@@ -331,6 +352,12 @@ def _make_update(
     def update(
         updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, HyperparamsState]:
+        if type(state) is not owner and getattr(type(state), "base", None) is owner.base:
+            raise TypeError(
+                f"{fn}: state must be the state this optimizer's init returned; it was built by "
+                f"a {fn} given other constants ({_facts_text(type(state))}, where this one was "
+                f"given {_facts_text(owner)}): each compiles its own program"
+            )
         if type(state) is not owner:
             built_by = (
                 f"built by {type(state).owner}"
@@ -369,7 +396,8 @@ def _make_update(
         if RUNTIME_CHECKS["on"]:
             values = {**state.hyperparams, **scheduled}
             runtime_checks(fn, owner, state.count, values, schedules, injected)
-        built = _build(factory, static, {**_own(state.hyperparams), **scheduled}, sources)
+        values = {**_own(state.hyperparams), **scheduled}
+        built = _build(factory, static, values, sources, owner.facts)
         inner = optax.with_extra_args_support(built)
         try:
             params = params_like(fn, updates, params)
@@ -390,14 +418,15 @@ def _make_update(
 @gain_rule(_make_update)
 def _optimizer_gain(ctx, cells, state, incoming):
     """An @optimizer: rebuild its chain from the values in the state, as its update does."""
-    factory, static, schedules, injected = (
+    owner, factory, static, schedules, injected = (
         closure_value(cells, name, "optimizer")
-        for name in ("factory", "static", "schedules", "injected")
+        for name in ("owner", "factory", "static", "schedules", "injected")
     )
     hyperparams = as_arrays(state.hyperparams)
     sources = {n: _source(s, n, hyperparams) for n, s in schedules.items()}
     sources.update({n: "injected" for n in injected})
-    inner = _build(factory, static, {**_own(hyperparams), **as_arrays(state.scheduled)}, sources)
+    values = {**_own(hyperparams), **as_arrays(state.scheduled)}
+    inner = _build(factory, static, values, sources, owner.facts)
     gain, out = walk_gain(ctx, inner.update, state.inner_state, incoming)
     # Before the first step there is no last step: α_ef is 0.
     taken = in_gain_dtype(ctx, jnp.asarray(state.count) > 0)
