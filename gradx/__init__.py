@@ -8,12 +8,12 @@ from optax import GradientTransformation as GradientTransformation
 from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
 from optax import apply_updates as apply_updates
 from optax import chain as chain
-from optax import schedules as schedules
 
 from gradx import callbacks as callbacks
 from gradx import checkpoint as checkpoint
 from gradx import compat as compat
 from gradx import losses as losses
+from gradx import schedules as schedules
 from gradx import search_space as search_space
 from gradx._optimizers.adafactor import adafactor as adafactor
 from gradx._optimizers.adam import adam as adam

@@ -4,7 +4,7 @@ that does not exist.
 Public: the names ``gradx/__init__.py`` binds without a leading underscore (functions,
 classes, ``OPTIMIZERS``, the re-exported optax names, the public submodules), the ``__all__``
 of ``gradx.compat.torch``, ``gradx.compat.keras``, ``gradx.compat.optax``, ``gradx.losses``,
-``gradx.callbacks`` and ``gradx.search_space``, and the classes and constants
+``gradx.callbacks``, ``gradx.search_space`` and ``gradx.schedules``, and the classes and constants
 ``gradx.checkpoint`` defines. An entry is an ``auto*::``, ``py:*::`` or ``automodule::``
 directive naming the object by its full dotted name (the anchor Sphinx gives it). The check
 reads the pages' text: no Sphinx build in the test suite (the build is a step of ``.ci/run``).
@@ -31,6 +31,7 @@ SUBMODULES_WITH_ALL = (
     "gradx.losses",
     "gradx.callbacks",
     "gradx.search_space",
+    "gradx.schedules",
 )
 
 

@@ -156,9 +156,19 @@ NAMES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                     "exponential_decay join_schedules linear_schedule "
                     "piecewise_constant_schedule polynomial_schedule "
                     "warmup_cosine_decay_schedule inject_hyperparams"
+                    # gradx.schedules re-exports these (docs/api/schedules.md)
+                    " warmup_constant_schedule warmup_exponential_decay_schedule sgdr_schedule"
+                    " linear_onecycle_schedule piecewise_interpolate_schedule"
+                    " inject_stateful_hyperparams"
                 ).split()
             ]
-            + [("InjectHyperparamsState", "py:class"), ("Schedule", "py:class")]
+            + [
+                (n, "py:class")
+                for n in (
+                    "InjectHyperparamsState Schedule InjectStatefulHyperparamsState "
+                    "StatefulSchedule WrappedSchedule"
+                ).split()
+            ]
         ]
         + [
             (f"optax.losses.{name}", "py:function", "api/losses.html")

@@ -28,7 +28,11 @@ from gradx._optimizers.preconditioners import (
     rms,
     scale_by_bias_correction,
 )
-from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
+from gradx._optimizers.scaling import (
+    check_weight_decay_scaling,
+    decoupled_weight_decay,
+    scale_by_learning_rate,
+)
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import (
@@ -116,12 +120,16 @@ def nesterov_ema(
 ADAM_RULES = dict(learning_rate=">= 0", b1="[0, 1)", b2="[0, 1)", eps=">= 0")
 
 
-def _adam_tail(learning_rate, b2, eps_hat: bool, weight_decay=None, mask=None) -> list:
+def _adam_tail(
+    learning_rate, b2, eps_hat: bool, weight_decay=None, mask=None, scaling="learning_rate"
+) -> list:
     """The blocks after the preconditioner: ε̂ scaling, the learning rate, decoupled decay."""
     tail = [scale_by_bias_correction(b2, 0.5)] if eps_hat else []
     tail.append(scale_by_learning_rate(learning_rate))
     if weight_decay is not None:
-        tail.append(decoupled_weight_decay(weight_decay, learning_rate, mask))
+        tail.append(
+            decoupled_weight_decay(weight_decay, learning_rate, mask, weight_decay_scaling=scaling)
+        )
     return tail
 
 
@@ -227,12 +235,17 @@ def adamw(
     nu_dtype: Any = None,
     state_dtype: Any = None,
     stochastic_rounding: bool = False,
+    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay.
 
     Adam's step (see :func:`adam`) plus a decay that never enters m or v::
 
-        θ ← θ − γ·(m̂/(√v̂ + ε) + λ·θ)
+        θ ← θ − γ_t·(m̂/(√v̂ + ε) + λ·θ)              weight_decay_scaling="learning_rate"
+        θ ← θ − γ_t·m̂/(√v̂ + ε) − η_t·λ·θ            weight_decay_scaling="schedule"
+
+    with η_t = γ_t/γ_peak the schedule multiplier (1 for a constant γ), as in the paper's
+    Algorithm 2 (see :func:`decoupled_weight_decay` and ``docs/conventions.md``).
 
     Blocks: ``precondition(ema(β₁, debias), rms(β₂, debias), ε) → scale_by_learning_rate(γ)
     → decoupled_weight_decay(λ, γ)``.
@@ -253,6 +266,11 @@ def adamw(
 
       mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
       state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
+      weight_decay_scaling: what λ is multiplied by: ``"learning_rate"`` (γ_t; torch, optax
+        and Keras) or ``"schedule"`` (η_t = γ_t/γ_peak; the paper). With ``"schedule"`` the
+        learning rate must be a number (η_t = 1: θ decays by λ per step) or a gradx schedule
+        (:mod:`gradx.schedules`), whose peak is known; λ is then typically ~γ_peak times
+        smaller than torch's.
 
     Reference:
       Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
@@ -267,12 +285,13 @@ def adamw(
       optax's numbers.
     """
     moment_dtypes("adamw", mu_dtype, nu_dtype)
+    check_weight_decay_scaling("adamw", weight_decay_scaling)
     store = state_dtype_args("adamw", state_dtype, stochastic_rounding)
     num = ema(b1, debias=True, accumulator_dtype=mu_dtype, **store)
     den = rms(b2, debias=not eps_hat, accumulator_dtype=nu_dtype, **store)
     return optax.chain(
         precondition(num, den, eps),
-        *_adam_tail(learning_rate, b2, eps_hat, weight_decay, mask),
+        *_adam_tail(learning_rate, b2, eps_hat, weight_decay, mask, weight_decay_scaling),
     )
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from gradx._protocol.dtypes import abs_sq, coef, wide
+from gradx._protocol.constants import positive_by_construction, zero_by_construction
 from gradx._protocol.gain import (
     DENOMINATORS,
     GAIN_FN,
@@ -51,8 +52,9 @@ def ema_of(rho: jax.Array, x: jax.Array, old: jax.Array, rest: Any = None) -> ja
 
 def plus(x: jax.Array, e: Any, given: Any) -> jax.Array:
     """x + e in x's dtype; nothing is traced when ``given`` (e as the caller received it) is a
-    Python 0, such as rmsprop's ε_root with ε outside the root: XLA drops the x + 0 from the
-    compiled program anyway, and at 1,000 leaves its tracing and lowering cost time."""
+    Python 0, such as rmsprop's ε_root with ε outside the root, or an ε_root an optimizer was
+    built with as 0 (``zero_by_construction``, which the caller asks when it is built): XLA
+    drops an x + 0 from the compiled program, and at 1,000 leaves its tracing costs time."""
     if isinstance(given, (int, float)) and not isinstance(given, bool) and given == 0:
         return x
     return x + coef(e, x)
@@ -104,6 +106,8 @@ def precondition(
     """
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
+    # ε > 0 for good (given so): the denominator is never 0, no guard compiled.
+    guarded = not positive_by_construction(eps)
 
     def init(params: Any) -> PreconditionState:
         return PreconditionState(by=by.init(params), direction=direction.init(params))
@@ -119,7 +123,9 @@ def precondition(
             # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
             # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
             # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
-            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
+            safe = (
+                jax.lax.select(total > 0, total, jax.lax.full_like(total, 1)) if guarded else total
+            )
             return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
 
         out = jax.tree.map(leaf, num, den)
@@ -162,6 +168,7 @@ def rms(
     """
     store = ("rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding)
     nu_codec, mean_codec = moment_codec(*store, nonnegative=True), moment_codec(*store)
+    added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
 
     def init(params: Any) -> RmsState:
         nu = nu_codec.init(params, "nu", fill=jnp.asarray(initial_scale))
@@ -192,7 +199,7 @@ def rms(
             var = _debiased(vw, correction)
             if a is not None:
                 var = jnp.maximum(var - abs_sq(_debiased(wide(a, rho, e, v), correction)), 0)
-            return jnp.sqrt(plus(var, e, eps_root))
+            return jnp.sqrt(plus(var, e, added))
 
         out = jax.tree.map(root, nu, mean) if centered else jax.tree.map(root, nu)
         new_mean = stored_mean if centered else ()
@@ -295,6 +302,7 @@ def rss(
     """
     store = ("rss", "accumulator_dtype", accumulator_dtype, state_dtype)
     codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
+    added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
 
     def init(params: Any) -> RssState:
         g0 = jnp.asarray(initial_accumulator_value)
@@ -312,7 +320,7 @@ def rss(
 
         total = jax.tree.map(total_of, updates, old)
         total, stored_total = codec.store(total, state.sum_of_squares)
-        out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, eps_root)), total)
+        out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, added)), total)
         return out, RssState(sum_of_squares=stored_total)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -18,6 +18,7 @@ from gradx._optimizers.adam import ADAM_RULES, moment_dtypes, nesterov_ema
 from gradx._optimizers.momentum import ema
 from gradx._optimizers.preconditioners import plus, rms
 from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._protocol.constants import positive_by_construction
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, wide
 from gradx._protocol.gain import (
@@ -156,6 +157,7 @@ def rectified(
     """
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
+    guarded = not positive_by_construction(eps)  # ε > 0 for good: no zero guard
 
     def init(params: Any) -> RectifiedState:
         return RectifiedState(
@@ -172,7 +174,9 @@ def rectified(
         def leaf(n, d):
             nw, dw = wide(n, e, d), wide(d, e, n)
             total = plus(dw, e, eps)
-            safe = jax.lax.select(total > 0, total, jax.lax.full_like(total, 1))
+            safe = (
+                jax.lax.select(total > 0, total, jax.lax.full_like(total, 1)) if guarded else total
+            )
             ratio = coef(r, nw) * nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
             return jnp.where(tractable, ratio, nw)
 

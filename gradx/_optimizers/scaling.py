@@ -30,6 +30,7 @@ from gradx._protocol.gain import (
     nonzero_divisor,
     unit_gain,
 )
+from gradx._protocol.schedule import schedule_multiplier
 from gradx._protocol.trees import TreeMismatchError, needs_params, params_like
 
 
@@ -174,14 +175,40 @@ def add_decayed_weights(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+#: The values of ``weight_decay_scaling``: what λ is multiplied by.
+WEIGHT_DECAY_SCALINGS = ("learning_rate", "schedule")
+
+
+def check_weight_decay_scaling(fn: str, value: Any) -> None:
+    if not isinstance(value, str) or value not in WEIGHT_DECAY_SCALINGS:
+        raise ValueError(
+            f"{fn}: weight_decay_scaling must be 'learning_rate' (λ·γ_t, torch, optax, Keras) "
+            f"or 'schedule' (λ·η_t, the AdamW paper), got {value!r}"
+        )
+
+
 def decoupled_weight_decay(
-    weight_decay: jax.typing.ArrayLike, learning_rate: jax.typing.ArrayLike, mask: Any = None
+    weight_decay: jax.typing.ArrayLike,
+    learning_rate: jax.typing.ArrayLike,
+    mask: Any = None,
+    *,
+    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """Block: decoupled decay, u ← u − γ·λ·θ (after ``scale_by_learning_rate``).
 
-    The decay never enters the optimizer's statistics (Loshchilov & Hutter's AdamW). It
-    equals torch's ``AdamW`` (θ ← (1 − γλ)·θ, then the step), optax's ``adamw`` and Keras's
-    ``weight_decay=`` on any optimizer: all three multiply λ by the current learning rate.
+    The decay never enters the optimizer's statistics (Loshchilov & Hutter's AdamW). With
+    ``weight_decay_scaling``:
+
+    * ``"learning_rate"`` (default): u ← u − γ_t·λ·θ. This equals torch's ``AdamW``
+      (θ ← (1 − γλ)·θ, then the step), optax's ``adamw`` and Keras's ``weight_decay=`` on any
+      optimizer: all three multiply λ by the current learning rate.
+    * ``"schedule"`` (the AdamW paper's Algorithm 2): u ← u − η_t·λ·θ, with η_t the schedule
+      multiplier γ_t/γ_peak: the value of the learning rate's gradx schedule
+      (:mod:`gradx.schedules`) over its largest value (0 if that is 0); for a learning rate
+      given as a number η_t = 1, so θ decays by λ per step whatever γ is. Inside an optimizer,
+      ``learning_rate`` must be its learning rate as it passes it (the peak is read from its
+      schedule; an optax schedule's peak is unknown: refused); outside one a block's numbers
+      are fixed, so η_t = 1.
 
     Args:
       weight_decay: λ (a number or a scalar array).
@@ -189,12 +216,20 @@ def decoupled_weight_decay(
       mask: which leaves decay. None (all), a pytree of bools with the params' structure (or
         a prefix of it; True = decay), or a function of the params returning one, as
         optax's ``mask``. Masked-out leaves pass through unchanged, bit for bit.
+      weight_decay_scaling: ``"learning_rate"`` or ``"schedule"``, as above.
 
     Returns:
       An optax transformation. Its update is in the computed dtype (``wide`` of u, λ, γ
       and θ), which may be wider than u's.
     """
-    init = _decay_init("decoupled_weight_decay", mask)
+    fn = "decoupled_weight_decay"
+    check_weight_decay_scaling(fn, weight_decay_scaling)
+    init = _decay_init(fn, mask)
+    factor = (
+        learning_rate
+        if weight_decay_scaling == "learning_rate"
+        else schedule_multiplier(fn, "learning_rate", learning_rate)
+    )
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -203,9 +238,7 @@ def decoupled_weight_decay(
             uw, pw = wide(u, wd, lr, p), wide(p, wd, lr, u)
             return uw - coef(lr * wd, pw) * pw
 
-        decayed = _decayed(
-            "decoupled_weight_decay", updates, params, mask, leaf, weight_decay, learning_rate
-        )
+        decayed = _decayed(fn, updates, params, mask, leaf, weight_decay, factor)
         return decayed, state
 
     return optax.GradientTransformationExtraArgs(init, update)

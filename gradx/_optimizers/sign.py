@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
+from gradx._optimizers.scaling import (
+    check_weight_decay_scaling,
+    decoupled_weight_decay,
+    scale_by_learning_rate,
+)
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import Gain, gain_rule, in_gain_dtype, needs_incoming, nonzero_divisor
@@ -277,6 +281,7 @@ def lion(
     *,
     state_dtype: Any = None,
     stochastic_rounding: bool = False,
+    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
@@ -305,6 +310,9 @@ def lion(
       state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None: a float
         dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
         :func:`gradx.adam`.
+      weight_decay_scaling: what λ is multiplied by: ``"learning_rate"`` (γ_t, as optax) or
+        ``"schedule"`` (η_t = γ_t/γ_peak, the AdamW paper's convention), as in
+        :func:`gradx.adamw`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding
@@ -321,10 +329,13 @@ def lion(
     """
     dtype_arg("lion", "mu_dtype", mu_dtype)
     store = state_dtype_args("lion", state_dtype, stochastic_rounding)
+    check_weight_decay_scaling("lion", weight_decay_scaling)
     return optax.chain(
         scale_by_lion(b1, b2, mu_dtype, **store),
         scale_by_learning_rate(learning_rate),
-        decoupled_weight_decay(weight_decay, learning_rate, mask),
+        decoupled_weight_decay(
+            weight_decay, learning_rate, mask, weight_decay_scaling=weight_decay_scaling
+        ),
     )
 
 

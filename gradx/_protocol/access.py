@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gradx._protocol.rules import concrete_value, is_number
+from gradx._protocol.schedule import stored_relations, stored_rule
 from gradx._protocol.state import HyperparamsState
 
 
@@ -83,7 +84,9 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
     optimizers in one chain) is keyed by its path in the state, e.g. ``"0/learning_rate"``.
     Under :func:`gradx.param_groups` each group's values are keyed ``"<group>/<name>"``, e.g.
     ``"embed/learning_rate"``.
-    A scheduled value is the one used at the last step (at step 0 before any update).
+    A scheduled value is the one used at the last step (at step 0 before any update). The
+    numbers of a :mod:`gradx.schedules` schedule for hyperparameter h are keyed
+    ``h/<number>`` (``"learning_rate/peak_value"``), and are set like any other.
 
     Examples:
       >>> import jax.numpy as jnp, gradx
@@ -138,6 +141,12 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
         output = getattr(type(_get(state, path)), "outputs", {}).get(name)
         if output is not None:
             raise ValueError(f"set_hyperparams: {output}")
+        numbers = sorted(k for k in keys if k.startswith(f"{key}/"))
+        if scheduled and numbers:
+            raise ValueError(
+                f"set_hyperparams: {key!r} follows a gradx schedule, which sets it at every "
+                f"step; set its numbers instead: {', '.join(repr(k) for k in numbers)}"
+            )
         if scheduled:
             raise ValueError(
                 f"set_hyperparams: {key!r} follows a schedule or a value given from outside, "
@@ -148,7 +157,7 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
             )
         node = _get(state, path)
         old = jax.tree.leaves(node.hyperparams[name])[0]
-        rule = getattr(type(node), "rules", {}).get(name)
+        rule = stored_rule(getattr(type(node), "rules", {}), name)
         if rule is not None:
             rule.check("set_hyperparams", key, value, old.dtype)
         if not isinstance(value, jax.core.Tracer) and not is_number(value):
@@ -162,12 +171,16 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
 
 def _check_relations(node: HyperparamsState) -> None:
     """The relations of the owning optimizer between values set by hand, where concrete."""
-    for link in getattr(type(node), "relations", ()):
-        if link.left in node.hyperparams and link.right in node.hyperparams:
-            left = concrete_value(node.hyperparams[link.left])
-            right = concrete_value(node.hyperparams[link.right])
+    links = [(r.left, r.right, r) for r in getattr(type(node), "relations", ())]
+    for left_name, right_name, link in links + stored_relations(node.hyperparams):
+        if left_name in node.hyperparams and right_name in node.hyperparams:
+            left = concrete_value(node.hyperparams[left_name])
+            right = concrete_value(node.hyperparams[right_name])
             if left is not None and right is not None and not link.holds(left, right):
-                raise ValueError(link.message("set_hyperparams", left, right))
+                raise ValueError(
+                    f"set_hyperparams: {left_name} must be {link.op} {right_name} "
+                    f"({right!s}), got {left!s}"
+                )
 
 
 def _replace(node: Any, path: tuple[str, ...], name: str, value: Any) -> Any:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradx._protocol.schedule import stored_relations, stored_rule
 from gradx._protocol.state import HyperparamsState
 
 RUNTIME_CHECKS = {"on": False}
@@ -81,19 +82,20 @@ def runtime_checks(
             what = f"{name} (the value given from outside at step {{step}})"
         else:
             what = f"{name} (at step {{step}})"
-        rule = owner.rules[name]
+        rule = stored_rule(owner.rules, name)
         checkify.check(
             rule.holds_traced(value),
             f"{fn}: {what} must be {rule.text}, got {{value}}",
             value=value,
             step=count,
         )
-    for relation in owner.relations:
-        if relation.left in values and relation.right in values:
-            left, right = values[relation.left], values[relation.right]
+    links = [(r.left, r.right, r) for r in owner.relations]
+    for left_name, right_name, relation in links + stored_relations(values):
+        if left_name in values and right_name in values:
+            left, right = values[left_name], values[right_name]
             checkify.check(
                 jnp.all(relation.holds(left, right)),
-                f"{fn}: {relation.left} must be {relation.op} {relation.right} ({{right}}), "
+                f"{fn}: {left_name} must be {relation.op} {right_name} ({{right}}), "
                 "got {left} at step {step}",
                 left=left,
                 right=right,

@@ -13,7 +13,9 @@ gradx speaks optax's protocol and adds one idea to it.
   over a state whose hyperparameters are batched trains one model per value.
 
 A hyperparameter may also be a schedule: a callable of the step count (any optax schedule).
-The callable is static; the step count lives in the state.
+The callable is static; the step count lives in the state. A gradx schedule
+(:class:`gradx.schedules.ArraySchedule`) keeps its numbers in the state too, as ``h/<number>``
+(see ``schedule.py``): its formula is static, its numbers are data.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import optax
 
 from gradx._protocol.checks import RUNTIME_CHECKS, runtime_checks
+from gradx._protocol.constants import built_from, decide_from_numbers
 from gradx._protocol.dtypes import hyperparam_dtype
 from gradx._protocol.gain import Gain, closure_value, gain_rule, in_gain_dtype, walk_gain
 from gradx._protocol.placement import shard_like_params
@@ -41,7 +44,15 @@ from gradx._protocol.rules import (
     concrete_value,
     flag_kind,
 )
-from gradx._protocol.state import HyperparamsState, declare_state_class
+from gradx._protocol.schedule import (
+    ArraySchedule,
+    ScheduleSpec,
+    number_is_integer,
+    number_rule,
+    peak_entry,
+    schedule_peaks,
+)
+from gradx._protocol.state import HyperparamsState, declare_state_class, variant_state_class
 from gradx._protocol.trees import (
     TreeMismatchError,
     as_arrays,
@@ -76,7 +87,10 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
       switches a feature off), else ``TypeError("adam: learning_rate must be ..., got
       None")``;
     * takes a callable for a hyperparameter as a schedule of the step count (it must return a
-      scalar: checked at step 0 and when ``update`` is traced), and a JAX array
+      scalar: checked at step 0 and when ``update`` is traced); a gradx schedule
+      (:mod:`gradx.schedules`) for hyperparameter h stores its numbers in the state as
+      ``h/<number>`` (its value numbers checked against h's rule), so they are set like any
+      hyperparameter, and schedules of one kind share one update; and a JAX array
       or tracer (what ``optax.inject_hyperparams`` passes) as a value set from outside: the
       update uses the value it was built with, not the state's copy, and records it in the
       state's ``scheduled`` like a schedule's value (so ``set_hyperparams`` refuses it);
@@ -130,6 +144,8 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 raise TypeError(f"{fn}: {e}") from None
             bound.apply_defaults()
             numbers, schedules, injected, static = {}, {}, {}, {}
+            # gradx schedules: their numbers (h/<number>), as arrays, and each value at step 0
+            in_state, arrays, first = {}, {}, {}
             for name, value in bound.arguments.items():
                 rule = parsed.get(name)
                 if rule is not None and value is None and name not in nullable:
@@ -140,8 +156,16 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                     if name in flags:
                         check_flag(fn, name, value, flags[name])
                     static[name] = value
+                elif isinstance(value, ArraySchedule):
+                    for k, v in value.numbers.items():
+                        number_rule(k, rule).check(fn, f"{name}/{k}", v)
+                    rule.check_hyperparameter(fn, name, value)
+                    schedules[name] = value.spec
+                    arrays[name] = {f"{name}/{k}": v for k, v in value.arrays().items()}
+                    in_state.update({f"{name}/{k}": v for k, v in value.numbers.items()})
+                    first[name] = value(0)
                 elif rule.check_hyperparameter(fn, name, value):
-                    schedules[name] = value
+                    schedules[name] = first[name] = value
                 else:
                     if np.ndim(value) != 0:
                         raise ValueError(
@@ -160,21 +184,37 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
 
             # Build the chain once now, so that errors in the static arguments surface at
             # construction rather than at init.
-            factory(**static, **given, **{n: s(0) for n, s in schedules.items()})
+            # The numbers as fresh arrays: each value its own object, so a block's question
+            # about one (is this ε > 0 for good?) names it (constants.py).
+            sources = {n: _source(s, n, arrays.get(n, {})) for n, s in schedules.items()}
+            sources.update({n: "injected" for n in injected})
+            built = {**{n: np.array(v) for n, v in numbers.items()}, **injected, **first}
+            relied: set[tuple[str, str]] = set()
+            decide = decide_from_numbers(numbers, parsed)
+            _build(factory, static, built, sources, decide, relied)
+            owner_here = variant_state_class(owner, frozenset(relied))
 
             def as_array(name: str, value: Any, dtype: jnp.dtype) -> jax.Array:
-                return jnp.asarray(value, jnp.int32 if parsed[name].integer else dtype)
+                integer = parsed[name].integer if name in parsed else number_is_integer(name)
+                return jnp.asarray(value, jnp.int32 if integer else dtype)
 
             def init(params: Any) -> HyperparamsState:
                 check_arrays(fn, params, "params")
                 params = as_arrays(params)
                 check_inexact(fn, params, "params")
                 dtype = hyperparam_dtype(params)
-                hyperparams = {n: as_array(n, v, dtype) for n, v in numbers.items()}
-                scheduled = {n: as_array(n, s(0), dtype) for n, s in schedules.items()}
+                stored = {**numbers, **in_state}
+                hyperparams = {n: as_array(n, v, dtype) for n, v in stored.items()}
+                zero = jnp.zeros([], jnp.int32)
+                sources = {n: _source(s, n, hyperparams) for n, s in schedules.items()}
+                scheduled = {
+                    n: as_array(n, _evaluate(src, zero), dtype) for n, src in sources.items()
+                }
                 scheduled.update({n: as_array(n, v, dtype) for n, v in injected.items()})
-                inner = factory(**static, **hyperparams, **scheduled)
-                state = owner(
+                sources.update({n: "injected" for n in injected})
+                values = {**_own(hyperparams), **scheduled}
+                inner = _build(factory, static, values, sources, owner_here.facts)
+                state = owner_here(
                     count=jnp.zeros([], jnp.int32),
                     hyperparams=hyperparams,
                     inner_state=inner.init(params),
@@ -183,9 +223,9 @@ def optimizer(*relations: str, **rules: str) -> Callable[[Callable[..., Any]], C
                 return shard_like_params(state, params)  # on a mesh: scalars replicated
 
             if injected:  # the values are part of this update: nothing to share
-                update = _make_update(owner, factory, fn, static, schedules, injected)
+                update = _make_update(owner_here, factory, fn, static, schedules, injected)
             else:
-                key = (owner, factory, fn, tuple(static.items()), tuple(schedules.items()))
+                key = (owner_here, factory, fn, tuple(static.items()), tuple(schedules.items()))
                 try:
                     update = _shared_update(*key)
                 except TypeError:  # an unhashable static argument: no sharing for this one
@@ -248,6 +288,53 @@ def _shared_update(
     return _make_update(owner, factory, fn, dict(static_items), dict(schedule_items), {})
 
 
+def _facts_text(cls: Any) -> str:
+    return ", ".join(f"{n} {k[0]} {k[1]}" for n, k in sorted(cls.facts)) or "no constants"
+
+
+def _own(hyperparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer's own hyperparameters: the state's, less its schedules' numbers."""
+    return {n: v for n, v in hyperparams.items() if "/" not in n}
+
+
+def _source(schedule: Any, name: str, numbers: Mapping[str, Any]) -> Any:
+    """What sets hyperparameter ``name``: a callable, or a gradx schedule's ``(spec, its
+    numbers)`` read from ``numbers`` (keys ``name/<number>``)."""
+    if not isinstance(schedule, ScheduleSpec):
+        return schedule
+    prefix = f"{name}/"
+    local = {k[len(prefix) :]: v for k, v in numbers.items() if k.startswith(prefix)}
+    return schedule, local
+
+
+def _evaluate(source: Any, count: jax.Array) -> Any:
+    if isinstance(source, tuple):
+        spec, numbers = source
+        return spec.evaluate(count, numbers)
+    return source(count)
+
+
+def _build(
+    factory: Callable[..., Any],
+    static: Mapping[str, Any],
+    values: dict,
+    sources: dict,
+    facts: Any = frozenset(),
+    relied: set | None = None,
+) -> Any:
+    """``factory(**static, **values)``, with what its blocks may ask about a value readable:
+    the peak of a gradx schedule (``weight_decay_scaling="schedule"``), and the facts fixed
+    at construction (``constants.py``): ``facts`` as decided then, or, at construction, a
+    ``decide(name, kind)`` whose yeses are added to ``relied``."""
+    entries = {id(v): peak_entry(v, None) for v in values.values()}
+    # a shared Python object (two hyperparameters given one constant): the schedule wins
+    entries.update({id(values[n]): peak_entry(values[n], src) for n, src in sources.items()})
+    decide = facts if callable(facts) else (lambda name, kind: (name, kind) in facts)
+    names = {id(v): n for n, v in values.items()}
+    with schedule_peaks(entries), built_from(names, decide, set() if relied is None else relied):
+        return factory(**static, **values)
+
+
 def _cast_like(u: Any, g: jax.Array) -> jax.Array:
     """``u`` in ``g``'s dtype (strongly typed); no cast traced when it already is."""
     if isinstance(u, jax.Array) and u.dtype == g.dtype and not u.weak_type:
@@ -267,10 +354,19 @@ def _make_update(
     with each schedule evaluated at the step count and each injected value as given."""
     outside = set(schedules) | set(injected)
     stored = set(owner.rules) - outside - {n for n, v in static.items() if v is None}
+    stored |= {
+        f"{n}/{k}" for n, s in schedules.items() if isinstance(s, ScheduleSpec) for k in s.names
+    }
 
     def update(
         updates: Any, state: HyperparamsState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, HyperparamsState]:
+        if type(state) is not owner and getattr(type(state), "base", None) is owner.base:
+            raise TypeError(
+                f"{fn}: state must be the state this optimizer's init returned; it was built by "
+                f"a {fn} given other constants ({_facts_text(type(state))}, where this one was "
+                f"given {_facts_text(owner)}): each compiles its own program"
+            )
         if type(state) is not owner:
             built_by = (
                 f"built by {type(state).owner}"
@@ -299,15 +395,19 @@ def _make_update(
         )
         check_inexact(fn, updates, "gradients")
         scheduled = {}
-        for n, s in schedules.items():
-            value = s(state.count)
+        sources = {n: _source(s, n, state.hyperparams) for n, s in schedules.items()}
+        for n, source in sources.items():
+            value = _evaluate(source, state.count)
             check_schedule_shape(fn, n, value)
             scheduled[n] = jnp.asarray(value, state.scheduled[n].dtype)
         scheduled.update({n: jnp.asarray(v, state.scheduled[n].dtype) for n, v in injected.items()})
+        sources.update({n: "injected" for n in injected})
         if RUNTIME_CHECKS["on"]:
             values = {**state.hyperparams, **scheduled}
             runtime_checks(fn, owner, state.count, values, schedules, injected)
-        inner = optax.with_extra_args_support(factory(**static, **state.hyperparams, **scheduled))
+        values = {**_own(state.hyperparams), **scheduled}
+        built = _build(factory, static, values, sources, owner.facts)
+        inner = optax.with_extra_args_support(built)
         try:
             params = params_like(fn, updates, params)
             out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
@@ -327,12 +427,15 @@ def _make_update(
 @gain_rule(_make_update)
 def _optimizer_gain(ctx, cells, state, incoming):
     """An @optimizer: rebuild its chain from the values in the state, as its update does."""
-    factory, static = (
-        closure_value(cells, "factory", "optimizer"),
-        closure_value(cells, "static", "optimizer"),
+    owner, factory, static, schedules, injected = (
+        closure_value(cells, name, "optimizer")
+        for name in ("owner", "factory", "static", "schedules", "injected")
     )
-    values = {**as_arrays(state.hyperparams), **as_arrays(state.scheduled)}
-    inner = factory(**static, **values)
+    hyperparams = as_arrays(state.hyperparams)
+    sources = {n: _source(s, n, hyperparams) for n, s in schedules.items()}
+    sources.update({n: "injected" for n in injected})
+    values = {**_own(hyperparams), **as_arrays(state.scheduled)}
+    inner = _build(factory, static, values, sources, owner.facts)
     gain, out = walk_gain(ctx, inner.update, state.inner_state, incoming)
     # Before the first step there is no last step: α_ef is 0.
     taken = in_gain_dtype(ctx, jnp.asarray(state.count) > 0)

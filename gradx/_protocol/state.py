@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from gradx._protocol.constants import facts_spec, parse_facts, tightened
 from gradx._protocol.rules import Relation, Rule
 
 
@@ -76,6 +77,39 @@ def declare_state_class(
             "owner": fn,
             "rules": types.MappingProxyType(dict(rules)),
             "relations": relations,
+            "facts": frozenset(),  # see variant_state_class
+        },
+    )
+    cls.base = cls
+    _STATE_CLASSES[key] = cls
+    return cls
+
+
+def variant_state_class(
+    base: type[HyperparamsState], facts: frozenset[tuple[str, str]]
+) -> type[HyperparamsState]:
+    """The state class of ``base``'s optimizer built with ``facts`` (see ``constants.py``):
+    a subclass whose rules are tightened to them, registered for pickle as
+    ``<base name>~<facts>``. No facts: ``base`` itself."""
+    if not facts:
+        return base
+    key = f"{base.__qualname__[:-1]}~{facts_spec(facts)}]"
+    if key in _STATE_CLASSES and _STATE_CLASSES[key].base is base:
+        return _STATE_CLASSES[key]
+    rules = dict(base.rules)
+    for name, kind in facts:
+        rules[name] = tightened(rules[name], name, kind)
+    cls = type(
+        "HyperparamsState",
+        (base,),
+        {
+            "__slots__": (),
+            "__module__": __name__,
+            "__qualname__": key,
+            "__doc__": base.__doc__,
+            "rules": types.MappingProxyType(rules),
+            "base": base,
+            "facts": facts,
         },
     )
     _STATE_CLASSES[key] = cls
@@ -84,6 +118,9 @@ def declare_state_class(
 
 def __getattr__(name: str) -> Any:
     """Serves the state class of each declared optimizer by its registered name (for pickle)."""
+    if name.startswith(_STATE_PREFIX) and "~" in name and name not in _STATE_CLASSES:
+        base_name, spec = name[:-1].split("~", 1)
+        return variant_state_class(__getattr__(f"{base_name}]"), parse_facts(spec))
     if name.startswith(_STATE_PREFIX):
         if name not in _STATE_CLASSES:
             # A state pickled in another process: importing the module that declares the
