@@ -120,4 +120,13 @@ OPTIMIZERS = {
     "nadam": nadam,
     "lookahead_momentum": lookahead_momentum,
     "lookahead_fitted": lookahead_fitted,
+    # beyond the slides: what people train with today, each a chain of gradx's blocks
+    "radam": radam,
+    "adopt": adopt,
+    "lion": lion,
+    "lamb": lamb,
+    "adafactor": adafactor,
+    "muon": muon,
+    "schedule_free_sgd": schedule_free_sgd,
+    "schedule_free_adamw": schedule_free_adamw,
 }

@@ -113,7 +113,7 @@ def test_effective_learning_rate_is_adams_times_the_trust_ratio():
 
 
 def test_set_hyperparams_changes_values_without_retracing():
-    opt = gradx.lamb(0.01)
+    opt = gradx.lamb(0.01, eps_root=1e-9)  # eps_root given as 0 would be a constant: unsettable
     params = _params(jnp.float32)
     traces = []
 

@@ -22,7 +22,7 @@ from live_twin import (
 from reference_schedule_free import schedule_free_sgd as reference_sgd
 
 import gradx
-from gradx._optimizers.schedule_free import warmup_value
+from gradx._optimizers.schedule_free import ScheduleFreeState, warmup_value
 
 # warmup, weight decay, a non-default weight_lr_power and b1
 ADAMW = dict(learning_rate=0.05, warmup_steps=10, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.01,
@@ -190,12 +190,41 @@ def test_eval_params_finds_the_state_wherever_it_sits_and_refuses_without_one():
                        r"Schedule-Free state .*got a HyperparamsState with none"):  # fmt: skip
         gradx.schedule_free_eval_params(gradx.adam(0.1).init(p), p)
     two = optax.chain(sgd, sgd).init(p)
-    with pytest.raises(ValueError, match=r"must hold one Schedule-Free state, got 2"):
+    with pytest.raises(ValueError, match=r"must hold one Schedule-Free state per param, got 2"):
         gradx.schedule_free_eval_params(two, p)
+    with pytest.raises(ValueError, match=r"must hold one Schedule-Free state per param, got 2"):
+        gradx.schedule_free_eval_params(gradx.flat(optax.chain(sgd, sgd)).init(p), p)
     with pytest.raises(gradx.TreeMismatchError, match=r"^schedule_free_eval_params: params must"):
         gradx.schedule_free_eval_params(sgd.init(p), {"m": p["m"], "v": p["v"]})
     with pytest.raises(gradx.TreeMismatchError, match=r"inside gradx.flat, and no layout"):
         gradx.schedule_free_eval_params(runs["flat"][1], {"m": p["m"], "v": p["v"]})
+
+
+def _is_sf(node):
+    return isinstance(node, ScheduleFreeState)
+
+
+def test_eval_params_of_a_partition_is_x_where_schedule_free_runs_and_y_elsewhere():
+    # optax.partition gives each group its own state, its z masked over the other groups'
+    # params: x comes from the state that holds each param (optax's eval of that sub-state).
+    p, gs = params(jnp.float32), grads(jnp.float32, 4)
+    names = {k: ("sgd" if k == "m" else "adamw" if k == "v" else "adam") for k in p}
+    opt = optax.partition(
+        {"sgd": gradx.schedule_free_sgd(0.1, b1=0.8), "adamw": gradx.schedule_free_adamw(0.1),
+         "adam": gradx.adam(0.1)}, names)  # fmt: skip
+    traj, state = _run(opt, jnp.float32, gs)
+    y = traj[-1]
+    x = gradx.schedule_free_eval_params(state, y)
+    for group, key in (("sgd", "m"), ("adamw", "v")):
+        (sf,) = [n for n in jax.tree.leaves(state.inner_states[group], is_leaf=_is_sf)
+                 if _is_sf(n)]  # fmt: skip
+        with jax.numpy_dtype_promotion("standard"):
+            want = (y[key] - (1 - sf.b1) * sf.z[key]) / sf.b1
+        np.testing.assert_allclose(x[key], want, rtol=1e-6)
+        assert not np.allclose(x[key], y[key])
+    for key in p:
+        if names[key] == "adam":
+            np.testing.assert_array_equal(x[key], y[key])  # not Schedule-Free's: y itself
 
 
 def _alpha_reference(t, gs, learning_rate, warmup_steps, b1, weight_lr_power, b2=None, eps=None):

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import optax.contrib
 
 from gradx._optimizers.schedule_free import ScheduleFreeState
@@ -39,16 +40,23 @@ def _found(state: Any, packed: Any = None) -> list[tuple[Any, Any]]:
     return out
 
 
-def find_schedule_free(state: Any) -> tuple[Any, Any] | None:
-    """``(the Schedule-Free state, the FlatState around it or None)`` in ``state``, or None
-    when it holds none; raises when it holds several (which x would be ambiguous)."""
+def _ambiguous(count: int) -> ValueError:
+    return ValueError(
+        f"{_FN}: state must hold one Schedule-Free state per param, got {count} over the same "
+        "params (nested or chained schedule_free blocks): which average to evaluate at is "
+        "ambiguous"
+    )
+
+
+def find_schedule_free(state: Any) -> list[tuple[Any, Any]]:
+    """Every ``(Schedule-Free state, the FlatState around it or None)`` in ``state``: empty
+    when it holds none. Several are allowed unpacked only (``optax.partition`` of
+    Schedule-Free optimizers over disjoint params: each z masked elsewhere); which of them
+    owns each param is checked by :func:`schedule_free_eval_params`."""
     found = _found(state)
-    if len(found) > 1:
-        raise ValueError(
-            f"{_FN}: state must hold one Schedule-Free state, got {len(found)} (nested or "
-            "chained schedule_free blocks): which average to evaluate at is ambiguous"
-        )
-    return found[0] if found else None
+    if len(found) > 1 and any(packed is not None for _, packed in found):
+        raise _ambiguous(len(found))
+    return found
 
 
 def _x(b1: Any, y: jax.Array, z: jax.Array) -> jax.Array:
@@ -143,30 +151,49 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
       >>> [round(v, 4) for v in x["w"].tolist()]
       [0.2729, -0.5458]
     """
-    hit = find_schedule_free(state)
-    if hit is None:
+    found = find_schedule_free(state)
+    if not found:
         raise ValueError(
             f"{_FN}: state must hold a Schedule-Free state (of gradx.schedule_free_adamw, "
             "schedule_free_sgd, schedule_free or optax.contrib's), got a "
             f"{type(state).__name__} with none"
         )
-    sf, packed = hit
     params = as_arrays(params)
+    sf, packed = found[0]
     if packed is None:
-        if jax.tree.structure(params) != jax.tree.structure(sf.z) or any(
-            np.shape(y) != np.shape(z)
-            for y, z in zip(jax.tree.leaves(params), jax.tree.leaves(sf.z), strict=True)
-        ):
-            raise TreeMismatchError(
-                f"{_FN}: params must have the structure and shapes of the z in the state, got "
-                f"{jax.tree.structure(params)} for z's {jax.tree.structure(sf.z)} (shapes "
-                f"{[np.shape(y) for y in jax.tree.leaves(params)]} for "
-                f"{[np.shape(z) for z in jax.tree.leaves(sf.z)]})"
-            )
-        return jax.tree.map(lambda y, z: _x(sf.b1, y, z), params, sf.z)
+        return _unpacked_x(params, [sf for sf, _ in found])
     layout = _packed_layout(params, sf.z)
     ys = pack_leaves(params, layout)
     return _unpacked(tuple(_x(sf.b1, y, z) for y, z in zip(ys, sf.z, strict=True)), layout)
+
+
+def _unpacked_x(params: Any, states: list[Any]) -> Any:
+    """x where a state's z holds the param, y where every z is masked (``optax.partition``'s
+    ``MaskedNode``: that param is not Schedule-Free's)."""
+    treedef = jax.tree.structure(params)
+    ys = treedef.flatten_up_to(params)
+    xs, owner = list(ys), [0] * len(ys)
+    for sf in states:
+        zs = jax.tree.leaves(sf.z, is_leaf=_masked)
+        if jax.tree.structure(sf.z, is_leaf=_masked) != treedef or any(
+            not _masked(z) and np.shape(y) != np.shape(z) for y, z in zip(ys, zs, strict=True)
+        ):
+            raise TreeMismatchError(
+                f"{_FN}: params must have the structure and shapes of the z in the state, got "
+                f"{treedef} for z's {jax.tree.structure(sf.z, is_leaf=_masked)} (shapes "
+                f"{[np.shape(y) for y in ys]} for {[np.shape(z) for z in zs]})"
+            )
+        for i, z in enumerate(zs):
+            if not _masked(z):
+                owner[i] += 1
+                xs[i] = _x(sf.b1, ys[i], z)
+    if max(owner) > 1:
+        raise _ambiguous(max(owner))
+    return treedef.unflatten(xs)
+
+
+def _masked(node: Any) -> bool:
+    return isinstance(node, optax.MaskedNode)
 
 
 @jax.jit
@@ -178,7 +205,7 @@ def evaluation_point(state: Any, params: Any) -> Any:
     """Where to evaluate: :func:`schedule_free_eval_params` when ``state`` holds a
     Schedule-Free state, else ``params`` as they are (what ``gradx.fit`` evaluates and
     returns). Under a trace it is traced inline; on concrete arrays, one compiled call."""
-    if find_schedule_free(state) is None:
+    if not find_schedule_free(state):
         return params
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((state, params))):
         return schedule_free_eval_params(state, params)

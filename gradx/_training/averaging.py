@@ -92,7 +92,7 @@ def place(plan: Any, ema: float | None, params: Any, opt_state: Any) -> tuple:
     """(holder of the average, params, opt_state, plan) at the start of a fit: the three copied
     (the epoch program donates them), placed by the mesh plan (the average like the params),
     and the plan completed with the state's part (:func:`gradx._training.mesh.place_fit`)."""
-    if ema is not None and find_schedule_free(opt_state) is not None:
+    if ema is not None and find_schedule_free(opt_state):
         raise ValueError(
             f"fit: ema must be None with a Schedule-Free optimizer, got {ema!r}: it averages "
             "its iterates itself (FitResult.params is that average, x)"
