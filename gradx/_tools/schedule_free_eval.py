@@ -124,14 +124,15 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
       state: an optimizer state that holds one Schedule-Free state anywhere: that of
         :func:`gradx.schedule_free_adamw`, :func:`gradx.schedule_free_sgd` or the block
         :func:`gradx.schedule_free` (inside a ``HyperparamsState``, a chain, a lookahead,
-        ``gradx.flat``'s packed layout, under ``vmap``), or ``optax.contrib``'s.
+        ``gradx.flat``'s packed layout, under ``vmap``), or ``optax.contrib``'s; or several
+        over disjoint params (``optax.partition``: x where each runs, y for the other params).
       params: the params y (any pytree of arrays) the optimizer updated.
 
     Returns:
       x, a pytree like ``params``, each leaf in its param's dtype.
 
     Raises:
-      ValueError: ``state`` holds no Schedule-Free state, or several.
+      ValueError: ``state`` holds no Schedule-Free state, or several over the same params.
       TreeMismatchError: ``params`` do not have z's structure and shapes.
 
     Note:
