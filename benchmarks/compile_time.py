@@ -125,6 +125,33 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
             )(learning_rate=LR, warmup_steps=100)
         ),
     ),
+    "lion": (
+        lambda: gradx.lion(LR),
+        lambda: optax.lion(LR),
+        lambda: optax.inject_hyperparams(optax.lion)(learning_rate=LR),
+    ),
+    "lamb": (
+        lambda: gradx.lamb(LR),
+        lambda: optax.lamb(LR),
+        lambda: optax.inject_hyperparams(optax.lamb)(learning_rate=LR),
+    ),
+    "radam": (
+        lambda: gradx.radam(LR),
+        lambda: optax.radam(LR),
+        lambda: optax.inject_hyperparams(optax.radam)(learning_rate=LR),
+    ),
+    "adopt": (
+        lambda: gradx.adopt(LR),
+        lambda: optax.contrib.adopt(LR),
+        lambda: optax.inject_hyperparams(optax.contrib.adopt)(learning_rate=LR),
+    ),
+    "schedule_free_sgd": (
+        lambda: gradx.schedule_free_sgd(LR),
+        lambda: optax.contrib.schedule_free_sgd(LR),
+        lambda: _distinct_leaves(
+            optax.inject_hyperparams(optax.contrib.schedule_free_sgd)(learning_rate=LR)
+        ),
+    ),
 }
 
 # Rules whose blocks work per leaf, so that gradx.flat refuses them: no flat column.

@@ -161,6 +161,12 @@ PAIRS = [
     Pair("muon", "muon", {}, lambda lr: optax.contrib.muon(lr)),
     # torch's Adafactor is another rule (min(γ, 1/√t), ε₁ a floor, every matrix factored)
     Pair("adafactor", "adafactor", {}, optax.adafactor, _torch("Adafactor")),
+    # the newer optimizers, each against its optax twin with optax's defaults
+    Pair("lion", "lion", {}, optax.lion),
+    Pair("lamb", "lamb", {}, optax.lamb),
+    Pair("radam", "radam", {}, optax.radam, _torch("RAdam")),
+    Pair("adopt", "adopt", {}, lambda lr: optax.contrib.adopt(lr)),
+    Pair("schedule_free_sgd", "schedule_free_sgd", {}, optax.contrib.schedule_free_sgd),
     Pair(
         "schedule_free_adamw(warmup)",
         "schedule_free_adamw",

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.constants import positive_by_construction, zero_by_construction
+from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
     DENOMINATORS,
     GAIN_FN,
