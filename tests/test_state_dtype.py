@@ -2,7 +2,8 @@
 
 Checked against independent references: a NumPy Adam with float32 moments on bfloat16 params,
 the expectation of stochastic rounding, a NumPy transcription of bitsandbytes' dynamic map
-and blockwise quantiser, and float32 Adam on a small problem; then the machinery every state
+(the unsigned one without its 0, Li et al. 2023) and blockwise quantiser, and float32 Adam on
+a small problem; then the machinery every state
 must keep working with (hyperparameters, vmap, pickle, orbax, effective learning rate, fit).
 """
 
@@ -21,7 +22,7 @@ import gradx
 import gradx.compat.keras
 import gradx.compat.optax
 import gradx.compat.torch
-from gradx._protocol.quantized import quantize, quantized_full
+from gradx._protocol.quantized import MAPS, quantize, quantized_full
 from gradx._protocol.storage import round_stochastically
 
 BF16 = jnp.bfloat16
@@ -174,9 +175,18 @@ def _numpy_dynamic_map(signed):
     return np.sort(np.array([*data, 0.0, 1.0], np.float32))
 
 
+def _numpy_stored_map(signed):
+    """The map gradx stores with: bitsandbytes' signed map; the unsigned one with its 0
+    replaced by half its smallest positive value (zero excluded: Li et al. 2023's DE-0)."""
+    code = _numpy_dynamic_map(signed)
+    if not signed:
+        code[0] = code[1] / np.float32(2)
+    return code
+
+
 def _numpy_quantise(x, signed, block=256):
     """Blockwise absmax over the flattened leaf (last block zero-padded), nearest map value."""
-    code = _numpy_dynamic_map(signed)
+    code = _numpy_stored_map(signed)
     flat = np.asarray(x, np.float32).reshape(-1)
     padded = np.concatenate([flat, np.zeros(-flat.size % block, np.float32)]).reshape(-1, block)
     absmax = np.abs(padded).max(axis=1)
@@ -218,6 +228,69 @@ def test_int8_round_trip_is_the_numpy_quantiser_within_the_maps_resolution():
     # scales follow the leaf's shape where its last axis holds whole blocks
     assert quantize(jnp.ones((3, 512)), True).scales.shape == (3, 2)
     assert quantize(jnp.ones((5, 300)), True).scales.shape == (6,)
+
+
+def test_int8_maps_are_bitsandbytes_but_the_unsigned_one_has_no_zero():
+    signed, unsigned = MAPS[True], MAPS[False]
+    bnb = _numpy_dynamic_map(False)
+    np.testing.assert_allclose(signed, _numpy_dynamic_map(True), rtol=1e-6, atol=0)
+    assert signed[127] == 0 and signed[-1] == 1  # (no -1: bitsandbytes' map is asymmetric)
+    # the unsigned map: bitsandbytes' above its 0, which becomes half the next value
+    assert bnb[0] == 0 and unsigned[0] == unsigned[1] / 2 == np.float32(1.625e-7)
+    np.testing.assert_allclose(unsigned[1:], bnb[1:], rtol=1e-6, atol=0)
+    assert unsigned.shape == (256,) and np.all(np.diff(unsigned) > 0) and unsigned[-1] == 1
+    # zeros in a nonzero block read back as the floor, a zero block as zeros (quantise and init)
+    x = jnp.zeros(512, jnp.float32).at[0].set(2.0)
+    np.testing.assert_array_equal(gradx.decode_moments(quantize(x, False))[1:256], 2 * unsigned[0])
+    np.testing.assert_array_equal(gradx.decode_moments(quantize(x, False))[256:], 0)
+    np.testing.assert_array_equal(gradx.decode_moments(quantized_full(x, 0.0, False)), 0)
+
+
+def _numpy_int8_adam_two_steps(g1, g2, lr, code_unsigned, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam (float32) whose moments are stored between the steps with the int8 maps: the
+    second step's update, from the decoded m and v of the first (one block of 256)."""
+    f = np.float32
+
+    def store(x, code):
+        s = np.abs(x).max()
+        index = np.abs((x * (f(1) / s))[:, None] - code).argmin(axis=-1)
+        return code[index] * s
+
+    m = store((1 - f(b1)) * g1, _numpy_stored_map(True))
+    v = store((1 - f(b2)) * g1 * g1, code_unsigned)
+    m = f(b1) * m + (1 - f(b1)) * g2
+    v = f(b2) * v + (1 - f(b2)) * g2 * g2
+    m_hat, v_hat = m / (1 - f(b1) ** 2), v / (1 - f(b2) ** 2)
+    return -f(lr) * m_hat / (np.sqrt(v_hat) + f(eps))
+
+
+def test_int8_second_moment_below_its_block_never_decodes_to_zero():
+    """The zero-point problem (Li et al. 2023): with bitsandbytes' unsigned map, v = 1e-8 of
+    its block's absmax was stored as 0 while m (10⁻⁴ of its block's) was not, and the next
+    step with a zero gradient there was lr·m̂/ε ≈ 4,700·lr. Without 0 in the map it is
+    bounded, a bit smaller than float32 Adam's (v overestimated: a smaller step)."""
+    lr = 1e-3
+    g1 = np.full(256, 1e-4, np.float32)
+    g1[0] = 1
+    g2 = np.zeros(256, np.float32)
+    g2[0] = 1
+    params = {"w": jnp.zeros(256, jnp.float32)}
+    steps = {}
+    for name in ("float32", "int8"):
+        opt = gradx.adam(lr, state_dtype=name)
+        update = jax.jit(opt.update)
+        _, state = update({"w": jnp.asarray(g1)}, opt.init(params), params)
+        steps[name] = np.asarray(update({"w": jnp.asarray(g2)}, state, params)[0]["w"])
+    assert isinstance(state.inner_state[0].by.nu["w"], gradx.UnsignedInt8Moment)
+    u32, u8 = steps["float32"], steps["int8"]
+    assert 0.6 * lr < -u32[1] < 0.7 * lr  # float32 Adam: about 0.67·lr there
+    assert np.all(np.abs(u8) <= 1.5 * lr) and np.all(-u8[1:] > 0.1 * lr), u8[:3]
+    np.testing.assert_allclose(u8[0], u32[0], rtol=1e-3)
+    want = _numpy_int8_adam_two_steps(g1, g2, lr, _numpy_stored_map(False))
+    np.testing.assert_allclose(u8, want, rtol=1e-5)
+    # bitsandbytes' map (0 included) in the same transcription: the exploding step
+    explode = _numpy_int8_adam_two_steps(g1, g2, lr, _numpy_dynamic_map(False))
+    assert np.all(-explode[1:] > 1000 * lr)
 
 
 def test_int8_adam_stays_close_to_float32_adam():

@@ -157,8 +157,8 @@ def scale_by_factored_rms(
         Keras's: the last two axes).
       state_dtype, stochastic_rounding: how v, v_col and v_row are stored: None (the
         params' real dtype), a float dtype, ``"bfloat16"`` rounded stochastically, or
-        ``"int8"`` (blockwise, the unsigned map; statistics of fewer than 256 elements stay
-        float32); see :doc:`/guides/state-dtype`.
+        ``"int8"`` (blockwise, the unsigned map, which has no 0; statistics of fewer than
+        256 elements stay float32); see :doc:`/guides/state-dtype`.
 
     Returns:
       An optax transformation whose state is a ``ScaleByFactoredRmsState`` with optax's

@@ -16,6 +16,16 @@ the step up. Any element reads back within 0.71% of its block's absmax. The near
 value is found with a table over the float32's upper 16 bits and one comparison
 (:func:`nearest_index`): the same index as a binary search, cheap to compile and run.
 
+The unsigned map differs from bitsandbytes' in one entry: its 0 is replaced by half its
+smallest positive value, 1.625·10⁻⁷ (:func:`unsigned_map`). With a 0 in the map, every
+second moment below 1.6·10⁻⁷ of its block's absmax was stored as 0 while its first moment,
+on its own block scale, was not, and Adam's next step there was lr·m̂/ε (thousands of lr).
+This is the "zero-point problem" of quantised second moments, and excluding 0 from their map
+is the fix of Li et al. 2023, *Memory Efficient Optimizers with 4-bit States* (NeurIPS; their
+"DE-0" map). Now a second moment decodes to 0 only when its whole block is 0 (scale 0); a
+tiny one is overestimated, which can only shrink that coordinate's step. The signed map
+(first moments, whose 0 is harmless: it is in the numerator) is bitsandbytes'.
+
 Layout (what the state holds per leaf):
 
 * ``codes``: int8, the leaf's shape (a code is the map index minus 128);
@@ -56,7 +66,8 @@ class SignedInt8Moment(NamedTuple):
 class UnsignedInt8Moment(NamedTuple):
     """A moment that is never negative (v, a sum of squares, an infinity norm), stored by
     ``state_dtype="int8"`` as :class:`SignedInt8Moment` is, with bitsandbytes' unsigned
-    dynamic map. Read it with :func:`gradx.decode_moments`."""
+    dynamic map less its 0 (a nonzero block never decodes to 0: the zero-point fix of Li et
+    al. 2023). Read it with :func:`gradx.decode_moments`."""
 
     codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
     scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
@@ -71,7 +82,9 @@ def is_quantized(node: Any) -> bool:
 
 def dynamic_map(signed: bool) -> np.ndarray:
     """bitsandbytes' ``create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)``: 256
-    sorted float32 values in [-1, 1] (signed) or [0, 1] (unsigned), 0 and 1 included.
+    sorted float32 values in [-1, 1] (signed) or [0, 1] (unsigned), 0 and 1 included. The
+    signed one is gradx's map for first moments; the unsigned one is stored without its 0
+    (:func:`unsigned_map`).
 
     Written from bitsandbytes' definition; computed in float64 and rounded once to float32
     (bitsandbytes builds it in float32, so a value may differ in its last bit)."""
@@ -89,7 +102,24 @@ def dynamic_map(signed: bool) -> np.ndarray:
     return out
 
 
-MAPS = {True: dynamic_map(True), False: dynamic_map(False)}
+def unsigned_map() -> np.ndarray:
+    """The map of moments that are never negative: :func:`dynamic_map` ``(False)`` with its 0
+    replaced by half its smallest positive value (3.25·10⁻⁷ / 2), so that no second moment
+    decodes to 0 unless its block's scale is 0 (the "DE-0" map of Li et al. 2023).
+
+    Half, because the map stays 256 strictly increasing values (one code per value, the
+    nearest-value table unchanged), and an element of [0, 3.25·10⁻⁷] of the absmax still
+    reads back within 1.625·10⁻⁷ of the absmax, the bound that bitsandbytes' 0 gave there;
+    dropping the 0 instead would leave a code unused and put the floor at 3.25·10⁻⁷. What
+    it changes: x below 2.44·10⁻⁷ of the absmax reads back as 1.625·10⁻⁷ (not 0 below
+    1.625·10⁻⁷): an overestimated v, so a smaller step, never a larger one."""
+    out = dynamic_map(False)
+    out[0] = out[1] / np.float32(2)
+    assert out.shape == (256,) and np.all(np.diff(out) > 0) and out[0] > 0
+    return out
+
+
+MAPS = {True: dynamic_map(True), False: unsigned_map()}
 # The midpoints between neighbouring map values: the number of midpoints below x/s is the
 # index of the nearest value (a tie goes to the lower one).
 MIDPOINTS = {s: ((m[:-1] + m[1:]) / np.float32(2)).astype(np.float32) for s, m in MAPS.items()}
@@ -196,7 +226,9 @@ def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Momen
 def quantized_full(like: jax.Array, fill: Any, signed: bool) -> Any:
     """``quantize(jnp.full_like(like, fill), signed)``, built without quantising: every scale
     ``|fill|`` and every code that of 0, 1 or -1 (cheap at ``init``: no program to compile
-    per leaf shape). Placed as :func:`quantize` places them, also with explicit mesh axes."""
+    per leaf shape). Placed as :func:`quantize` places them, also with explicit mesh axes.
+    A fill of 0 takes the code of the map value nearest 0 (the unsigned map's smallest,
+    1.625·10⁻⁷, which has no 0) and scale 0, so it reads back as 0, as quantising zeros does."""
     fill = jnp.asarray(fill).astype(jnp.float32)
     zero, one, minus = (int(np.searchsorted(MIDPOINTS[signed], v)) - 128 for v in (0, 1, -1))
     code = jnp.where(fill == 0, zero, jnp.where(fill > 0, one, minus)).astype(jnp.int8)
