@@ -182,11 +182,13 @@ def test_bad_hyperparameters_are_refused(kwargs, message):
 
 def test_signature_is_optax_lions():
     # same names, order, kinds and defaults: an optax.lion call ports unchanged
-    # (then gradx's keyword-only state_dtype and stochastic_rounding, which optax lacks)
+    # (then gradx's keyword-only weight_decay_scaling, state_dtype and stochastic_rounding,
+    # which optax lacks)
     ours = list(inspect.signature(gradx.lion).parameters.values())
     theirs = inspect.signature(optax.lion).parameters
-    assert [p.name for p in ours[-2:]] == ["state_dtype", "stochastic_rounding"]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[-2:])
-    assert [(p.name, p.kind, p.default) for p in ours[:-2]] == [
+    extra = ["weight_decay_scaling", "state_dtype", "stochastic_rounding"]
+    assert [p.name for p in ours[-3:]] == extra
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[-3:])
+    assert [(p.name, p.kind, p.default) for p in ours[:-3]] == [
         (p.name, p.kind, p.default) for p in theirs.values()
     ]

@@ -234,9 +234,9 @@ def adamw(
     mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    weight_decay_scaling: str = "learning_rate",
     state_dtype: Any = None,
     stochastic_rounding: bool = False,
-    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay.
 
@@ -266,12 +266,12 @@ def adamw(
             adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
 
       mu_dtype, nu_dtype: the dtypes m and v are stored in, as in :func:`adam`.
-      state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
       weight_decay_scaling: what λ is multiplied by: ``"learning_rate"`` (γ_t; torch, optax
         and Keras) or ``"schedule"`` (η_t = γ_t/γ_peak; the paper). With ``"schedule"`` the
         learning rate must be a number (η_t = 1: θ decays by λ per step) or a gradx schedule
         (:mod:`gradx.schedules`), whose peak is known; λ is then typically ~γ_peak times
         smaller than torch's.
+      state_dtype, stochastic_rounding: how m and v are stored otherwise, as in :func:`adam`.
 
     Reference:
       Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.

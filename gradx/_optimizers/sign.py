@@ -279,9 +279,9 @@ def lion(
     weight_decay: float = 1e-3,
     mask: Any = None,
     *,
+    weight_decay_scaling: str = "learning_rate",
     state_dtype: Any = None,
     stochastic_rounding: bool = False,
-    weight_decay_scaling: str = "learning_rate",
 ) -> optax.GradientTransformationExtraArgs:
     """Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
@@ -307,12 +307,12 @@ def lion(
       mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
         params' structure or a prefix of it (True = decay), or a function of the params
         returning one.
-      state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None: a float
-        dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
-        :func:`gradx.adam`.
       weight_decay_scaling: what λ is multiplied by: ``"learning_rate"`` (γ_t, as optax) or
         ``"schedule"`` (η_t = γ_t/γ_peak, the AdamW paper's convention), as in
         :func:`gradx.adamw`.
+      state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None: a float
+        dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
+        :func:`gradx.adam`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding
