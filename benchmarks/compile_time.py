@@ -155,7 +155,7 @@ RULES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]]
 }
 
 # Rules whose blocks work per leaf, so that gradx.flat refuses them: no flat column.
-NO_FLAT = {"adafactor"}
+NO_FLAT = {"adafactor", "lamb"}  # lamb: its trust ratio is a norm per leaf
 
 
 def sides_for(rule: str, inject: bool = False) -> dict[str, Callable[[], Any]]:
