@@ -60,6 +60,7 @@ class Pair:
     optax_make: Callable[[float], optax.GradientTransformation]
     torch_make: Callable[[Any, float], Any] | None = None  # (torch params, lr) -> optimizer
     same_tol: float = 1e-5  # the largest |Δθ| between the two sides that counts as one rule
+    target: bool = True  # False: gradx stores the state otherwise; a figure, not held to 1.05
 
 
 # --torch-fused: the optimizers that have a fused CPU kernel in torch use it.
@@ -155,6 +156,13 @@ PAIRS = [
         # gradx's step reads m as stored (rounded to bfloat16), optax's before rounding: over
         # the 5 checking steps at lr 0.1, |Δθ| ≈ 3e-3 (docs/guides/porting.md).
         same_tol=1e-2,
+    ),
+    # The moments stored in 16 and 8 bits (state_dtype), against optax's float32 Adam: the
+    # bytes a step must move fall from 28 to 20 (bfloat16) and about 16 (int8) per param.
+    # Over the 5 checking steps at lr 0.1 the stored moments' rounding moves θ by up to ~2e-2.
+    *(
+        Pair(f"adam(state {d})", "adam", {"state_dtype": d}, optax.adam, None, 5e-2, False)
+        for d in ("bfloat16", "int8")
     ),
     # Newton–Schulz on the matrices, Adam on the rest; torch's Muon takes matrices only: no
     # torch column. Not coordinate-wise: gradx.flat refuses it (no flat column).
@@ -471,11 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         for pair, make in pairs:
             line, ratio, hlo = run_pair(args, case, pair, make, grads, bool(torch_version))
             emit(line)
-            ratios.append(ratio)
+            ratios += [ratio] if pair.target else []
             hlo_lines += [hlo] if hlo else []
         if hlo_lines:
             emit("", *hlo_lines)
-    emit("", f"worst gradx/optax ratio: {max(ratios, default=0.0):.3f} (target <= 1.05)")
+    emit(
+        "",
+        f"worst gradx/optax ratio: {max(ratios, default=0.0):.3f} (target <= 1.05; rows that "
+        "store the state in fewer bits are figures, not held to it)",
+    )
     state_bytes_table(pairs, cases, emit)
     return 0
 
