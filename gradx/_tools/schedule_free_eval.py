@@ -188,7 +188,7 @@ def _unpacked_x(params: Any, states: list[Any]) -> Any:
             if not _masked(z):
                 owner[i] += 1
                 xs[i] = _x(sf.b1, ys[i], z)
-    if max(owner) > 1:
+    if max(owner, default=0) > 1:
         raise _ambiguous(max(owner))
     return treedef.unflatten(xs)
 
