@@ -3,8 +3,10 @@
     python benchmarks/state_dtype.py [--n 16777216] [--repeats 21] [--min-time 0.2] [--hlo]
 
 Rows: gradx.adam with float32 moments (``state_dtype=None``), bfloat16 moments (rounded to
-nearest, and stochastically rounded), int8 moments (blockwise, bitsandbytes' maps), and
-optax.adam with float32 and with bfloat16 first moments (``mu_dtype``). Each is
+nearest, and stochastically rounded), int8 moments (blockwise, bitsandbytes' maps),
+optax.adam with float32 and with bfloat16 first moments (``mu_dtype``), and a floor for
+blockwise int8 under XLA: Adam written directly in JAX with *linear* int8 moments (one
+multiply to encode or decode, no map, no lookup; ``--n`` a multiple of 256). Each is
 
     step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))
 
@@ -44,7 +46,37 @@ ROWS: dict[str, Any] = {
     "gradx int8": lambda: gradx.adam(LR, state_dtype="int8"),
     "optax float32": lambda: optax.adam(LR),
     "optax mu bfloat16": lambda: optax.adam(LR, mu_dtype=jnp.bfloat16),
+    "plain JAX linear int8 (floor)": lambda: linear_int8_adam(LR),
 }
+
+
+def linear_int8_adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Any:
+    """The least an int8 Adam step can do under XLA: m and v in blocks of 256, each stored as
+    round(127·x/absmax) with its float32 absmax; decoded, updated in float32 and re-encoded
+    every step. Not a usable optimizer (a linear map rounds small v to 0): a timing floor."""
+
+    def encode(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        blocks = x.reshape(-1, 256)
+        top = jnp.maximum(jnp.max(blocks, axis=1), -jnp.min(blocks, axis=1))
+        scale = 127 / jnp.where(top > 0, top, 1)
+        return jnp.round(blocks * scale[:, None]).astype(jnp.int8), top
+
+    def decode(codes: jax.Array, top: jax.Array) -> jax.Array:
+        return (codes.astype(jnp.float32) * (top / 127)[:, None]).reshape(-1)
+
+    def init(params: jax.Array) -> Any:
+        return (jnp.zeros([], jnp.int32), *(encode(jnp.zeros_like(params)) for _ in "mv"))
+
+    def update(g: jax.Array, state: Any, params: Any = None) -> Any:
+        count, m, v = state
+        count = count + 1
+        m = b1 * decode(*m) + (1 - b1) * g
+        v = b2 * decode(*v) + (1 - b2) * g * g
+        t = count.astype(jnp.float32)
+        step = -lr * (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+        return step, (count, encode(m), encode(v))
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_step(opt: optax.GradientTransformation) -> Any:
