@@ -212,8 +212,22 @@ def problems_of(cls):
 NAMES = ("a", "b")
 
 
-def _empty_trajectory():
-    return {n: [] for n in NAMES}
+def _torch_trajectory(opt, params, grad_fn):
+    """Steps ``opt`` over ``params`` (name -> float64 tensor) ``problems.STEPS`` times, each
+    ``.grad`` set by hand from ``grad_fn(k, current params)``; each name's values after every
+    step, as nested lists."""
+    import torch
+
+    traj = {n: [] for n in params}
+    for k in range(problems.STEPS):
+        current = {n: p.detach().numpy().copy() for n, p in params.items()}
+        grads = grad_fn(k, current)
+        for n, p in params.items():
+            p.grad = torch.tensor(grads[n], dtype=torch.float64)
+        opt.step()
+        for n, p in params.items():
+            traj[n].append(p.detach().numpy().tolist())
+    return traj
 
 
 # ------------------------------------------------------------------ torch
@@ -223,23 +237,13 @@ def record_torch():
     torch.set_default_dtype(torch.float64)
     records = []
     for cls, kwargs in TORCH_CONFIGS:
-        call_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         for problem in problems_of(cls):
-            grad_fn = problems.grad_fn(problem)
             params = {
                 n: torch.tensor(x, dtype=torch.float64, requires_grad=True)
                 for n, x in problems.params0(problem).items()
             }
-            opt = getattr(torch.optim, cls)(list(params.values()), **call_kwargs)
-            traj = {n: [] for n in params}
-            for k in range(problems.STEPS):
-                current = {n: p.detach().numpy().copy() for n, p in params.items()}
-                grads = grad_fn(k, current)
-                for n, p in params.items():
-                    p.grad = torch.tensor(grads[n], dtype=torch.float64)
-                opt.step()
-                for n, p in params.items():
-                    traj[n].append(p.detach().numpy().tolist())
+            opt = getattr(torch.optim, cls)(list(params.values()), **_torch_options(kwargs))
+            traj = _torch_trajectory(opt, params, problems.grad_fn(problem))
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return {"library": "torch", "version": torch.__version__, "records": records}
 
@@ -272,15 +276,7 @@ def record_torch_groups():
                 for g in groups
             ]
             opt = getattr(torch.optim, cls)(torch_groups, **_torch_options(kwargs))
-            traj = _empty_trajectory()
-            for k in range(problems.STEPS):
-                current = {n: params[n].detach().numpy().copy() for n in NAMES}
-                grads = grad_fn(k, current)
-                for n in NAMES:
-                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
-                opt.step()
-                for n in NAMES:
-                    traj[n].append([float(v) for v in params[n].detach().numpy()])
+            traj = _torch_trajectory(opt, params, grad_fn)
             records.append(
                 {
                     "cls": cls,
@@ -335,21 +331,11 @@ def record_torch_matrices():
     torch.set_default_dtype(torch.float64)
     records = []
     for cls, kwargs in TORCH_MATRIX_CONFIGS:
-        call_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         for problem in problems.MATRIX_PROBLEMS:
-            grad_fn = problems.grad_fn(problem)
             start = problems.params0(problem)
             params = {n: torch.tensor(start[n], requires_grad=True) for n in NAMES}
-            opt = getattr(torch.optim, cls)([params[n] for n in NAMES], **call_kwargs)
-            traj = _empty_trajectory()
-            for k in range(problems.STEPS):
-                current = {n: params[n].detach().numpy().copy() for n in NAMES}
-                grads = grad_fn(k, current)
-                for n in NAMES:
-                    params[n].grad = torch.tensor(grads[n], dtype=torch.float64)
-                opt.step()
-                for n in NAMES:
-                    traj[n].append(params[n].detach().numpy().tolist())
+            opt = getattr(torch.optim, cls)([params[n] for n in NAMES], **_torch_options(kwargs))
+            traj = _torch_trajectory(opt, params, problems.grad_fn(problem))
             records.append({"cls": cls, "kwargs": kwargs, "problem": problem, "trajectory": traj})
     return records
 
