@@ -13,6 +13,9 @@ import optax
 import gradx
 
 STEPS = 50
+# The gradx.OPTIMIZERS that share a name with an optax optimizer and take its arguments and
+# defaults by design (issue 26): gradx.compat.optax has no twin of them.
+OPTAX_BY_DESIGN = ("radam", "lion", "lamb", "adafactor")
 F32 = dict(rtol=2e-5, atol=1e-5)
 F64 = dict(rtol=1e-12, atol=1e-14)
 

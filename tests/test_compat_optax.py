@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from live_twin import OPTAX_BY_DESIGN
 
 import gradx
 import gradx.compat.optax as gx
@@ -149,11 +150,8 @@ def test_lookahead_follows_optax_fast_params(reset_state):
             np.testing.assert_allclose(leaf_a, leaf_b, **F32)
 
 
-# The newer optimizers take optax's arguments and defaults in gradx itself (each equals its
-# optax twin in its own test file), so gradx.compat.optax has no twin of them.
-OPTAX_ALREADY = {"adafactor", "lamb", "lion", "radam"}
 OPTAX_NAMES = sorted(
-    set(gradx.OPTIMIZERS) & set(dir(optax)) - OPTAX_ALREADY | {"lookahead", "nadamw"}
+    set(gradx.OPTIMIZERS) & set(dir(optax)) - set(OPTAX_BY_DESIGN) | {"lookahead", "nadamw"}
 )  # every optax function with a same-named gradx optimizer of the slides, and two more
 
 
