@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.2)
     parser.add_argument("--hlo", action="store_true", help="fusions, copies, gathers, temp")
     args = parser.parse_args(argv)
+    if args.n <= 0 or args.n % 256:
+        parser.error(f"--n must be a positive multiple of 256 (the int8 blocks), got {args.n}")
     print("$ python benchmarks/state_dtype.py", shlex.join(sys.argv[1:] if argv is None else argv))
     print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0]}")
     grads = jnp.asarray(np.random.default_rng(0).normal(size=args.n), jnp.float32) * 1e-2
