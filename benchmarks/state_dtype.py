@@ -13,15 +13,19 @@ multiply to encode or decode, no map, no lookup; ``--n`` a multiple of 256). Eac
 compiled and warmed up, then measured ``--repeats`` times (N back-to-back steps each, N so
 that a measurement lasts about ``--min-time``), the rows interleaved in every repeat (the
 order rotated from repeat to repeat) so that machine noise hits all alike. Reported: the
-median time per step, its ratio to gradx's float32 step, and the state's bytes per parameter
-from its leaves. ``--hlo`` adds, per row, the compiled program's fusions, copies and gathers
-and its temporary bytes. A last table gives the state bytes per parameter of Adam on a
-1M-parameter tree (1000×1000 + 1000 + 1000×3 + 3), measured from ``jax.eval_shape``.
+median time per step, its ratio to gradx's float32 step, the state's bytes per parameter
+from its leaves, and the process's minor page faults per step (``getrusage``; each is a
+4 KiB page the kernel maps and zeroes because XLA's CPU runtime allocates a step's large
+temporaries afresh: see the header's malloc settings). ``--hlo`` adds, per row, the
+compiled program's fusions, copies and gathers and its temporary bytes. A last table gives
+the state bytes per parameter of Adam on a 1M-parameter tree (1000×1000 + 1000 + 1000×3
++ 3), measured from ``jax.eval_shape``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import statistics
@@ -33,6 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+try:
+    import resource
+except ImportError:  # not on Windows: no fault counts
+    resource = None  # type: ignore[assignment]
 
 import gradx
 
@@ -97,13 +106,17 @@ class Side:
         self.state = self.opt.init(self.params)
         size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.state))
         self.bytes_per_param = size / n
+        self.faults: list[float] = []  # minor page faults per step, one entry per run
 
     def run(self, grads: jax.Array, steps: int) -> float:
+        faults = minor_faults()
         start = time.perf_counter()
         for _ in range(steps):
             self.params, self.state = self.step(self.params, self.state, grads)
         jax.block_until_ready((self.params, self.state))
-        return (time.perf_counter() - start) / steps
+        elapsed = time.perf_counter() - start
+        self.faults.append((minor_faults() - faults) / steps)
+        return elapsed / steps
 
     def hlo(self, grads: jax.Array) -> str:
         compiled = self.step.lower(self.params, self.state, grads).compile()
@@ -111,6 +124,17 @@ class Side:
         counts = {k: len(re.findall(rf"\s{k}\(", text)) for k in ("fusion", "copy", "gather")}
         temp = compiled.memory_analysis().temp_size_in_bytes
         return f"{counts['fusion']} | {counts['copy']} | {counts['gather']} | {temp / 2**20:.1f}"
+
+
+def minor_faults() -> float:
+    """The process's minor page faults so far (all threads), or nan where unknown."""
+    return float("nan") if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def malloc_settings() -> str:
+    """The environment that decides how glibc serves XLA's temporaries, as it was set."""
+    keys = sorted(k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_"))
+    return " ".join(f"{k}={os.environ[k]}" for k in keys) or "none (glibc's defaults)"
 
 
 def bytes_table() -> list[str]:
@@ -145,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n must be a positive multiple of 256 (the int8 blocks), got {args.n}")
     print("$ python benchmarks/state_dtype.py", shlex.join(sys.argv[1:] if argv is None else argv))
     print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0]}")
+    print(f"malloc settings: {malloc_settings()}")
     grads = jnp.asarray(np.random.default_rng(0).normal(size=args.n), jnp.float32) * 1e-2
     sides = {label: Side(make, args.n) for label, make in ROWS.items()}
     steps = {}
@@ -158,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             times[label].append(sides[label].run(grads, steps[label]))
     base = statistics.median(times["gradx float32"])
-    head = "| step | ms | × gradx float32 | state bytes / param | N |"
-    rule = "|---|---|---|---|---|"
+    head = "| step | ms | × gradx float32 | state bytes / param | page faults / step | N |"
+    rule = "|---|---|---|---|---|---|"
     if args.hlo:
         head += " fusions | copies | gathers | temp MiB |"
         rule += "---|---|---|---|"
@@ -169,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, side in sides.items():
         ms = statistics.median(times[label])
         row = f"| {label} | {ms * 1e3:.2f} | {ms / base:.2f} | {side.bytes_per_param:.3f} |"
-        row += f" {steps[label]} |"
+        row += f" {statistics.median(side.faults):,.0f} | {steps[label]} |"
         if args.hlo:
             row += f" {side.hlo(grads)} |"
         print(row)
