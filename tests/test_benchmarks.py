@@ -23,6 +23,7 @@ RUNS = {
     "scaling.py": ("--devices 2 --epochs 1 --n 64 --batch 32", "| digits 64-16-16-10 |"),
     "search_digits.py": ("--seeds 1 --epochs 1 --samples 2", "| random search"),
     "state_dtype.py": ("--n 4096 --repeats 1 --min-time 0.001 --hlo", "| gradx int8 |"),
+    "state_dtype_quality.py": ("--n-train 600 --epochs 1 --seeds 1 --batch-size 64", "| int8 | "),
 }
 
 
