@@ -40,7 +40,7 @@ import optax
 
 try:
     import resource
-except ImportError:  # not on Windows: no fault counts
+except ImportError:  # Windows has no resource module: no fault counts
     resource = None  # type: ignore[assignment]
 
 import gradx
