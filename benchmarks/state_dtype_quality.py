@@ -16,13 +16,13 @@ downloads it once; offline, a clear error). ``--data synthetic`` (the default, o
 MNIST's shape made by scikit-learn: ``make_classification`` with 70,000 samples (60,000 to
 train, 10,000 to test), 784 features of which 64 informative, 10 classes of 2 clusters each
 3.0 apart (``class_sep``), 1% of the labels flipped; standardised with the training set's
-statistics. Its float32 MLP reaches about 95% test accuracy, as an MLP does on MNIST.
+statistics. Its float32 MLP reaches about 96.7% test accuracy in 20 epochs, about where an
+MLP lands on MNIST. The network is ``python -m gradx compare``'s MLP at these sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import shlex
 import sys
 import time
@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradx
+from gradx._cli.compare import init_mlp, mlp
+from gradx._cli.data import CompareError, default_cache_dir, make_dataset
 from gradx.losses import categorical_cross_entropy
 
 POLICIES: dict[str, dict[str, Any]] = {
@@ -67,34 +69,18 @@ def synthetic(n_train: int) -> tuple[Any, Any]:
 
 
 def mnist(n_train: int) -> tuple[Any, Any]:
-    from gradx._cli.data import default_cache_dir, make_dataset
-
-    data = make_dataset("mnist", pathlib.Path(default_cache_dir()))
+    data = make_dataset("mnist", default_cache_dir())
     return (data.train.x[:n_train], data.train.y[:n_train]), (data.test.x, data.test.y)
-
-
-def init_mlp(key: jax.Array) -> list[dict[str, jax.Array]]:
-    keys = jax.random.split(key, len(SIZES) - 1)
-    return [
-        {"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros(n)}
-        for k, m, n in zip(keys, SIZES[:-1], SIZES[1:], strict=True)
-    ]
-
-
-def logits(params: Any, x: jax.Array) -> jax.Array:
-    for layer in params[:-1]:
-        x = jax.nn.relu(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
 
 
 def loss_fn(params: Any, batch: Any) -> jax.Array:
     x, y = batch
-    return categorical_cross_entropy(logits(params, x), y)
+    return categorical_cross_entropy(mlp(params, x, "relu"), y)
 
 
 def eval_fn(params: Any, data: Any) -> dict[str, jax.Array]:
     x, y = data
-    return {"test_accuracy": jnp.mean(jnp.argmax(logits(params, x), -1) == y)}
+    return {"test_accuracy": jnp.mean(jnp.argmax(mlp(params, x, "relu"), -1) == y)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     print("$ python benchmarks/state_dtype_quality.py", shown)
     print(f"jax {jax.__version__}, device {jax.devices()[0]}")
     start = time.perf_counter()
-    from gradx._cli.data import CompareError
-
     try:
         train, test = synthetic(args.n_train) if args.data == "synthetic" else mnist(args.n_train)
     except CompareError as e:  # MNIST not cached and no network: say so, no traceback
@@ -126,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [
             gradx.fit(
                 loss_fn,
-                init_mlp(jax.random.key(seed)),
+                init_mlp(jax.random.key(seed), SIZES, "relu"),
                 gradx.adam(args.lr, **kw),
                 train,
                 batch_size=args.batch_size,

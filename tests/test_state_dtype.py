@@ -580,8 +580,8 @@ def test_the_malloc_settings_the_guide_gives_change_page_faults_not_numbers():
             "MALLOC_TRIM_THRESHOLD_": "17179869184",
         },
     }
-    base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    base = {k: v for k, v in base.items() if not k.startswith("MALLOC_")}
+    malloc = ("GLIBC_TUNABLES", "MALLOC_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(malloc)}
     base["JAX_PLATFORMS"] = "cpu"
     results = {}
     for name, env in settings.items():
