@@ -225,8 +225,11 @@ class EarlyStopping(Callback):
         return None
 
     def on_train_end(self, params, opt_state):
-        del params, opt_state
+        del opt_state
         if self.restore_best_weights and self.best_weights is not None:
+            if isinstance(self.best_weights, list):  # a checkpoint's leaves: the params' tree
+                leaves = jax.tree.leaves(self.best_weights)
+                self.best_weights = jax.tree.unflatten(jax.tree.structure(params), leaves)
             return Action(params=self.best_weights)
         return None
 
@@ -239,10 +242,13 @@ class EarlyStopping(Callback):
             "best_epoch": self.best_epoch,
         }
         if self.best_weights is not None:
-            state["best_weights"] = self.best_weights
+            # their leaves: a checkpoint restores a list, not a tuple, NamedTuple or module
+            state["best_weights"] = jax.tree.leaves(self.best_weights)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_state`'s dict; the best weights stay a list of leaves until
+        :meth:`on_train_end` gives them the structure of the params."""
         self.wait = int(state["wait"])
         self.stopped_epoch = int(state["stopped_epoch"])
         self.best = float(state["best"]) if int(state["has_best"]) else None

@@ -21,12 +21,17 @@ last two saves, one subfolder per epoch) and a lock file, ``.gradx.lock``. Each 
 records which run wrote it: the classes of the optimizer state's nodes (momentum and
 nesterov differ), the hyperparameters at the start of the run (before any callback changed
 them; optax's optimizers keep none in their state, so for them the state's classes and
-shapes are what is compared), digests of the initial params and optimizer state, the
-shapes and dtypes of the params and data, ``batch_size``, ``skip_nonfinite``,
-``accumulate`` and ``ema`` (when they are on), the key
+shapes are what is compared), the arguments the optimizer was built with (flags such as
+``nesterov``, ``mask`` or ``state_dtype``, an inner optimizer's, and the values an optax
+transformation or a schedule function holds in its closure; a function's code is not
+compared), digests of the initial params and optimizer state, the
+shapes and dtypes of the params and data (for streamed data: the batch size, structure,
+shapes and dtypes of its batches, checked against the first batch after a resume),
+``batch_size``, ``skip_nonfinite``, ``accumulate`` and ``ema`` (when they are on), the key
 (saved with the state) and the callbacks that have counters (by class, ``monitor`` or
 ``name``, and their settings). ``epochs`` is not part of it: a resume with more epochs
-extends the run. Checkpoints written by gradx before this record (format 1) are refused.
+extends the run; ``initial_epoch`` may be 0 or the run's own (the same call, run again,
+resumes). Checkpoints written by gradx before this record (format 1) are refused.
 
 - ``resume=True`` continues the newest checkpoint of *this* run, and refuses (a
   ``ValueError`` naming the first difference) a checkpoint of another run or of another

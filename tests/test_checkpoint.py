@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,51 @@ def test_callback_counters_are_checkpointed(tmp_path):
     lr = gradx.hyperparams(whole.opt_state)["learning_rate"]
     # epoch 0 improves on +inf; epochs 1..5 reduce: the reduced rate is in the state, restored
     assert float(lr) == 0.05 * 0.5 ** (EPOCHS - 1)
+
+
+class WB(NamedTuple):
+    w: jax.Array
+    b: jax.Array
+
+
+STRUCTURES = {
+    "tuple": lambda w, b: (w, b),
+    "namedtuple": WB,
+    "int_keyed_dict": lambda w, b: {0: w, 1: b},
+}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_restored_best_weights_keep_the_structure_of_the_params(structure, tmp_path):
+    # a checkpoint restores the best weights as a list (no target): they must come back as
+    # the params' tuple, NamedTuple or int-keyed dict, not as fit's structure error
+    p0 = STRUCTURES[structure](P0["w"], P0["b"])
+
+    def loss(params, batch):
+        w, b = jax.tree.leaves(params)
+        return loss_fn({"w": w, "b": b}, batch)
+
+    def fit(directory=None, epochs=EPOCHS, extra=(), resume=False):
+        # mode="max" on a falling loss: the best epoch is epoch 0, long before the interruption
+        early = EarlyStopping(patience=100, mode="max", restore_best_weights=True)
+        return gradx.fit(
+            loss, p0, OPT, DATA, batch_size=4, epochs=epochs, key=jax.random.key(0),
+            callbacks=[early, *extra], checkpoint_dir=directory, resume=resume, progress=False,
+        )  # fmt: skip
+
+    whole = fit()
+    first = gradx.fit(
+        loss, p0, OPT, DATA, batch_size=4, epochs=1, key=jax.random.key(0), progress=False
+    )
+    with pytest.raises(Interrupt):
+        fit(tmp_path, extra=[interrupt_at(3)])
+    resumed = fit(tmp_path, resume=True)  # epochs 3..5, then the best of the checkpoint
+    again = fit(tmp_path, resume=True)  # finished: nothing left to run, only the restore
+    for got in (resumed, again):
+        assert_same_run(got, whole)
+        assert jax.tree.structure(got.params) == jax.tree.structure(p0)
+    for x, y in zip(jax.tree.leaves(whole.params), jax.tree.leaves(first.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # epoch 0's weights
 
 
 def test_resume_rejects_another_optimizer_or_key_and_needs_a_directory(tmp_path):
@@ -603,3 +649,158 @@ def test_two_callbacks_of_one_class_in_swapped_order_keep_their_own_counters(tmp
         )
     with pytest.raises(ValueError, match=r"was written by another run: the callbacks differ"):
         fit([EarlyStopping(patience=100), EarlyStopping(patience=3)], tmp_path / "2", resume=True)
+
+
+# Optimizers that differ only in how they were built: a flag, a mask, an inner optimizer's
+# flag, a number an optax transformation or schedule holds. Resuming one's run with the
+# other would continue it with another rule.
+SAME_STATE_OTHER_RULE = {
+    "nesterov": (gradx.sgd(0.05, 0.9), gradx.sgd(0.05, 0.9, nesterov=True), "nesterov"),
+    "max_of": (gradx.amsgrad(0.05), gradx.amsgrad(0.05, max_of="v_hat"), "max_of"),
+    "irprop_minus": (gradx.rprop(0.01), gradx.rprop(0.01, irprop_minus=True), "irprop_minus"),
+    "mask": (gradx.adamw(0.05), gradx.adamw(0.05, mask={"w": True, "b": False}), "mask"),
+    "inner": (
+        gradx.lookahead(gradx.sgd(0.05, 0.9)),
+        gradx.lookahead(gradx.sgd(0.05, 0.9, nesterov=True)),
+        "inner.nesterov",
+    ),
+    "clip": (
+        optax.chain(optax.clip_by_global_norm(1.0), gradx.adam(0.05)),
+        optax.chain(optax.clip_by_global_norm(2.0), gradx.adam(0.05)),
+        "max_norm",
+    ),
+    "schedule": (
+        gradx.adam(optax.cosine_decay_schedule(0.05, 100)),
+        gradx.adam(optax.cosine_decay_schedule(0.05, 200)),
+        "decay_steps",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SAME_STATE_OTHER_RULE)
+def test_resume_refuses_an_optimizer_built_with_other_arguments(name, tmp_path):
+    before, after, argument = SAME_STATE_OTHER_RULE[name]
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes dtypes
+        run(tmp_path, epochs=2, opt=before)
+        with pytest.raises(
+            ValueError,
+            match=rf"fit: the checkpoint of epoch 2 in .* was written by another run: the "
+            rf"optimizer arguments differ: optimizer\S*{argument} was ",
+        ):
+            run(tmp_path, epochs=4, opt=after, resume=True)
+        # the same arguments, built again: the run resumes
+        resumed = run(tmp_path, epochs=4, opt=SAME_STATE_OTHER_RULE[name][0], resume=True)
+    assert len(resumed.history["loss"]) == 4
+
+
+def test_an_optimizer_is_described_alike_in_another_process():
+    """The description a checkpoint records is the same when a new process builds the same
+    optimizer (no object ids, no set order): else a resume would be refused."""
+    from gradx._training.identity import optimizer_arguments
+
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(HERE)!r})
+import jax
+jax.config.update("jax_enable_x64", True)
+from described_optimizers import optimizers
+from gradx._training.identity import optimizer_arguments
+print(json.dumps({{k: optimizer_arguments(o) for k, o in optimizers().items()}}, sort_keys=True))
+"""
+    from described_optimizers import optimizers
+
+    here = {k: optimizer_arguments(o) for k, o in optimizers().items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    there = json.loads(done.stdout)
+    assert json.dumps(here, sort_keys=True) == json.dumps(there, sort_keys=True)
+    assert len(here) >= len(gradx.OPTIMIZERS)
+    assert all(len(d) > 1 for d in here.values())  # each described by its arguments
+
+
+def test_a_streamed_resume_refuses_other_batches(tmp_path):
+    def stream(size, dtype=np.float64):
+        def batches(epoch):
+            order = np.random.default_rng(epoch).permutation(len(DATA["y"]))
+            for i in range(0, len(order) - size + 1, size):
+                yield {k: np.asarray(v)[order[i : i + size]].astype(dtype) for k, v in DATA.items()}
+
+        return batches
+
+    def fit(batches, directory, **kwargs):
+        return gradx.fit(
+            loss_fn, P0, OPT, batches, batch_size=None, key=None, checkpoint_dir=directory,
+            progress=False, **kwargs,
+        )  # fmt: skip
+
+    fit(stream(4), tmp_path, epochs=2)
+    for other, got in ((stream(2), r"got 2 of"), (stream(4, np.float32), r"\['float32'")):
+        with pytest.raises(
+            ValueError,
+            match=r"fit: data must yield the batches of the run it resumes \(recorded in its "
+            rf"checkpoint\): 4 examples .*{got}",
+        ):
+            fit(other, tmp_path, epochs=4, resume=True)
+    assert len(fit(stream(4), tmp_path, epochs=4, resume=True).history["loss"]) == 4
+
+
+def test_the_same_call_with_initial_epoch_resumes_after_a_crash(tmp_path):
+    half = run(epochs=2)
+    call = dict(epochs=EPOCHS, initial_epoch=2, opt_state=half.opt_state)
+    uninterrupted = gradx.fit(
+        loss_fn, half.params, OPT, DATA, batch_size=4, key=jax.random.key(0), progress=False,
+        **call,
+    )  # fmt: skip
+    with pytest.raises(Interrupt):
+        gradx.fit(
+            loss_fn, half.params, OPT, DATA, batch_size=4, key=jax.random.key(0),
+            progress=False, checkpoint_dir=tmp_path, callbacks=[interrupt_at(4)], **call,
+        )  # fmt: skip
+    for initial_epoch in (2, 0):  # the same call, or 0: the checkpoint sets the epoch
+        resumed = gradx.fit(
+            loss_fn, half.params, OPT, DATA, batch_size=4, key=jax.random.key(0),
+            progress=False, checkpoint_dir=tmp_path, resume=True,
+            **{**call, "initial_epoch": initial_epoch},
+        )  # fmt: skip
+        assert_same_run(resumed, uninterrupted)
+    with pytest.raises(
+        ValueError,
+        match=r"fit: initial_epoch must be 0 or 2 \(the epoch the checkpoint's run started "
+        r"at\) when resume=True finds a checkpoint, which sets the epoch; got 1",
+    ):
+        gradx.fit(
+            loss_fn, half.params, OPT, DATA, batch_size=4, key=jax.random.key(0),
+            progress=False, checkpoint_dir=tmp_path, resume=True, **{**call, "initial_epoch": 1},
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (
+            {"checkpoint_dir": 3},
+            r"fit: checkpoint_dir must be a directory's path \(a str or os.PathLike\) or "
+            r"None, got 3",
+        ),
+        (
+            {"key": jax.random.split(jax.random.key(0), 2)},
+            r"fit: key must be a JAX PRNG key \(one: ",
+        ),
+        (
+            {"key": jax.random.split(jax.random.PRNGKey(0), 2)},
+            r"fit: key must be a JAX PRNG key \(one: ",
+        ),
+        ({"steps_per_execution": 0}, r"fit: steps_per_execution is for streamed data .*got 0"),
+    ],
+)
+def test_fit_refuses_bad_run_arguments_by_name(kwargs, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        gradx.fit(
+            loss_fn, P0, OPT, DATA, batch_size=4, epochs=1, progress=False,
+            **{"key": jax.random.key(0), **kwargs},
+        )  # fmt: skip

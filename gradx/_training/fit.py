@@ -45,6 +45,7 @@ import optax
 from gradx._tools.schedule_free_eval import evaluation_point
 from gradx._training import accumulate as _accumulate
 from gradx._training import averaging as _averaging
+from gradx._training import identity as _identity
 from gradx._training import loop as _loop
 from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
@@ -100,7 +101,7 @@ def fit(
     resume: bool = False,
     initial_epoch: int = 0,
     steps_per_epoch: int | None = None,
-    steps_per_execution: int = 16,
+    steps_per_execution: int | None = None,
     flat: bool | None = None,
     overwrite: bool = False,
     accumulate: int = 1,
@@ -201,7 +202,7 @@ def fit(
         cut a one-shot iterator into several epochs); with ``accumulate=A``, this many steps
         of A batches.
       steps_per_execution: streamed data only: S, the steps run per compiled call (one
-        ``lax.scan`` over S stacked batches), >= 1.
+        ``lax.scan`` over S stacked batches), >= 1; ``None`` (default): 16.
       flat: run the optimizer packed, as :func:`gradx.flat` does: its moments in a few
         buffers per dtype instead of one array per leaf, so a step is a few kernels instead
         of a few per leaf. ``None`` (default): whenever it can and there is something to
@@ -314,6 +315,11 @@ def fit(
             f"fit: steps_per_epoch is for streamed data (in memory it is N // batch_size), "
             f"got {steps_per_epoch!r}"
         )
+    if steps_per_execution is not None:
+        raise ValueError(
+            "fit: steps_per_execution is for streamed data (in memory an epoch is one "
+            f"compiled call), got {steps_per_execution!r}"
+        )
     data, n = prepare_data("fit", "data", data)
     plan, data, n = _mesh.plan_data("fit", mesh, shard_params, params, data, batch_size)
     epochs = check_int("fit", "epochs", epochs, 1)
@@ -324,6 +330,7 @@ def fit(
     if eval_fn is not None:
         eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
     diagnostics = check_flag("fit", "diagnostics", diagnostics)
+    arguments = _identity.optimizer_arguments(optimizer) if checkpoint_dir is not None else None
     packing, optimizer, opt_state = start_optimizer(
         "fit", flat, optimizer, params, opt_state, plan, diagnostics
     )
@@ -351,6 +358,7 @@ def fit(
 
     counts = {"steps_per_epoch": steps, "dropped_per_epoch": dropped}
     run_info = {"data": data, "batch_size": batch_size, "eval_data": eval_data}
+    run_info["optimizer arguments"] = arguments
     run_info.update(_averaging.identity_extras(accumulate, ema))
     return train_epochs(
         run_epoch, params, opt_state, plan, key, epochs, opts, progress, counts, packing,

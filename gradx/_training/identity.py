@@ -1,12 +1,16 @@
 """A run's identity, recorded in each checkpoint and compared on resume: the optimizer state's
-classes, the starting hyperparameters, digests of the initial params and state, the data's
-shapes, the batch size and the callbacks' names and settings.
+classes, the starting hyperparameters, the arguments the optimizer was built with, digests of
+the initial params and state, the data's shapes, the batch size and the callbacks' names and
+settings.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
+import types
 from typing import Any
 
 import jax
@@ -96,6 +100,115 @@ def _settings(cb: Any) -> dict[str, Any]:
     }
 
 
+#: Fields that checkpoints written by gradx before they were recorded lack: compared only when
+#: the checkpoint has them, so that such a run still resumes.
+NEWER_FIELDS = ("optimizer arguments",)
+
+
+def optimizer_arguments(optimizer: Any) -> dict[str, Any]:
+    """What ``optimizer`` was built from, flat: a path (``optimizer.nesterov``,
+    ``optimizer.inner.state_dtype``, ``optimizer.update.update_fns[0].tx.update.max_norm``) to
+    a JSON value, so that a resume with other flags (Nesterov or not, a mask, a state dtype, a
+    clipping threshold) is told apart from the same run.
+
+    An optimizer built by an ``@gradx.optimizer`` constructor is described by the arguments it
+    was called with (an inner optimizer, as lookahead's, in turn); any other transformation
+    or function (optax's, a schedule, your own) by its qualified name and the values its
+    closure holds, to a depth of 8. A function's code is not compared, only what it
+    captures: two lambdas with different constants in their bodies read alike. Arrays are
+    compared by shape, dtype and digest, other objects by their class."""
+    out: dict[str, Any] = {}
+    _describe(optimizer, "optimizer", out, 0, frozenset())
+    return out
+
+
+def _built(init: Any) -> tuple[Any, Any] | None:
+    """(constructor, bound arguments) of the @optimizer whose ``init`` this is, or None."""
+    from gradx._protocol.declare import BUILT
+
+    try:
+        return BUILT.get(init) if callable(init) else None
+    except TypeError:  # not weakly referable: no optimizer's init
+        return None
+
+
+def _describe(obj: Any, path: str, out: dict[str, Any], depth: int, seen: frozenset) -> None:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        out[path] = obj
+        return
+    if isinstance(obj, type):  # a dtype given as jnp.bfloat16, a class
+        out[path] = f"{obj.__module__}.{obj.__qualname__}"
+        return
+    if isinstance(obj, np.dtype):
+        out[path] = str(obj)
+        return
+    if isinstance(obj, np.generic):
+        out[path] = f"{obj.dtype}:{obj}"
+        return
+    if isinstance(obj, (jax.Array, np.ndarray)):
+        out[path] = [list(np.shape(obj)), str(obj.dtype), _checksum(obj)]
+        return
+    if depth >= 8 or id(obj) in seen:
+        out[path] = type(obj).__qualname__
+        return
+    seen = seen | {id(obj)}
+    built = _built(getattr(obj, "init", None)) or _built(obj)  # or an init, inside a chain
+    if built is not None:
+        constructor, bound = built
+        out[path] = constructor.__name__
+        for name, value in bound.arguments.items():
+            _describe(value, f"{path}.{name}", out, depth + 1, seen)
+        return
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        out[path] = f"{type(obj).__qualname__}[{len(obj)}]"
+        for i, value in enumerate(obj):
+            _describe(value, f"{path}[{i}]", out, depth + 1, seen)
+        return
+    if isinstance(obj, dict):
+        out[path] = f"dict[{len(obj)}]"
+        for key in sorted(obj, key=repr):
+            _describe(obj[key], f"{path}[{key!r}]", out, depth + 1, seen)
+        return
+    if hasattr(obj, "_fields"):  # a NamedTuple, as optax's GradientTransformation
+        out[path] = type(obj).__qualname__
+        for name in obj._fields:
+            _describe(getattr(obj, name), f"{path}.{name}", out, depth + 1, seen)
+        return
+    if isinstance(obj, functools.partial):
+        out[path] = "partial"
+        _describe(obj.func, f"{path}.func", out, depth + 1, seen)
+        _describe(list(obj.args), f"{path}.args", out, depth + 1, seen)
+        _describe(dict(obj.keywords), f"{path}.keywords", out, depth + 1, seen)
+        return
+    if isinstance(obj, re.Pattern):
+        out[path] = f"re:{obj.pattern}"
+        return
+    if isinstance(obj, types.MethodType):  # optax.MultiSteps(...).gradient_transformation()
+        out[path] = f"{obj.__func__.__module__}.{obj.__func__.__qualname__}"
+        _describe(obj.__self__, f"{path}.self", out, depth + 1, seen)
+        return
+    if isinstance(obj, types.FunctionType):
+        out[path] = f"{obj.__module__}.{obj.__qualname__}"
+        if not obj.__module__.startswith(("jax.", "numpy", "jaxlib")):
+            cells = obj.__closure__ or ()
+            for name, cell in zip(obj.__code__.co_freevars, cells, strict=True):
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                _describe(value, f"{path}.{name}", out, depth + 1, seen)
+        return
+    leaves, treedef = jax.tree.flatten(obj)
+    if leaves != [obj]:  # a registered pytree node (a dataclass, an equinox module)
+        out[path] = str(treedef)
+        for i, value in enumerate(leaves):
+            _describe(value, f"{path}.<{i}>", out, depth + 1, seen)
+        return
+    out[path] = type(obj).__qualname__
+    for name, value in sorted(getattr(obj, "__dict__", {}).items()):  # an object's settings
+        _describe(value, f"{path}.{name}", out, depth + 1, seen)
+
+
 def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -> dict:
     """What tells one run from another (see the module doc), at the start of the run:
     ``opt_state`` in the optimizer's own layout, ``run`` the data's description."""
@@ -119,7 +232,7 @@ def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -
 
 def first_difference(there: dict, now: dict) -> str | None:
     """The first field of two identities that differs, in words, or None."""
-    for name in [*there, *(k for k in now if k not in there)]:
+    for name in [*there, *(k for k in now if k not in there and k not in NEWER_FIELDS)]:
         a, b = there.get(name, "absent"), now.get(name, "absent")
         if canon(a) == canon(b):
             continue

@@ -92,10 +92,10 @@ def check_key(fn: str, key: Any, batch_size: int | None) -> Any:
         )
     is_typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     is_raw = isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32
-    if not (is_typed or is_raw) or key.shape not in ((), (2,)):
+    if not ((is_typed and key.shape == ()) or (is_raw and key.shape == (2,))):
         raise ValueError(
-            f"{fn}: key must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
-            f"got {key!r}"
+            f"{fn}: key must be a JAX PRNG key (one: jax.random.key(0) or "
+            f"jax.random.PRNGKey(0)), got {key!r}"
         )
     return key
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,11 @@ def options(
     checkpoint_every = check_int(fn, "checkpoint_every", checkpoint_every, 1)
     if resume and checkpoint_dir is None:
         raise ValueError(f"{fn}: resume=True needs checkpoint_dir, got checkpoint_dir=None")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"{fn}: checkpoint_dir must be a directory's path (a str or os.PathLike) or None, "
+            f"got {checkpoint_dir!r}"
+        )
     if callbacks is not None and (
         isinstance(callbacks, (str, type)) or not isinstance(callbacks, Iterable)
         or callable(callbacks) or hasattr(callbacks, "on_epoch_end")
@@ -147,7 +153,7 @@ def run(
     opts: Options,
     bar_factory: Callable[[int], Any],
     postfix: Callable[[float, dict[str, float]], dict[str, str]],
-    counts: dict[str, int],
+    counts: dict[str, Any],
     view: Any = None,
     overwrite: bool = False,
     run_info: dict[str, Any] | None = None,
@@ -167,6 +173,7 @@ def run(
     history: dict[str, list[float]] = {"loss": []}
     seconds: list[float] = []
     step_count, stopped, start = 0, False, opts.initial_epoch
+    counts["initial_epoch"] = opts.initial_epoch  # recorded: see _check_resume
     for cb in opts.callbacks:
         hook = _hook(cb, "on_train_begin")
         if hook is not None:
@@ -194,8 +201,9 @@ def run(
                 seconds = list(restored["epoch_seconds"])
                 start, step_count = restored["epochs_done"], restored["step"]
                 stopped = restored["stopped"]
-                for name in ("steps_per_epoch", "dropped_per_epoch"):
-                    counts[name] = restored[name]
+                for name in counts:  # those an older checkpoint lacks keep this run's
+                    if name in restored:
+                        counts[name] = restored[name]
                 names = _identity.callback_names(opts.callbacks)
                 for cb, name in zip(opts.callbacks, names, strict=True):
                     if name in restored["callbacks"]:
@@ -238,10 +246,15 @@ def _open(fn: str, opts: Options, overwrite: bool) -> Any:
 
 
 def _check_resume(fn: str, restored: dict[str, Any], epochs: int, opts: Options) -> None:
-    if opts.initial_epoch:
+    # The checkpoint sets the epoch. 0, or the epoch its run started at (so that the same
+    # call, run again after a crash, resumes); a checkpoint from before gradx recorded it
+    # was started at 0.
+    started = restored.get("initial_epoch", 0)
+    if opts.initial_epoch not in (0, started):
         raise ValueError(
-            f"{fn}: initial_epoch must be 0 when resume=True finds a checkpoint "
-            f"(it sets the epoch), got {opts.initial_epoch}"
+            f"{fn}: initial_epoch must be 0 or {started} (the epoch the checkpoint's run "
+            f"started at) when resume=True finds a checkpoint, which sets the epoch; got "
+            f"{opts.initial_epoch}"
         )
     if restored["epochs_done"] > epochs:
         raise ValueError(

@@ -42,6 +42,7 @@ import numpy as np
 
 from gradx._training import accumulate as _accumulate
 from gradx._training import averaging as _averaging
+from gradx._training import identity as _identity
 from gradx._training import mesh as _mesh
 from gradx._training import step as _step
 
@@ -101,7 +102,10 @@ def epoch_iterator(fn: str, data: Any, epoch: int) -> Iterator[Any]:
 
 
 class Spec:
-    """The batch structure every step must have: fixed by the first batch (or batch_size)."""
+    """The batch structure every step must have: fixed by the first batch (or batch_size).
+
+    ``recorded``: :meth:`describe` of the run a checkpoint resumes, which the first batch
+    must match (a resumed run fed other batches is another run)."""
 
     def __init__(self, fn: str, batch_size: int | None):
         self.fn = fn
@@ -109,6 +113,14 @@ class Spec:
         self.treedef = None
         self.shapes: list[tuple[int, ...]] = []
         self.dtypes: list[np.dtype] = []
+        self.recorded: list[Any] | None = None
+
+    def describe(self) -> list[Any] | None:
+        """[batch size, structure, per-example shapes, dtypes] (JSON), None before a batch."""
+        if self.treedef is None:
+            return None
+        shapes = [list(s) for s in self.shapes]
+        return [self.batch_size, str(self.treedef), shapes, [str(d) for d in self.dtypes]]
 
     def admit(self, batch: Any, index: int, epoch: int) -> list[Any] | int:
         """The batch's leaves if it is a full batch, else the number of examples to drop."""
@@ -137,6 +149,15 @@ class Spec:
             self.treedef = treedef
             self.shapes = [tuple(x.shape[1:]) for x in leaves]
             self.dtypes = [np.dtype(x.dtype) for x in leaves]
+            if self.recorded is not None and self.describe() != self.recorded:
+                size, structure, shapes, dtypes = self.recorded
+                raise ValueError(
+                    f"{self.fn}: data must yield the batches of the run it resumes (recorded "
+                    f"in its checkpoint): {size} examples of structure {structure}, shapes "
+                    f"{shapes} and dtypes {dtypes} per example; got {length} of "
+                    f"{treedef}, {[list(s) for s in self.shapes]} and "
+                    f"{[str(d) for d in self.dtypes]} in {where}"
+                )
         got = (treedef, [tuple(x.shape[1:]) for x in leaves], [np.dtype(x.dtype) for x in leaves])
         if got != (self.treedef, self.shapes, self.dtypes) or length > self.batch_size:
             want = jax.tree.unflatten(
@@ -318,7 +339,7 @@ def fit_stream(
     resume: bool,
     initial_epoch: int,
     steps_per_epoch: int | None,
-    steps_per_execution: int,
+    steps_per_execution: int | None,
     flat: bool | None,
     overwrite: bool = False,
     accumulate: int = 1,
@@ -343,7 +364,8 @@ def fit_stream(
         batch_size = check_int(fn, "batch_size", batch_size, 1)
     if steps_per_epoch is not None:
         steps_per_epoch = check_int(fn, "steps_per_epoch", steps_per_epoch, 1)
-    group = check_int(fn, "steps_per_execution", steps_per_execution, 1)
+    group = 16 if steps_per_execution is None else steps_per_execution
+    group = check_int(fn, "steps_per_execution", group, 1)
     key = None if key is None else check_key(fn, key, None)
     if eval_fn is not None:
         if eval_data is None:
@@ -358,6 +380,7 @@ def fit_stream(
         skip_nonfinite=skip_nonfinite,
     )  # fmt: skip
     check_epochs(fn, data, epochs - initial_epoch, steps_per_epoch)
+    arguments = _identity.optimizer_arguments(optimizer) if checkpoint_dir is not None else None
     # Packed as the in-memory fit is: the same program, the same numbers.
     packing, optimizer, opt_state = start_optimizer(
         fn, flat, optimizer, params, opt_state, plan, False
@@ -374,16 +397,20 @@ def fit_stream(
     put = jax.device_put if plan is None else functools.partial(_mesh.put_group, fn, plan)
 
     def run_epoch(epoch, params, opt_state):
+        if spec.treedef is None:  # the first epoch run here: a resumed run's batches
+            spec.recorded = counts["batches"]
         params, opt_state, loss, extra, steps, dropped = run_epoch_stream(
             program, params, opt_state, data, spec, group, epoch, steps_per_epoch, put
         )
+        counts["batches"] = spec.describe()
         if eval_fn is not None:
             at = _averaging.eval_params(program, params, opt_state)  # the average, Schedule-Free: x
             extra = _step.merge(fn, extra, run_eval(fn, eval_fn, at, eval_data))
         return params, opt_state, loss, extra, steps, dropped
 
-    counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0}
+    counts = {"steps_per_epoch": 0, "dropped_per_epoch": 0, "batches": None}
     run_info = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
+    run_info["optimizer arguments"] = arguments
     if eval_fn is not None:
         run_info["eval_data"] = eval_data
     run_info.update(_averaging.identity_extras(accumulate, ema))
