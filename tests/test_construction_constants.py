@@ -87,3 +87,42 @@ def test_variant_states_pickle_across_processes_and_flat_keeps_the_rule():
         [sys.executable, "-c", code], input=blob, capture_output=True, check=True
     ).stdout.decode()
     assert "~eps>0,eps_root=0]" in out and "('eps', '>0'), ('eps_root', '=0')" in out, out
+
+
+P32 = jax.tree.map(lambda x: x.astype(jnp.float32), PARAMS)  # the suite runs with x64 on
+Z32 = jax.tree.map(jnp.zeros_like, P32)
+
+
+@pytest.mark.parametrize("build", [gradx.adam, gradx.rmsprop, gradx.radam])
+@pytest.mark.parametrize("eps", [1e-50, 1e-40])
+def test_an_eps_that_is_0_or_subnormal_in_float32_keeps_the_guard(build, eps):
+    # > 0 as given, 0 or subnormal as float32 stores it (XLA computes a subnormal as 0): built
+    # as eps=0 is, with the zero-denominator guard, so a 0 gradient steps 0 (not 0/0 = NaN)
+    opt = build(1e-3, eps=eps)
+    state = opt.init(P32)
+    assert gradx.hyperparams(state)["eps"] == np.float32(eps)
+    assert _selects_and_adds(opt)[0] == _selects_and_adds(build(1e-3, eps=0.0))[0]
+    for s in (state, gradx.set_hyperparams(state, eps=0.0)):  # the rule stays eps >= 0
+        updates, _ = opt.update(Z32, s, P32)
+        for u in jax.tree.leaves(updates):
+            np.testing.assert_array_equal(u, 0)
+    # built with eps > 0 (no guard), set_hyperparams refuses what computes as 0
+    fast = build(1e-3).init(P32)
+    how = "rounds to 0\\.0 in float32" if eps < 1e-45 else "is subnormal in float32"
+    with pytest.raises(ValueError, match=rf"^set_hyperparams: eps must be > 0 .*, got {eps}, "
+                       rf"which {how}, the dtype it is stored in"):  # fmt: skip
+        gradx.set_hyperparams(fast, eps=eps)
+    # float64 params store it in float64, where it is a normal number
+    state = gradx.set_hyperparams(build(1e-3).init(PARAMS), eps=eps)
+    assert gradx.hyperparams(state)["eps"] == np.float64(eps)
+
+
+@pytest.mark.parametrize("eps", [1e-50, 1e-40])
+def test_a_block_given_an_eps_that_is_0_in_float32_keeps_the_guard(eps):
+    opt = gradx.chain(
+        gradx.precondition(gradx.ema(0.9), gradx.rms(0.999), eps),
+        gradx.scale_by_learning_rate(0.1),
+    )
+    updates, _ = opt.update(Z32, opt.init(P32), P32)
+    for u in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(u, 0)  # 0/0 without the guard

@@ -385,6 +385,28 @@ def test_a_complex_value_is_refused_by_set_hyperparams():
         gradx.set_hyperparams(state, b1=np.complex64(0.9))
 
 
+def test_a_vector_is_refused_by_set_hyperparams_as_by_the_constructor():
+    with pytest.raises(ValueError, match=r"^sgd: learning_rate must be a scalar, got shape \(1,\)"):
+        gradx.sgd(np.array([0.1]))
+    state = gradx.sgd(0.1).init(P)
+    with pytest.raises(
+        ValueError,
+        match=r"^set_hyperparams: learning_rate must be a scalar >= 0, got array\(\[0\.1\]\) of "
+        r"shape \(1,\); batch hyperparameters with gradx.set_hyperparams under jax.vmap$",
+    ):
+        gradx.set_hyperparams(state, learning_rate=np.array([0.1]))
+    with pytest.raises(ValueError, match=r"^set_hyperparams: b1 must be a scalar in \[0, 1\), "):
+        gradx.set_hyperparams(gradx.adam(1e-3).init(P), b1=jnp.full((2, 2), 0.9))
+    one = gradx.set_hyperparams(state, learning_rate=np.array(0.2))  # 0-d: a scalar
+    assert gradx.hyperparams(one)["learning_rate"].shape == ()
+    # under vmap each point is a scalar: a batch of states, which takes a vector of its shape
+    lrs = jnp.array([0.1, 0.2], jnp.float32)
+    batched = jax.vmap(lambda lr: gradx.set_hyperparams(state, learning_rate=lr))(lrs)
+    np.testing.assert_array_equal(gradx.hyperparams(batched)["learning_rate"], lrs)
+    again = gradx.set_hyperparams(batched, learning_rate=np.array([0.3, 0.4]))
+    np.testing.assert_array_equal(gradx.hyperparams(again)["learning_rate"], np.float32([0.3, 0.4]))
+
+
 def test_a_schedule_that_returns_a_vector_is_refused_not_broadcast():
     with pytest.raises(
         ValueError, match=r"^adam: learning_rate's schedule must return a scalar, got shape \(3,\)"

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradx._protocol.rules import concrete_value, is_number
 from gradx._protocol.schedule import stored_relations, stored_rule
@@ -162,6 +163,14 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
             rule.check("set_hyperparams", key, value, old.dtype)
         if not isinstance(value, jax.core.Tracer) and not is_number(value):
             raise TypeError(f"set_hyperparams: {key} must be a number, got {value!r}")
+        if not isinstance(value, jax.core.Tracer) and np.shape(value) not in ((), old.shape):
+            # (a tracer under vmap has the shape of one point: () as well)
+            rule_text = "" if rule is None else f" {rule.text}"
+            raise ValueError(
+                f"set_hyperparams: {key} must be a scalar{rule_text}, got {value!r} of shape "
+                f"{np.shape(value)}; batch hyperparameters with gradx.set_hyperparams under "
+                "jax.vmap"
+            )
         state = _replace(state, path, name, value)
         touched.add(path)
     for path in touched:

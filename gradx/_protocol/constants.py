@@ -12,8 +12,10 @@ A block asks with :func:`positive_by_construction` / :func:`zero_by_construction
 then a variant whose rule for that name is tightened (:func:`tightened`: ``eps > 0``,
 ``eps_root`` = 0), so ``set_hyperparams``, ``sweep``, ``search`` and the run-time checks
 refuse a value the compiled program cannot take. An optimizer built with ε = 0 keeps the
-guard and accepts every ε ≥ 0. A block built outside an optimizer decides on its numbers as
-given (a Python 1e-8 is > 0). A value the context cannot name gets a no: the safe program.
+guard and accepts every ε ≥ 0. ``> 0`` is decided on the number as float32 stores it, inside
+an optimizer or outside: an ε > 0 that rounds to 0 there (1e-50) or to a subnormal (1e-40,
+which XLA flushes to 0) keeps the guard, as ε = 0 does, so its step is never 0/0. A value the
+context cannot name gets a no: the safe program.
 """
 
 from __future__ import annotations
@@ -53,9 +55,19 @@ def _holds(number: Any, kind: str) -> bool:
     return number > 0 if kind == POSITIVE else number == 0
 
 
+def _normal(number: Any, dtype: Any) -> bool:
+    """Whether ``number`` > 0 stays > 0 in ``dtype``: it rounds to a normal number there (XLA
+    flushes a subnormal to 0, so ε = 1e-40 in float32 is a 0 denominator)."""
+    if not np.issubdtype(dtype, np.floating):
+        return True
+    with np.errstate(under="ignore"):
+        return bool(np.asarray(number).astype(dtype) >= np.finfo(dtype).tiny)
+
+
 def _fact(value: Any, kind: str) -> bool:
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return bool(_holds(value, kind))  # a number written in the chain: fixed
+        # a number written in the chain: fixed; > 0 only if it stays so in float32
+        return bool(_holds(value, kind)) and (kind != POSITIVE or _normal(value, np.float32))
     context = _CONTEXT.get()
     if context is None:
         return False
@@ -81,7 +93,9 @@ def zero_by_construction(value: Any) -> bool:
 
 def decide_from_numbers(given: Mapping[str, Any], rules: Mapping[str, Rule]):
     """At construction: a fact holds for a hyperparameter given as a number for which it holds,
-    where its rule can be tightened to it (``>= 0`` to ``> 0``; a set holding 0 to 0)."""
+    where its rule can be tightened to it (``>= 0`` to ``> 0``; a set holding 0 to 0). ``> 0``
+    is decided on the number as stored (float32, as every rule is checked at construction):
+    one that rounds to 0 or to a subnormal there is not > 0 for good."""
 
     def decide(name: str, kind: str) -> bool:
         if name not in given or name not in rules:
@@ -91,7 +105,9 @@ def decide_from_numbers(given: Mapping[str, Any], rules: Mapping[str, Rule]):
             return False
         if kind == ZERO and not rule.holds(np.zeros(())):
             return False
-        return bool(_holds(float(np.asarray(given[name])), kind))
+        if not _holds(float(np.asarray(given[name])), kind):
+            return False
+        return kind != POSITIVE or _normal(given[name], rule.storage_dtype())
 
     return decide
 

@@ -126,6 +126,13 @@ class Rule:
                 f"{fn}: {name} must be {self.text}, got {value!r}, which rounds to "
                 f"{stored.item()!r} in {stored_dtype.name}, the dtype it is stored in"
             )
+        tiny = np.finfo(stored_dtype).tiny if np.issubdtype(stored_dtype, np.floating) else 0
+        if self.low == 0 and not self.low_closed and np.any(np.abs(stored) < tiny):
+            raise ValueError(  # > 0 as stored, but XLA flushes a subnormal to 0
+                f"{fn}: {name} must be {self.text}, got {value!r}, which is subnormal in "
+                f"{stored_dtype.name}, the dtype it is stored in (below {tiny}), and "
+                "computes as 0"
+            )
 
     def check_hyperparameter(self, fn: str, name: str, value: Any, dtype: Any = None) -> bool:
         """Checks a number, or a schedule's value at step 0; returns whether it is a schedule."""
