@@ -154,6 +154,84 @@ def test_set_hyperparams_does_not_retrace_and_a_vmap_sweep_equals_separate_runs(
     check_vmap_over_learning_rates(gradx.schedule_free_sgd)
 
 
+S = gradx.schedules
+# a gradx schedule and new numbers for it: each run set against a fresh build of the new ones
+NEW_NUMBERS = [
+    (lambda n: S.linear_schedule(n.get("init_value", 0.0), 0.1, n.get("transition_steps", 8)),
+     {"transition_steps": 2}),
+    (lambda n: S.linear_schedule(n.get("init_value", 0.0), 0.1, n.get("transition_steps", 8)),
+     {"init_value": 0.05}),
+    (lambda n: S.warmup_cosine_decay_schedule(0.0, n.get("peak_value", 0.1),
+                                              n.get("warmup_steps", 4), 20),
+     {"warmup_steps": 2, "peak_value": 0.2}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [gradx.schedule_free_sgd, gradx.schedule_free_adamw])
+@pytest.mark.parametrize("schedule, numbers", NEW_NUMBERS)
+def test_set_schedule_numbers_reach_the_averaging_weights_as_a_fresh_build(make, schedule, numbers):
+    # the weights' γ(t) (so γ_max, Σw and c) is the schedule on the state's numbers, as z's
+    opt, fresh = make(schedule({})), make(schedule(numbers))
+    changed = {f"learning_rate/{k}": v for k, v in numbers.items()}
+    p = params(jnp.float32)
+
+    def run(o, state):
+        q = p
+        for g in grads(jnp.float32, 8):
+            u, state = o.update(g, state, q)
+            q = optax.apply_updates(q, u)
+        return q, state.inner_state.max_lr, state.inner_state.weight_sum
+
+    got = run(opt, gradx.set_hyperparams(opt.init(p), **changed))
+    want = run(fresh, fresh.init(p))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # not the schedule as built: its run is another
+    assert _err([run(opt, opt.init(p))[0]], [want[0]]) > 1e-4
+
+
+@pytest.mark.parametrize("make", [gradx.schedule_free_sgd, gradx.schedule_free_adamw])
+def test_a_vmap_over_schedule_numbers_equals_fresh_builds(make):
+    p, gs = params(jnp.float32), grads(jnp.float32, 8)
+    opt = make(S.linear_schedule(0.0, 0.1, 8))
+    steps = jnp.array([2, 6], jnp.int32)
+    states = jax.vmap(
+        lambda n: gradx.set_hyperparams(opt.init(p), **{"learning_rate/transition_steps": n})
+    )(steps)
+
+    def run(o, state):
+        q = p
+        for g in gs:
+            u, state = o.update(g, state, q)
+            q = optax.apply_updates(q, u)
+        return q, state.inner_state.max_lr, state.inner_state.weight_sum
+
+    batched = jax.jit(jax.vmap(lambda s: run(opt, s)))(states)
+    for k, n in enumerate([2, 6]):
+        alone = make(S.linear_schedule(0.0, 0.1, n))
+        want = jax.jit(lambda s, alone=alone: run(alone, s))(alone.init(p))
+        for got, w in zip(jax.tree.leaves(batched), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got[k], w, rtol=1e-6, atol=1e-7)
+
+
+def test_sweep_over_schedule_numbers_equals_fit_of_fresh_builds():
+    from checkpoint_problem import DATA, P0, loss_fn
+
+    def make(n):
+        return gradx.schedule_free_adamw(S.linear_schedule(0.0, 0.05, n), weight_decay=0.01)
+
+    common = dict(batch_size=None, epochs=4, key=None, progress=False)
+    grid = {"learning_rate/transition_steps": np.array([1, 3])}
+    swept = gradx.sweep(loss_fn, P0, make(8), DATA, grid, **common)
+    for k, n in enumerate([1, 3]):
+        alone = gradx.fit(loss_fn, P0, make(n), DATA, **common)
+        # sweep returns the params trained (y), fit x and y
+        got = (swept.params, swept.opt_state.inner_state.weight_sum)
+        want = (alone.train_params, alone.opt_state.inner_state.weight_sum)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-7)
+
+
 def test_eval_params_finds_the_state_wherever_it_sits_and_refuses_without_one():
     p, gs = params(jnp.float32), grads(jnp.float32, 4)
     sgd = gradx.schedule_free_sgd(0.1, 2, b1=0.8, weight_decay=0.01)
@@ -290,6 +368,13 @@ def test_bad_arguments_are_refused():
         (lambda: gradx.schedule_free(gradx.sgd, 0.1), TypeError,
          r"^schedule_free: base_optimizer must be an optax GradientTransformation"),
         (lambda: gradx.schedule_free_sgd(0.1, state_dtype="int8"), TypeError,
+         r"^schedule_free_sgd: state_dtype must be a real floating dtype \(e.g. jnp.float32\) "
+         r"or None, got 'int8': it is the dtype z \(the base's iterate, a copy of the params\) "
+         r"is stored in, not a moment's, and 'int8' quantises moments only$"),
+        (lambda: gradx.schedule_free_adamw(0.1, state_dtype="int8"), TypeError,
+         r"^schedule_free_adamw: state_dtype must be a real floating dtype .* got 'int8': it "
+         r"is the dtype z"),
+        (lambda: gradx.schedule_free(gradx.sgd(0.1), 0.1, state_dtype=jnp.int32), TypeError,
          r"^schedule_free: state_dtype must be a real floating dtype"),
         (lambda: gradx.schedule_free_sgd(0.1).update({"w": jnp.ones(2)},
                                                       gradx.schedule_free_sgd(0.1).init(

@@ -23,7 +23,7 @@ import optax
 
 from gradx._optimizers.preconditioners import precondition, rms
 from gradx._optimizers.scaling import add_decayed_weights, scale_by_learning_rate
-from gradx._protocol.declare import optimizer
+from gradx._protocol.declare import optimizer, schedule_of
 from gradx._protocol.dtypes import coef, dtype_arg, hyperparam_dtype, moment_dtype, wide
 from gradx._protocol.gain import (
     Gain,
@@ -234,13 +234,15 @@ def _warmup_gain(ctx, cells, state, incoming):
     return Gain(-lr), out
 
 
-def _rates(learning_rate: Any, warmup_steps: Any, schedule: Any) -> tuple[Any, Any]:
+def _rates(learning_rate: Any, warmup_steps: Any) -> tuple[Any, Any]:
     """The base's learning-rate block and the averaging weights' γ(t), as optax has them:
-    the base steps with γ at the steps taken before (0-based), the weights with γ(t)."""
+    the base steps with γ at the steps taken before (0-based), the weights with γ(t): the
+    optimizer's schedule of the learning rate, on the state's numbers (``schedule_of``)."""
     if warmup_steps is not None:
         return warmup_learning_rate(learning_rate, warmup_steps), (
             lambda t: warmup_value(learning_rate, warmup_steps, t)
         )
+    schedule = schedule_of(learning_rate)
     return scale_by_learning_rate(learning_rate), learning_rate if schedule is None else schedule
 
 
@@ -252,19 +254,23 @@ def _named(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return rename
 
 
-def _schedule_of(fn: str, learning_rate: Any, warmup_steps: Any) -> Any:
-    """The schedule the averaging weights need at t = steps taken + 1 (the lifted optimizer
-    gives the blocks its value at the steps taken), or None for a number."""
+def _check_arguments(fn: str, learning_rate: Any, warmup_steps: Any, state_dtype: Any) -> None:
+    """Refuses a schedule for warmup_steps, one for learning_rate with warmup_steps, and a
+    state_dtype that is not a float (it is z's, an iterate: no moment policy applies)."""
+    try:
+        dtype_arg(fn, "state_dtype", state_dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"{e}: it is the dtype z (the base's iterate, a copy of the params) is stored in, "
+            "not a moment's, and 'int8' quantises moments only"
+        ) from None
     if callable(warmup_steps):
         raise TypeError(f"{fn}: warmup_steps must be an integer >= 1 or None, got a schedule")
-    if not callable(learning_rate) or hasattr(learning_rate, "dtype"):
-        return None
-    if warmup_steps is not None:
+    if callable(learning_rate) and not hasattr(learning_rate, "dtype") and warmup_steps is not None:
         raise TypeError(
             f"{fn}: learning_rate must be a number with warmup_steps (the warmup is a schedule "
             "of its peak), got a schedule; put the warmup in the schedule instead"
         )
-    return learning_rate
 
 
 _NUMBERS = dict(learning_rate=">= 0", warmup_steps="int >= 1", b1="(0, 1]", weight_lr_power=">= 0")
@@ -279,10 +285,8 @@ def _sgd(
     weight_decay: float | None = None,
     weight_lr_power: float = 2.0,
     state_dtype: Any = None,
-    *,
-    schedule: Callable[[jax.Array], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    lr_block, rate = _rates(learning_rate, warmup_steps, schedule)
+    lr_block, rate = _rates(learning_rate, warmup_steps)
     base = (
         lr_block
         if weight_decay is None
@@ -302,10 +306,8 @@ def _adamw(
     weight_decay: float = 0.0,
     weight_lr_power: float = 2.0,
     state_dtype: Any = None,
-    *,
-    schedule: Callable[[jax.Array], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    lr_block, rate = _rates(learning_rate, warmup_steps, schedule)
+    lr_block, rate = _rates(learning_rate, warmup_steps)
     base = optax.chain(
         precondition(optax.identity(), rms(b2, debias=True), eps),
         add_decayed_weights(weight_decay),
@@ -348,7 +350,8 @@ def schedule_free_sgd(
       b1: β in (0, 1]: y's interpolation between x (β = 1: gradients at the average) and z.
       weight_decay: λ ≥ 0 (coupled: added to the gradient, so multiplied by γ), or None.
       weight_lr_power: r ≥ 0, the averaging weights are γ_max^r.
-      state_dtype: the dtype z is stored in; None follows the params.
+      state_dtype: the dtype z is stored in, a float (z is an iterate, not a moment: no
+        'int8'); None follows the params.
 
     Returns:
       An optax transformation; ``update`` needs the params. Its state holds learning_rate,
@@ -366,11 +369,8 @@ def schedule_free_sgd(
       steps taken, the weights at t); with ``warmup_steps`` the learning rate must be a
       number (optax fails on a schedule there). torch.optim and Keras have no Schedule-Free.
     """
-    schedule = _schedule_of("schedule_free_sgd", learning_rate, warmup_steps)
-    return _sgd(
-        learning_rate, warmup_steps, b1, weight_decay, weight_lr_power, state_dtype,
-        schedule=schedule,
-    )  # fmt: skip
+    _check_arguments("schedule_free_sgd", learning_rate, warmup_steps, state_dtype)
+    return _sgd(learning_rate, warmup_steps, b1, weight_decay, weight_lr_power, state_dtype)
 
 
 def schedule_free_adamw(
@@ -411,7 +411,8 @@ def schedule_free_adamw(
       eps: ε ≥ 0, added to √v̂ (a gradient that is 0 from the start steps 0, even with ε = 0).
       weight_decay: λ ≥ 0, added to the normalised gradient, at y (so multiplied by γ).
       weight_lr_power: r ≥ 0, the averaging weights are γ_max^r.
-      state_dtype: the dtype z is stored in; None follows the params.
+      state_dtype: the dtype z is stored in, a float (z is an iterate, not a moment: no
+        'int8'); None follows the params.
 
     Returns:
       An optax transformation; ``update`` needs the params. Its state holds learning_rate,
@@ -429,8 +430,7 @@ def schedule_free_adamw(
       optax gives NaN for a gradient that is 0 from the start with ε = 0; gradx steps 0.
       torch.optim and Keras have no Schedule-Free.
     """
-    schedule = _schedule_of("schedule_free_adamw", learning_rate, warmup_steps)
+    _check_arguments("schedule_free_adamw", learning_rate, warmup_steps, state_dtype)
     return _adamw(
-        learning_rate, warmup_steps, b1, b2, eps, weight_decay, weight_lr_power, state_dtype,
-        schedule=schedule,
-    )  # fmt: skip
+        learning_rate, warmup_steps, b1, b2, eps, weight_decay, weight_lr_power, state_dtype
+    )

@@ -20,6 +20,7 @@ The callable is static; the step count lives in the state. A gradx schedule
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import weakref
@@ -314,6 +315,26 @@ def _evaluate(source: Any, count: jax.Array) -> Any:
     return source(count)
 
 
+# What set each scheduled hyperparameter while an @optimizer builds its chain, by the
+# identity of the value it passes to the factory: see schedule_of.
+_SOURCES: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "gradx_schedule_sources", default=None
+)
+
+
+def schedule_of(value: Any) -> Callable[[jax.Array], Any] | None:
+    """The schedule of the hyperparameter ``value`` an @optimizer passed to its factory, as
+    a callable of the step count: a gradx schedule evaluated on the state's numbers
+    (``h/<number>``, so set_hyperparams, sweep and vmap reach it), an optax schedule as
+    given. None for a number, a value given from outside, and outside an optimizer. For a
+    block that needs the schedule at another step than the optimizer's (Schedule-Free's
+    averaging weights take γ at the step being taken)."""
+    source = (_SOURCES.get() or {}).get(id(value))
+    if source is None:
+        return None
+    return lambda count: _evaluate(source, count)
+
+
 def _build(
     factory: Callable[..., Any],
     static: Mapping[str, Any],
@@ -323,16 +344,23 @@ def _build(
     relied: set | None = None,
 ) -> Any:
     """``factory(**static, **values)``, with what its blocks may ask about a value readable:
-    the peak of a gradx schedule (``weight_decay_scaling="schedule"``), and the facts fixed
-    at construction (``constants.py``): ``facts`` as decided then, or, at construction, a
-    ``decide(name, kind)`` whose yeses are added to ``relied``."""
+    the peak of a gradx schedule (``weight_decay_scaling="schedule"``), the schedule of a
+    scheduled value (:func:`schedule_of`), and the facts fixed at construction
+    (``constants.py``): ``facts`` as decided then, or, at construction, a ``decide(name,
+    kind)`` whose yeses are added to ``relied``."""
     entries = {id(v): peak_entry(v, None) for v in values.values()}
     # a shared Python object (two hyperparameters given one constant): the schedule wins
     entries.update({id(values[n]): peak_entry(values[n], src) for n, src in sources.items()})
     decide = facts if callable(facts) else (lambda name, kind: (name, kind) in facts)
     names = {id(v): n for n, v in values.items()}
-    with schedule_peaks(entries), built_from(names, decide, set() if relied is None else relied):
-        return factory(**static, **values)
+    own = {id(values[n]): src for n, src in sources.items() if not isinstance(src, str)}
+    relied = set() if relied is None else relied
+    token = _SOURCES.set(own)  # not the injected values: they come from outside
+    try:
+        with schedule_peaks(entries), built_from(names, decide, relied):
+            return factory(**static, **values)
+    finally:
+        _SOURCES.reset(token)
 
 
 def _cast_like(u: Any, g: jax.Array) -> jax.Array:
