@@ -394,8 +394,17 @@ def test_rules_and_errors():
             call()
     opt = gradx.adafactor(0.1)
     state = opt.init({"w": jnp.ones((3, 4))})
-    with pytest.raises(ValueError, match=r"scale_by_param_block_rms: update needs the params"):
+    with pytest.raises(ValueError, match=r"^adafactor: update needs the params \("
+                       r"multiply_by_parameter_scale scales each leaf's step by RMS\(θ\)\): "
+                       r"call update\(grads, state, params\)$"):  # fmt: skip
         opt.update({"w": jnp.ones((3, 4))}, state)
+    decays = gradx.adafactor(0.1, multiply_by_parameter_scale=False, weight_decay_rate=0.0)
+    with pytest.raises(ValueError, match=r"^adafactor: update needs the params \("
+                       r"weight_decay_rate subtracts λ·θ\)"):  # fmt: skip
+        decays.update({"w": jnp.ones((3, 4))}, decays.init({"w": jnp.ones((3, 4))}))
+    plain = gradx.adafactor(0.1, multiply_by_parameter_scale=False)  # reads no params
+    u, _ = plain.update({"w": jnp.ones((3, 4))}, plain.init({"w": jnp.ones((3, 4))}))
+    assert u["w"].shape == (3, 4)
     with pytest.raises(gradx.TreeMismatchError, match=r"gradient at \['w'\] has shape \(4, 3\)"):
         opt.update({"w": jnp.ones((4, 3))}, state, {"w": jnp.ones((4, 3))})
 

@@ -178,6 +178,11 @@ def test_the_trust_ratio_needs_params_and_refuses_flat():
         block.update(_grad(params, 0), block.init(params))
     with pytest.raises(ValueError, match=r"scale_by_trust_ratio: params must not be packed"):
         gradx.flat(gradx.lamb(0.01)).init(params)
+    # lamb names itself and the trust ratio, also with no weight decay to read them
+    opt = gradx.lamb(0.01, weight_decay=0.0)
+    with pytest.raises(ValueError, match=r"^lamb: update needs the params \(the trust ratio is "
+                       r"‖θ‖/‖u‖ per leaf\): call update\(grads, state, params\)$"):  # fmt: skip
+        opt.update(_grad(params, 0), opt.init(params))
 
 
 def test_signature_is_optax_lambs():

@@ -463,13 +463,28 @@ def test_fit_packs_leaves_of_at_most_1024_elements_and_leaves_bigger_ones_alone(
     assert flat_packing.packing(gradx.adam(0.1), big)[0] is None
 
 
+def test_flat_true_names_the_argument_or_the_block_that_keeps_it_leaf_by_leaf():
+    # ADOPT is gradx's own, with a function among its arguments; Muon's blocks are per matrix
+    loss_fn, params, data = _fit_problem()
+    for opt, why in [
+        (gradx.adopt(0.01), r"packed: it runs only gradx's own optimizers packed \(built from "
+         r"numbers and flags, without a weight-decay mask\); adopt is gradx's own, but its clip_value_fn is a function \(quarter_power\), "
+         r"neither a number nor a flag, so fit cannot tell that it treats every coordinate "
+         r"alike: pass gradx.flat\(optimizer\) to pack it where it does$"),
+        (gradx.muon(0.01), r"packed: split_matrices: params must not be packed by gradx.flat, "
+         r"got a packed buffer: Muon treats each matrix as a whole"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"^fit: flat=True cannot run this optimizer {why}"):
+            gradx.fit(loss_fn, params, opt, data, flat=True, **FIT_KW)
+
+
 def test_fit_runs_leaf_by_leaf_where_packing_would_change_the_rule():
     loss_fn, params, data = _fit_problem()
     mask = {k: k.startswith("w") for k in params}
     from gradx.compat import keras
 
     for opt, why in [
-        (gradx.adamw(0.01, mask=mask), "built from numbers and flags"),
+        (gradx.adamw(0.01, mask=mask), "decoupled_weight_decay: mask must be None inside "),
         (keras.Adam(0.01, clipnorm=0.5), "clipnorm clips each variable by its own norm"),
         (optax.sgd(0.01, momentum=0.9), "gradx's own optimizers"),
         (gradx.chain(optax.clip_by_block_rms(1.0), gradx.sgd(0.1)), "gradx's own optimizers"),

@@ -21,6 +21,7 @@ from gradx._optimizers.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradx._optimizers.layerwise import requires_params
 from gradx._optimizers.momentum import ema
 from gradx._optimizers.scaling import decoupled_weight_decay, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
@@ -140,4 +141,10 @@ def adafactor(
         blocks.append(ema(momentum, accumulator_dtype=dtype_momentum, **store))
     if weight_decay_rate is not None:
         blocks.append(decoupled_weight_decay(weight_decay_rate, 1.0, mask=weight_decay_mask))
-    return optax.chain(*blocks)
+    if multiply_by_parameter_scale:
+        why = "multiply_by_parameter_scale scales each leaf's step by RMS(θ)"
+    elif weight_decay_rate is not None:
+        why = "weight_decay_rate subtracts λ·θ"
+    else:
+        return optax.chain(*blocks)
+    return requires_params("adafactor", why, optax.chain(*blocks))

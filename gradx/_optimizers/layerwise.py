@@ -22,7 +22,30 @@ from gradx._optimizers.scaling import (
     scale_by_trust_ratio,
 )
 from gradx._protocol.declare import optimizer
+from gradx._protocol.gain import closure_value, gain_rule, walk_gain
 from gradx._protocol.storage import state_dtype_args
+from gradx._protocol.trees import needs_params
+
+
+def requires_params(
+    fn: str, why: str, inner: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
+    """``inner`` (its state and updates unchanged) whose ``update`` refuses to run without
+    the params, naming the optimizer ``fn`` and ``why`` it reads them, before any block of
+    ``inner`` names itself."""
+    inner = optax.with_extra_args_support(inner)
+
+    def update(updates, state, params=None, **extra_args):
+        needs_params(fn, params, why)
+        return inner.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+@gain_rule(requires_params)
+def _requires_params_gain(ctx, cells, state, incoming):
+    inner = closure_value(cells, "inner", "requires_params")
+    return walk_gain(ctx, inner.update, state, incoming)
 
 
 @optimizer(
@@ -93,9 +116,10 @@ def lamb(
     """
     store = state_dtype_args("lamb", state_dtype, stochastic_rounding)
     num = ema(b1, debias=True, **store)
-    return optax.chain(
+    chain = optax.chain(
         precondition(num, rms(b2, eps_root=eps_root, debias=True, **store), eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(learning_rate),
     )
+    return requires_params("lamb", "the trust ratio is ‖θ‖/‖u‖ per leaf", chain)

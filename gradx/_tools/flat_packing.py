@@ -159,12 +159,12 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
     (Keras's per-variable ``clipnorm`` does not) and maps leaf for leaf onto the packed one."""
     from gradx._protocol.declare import ELEMENTWISE
 
+    params = as_arrays(params)
     if optimizer.update not in ELEMENTWISE:
         return None, (
             "it runs only gradx's own optimizers packed (built from numbers and flags, "
             "without a weight-decay mask): pass gradx.flat(optimizer) to pack another"
         )
-    params = as_arrays(params)
     if not placement(jax.tree.leaves(params))[0]:
         return None, "the params are spread over several devices: each keeps its sharding"
     layout = leaf_layout(params, FIT_MAX_LEAF_SIZE)
@@ -181,3 +181,47 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
     if c is None:
         return None, "its state does not map leaf for leaf onto a packed state"
     return Packing(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE), layout, c), ""
+
+
+def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) -> str | None:
+    """Why :func:`packing` does not take a gradx optimizer it does not know to treat every
+    coordinate alike: a block that refuses to run packed says why (Muon's matrices, a mask),
+    else the arguments that are neither numbers nor flags (a function). None for an optimizer
+    no gradx constructor built, or one packing takes. For ``fit(flat=True)``'s error: it
+    traces the packed ``init``."""
+    from gradx._protocol.declare import _PLAIN, BUILT, ELEMENTWISE
+
+    why = (
+        "it runs only gradx's own optimizers packed (built from numbers and flags, "
+        "without a weight-decay mask)"
+    )
+    built = BUILT.get(optimizer.init)
+    if built is None or optimizer.update in ELEMENTWISE:
+        return None
+    constructor, bound = built
+    try:
+        jax.eval_shape(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE).init, params)
+    except ValueError as e:  # a block that refuses to run packed, in its words
+        return str(e)
+    except Exception:  # any other failure: its arguments say why
+        pass
+
+    def what(value: Any) -> str | None:
+        if isinstance(value, optax.GradientTransformation):
+            return None if value.update in ELEMENTWISE else "an optimizer fit does not pack"
+        if value is None or isinstance(value, _PLAIN):
+            return None
+        if callable(value):
+            return f"a function ({getattr(value, '__qualname__', type(value).__name__)})"
+        return repr(value)
+
+    rules = constructor.hyperparameter_rules
+    given = [(n, what(v)) for n, v in bound.arguments.items() if n not in rules]
+    named = ", ".join(f"its {n} is {w}" for n, w in given if w is not None)
+    if not named:  # an optimizer of the user's (@gradx.optimizer)
+        return None
+    return (
+        f"{why}; {constructor.__name__} is gradx's own, but {named}, neither a number nor a "
+        "flag, so fit cannot tell that it treats every coordinate alike: pass "
+        "gradx.flat(optimizer) to pack it where it does"
+    )

@@ -41,5 +41,6 @@ def _packing(fn: str, flat: bool | None, optimizer, params, plan, diagnostics: b
         if packing is not None:
             return packing
     if flat:
+        why = _flat_packing.why_not_elementwise(optimizer, params) or why
         raise ValueError(f"{fn}: flat=True cannot run this optimizer packed: {why}")
     return None
