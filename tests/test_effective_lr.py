@@ -588,6 +588,15 @@ def test_diagnostics_refusals():
     with pytest.raises(ValueError, match="aux must not use the name 'grad_norm'"):
         gradx.fit(with_aux, params, gradx.sgd(0.1), data, batch_size=None, epochs=1, key=None,
                   progress=False, diagnostics=True, has_aux=True)  # fmt: skip
+    # packed by the user: named, not a missing gain rule of an internal function
+    packed = gradx.flat(gradx.adam(0.1))
+    with pytest.raises(ValueError, match=r"fit: diagnostics=True reads the optimizer leaf by "
+                       r"leaf, got one packed by gradx.flat"):  # fmt: skip
+        gradx.fit(loss, params, packed, data, batch_size=None, epochs=1, key=None,
+                  progress=False, diagnostics=True)  # fmt: skip
+    with pytest.raises(TypeError, match=r"effective_learning_rate: optimizer must run leaf by "
+                       r"leaf, got one packed by gradx.flat"):  # fmt: skip
+        gradx.effective_learning_rate(packed, packed.init(params), params)
 
 
 def _every_compat_class():

@@ -230,6 +230,12 @@ def test_sweep_over_schedule_numbers_equals_fit_of_fresh_builds():
         want = (alone.train_params, alone.opt_state.inner_state.weight_sum)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-7)
+        # point(k) is the FitResult fit gives: x as params, y as train_params
+        point = swept.point(k)
+        for got, want in ((point.params, alone.params), (point.train_params, alone.train_params)):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(point.params["w"], point.train_params["w"])  # x is not y
 
 
 def test_eval_params_finds_the_state_wherever_it_sits_and_refuses_without_one():

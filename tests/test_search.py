@@ -286,6 +286,26 @@ def test_pbt_schedule_replays_with_fit():
         assert float(gradx.hyperparams(replayed.opt_state)[name]) == np.float32(value)
 
 
+def test_a_schedule_free_replay_continues_from_y_and_returns_x():
+    # fit returns x (the average) as params and y as train_params; the next segment of a
+    # replay must start from y, as the member's copy did
+    params, data = problem()
+    opt = gradx.schedule_free_sgd(1e-2)
+    space = {"learning_rate": loguniform(1e-3, 3e-2)}
+    got = gradx.search(loss_fn, params, opt, data, space, method="pbt", num_samples=4,
+                       epochs=4, ready=1, metric="val_loss", **RUN)  # fmt: skip
+    member = max(range(4), key=lambda m: len(got.schedule(m)))
+    segments = got.schedule(member)
+    assert len(segments) >= 2
+    replayed = got.replay(member, loss_fn, params, opt, data, batch_size=8, key=RUN["key"],
+                          eval_fn=eval_fn)  # fmt: skip
+    want = np.concatenate([got.history["val_loss"][s.member, s.start : s.stop] for s in segments])
+    np.testing.assert_allclose(replayed.history["val_loss"], want, rtol=1e-5)
+    y = jax.tree.map(lambda x: x[member], got.params)
+    close(replayed.train_params, y)
+    close(replayed.params, gradx.schedule_free_eval_params(replayed.opt_state, y))
+
+
 # ----------------------------------------------------------------------------- mesh
 
 WORKER = """

@@ -142,7 +142,8 @@ def effective_learning_rate(
 
     Raises:
       TypeError: the optimizer has a block whose gain gradx does not know (a bare optax
-        transform such as ``optax.adam``), named in the message; or it is Muon
+        transform such as ``optax.adam``), named in the message; it is packed by
+        :func:`gradx.flat`; or it is Muon
         (``gradx.muon``, or any chain with ``gradx.orthogonalize``), whose step is not
         coordinate-wise: each matrix's step depends on the whole matrix, so no
         per-coordinate factor multiplies the gradient.
@@ -174,6 +175,14 @@ def effective_learning_rate(
         raise TypeError(
             f"{GAIN_FN}: optimizer must be an optax GradientTransformation (a gradx optimizer), "
             f"got {type(optimizer).__name__}"
+        )
+    from gradx._tools.flat import is_flat
+
+    if is_flat(optimizer):
+        raise TypeError(
+            f"{GAIN_FN}: optimizer must run leaf by leaf, got one packed by gradx.flat (its "
+            "state is laid out in buffers, not like the params); pass the optimizer that "
+            "gradx.flat wraps, with its state (fit packs and unpacks it itself)"
         )
     return _alpha(optimizer.update, state, params, grads)
 

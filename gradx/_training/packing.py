@@ -31,6 +31,12 @@ def _packing(fn: str, flat: bool | None, optimizer, params, plan, diagnostics: b
     if flat is False:
         return None
     if _flat.is_flat(optimizer):
+        if diagnostics:
+            raise ValueError(
+                f"{fn}: diagnostics=True reads the optimizer leaf by leaf, got one packed by "
+                "gradx.flat; pass the optimizer it wraps (fit packs it itself where it can) "
+                "or diagnostics=False"
+            )
         return None  # packed already: the user's layout is the packed one
     if plan is not None:
         why = "on a mesh each leaf keeps its own sharding: fit runs leaf by leaf"

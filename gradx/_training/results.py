@@ -94,7 +94,9 @@ class SweepResult:
     """What :func:`sweep` returns: K trained models, one per grid point, stacked.
 
     Attributes:
-      params: the trained params, every leaf with a leading axis of length K.
+      params: the trained params, every leaf with a leading axis of length K: the point
+        training continues from (with a Schedule-Free optimizer y, fit's ``train_params``;
+        :meth:`point` gives fit's ``params``, the average x).
       opt_state: the optimizer states, leading axis K.
       history: like :attr:`FitResult.history`, every entry of shape ``(K, epochs)``.
       grid: each swept hyperparameter's value at each point, shape ``(K,)``. Points are the
@@ -138,13 +140,19 @@ class SweepResult:
         )
 
     def point(self, index: int) -> FitResult:
-        """Grid point ``index`` as a :class:`FitResult` (the run ``fit`` would have made)."""
+        """Grid point ``index`` as a :class:`FitResult` (the run ``fit`` would have made: with
+        a Schedule-Free optimizer its ``params`` are the average x, its ``train_params`` the
+        y that :attr:`params` holds)."""
+        from gradx._tools.schedule_free_eval import evaluation_point
+
         if not -len(self) <= index < len(self):
             raise ValueError(f"SweepResult.point: index must be in [0, {len(self)}), got {index}")
         take = functools.partial(jax.tree.map, lambda x: x[index])
+        params, opt_state = take(self.params), take(self.opt_state)
         return FitResult(
-            params=take(self.params),
-            opt_state=take(self.opt_state),
+            params=evaluation_point(opt_state, params),
+            train_params=params,
+            opt_state=opt_state,
             history={k: v[index] for k, v in self.history.items()},
             epoch_seconds=self.epoch_seconds.sum(axis=0) / self.epoch_seconds.shape[0],
             steps_per_epoch=self.steps_per_epoch,

@@ -23,7 +23,10 @@ class SearchResult:
     Attributes:
       method: ``"random"``, ``"halving"`` or ``"pbt"``.
       params, opt_state: each member's params and state when it stopped training, leading
-        axis K (halving: an eliminated member's are those of its last rung).
+        axis K (halving: an eliminated member's are those of its last rung). The params are
+        the point training continues from: with a Schedule-Free optimizer y, and
+        ``gradx.schedule_free_eval_params(opt_state, params)`` (under :func:`jax.vmap`) the
+        average x that fit returns and :meth:`replay` gives as ``params``.
       history: ``{name: (K, epochs)}`` like :attr:`gradx.SweepResult.history`; NaN in the
         epochs a member did not train (halving). PBT: the row of member k is the run that
         ended as member k only up to its last copy; before it, see :meth:`schedule`.
@@ -153,10 +156,11 @@ class SearchResult:
                 key=key, eval_fn=eval_fn, eval_data=eval_data, opt_state=state,
                 initial_epoch=seg.start, progress=progress,
             )  # fmt: skip
-            params, state = run.params, run.opt_state
+            params, state = run.train_params, run.opt_state  # Schedule-Free: y, not x
             parts.append(run)
         return FitResult(
-            params=params,
+            params=parts[-1].params,
+            train_params=params,
             opt_state=state,
             history={n: np.concatenate([p.history[n] for p in parts]) for n in parts[0].history},
             epoch_seconds=np.concatenate([p.epoch_seconds for p in parts]),
