@@ -80,7 +80,18 @@ def test_factories_are_gradx_optimizers_with_hyperparameters_in_state(library):
         (
             lambda: gradx.compat.keras.Adam(use_ema=True),
             ValueError,
-            r"Adam: use_ema must be False, got True",
+            r"Adam: use_ema must be False, got True; gradx.fit\(..., ema=ema_momentum\)",
+        ),
+        (
+            lambda: gradx.compat.keras.SGD(ema_overwrite_frequency=5),
+            ValueError,
+            r"SGD: ema_overwrite_frequency must be None \(it needs use_ema\), got 5; gradx.fit",
+        ),
+        (  # Keras calls a learning rate function with no argument; gradx schedules take t
+            lambda: gradx.compat.keras.Adam(learning_rate=lambda: 0.01),
+            TypeError,
+            r"Adam: learning_rate must be a number >= 0 or a schedule, a function of the step "
+            r"count, got .*, which cannot be called with one",
         ),
         (
             lambda: gradx.compat.keras.SGD(gradient_accumulation_steps=4),

@@ -137,7 +137,15 @@ class Rule:
     def check_hyperparameter(self, fn: str, name: str, value: Any, dtype: Any = None) -> bool:
         """Checks a number, or a schedule's value at step 0; returns whether it is a schedule."""
         if callable(value) and not hasattr(value, "dtype"):
-            first = value(0)
+            try:
+                first = value(0)
+            except TypeError as e:
+                if "positional argument" not in str(e):
+                    raise
+                raise TypeError(  # Keras takes a function of no argument; schedules take t
+                    f"{fn}: {name} must be a number {self.text} or a schedule, a function of "
+                    f"the step count, got {value!r}, which cannot be called with one ({e})"
+                ) from None
             self.check(fn, f"{name} (its schedule's value at step 0)", first, dtype)
             check_schedule_shape(fn, name, first)
             return True

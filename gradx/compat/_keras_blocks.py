@@ -43,12 +43,15 @@ def _refuse_training_loop_options(cls: str, args: Mapping[str, Any]) -> None:
     ema_overwrite_frequency = args["ema_overwrite_frequency"]
     if use_ema:
         raise ValueError(
-            f"{cls}: use_ema must be False, got True; keep an EMA of the params in your "
-            "training loop (e.g. optax.ema over params) instead"
+            f"{cls}: use_ema must be False, got True; gradx.fit(..., ema=ema_momentum) keeps "
+            "the same average of the params (Keras's rule: the first step copies them) beside "
+            "the optimizer"
         )
     if ema_overwrite_frequency is not None:
         raise ValueError(
-            f"{cls}: ema_overwrite_frequency needs use_ema, got {ema_overwrite_frequency!r}"
+            f"{cls}: ema_overwrite_frequency must be None (it needs use_ema), got "
+            f"{ema_overwrite_frequency!r}; gradx.fit(..., ema=d) returns the average as "
+            "ema_params and evaluates at it with eval_on='ema'"
         )
     if loss_scale_factor is not None:
         raise ValueError(

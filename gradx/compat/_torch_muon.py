@@ -175,11 +175,11 @@ def Muon(
             f"{adjust_lr_fn!r}"
         )
     ns_steps_arg(cls, ns_steps, most=100)
-    coefficients = checked_coefficients(cls, ns_coefficients, ns_steps, "ns_coefficients")
-    if coefficients.shape != (3,):
+    if np.shape(ns_coefficients) != (3,):  # torch's: one triple, not gradx.muon's schedule
         raise ValueError(
             f"{cls}: ns_coefficients must be 3 numbers (a, b, c), got {ns_coefficients!r}"
         )
+    coefficients = checked_coefficients(cls, ns_coefficients, ns_steps, "ns_coefficients")
     return torch_muon(
         learning_rate=lr,
         weight_decay=torch_off_if_zero(weight_decay),
