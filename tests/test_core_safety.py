@@ -516,3 +516,49 @@ def test_updates_have_the_gradients_dtype(name, dtype):
     for _ in range(2):
         updates, state = _update(opt, grads, state, params)
         assert jax.tree.map(lambda u: u.dtype, updates) == {"w": dtype, "b": dtype}
+
+
+INIT_ONLY = [
+    (lambda: gradx.adagrad(0.1), "initial_accumulator_value"),
+    (lambda: gradx.rmsprop(0.1), "initial_scale"),
+    (lambda: gradx.compat.optax.adagrad(0.1), "initial_accumulator_value"),
+    (lambda: gradx.compat.optax.rmsprop(0.1), "initial_scale"),
+    (lambda: gradx.compat.keras.Adagrad(), "initial_accumulator_value"),
+    (lambda: gradx.compat.torch.Adagrad(), "initial_accumulator_value"),
+]
+
+
+@pytest.mark.parametrize("make, name", INIT_ONLY)
+def test_a_value_only_init_reads_is_refused_by_set_hyperparams(make, name):
+    # G0 / v0 fill the accumulator at init: a value set afterwards would be stored and shown
+    # by gradx.hyperparams, but never used (a sweep over it gave identical runs)
+    params = {"w": jnp.ones(3)}
+    state = make().init(params)
+    with pytest.raises(
+        ValueError, match=rf"^set_hyperparams: {name} is read once, when init fills the state"
+    ):
+        gradx.set_hyperparams(state, **{name: 3.0})
+    gradx.set_hyperparams(state, learning_rate=0.2)  # the others are still settings
+
+
+def test_a_sweep_over_an_initial_accumulator_is_refused():
+    x = jnp.ones((8, 3))
+    with pytest.raises(ValueError, match=r"initial_accumulator_value is read once"):
+        gradx.sweep(
+            lambda p, b: jnp.mean((b @ p["w"]) ** 2), {"w": jnp.ones(3)}, gradx.adagrad(0.1), x,
+            {"initial_accumulator_value": np.array([0.0, 100.0])}, batch_size=None, epochs=1,
+            key=None, progress=False,
+        )  # fmt: skip
+
+
+def test_adadelta_with_eps_0_steps_0_where_its_accumulator_is_0():
+    # allowed by the rule (eps >= 0), so guarded: 0, not 0/0 = NaN; built with eps > 0 the
+    # guard is not compiled and set_hyperparams refuses 0
+    params = {"w": jnp.array([1.0, 2.0])}
+    opt = gradx.adadelta(1.0, eps=0.0)
+    updates, _ = opt.update({"w": jnp.array([0.5, 0.0])}, opt.init(params), params)
+    np.testing.assert_array_equal(updates["w"], [0.0, 0.0])  # E_d = 0: Adadelta never moves
+    alpha = gradx.effective_learning_rate(opt, opt.init(params), params, {"w": jnp.zeros(2)})
+    assert np.all(np.isfinite(alpha["w"]))
+    with pytest.raises(ValueError, match=r"^set_hyperparams: eps must be > 0 \(the optimizer"):
+        gradx.set_hyperparams(gradx.adadelta(1.0).init(params), eps=0.0)

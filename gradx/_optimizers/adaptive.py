@@ -19,6 +19,7 @@ from gradx._optimizers.adam import moment_dtypes
 from gradx._optimizers.momentum import trace
 from gradx._optimizers.preconditioners import ema_of, precondition, rms, rss
 from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._protocol.constants import positive_by_construction
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
@@ -53,10 +54,14 @@ def scale_by_adadelta(
     For complex params ``|·|²`` is the squared modulus, so both accumulators are real and d has
     g's phase. ``accumulator_dtype`` is the (real) dtype E_g and E_d are stored in; None
     follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
-    :func:`trace`. d is emitted in the computed dtype, which may be wider than g's.
+    :func:`trace`. d is emitted in the computed dtype, which may be wider than g's. With
+    ε = 0 (allowed, though then E_d stays 0 and nothing moves) a coordinate whose E_g is 0
+    steps 0, not 0/0.
     """
     store = ("scale_by_adadelta", "accumulator_dtype", accumulator_dtype, state_dtype)
     codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
+    # ε > 0 for good (given so): √(E_g + ε) is never 0, no guard compiled (as precondition)
+    guarded = not positive_by_construction(eps)
 
     def init(params: Any) -> AdadeltaState:
         return AdadeltaState(e_d=codec.init(params, "e_d"), e_g=codec.init(params, "e_g"))
@@ -72,7 +77,11 @@ def scale_by_adadelta(
 
         def step_of(g, eg, ed):
             egw, edw = wide(eg, r, e, ed), wide(ed, r, e, eg)
-            ratio = jnp.sqrt(edw + coef(e, edw)) / jnp.sqrt(egw + coef(e, egw))
+            num, den = jnp.sqrt(edw + coef(e, edw)), jnp.sqrt(egw + coef(e, egw))
+            if guarded:
+                ratio = jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)
+            else:
+                ratio = num / den
             gw = wide(g, r, e, ratio)
             return ratio.astype(gw.dtype) * gw
 
@@ -287,9 +296,16 @@ def _adadelta_gain(ctx, cells, state, incoming):
 
     def ratio(g, s, d):
         s, d = in_gain_dtype(ctx, s), in_gain_dtype(ctx, d)
-        q = in_gain_dtype(ctx, abs_sq(g)) / (s + eps)
+        safe = jnp.where(s + eps > 0, s + eps, 1)  # ε = 0 and s = 0: the step was 0 (guarded)
+        q = in_gain_dtype(ctx, abs_sq(g)) / safe
         before = jnp.maximum((d - (1 - rho) * eps * q) / (rho + (1 - rho) * q), 0)
-        return jnp.sqrt(before + eps) / jnp.sqrt(s + eps)
+        return jnp.where(s + eps > 0, jnp.sqrt(before + eps) / jnp.sqrt(safe), 0)
 
     factors = jax.tree.map(ratio, incoming, decode_moments(state.e_g), decode_moments(state.e_d))
     return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
+
+
+# G₀ and v₀ fill the accumulators at init and are never read again: set_hyperparams refuses
+# them (a value set after init would be silently ignored), see gradx.set_hyperparams.
+adagrad.state_class.read_at_init = ("initial_accumulator_value",)
+rmsprop.state_class.read_at_init = ("initial_scale",)

@@ -115,7 +115,9 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     its relations (rprop: ``min_step <= max_step``); tracers are checked at run time only, by
     :func:`check_hyperparams`. A value the optimizer computes and records in its state (the α
     of lookahead with ``alpha="quadratic"``, fitted at every sync) is refused: its state
-    class lists it, with the reason, in its ``outputs`` mapping.
+    class lists it, with the reason, in its ``outputs`` mapping; so is one that only ``init``
+    reads (Adagrad's ``initial_accumulator_value``, RMSProp's ``initial_scale``: the state
+    class's ``read_at_init``).
 
     Examples:
       >>> import jax.numpy as jnp, gradx
@@ -139,9 +141,16 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
                 f"set_hyperparams: the state has no hyperparameter {key!r}; it has {sorted(keys)}"
             )
         path, name, scheduled = keys[key]
-        output = getattr(type(_get(state, path)), "outputs", {}).get(name)
+        owner = type(_get(state, path))
+        output = getattr(owner, "outputs", {}).get(name)
         if output is not None:
             raise ValueError(f"set_hyperparams: {output}")
+        if name in getattr(owner, "read_at_init", ()):
+            raise ValueError(
+                f"set_hyperparams: {key} is read once, when init fills the state with it, so a "
+                f"value set now would change nothing; build the optimizer with {name}=... "
+                "and init it again (a sweep over it: one fit per value)"
+            )
         numbers = sorted(k for k in keys if k.startswith(f"{key}/"))
         if scheduled and numbers:
             raise ValueError(

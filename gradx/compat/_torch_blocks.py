@@ -449,3 +449,7 @@ def torch_adam_like(cls, lr, betas, eps, weight_decay, amsgrad, decoupled, switc
         lr, b1, b2, eps, torch_off_if_zero(weight_decay), amsgrad, decoupled, **store
     )
     return with_maximize(opt, switches["maximize"])
+
+
+# the accumulator's initial value is read once, by init: set_hyperparams refuses it
+torch_adagrad.state_class.read_at_init = ("initial_accumulator_value",)

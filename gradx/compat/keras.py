@@ -393,3 +393,7 @@ def Lamb(
         trust_ratio_after_decay(learning_rate, weight_decay),
     ]
     return step, []
+
+
+# the accumulator's initial value is read once, by init: set_hyperparams refuses it
+Adagrad.state_class.read_at_init = ("initial_accumulator_value",)
