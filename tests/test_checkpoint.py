@@ -693,6 +693,17 @@ def test_resume_refuses_an_optimizer_built_with_other_arguments(name, tmp_path):
     assert len(resumed.history["loss"]) == 4
 
 
+def test_a_dtype_is_described_alike_however_it_is_spelled():
+    from gradx._training.identity import optimizer_arguments
+
+    spellings = ("int8", jnp.int8, np.dtype("int8")), ("bfloat16", jnp.bfloat16)
+    for names in spellings:
+        described = [optimizer_arguments(gradx.adam(0.1, state_dtype=d)) for d in names]
+        assert all(d == described[0] for d in described), described
+    f32 = [optimizer_arguments(gradx.adam(0.1, mu_dtype=d)) for d in ("float32", jnp.float32)]
+    assert f32[0] == f32[1]
+
+
 def test_an_optimizer_is_described_alike_in_another_process():
     """The description a checkpoint records is the same when a new process builds the same
     optimizer (no object ids, no set order): else a resume would be refused."""

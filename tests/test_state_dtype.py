@@ -234,6 +234,48 @@ def test_int8_round_trip_is_the_numpy_quantiser_within_the_maps_resolution():
     assert quantize(jnp.ones((5, 300)), True).scales.shape == (6,)
 
 
+def test_int8_blocks_near_float32s_largest_and_stacks_of_leaves_decode_right():
+    # an absmax above 2^126 has a reciprocal that XLA flushes to 0: such a block must code
+    # as the same block scaled by 2^-64 (exactly) does, not as all zeros
+    rng = np.random.default_rng(5)
+    for signed, x in ((True, rng.normal(size=512) * 1e37), (False, rng.uniform(size=512) * 3e38)):
+        x = jnp.asarray(x, jnp.float32)
+        big, small = quantize(x, signed), quantize(x * 2.0**-64, signed)
+        np.testing.assert_array_equal(np.asarray(big.codes), np.asarray(small.codes))
+        np.testing.assert_array_equal(np.asarray(big.scales), np.asarray(small.scales) * 2.0**64)
+        error = np.max(np.abs(np.asarray(gradx.decode_moments(big)) - np.asarray(x)))
+        assert error <= 0.0071 * float(np.max(np.abs(x)))
+    # a stack of leaves (a sweep's states, jax.vmap(opt.init)) in the 1-D layout (300 is no
+    # multiple of 256): each leaf decodes with its own blocks' scales
+    x = jnp.asarray(rng.normal(size=(3, 4, 300)) * np.array([1e-3, 1.0, 1e3])[:, None, None])
+    x = x.astype(jnp.float32)
+    stacked = jax.vmap(lambda v: quantize(v, True))(x)
+    assert stacked.scales.shape == (3, 5)
+    decoded = np.asarray(gradx.decode_moments(stacked))
+    for k in range(3):
+        one = quantize(x[k], True)
+        np.testing.assert_array_equal(decoded[k], np.asarray(gradx.decode_moments(one)))
+
+
+def test_stochastic_rounding_draws_its_own_bits_per_group_and_per_part():
+    # param groups (and Muon's matrices and other params) run one block on several parts of
+    # the params: leaf i of each part must not round with leaf i of another's bits
+    v = jnp.full((4096,), 1.0 + 2.0**-9, jnp.float32)
+    sr = dict(state_dtype="bfloat16", stochastic_rounding=True)
+
+    def moments(opt, params):
+        state = opt.init(params)
+        _, state = opt.update(params, state, params)
+        return [x for x in jax.tree.leaves(gradx.decode_moments(state)) if x.shape == v.shape]
+
+    grouped = moments(gradx.param_groups(gradx.sgd(0.1, 0.9, **sr), gx=r"^x$"), {"x": v, "y": v})
+    muon = moments(gradx.muon(0.1, **sr), {"w": v.reshape(64, 64), "b": v})
+    for a, b in (grouped, [muon[0].reshape(-1), muon[1]]):
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+    for m in grouped:  # the trace is g = 1 + 2^-9, a quarter of bfloat16's gap: up 1 in 4
+        assert 0.2 < float(np.mean(np.asarray(m) > 1.0)) < 0.3
+
+
 def test_int8_maps_are_bitsandbytes_but_the_unsigned_one_has_no_zero():
     signed, unsigned = MAPS[True], MAPS[False]
     bnb = _numpy_dynamic_map(False)

@@ -27,6 +27,7 @@ from optax.transforms import MaskedNode
 from gradx._optimizers.scaling import FLAT_ACTIVE
 from gradx._protocol.declare import BUILT
 from gradx._protocol.gain import GAIN_FN, Gain, closure_value, gain_rule, walk_gain
+from gradx._protocol.storage import salt_rounding_keys
 from gradx._protocol.trees import TreeMismatchError, as_arrays, check_arrays, params_like
 
 __all__ = ["ParamGroupsState", "grouped", "key_path", "param_groups"]
@@ -166,8 +167,8 @@ def grouped(
                 f"{dict(patterns)[empty[0]].pattern!r} matches none of the leaves' key paths "
                 f"(or only leaves an earlier group took); the key paths are {_listed(paths)}"
             )
-        states = {
-            name: tx.init(_mask(treedef, leaves, labels, name))
+        states = {  # each group's rounding keys its own (storage.salt_rounding_keys)
+            name: salt_rounding_keys(tx.init(_mask(treedef, leaves, labels, name)), name)
             for name, tx in txs.items()
             if name in labels
         }

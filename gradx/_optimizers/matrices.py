@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from gradx._optimizers.scaling import FLAT_ACTIVE
+from gradx._optimizers.scaling import FLAT_ACTIVE, check_numbers
 from gradx._protocol.dtypes import coef, wide
 from gradx._protocol.gain import (
     GAIN_FN,
@@ -27,6 +27,7 @@ from gradx._protocol.gain import (
     in_gain_dtype,
     walk_gain,
 )
+from gradx._protocol.storage import salt_rounding_keys
 from gradx._protocol.trees import TreeMismatchError
 
 __all__ = ["MuonDimensionNumbers"]
@@ -239,6 +240,7 @@ def scale_by_shape(
       An optax transformation without state (optax's ``scale_by_shape`` in
       ``optax.contrib._muon``).
     """
+    check_numbers("scale_by_shape", consistent_rms=consistent_rms)
     fn = "scale_by_shape"
 
     def init(params: Any) -> ScaleByShapeState:
@@ -335,7 +337,10 @@ def split_matrices(
     def init(params: Any) -> SplitMatricesState:
         refuse_flat(fn)
         mine, rest = _parts(params, matrix_mask(fn, weight_dimension_numbers, params))
-        return SplitMatricesState(matrices=matrices.init(mine), others=others.init(rest))
+        return SplitMatricesState(  # each part's rounding keys its own
+            matrices=salt_rounding_keys(matrices.init(mine), "matrices"),
+            others=salt_rounding_keys(others.init(rest), "others"),
+        )
 
     def update(updates, state, params=None, **extra_args):
         refuse_flat(fn)

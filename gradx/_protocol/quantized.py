@@ -187,15 +187,22 @@ def _blocks(x: jax.Array) -> jax.Array:
 def _per_element(scales: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Each element's block scale, in the leaf's ``shape``. The codes are then computed (and
     read) elementwise in the leaf's shape, so that under ``jit`` on a mesh they follow the
-    leaf's sharding; only the absmax reduction sees the blocks."""
+    leaf's sharding; only the absmax reduction sees the blocks.
+
+    Scales of the 1-D layout with more than one axis are a stack of leaves (a sweep's
+    states, ``jax.vmap(opt.init)``): their leading axes are the stack's, each leaf's blocks
+    its own."""
     # a broadcast and a reshape (jnp.repeat with total_repeat_length is a scatter and a
     # cumulative sum over every element: 16x the step's time on a 16M leaf)
     expanded = jnp.broadcast_to(scales[..., None], (*scales.shape, BLOCK))
     if shape and shape[-1] % BLOCK == 0:
         return expanded.reshape(shape)
-    size = int(np.prod(shape, dtype=np.int64))
-    expanded = expanded.reshape(-1)
-    return (expanded if expanded.shape[0] == size else expanded[:size]).reshape(shape)
+    stack = scales.shape[:-1]
+    size = int(np.prod(shape[len(stack) :], dtype=np.int64))
+    expanded = expanded.reshape(*stack, -1)
+    if expanded.shape[-1] != size:
+        expanded = expanded[..., :size]
+    return expanded.reshape(shape)
 
 
 def _explicit(x: jax.Array) -> NamedSharding | None:
@@ -264,7 +271,11 @@ def _absmax(blocks: jax.Array, signed: bool) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=1)
 def _quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
     scales = _absmax(_blocks(x), signed)
-    inverse = 1 / jnp.where(scales > 0, scales, jnp.ones_like(scales))
+    # 1/s of an absmax above 2^126 is below float32's smallest normal, and XLA flushes it to
+    # 0: such a block (absmax above 2^120) is scaled by 2^-8 first, exactly (a power of two)
+    pre = jnp.where(scales > 2.0**120, jnp.float32(2.0**-8), jnp.float32(1))
+    inverse = 1 / jnp.where(scales > 0, scales * pre, jnp.ones_like(scales))
+    x = x * _per_element(pre, x.shape)
     index = nearest_index(x * _per_element(inverse, x.shape), signed)
     codes = (index - 128).astype(jnp.int8)
     return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)

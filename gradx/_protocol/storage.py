@@ -156,6 +156,21 @@ def seed_key(tag: str) -> jax.Array:
     return jax.random.key_data(jax.random.key(zlib.crc32(tag.encode()) & 0x7FFFFFFF))
 
 
+def salt_rounding_keys(state: Any, salt: str) -> Any:
+    """``state`` with the key of every stochastically rounded moment in it XORed with
+    crc32(``salt``). For a transformation that runs one block on several parts of the
+    params (param groups, Muon's matrices and the rest): each part's block starts from the
+    same key, and its leaf i would round with the same bits as leaf i of every other part."""
+    tag = np.uint32(zlib.crc32(salt.encode()))
+
+    def salted(node: Any) -> Any:
+        if isinstance(node, RoundedMoment):
+            return node._replace(key=node.key ^ tag)
+        return node
+
+    return jax.tree.map(salted, state, is_leaf=lambda n: isinstance(n, RoundedMoment))
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentCodec:
     """How one moment of a block is stored: made by :func:`moment_codec`."""
@@ -181,7 +196,8 @@ class MomentCodec:
             if jnp.iscomplexobj(p):
                 raise TypeError(
                     f"{self.fn}: {self.name}='int8' needs real params (the int8 maps are "
-                    f"real), got a {p.dtype} leaf; give complex params a float state_dtype"
+                    f"real), got a {p.dtype} leaf; give complex params state_dtype float32 or "
+                    "float64"
                 )
             if p.size < BLOCK:
                 return jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p

@@ -132,12 +132,23 @@ def _built(init: Any) -> tuple[Any, Any] | None:
         return None
 
 
+def _dtype_name(obj: Any) -> str | None:
+    """The dtype ``obj`` names ("int8", jnp.int8, np.dtype("int8") alike), or None."""
+    try:
+        return str(jnp.dtype(obj))
+    except TypeError:
+        return None
+
+
 def _describe(obj: Any, path: str, out: dict[str, Any], depth: int, seen: frozenset) -> None:
+    if isinstance(obj, str) and path.endswith("dtype"):  # "int8" and jnp.int8 read alike
+        out[path] = _dtype_name(obj) or obj
+        return
     if obj is None or isinstance(obj, (bool, int, float, str)):
         out[path] = obj
         return
     if isinstance(obj, type):  # a dtype given as jnp.bfloat16, a class
-        out[path] = f"{obj.__module__}.{obj.__qualname__}"
+        out[path] = _dtype_name(obj) or f"{obj.__module__}.{obj.__qualname__}"
         return
     if isinstance(obj, np.dtype):
         out[path] = str(obj)
