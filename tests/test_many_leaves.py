@@ -488,6 +488,7 @@ def test_fit_runs_leaf_by_leaf_where_packing_would_change_the_rule():
         (keras.Adam(0.01, clipnorm=0.5), "clipnorm clips each variable by its own norm"),
         (optax.sgd(0.01, momentum=0.9), "gradx's own optimizers"),
         (gradx.chain(optax.clip_by_block_rms(1.0), gradx.sgd(0.1)), "gradx's own optimizers"),
+        (gradx.adam(0.01, state_dtype="int8"), r"int8 moments are quantised in blocks of each"),
     ]:
         want = gradx.fit(loss_fn, params, opt, data, flat=False, **FIT_KW)
         got = gradx.fit(loss_fn, params, opt, data, **FIT_KW)  # leaf by leaf, by itself

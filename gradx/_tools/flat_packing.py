@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradx._protocol.quantized import is_quantized
 from gradx._protocol.trees import TreeMismatchError, as_arrays
 from gradx._tools.flat import (
     FIT_MAX_LEAF_SIZE,
@@ -179,7 +180,14 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
     except ValueError as e:  # a block that refuses to run packed
         return None, str(e)
     if c is None:
-        return None, "its state does not map leaf for leaf onto a packed state"
+        why = "its state does not map leaf for leaf onto a packed state"
+        state = jax.eval_shape(inner.init, params)
+        if any(is_quantized(x) for x in jax.tree.leaves(state, is_leaf=is_quantized)):
+            why += (
+                " (its int8 moments are quantised in blocks of each leaf; packed, the blocks "
+                "would be the buffers': other numbers)"
+            )
+        return None, why
     return Packing(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE), layout, c), ""
 
 
