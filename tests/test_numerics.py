@@ -419,3 +419,22 @@ def test_sgd_spelling_checks():
         gradx.sgd(0.1, mu_dtype=jnp.float32)
     with pytest.raises(ValueError, match=r"^sgd: momentum must be in \[0, 1\), got 1.5"):
         gradx.sgd(0.1, momentum=1.5)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1.0, 1e20, 1e30])
+def test_float32_normalized_sgd_steps_by_the_learning_rate_at_any_gradient_scale(scale):
+    # Σg² under- or overflows float32 beyond ‖g‖ ≈ 1e±19: the step must still be −γ·g/‖g‖
+    # (a 0 step only at g = 0), and the effective learning rate γ/‖g‖.
+    g64 = {"a": np.array([3.0, -4.0]) * scale, "b": np.array([[1e-3, 0.0], [-2.5, 12.0]]) * scale}
+    grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g64)
+    params = jax.tree.map(jnp.zeros_like, grads)
+    opt = gradx.normalized_sgd(0.1)
+    updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    g32 = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)  # the float32 gradient
+    norm = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(g32)))
+    for k in g64:
+        assert updates[k].dtype == jnp.float32
+        np.testing.assert_allclose(updates[k], -0.1 * g32[k] / norm, rtol=1e-6, atol=0)
+    alpha = gradx.effective_learning_rate(opt, state, params, grads=grads)
+    for k in g64:
+        np.testing.assert_allclose(alpha[k], np.full(g64[k].shape, 0.1 / norm), rtol=1e-6)

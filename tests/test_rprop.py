@@ -318,3 +318,28 @@ def test_composes_with_optax():
     np.testing.assert_allclose(ravel_pytree(updates)[0], -0.05 * np.sign(ravel_pytree(g)[0]))
     assert float(gradx.hyperparams(state)["learning_rate"]) == 0.05
     assert gradx.OPTIMIZERS["rprop"] is gradx.rprop
+
+
+@pytest.mark.parametrize("irprop_minus", [False, True])
+def test_bf16_gradients_on_float32_params_keep_the_state_dtypes_and_scan(irprop_minus):
+    # The state is stored like the params whatever the gradient's dtype: α stays float32
+    # (0.1·1.2 = 0.12 in float32, not bfloat16's 0.120117), and lax.scan's carry keeps its type.
+    opt = gradx.rprop(0.1, irprop_minus=irprop_minus)
+    params = tree_as(PARAMS0, jnp.float32)
+    grads = jax.tree.map(lambda x: (x / 4).astype(jnp.bfloat16), params)
+    state = opt.init(params)
+    dtypes = jax.tree.map(lambda x: x.dtype, state)
+    for _ in range(3):
+        _, state = jax.jit(opt.update)(grads, state, params)
+        assert jax.tree.map(lambda x: x.dtype, state) == dtypes
+    want = np.float32(np.float32(np.float32(0.1) * np.float32(1.2)) * np.float32(1.2))
+    for step in jax.tree.leaves(state.inner_state.step_size):
+        np.testing.assert_array_equal(step, want)
+    for prev, g in zip(*map(jax.tree.leaves, (state.inner_state.prev_grad, grads)), strict=True):
+        np.testing.assert_array_equal(prev, np.asarray(g, np.float32))
+
+    def body(s, _):
+        return opt.update(grads, s, params)[1], None
+
+    scanned, _ = jax.lax.scan(body, opt.init(params), None, length=3)
+    jax.tree.map(np.testing.assert_array_equal, scanned, state)

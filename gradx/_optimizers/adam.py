@@ -29,6 +29,7 @@ from gradx._optimizers.preconditioners import (
     scale_by_bias_correction,
 )
 from gradx._optimizers.scaling import (
+    check_numbers,
     check_weight_decay_scaling,
     decoupled_weight_decay,
     scale_by_learning_rate,
@@ -72,6 +73,7 @@ def nesterov_ema(
     ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. m̂ is emitted in the
     computed dtype, which may be wider than the gradient's.
     """
+    check_numbers("nesterov_ema", decay=decay, momentum_decay=momentum_decay)
     codec = moment_codec(
         "nesterov_ema", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
     )

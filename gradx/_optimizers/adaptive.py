@@ -18,7 +18,7 @@ import optax
 from gradx._optimizers.adam import moment_dtypes
 from gradx._optimizers.momentum import trace
 from gradx._optimizers.preconditioners import ema_of, precondition, rms, rss
-from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._optimizers.scaling import check_numbers, scale_by_learning_rate
 from gradx._protocol.constants import positive_by_construction
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import abs_sq, coef, wide
@@ -58,6 +58,7 @@ def scale_by_adadelta(
     ε = 0 (allowed, though then E_d stays 0 and nothing moves) a coordinate whose E_g is 0
     steps 0, not 0/0.
     """
+    check_numbers("scale_by_adadelta", rho=rho, eps=eps)
     store = ("scale_by_adadelta", "accumulator_dtype", accumulator_dtype, state_dtype)
     codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
     # ε > 0 for good (given so): √(E_g + ε) is never 0, no guard compiled (as precondition)

@@ -21,7 +21,7 @@ import optax
 
 from gradx._optimizers.adam import moment_dtypes
 from gradx._optimizers.preconditioners import ema_of
-from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._optimizers.scaling import check_numbers, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
@@ -80,6 +80,7 @@ def scale_by_adopt(
     refused with clipping (clip of a complex number is not defined); without it, v
     accumulates ``|g|²``.
     """
+    check_numbers("scale_by_adopt", b1=b1, b2=b2, eps=eps)
     store = (state_dtype, stochastic_rounding)
     mu_codec = moment_codec("scale_by_adopt", "mu_dtype", mu_dtype, *store)
     nu_codec = moment_codec("scale_by_adopt", "nu_dtype", nu_dtype, *store, nonnegative=True)

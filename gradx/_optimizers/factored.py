@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from gradx._optimizers.preconditioners import ema_of
-from gradx._optimizers.scaling import FLAT_ACTIVE
+from gradx._optimizers.scaling import FLAT_ACTIVE, check_numbers
 from gradx._protocol.dtypes import abs_sq, coef, real_dtype, wide
 from gradx._protocol.gain import (
     GAIN_FN,
@@ -172,6 +172,12 @@ def scale_by_factored_rms(
       leaf keeps real statistics. optax's update needs the params (for their shapes); this
       one reads the gradients' shapes.
     """
+    check_numbers(
+        "scale_by_factored_rms",
+        decay_rate=decay_rate,
+        step_offset=step_offset,
+        epsilon=epsilon,
+    )
     if factor_axes not in FACTOR_AXES:
         raise ValueError(
             f"scale_by_factored_rms: factor_axes must be one of {FACTOR_AXES}, got {factor_axes!r}"
@@ -293,6 +299,7 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> optax.GradientTransfor
     Returns:
       An optax transformation; its update is in the computed dtype (``wide`` of u and d).
     """
+    check_numbers("clip_by_block_rms", threshold=threshold)
 
     def init(params: Any) -> ClipByBlockRmsState:
         del params
@@ -342,6 +349,7 @@ def scale_by_param_block_rms(
       An optax transformation; its update is in the computed dtype (``wide`` of u, θ and
       ε₂).
     """
+    check_numbers("scale_by_param_block_rms", min_scale=min_scale)
 
     def init(params: Any) -> ScaleByParamBlockRmsState:
         del params

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._optimizers.scaling import check_numbers, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg, wide
 from gradx._protocol.gain import (
@@ -69,6 +69,7 @@ def trace(
       stored (rounded to a bfloat16 buffer and back; see ``as_stored``), or as computed
       for an int8 moment.
     """
+    check_numbers("trace", decay=decay, dampening=dampening)
     codec = moment_codec(
         "trace", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding
     )
@@ -153,6 +154,7 @@ def ema(
       >>> [round(u, 4) for u in updates["w"].tolist()]
       [-0.1, 0.1]
     """
+    check_numbers("ema", decay=decay)
     if init not in EMA_INITS:
         raise ValueError(f"ema: init must be one of {EMA_INITS}, got {init!r}")
     if debias and init == "first":
@@ -251,10 +253,13 @@ def sgd(
 
     Note:
       ``sgd(γ, μ, nesterov, accumulator_dtype)`` equals ``optax.sgd`` with the same
-      positional arguments, and ``torch.optim.SGD(lr=γ,
-      momentum=μ, nesterov=...)``. :func:`momentum` and :func:`nesterov` keep γ inside the
-      velocity (the seeds' and Keras's form): the same numbers for a constant γ, not under a
-      schedule.
+      positional arguments, and ``torch.optim.SGD(lr=γ, momentum=μ, nesterov=...)``, where
+      the buffer is stored in the dtype it is computed in (float32 params, with
+      ``accumulator_dtype`` None or float32). A narrower ``accumulator_dtype`` (bfloat16)
+      differs from optax: gradx's step reads the buffer as stored (rounded), optax's the
+      float32 value before rounding (``docs/conventions.md``). :func:`momentum` and
+      :func:`nesterov` keep γ inside the velocity (the seeds' and Keras's form): the same
+      numbers for a constant γ, not under a schedule.
 
     Examples:
       >>> import jax.numpy as jnp, gradx

@@ -42,7 +42,7 @@ from gradx._optimizers.matrices import (
 )
 from gradx._optimizers.momentum import ema
 from gradx._optimizers.preconditioners import precondition, rms
-from gradx._optimizers.scaling import add_decayed_weights, scale_by_learning_rate
+from gradx._optimizers.scaling import add_decayed_weights, check_numbers, scale_by_learning_rate
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg
 from gradx._protocol.gain import GAIN_FN, gain_rule
@@ -214,6 +214,7 @@ def orthogonalize(
       An optax transformation without state. A leaf that is not a matrix and has no
       dimension numbers is refused, as is running inside ``gradx.flat``.
     """
+    check_numbers("orthogonalize", eps=eps)
     fn = "orthogonalize"
     coeffs = ns_coefficients(fn, ns_coeffs, ns_steps)
     preconditioning_arg(fn, preconditioning)
@@ -290,6 +291,7 @@ def scale_by_muon(
     m is stored in; where it is None, ``state_dtype`` and ``stochastic_rounding`` say how
     (as in :func:`gradx.adam`).
     """
+    check_numbers("scale_by_muon", beta=beta, eps=eps)
     dtype_arg("scale_by_muon", "mu_dtype", mu_dtype)
     store = state_dtype_args("scale_by_muon", state_dtype, stochastic_rounding)
     return optax.chain(

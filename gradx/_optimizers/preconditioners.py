@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradx._optimizers.scaling import check_numbers
 from gradx._protocol.constants import positive_by_construction, zero_by_construction
 from gradx._protocol.dtypes import abs_sq, coef, wide
 from gradx._protocol.gain import (
@@ -104,6 +105,7 @@ def precondition(
       >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr·g/√(0.1·g²)
       [-0.0316, 0.0316]
     """
+    check_numbers("precondition", eps=eps)
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
     # ε > 0 for good (given so): the denominator is never 0, no guard compiled.
@@ -120,11 +122,14 @@ def precondition(
         def leaf(n, d):
             nw, dw = wide(n, e, d), wide(d, e, n)
             total = plus(dw, e, eps)
-            # Divide by 1 where the denominator is 0: there the numerator is 0 too (every
-            # gradient so far was 0), so a gradient that is 0 from the start gives a 0 step.
+            # Divide by +inf where the denominator is 0: the step there is 0 (a finite n/inf),
+            # also where the numerator is not 0 (a momentum outlives a v with β₂ = 0, or a v
+            # that underflowed), and jax.grad meets no 0/0. One select, as a divisor of 1 took.
             # (lax.select, not jnp.where: the same select, without a call traced per leaf.)
             safe = (
-                jax.lax.select(total > 0, total, jax.lax.full_like(total, 1)) if guarded else total
+                jax.lax.select(total == 0, jax.lax.full_like(total, jnp.inf), total)
+                if guarded
+                else total
             )
             return nw / (safe if safe.dtype == nw.dtype else safe.astype(nw.dtype))
 
@@ -166,6 +171,7 @@ def rms(
       An optax transformation emitting the (real) denominator in the computed dtype, which
       may be wider than the gradient's.
     """
+    check_numbers("rms", decay=decay, eps_root=eps_root, initial_scale=initial_scale)
     store = ("rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding)
     nu_codec, mean_codec = moment_codec(*store, nonnegative=True), moment_codec(*store)
     added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
@@ -238,6 +244,7 @@ def max_rms(
     ``stochastic_rounding`` as in :func:`trace`. The denominator is emitted in the computed
     dtype, which may be wider than the gradient's.
     """
+    check_numbers("max_rms", decay=decay)
     if max_of not in MAX_OF:
         raise ValueError(f"max_rms: max_of must be one of {MAX_OF}, got {max_of!r}")
     store = ("max_rms", "accumulator_dtype", accumulator_dtype, state_dtype)
@@ -300,6 +307,7 @@ def rss(
     :func:`trace`. The denominator is emitted in the computed dtype, which may be wider than
     the gradient's.
     """
+    check_numbers("rss", initial_accumulator_value=initial_accumulator_value, eps_root=eps_root)
     store = ("rss", "accumulator_dtype", accumulator_dtype, state_dtype)
     codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
     added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
@@ -346,6 +354,7 @@ def inf_norm(
     ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. u is emitted in the
     computed dtype, which may be wider than the gradient's.
     """
+    check_numbers("inf_norm", decay=decay, eps=eps)
     store = ("inf_norm", "accumulator_dtype", accumulator_dtype, state_dtype)
     codec = moment_codec(*store, stochastic_rounding, nonnegative=True)
 
@@ -380,6 +389,7 @@ def scale_by_bias_correction(
 
     The update is in the computed dtype (u widened to β's), which may be wider than u's.
     """
+    check_numbers("scale_by_bias_correction", decay=decay)
 
     def init(params: Any) -> ScaleByBiasCorrectionState:
         del params
@@ -422,8 +432,9 @@ def _precondition_gain(ctx, cells, state, incoming):
 
     def inverse(d):
         total = d + eps
-        # precondition divides by 1 where the denominator is 0 (its step is 0 there).
-        return 1 / jnp.where(total > 0, total, jnp.ones_like(total))
+        # precondition's step is 0 where the denominator is 0: so is the factor on g there.
+        zero = total == 0
+        return jnp.where(zero, jnp.zeros_like(total), 1 / jnp.where(zero, 1, total))
 
     return gain_product(gain, Gain(jnp.ones([], ctx.dtype), jax.tree.map(inverse, den))), None
 

@@ -17,7 +17,7 @@ import optax
 from gradx._optimizers.adam import ADAM_RULES, moment_dtypes, nesterov_ema
 from gradx._optimizers.momentum import ema
 from gradx._optimizers.preconditioners import plus, rms
-from gradx._optimizers.scaling import scale_by_learning_rate
+from gradx._optimizers.scaling import check_numbers, scale_by_learning_rate
 from gradx._protocol.constants import positive_by_construction
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, wide
@@ -155,6 +155,7 @@ def rectified(
       An optax transformation whose update is computed in the wider dtype of numerator,
       denominator and ε; r_t is computed in β₂'s dtype.
     """
+    check_numbers("rectified", decay=decay, threshold=threshold, eps=eps)
     direction = optax.with_extra_args_support(direction)
     by = optax.with_extra_args_support(by)
     guarded = not positive_by_construction(eps)  # ε > 0 for good: no zero guard

@@ -9,6 +9,7 @@ Optimizer: ``normalized_sgd``.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._protocol.declare import optimizer
+from gradx._protocol.declare import optimizer, schedule_of
 from gradx._protocol.dtypes import abs_sq, coef, hyperparam_dtype, wide
 from gradx._protocol.gain import (
     GAIN_FN,
@@ -34,6 +35,25 @@ from gradx._protocol.schedule import schedule_multiplier
 from gradx._protocol.trees import TreeMismatchError, needs_params, params_like
 
 
+def check_numbers(fn: str, **numbers: Any) -> None:
+    """Raises unless each of a block's ``numbers`` is a number or an array, not a callable.
+
+    A block's numbers are fixed when it is built; a schedule belongs to an optimizer, which
+    evaluates it at the step count and passes the value to its blocks. The one callable let
+    through is the optimizer's own schedule, which an :func:`optimizer` passes while it
+    builds its chain at construction (``schedule_of`` knows it).
+    """
+    for name, value in numbers.items():
+        if callable(value) and schedule_of(value) is None:
+            label = getattr(value, "__qualname__", None)
+            raise TypeError(
+                f"{fn}: {name} must be a number or a scalar array, got "
+                f"{f'the function {label}' if label else f'{value!r}, a callable'}; for a "
+                "schedule, build an optimizer with it (gradx.sgd(schedule)) or declare one "
+                "with @gradx.optimizer"
+            )
+
+
 class ScaleByLearningRateState(NamedTuple):
     """scale_by_learning_rate keeps no state."""
 
@@ -48,6 +68,7 @@ def scale_by_learning_rate(
     the schedule at the step count and passes the value here. The update is in the computed
     dtype (``wide`` of g and γ), which may be wider than g's.
     """
+    check_numbers("scale_by_learning_rate", learning_rate=learning_rate)
 
     def init(params: Any) -> ScaleByLearningRateState:
         del params
@@ -160,6 +181,7 @@ def add_decayed_weights(
       An optax transformation. Its update is in the computed dtype (``wide`` of g, λ
       and θ), which may be wider than g's.
     """
+    check_numbers("add_decayed_weights", weight_decay=weight_decay)
     init = _decay_init("add_decayed_weights", mask)
 
     def update(updates, state, params=None, **extra_args):
@@ -223,6 +245,7 @@ def decoupled_weight_decay(
       and θ), which may be wider than u's.
     """
     fn = "decoupled_weight_decay"
+    check_numbers(fn, weight_decay=weight_decay, learning_rate=learning_rate)
     check_weight_decay_scaling(fn, weight_decay_scaling)
     init = _decay_init(fn, mask)
     factor = (
@@ -248,12 +271,30 @@ class NormalizeState(NamedTuple):
     """normalize keeps no state."""
 
 
+def _largest_modulus(leaves: list[jax.Array], acc: jax.Array) -> jax.Array:
+    """max |x| over ``leaves`` (complex: of the real and imaginary parts), in ``acc``'s dtype."""
+    parts = [p for x in leaves for p in ((x.real, x.imag) if jnp.iscomplexobj(x) else (x,))]
+    maxima = [jnp.max(jnp.abs(p), initial=0).astype(acc.dtype) for p in parts]
+    return functools.reduce(jnp.maximum, maxima, acc)
+
+
+def _over(x: jax.Array, m: jax.Array) -> jax.Array:
+    """x / m for a real scalar m > 0, divided (not multiplied by 1/m, which can be subnormal);
+    a complex x has its parts divided."""
+    if jnp.iscomplexobj(x):
+        return jax.lax.complex(x.real / coef(m, x.real), x.imag / coef(m, x.imag))
+    return x / coef(m, x)
+
+
 def normalize() -> optax.GradientTransformationExtraArgs:
     """Block: u ← g / ‖g‖, one L2 norm over the whole pytree; u = 0 where g = 0.
 
     ‖g‖² = Σ|g|² (complex leaves count their modulus). The norm is accumulated in float32
-    (or wider) whatever the leaves' dtype, and the update is returned in that dtype. Safe at
-    g = 0, also for ``jax.grad`` through the update (no NaN from the norm's derivative).
+    (or wider) whatever the leaves' dtype, and the update is returned in that dtype. g is
+    divided by m = max|g| before squaring, u = (g/m)/‖g/m‖, so ‖u‖ = 1 for every finite
+    g ≠ 0, however small or large (Σg² itself under- or overflows float32 for ‖g‖ below
+    about 1e-19 or above 1.8e19). Safe at g = 0, also for ``jax.grad`` through the update
+    (no NaN from the norm's derivative).
     """
 
     def init(params: Any) -> NormalizeState:
@@ -266,10 +307,15 @@ def normalize() -> optax.GradientTransformationExtraArgs:
         if not leaves:
             return updates, state
         acc = jnp.zeros([], hyperparam_dtype(updates))
-        squares = sum(jnp.sum(abs_sq(wide(g, acc))) for g in leaves)
-        positive = squares > 0
+        # Σ|g|² over- or underflows float32 for ‖g‖ beyond about 1.8e19 or below 1e-19 (a 0
+        # step): square g/m, m = max|g|, whose largest entry is 1, and step (g/m)/‖g/m‖.
+        m = _largest_modulus([wide(g, acc) for g in leaves], acc)
+        positive = m > 0
+        safe = jnp.where(positive, m, 1)
+        scaled = jax.tree.map(lambda g: _over(wide(g, acc), safe), updates)
+        squares = sum(jnp.sum(abs_sq(g)) for g in jax.tree.leaves(scaled))
         inverse = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, squares, 1)), 0)
-        return jax.tree.map(lambda g: wide(g, acc) * coef(inverse, wide(g, acc)), updates), state
+        return jax.tree.map(lambda g: g * coef(inverse, g), scaled), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -340,6 +386,9 @@ def scale_by_trust_ratio(
       An optax transformation whose ``update`` needs the params. Refused inside
       ``gradx.flat``, whose packed buffers are not the leaves.
     """
+    check_numbers(
+        "scale_by_trust_ratio", min_norm=min_norm, trust_coefficient=trust_coefficient, eps=eps
+    )
 
     def init(params: Any) -> ScaleByTrustRatioState:
         _flat_refuses("scale_by_trust_ratio")
@@ -411,8 +460,12 @@ def _decoupled_decay_gain(ctx, cells, state, incoming):
 @gain_rule(normalize)
 def _normalize_gain(ctx, cells, state, incoming):
     needs_incoming("normalize", incoming)
-    norm = global_norm(ctx, jax.tree.leaves(incoming))
-    gain = jnp.where(norm > 0, 1 / nonzero_divisor(norm), jnp.zeros_like(norm))  # g = 0: no step
+    # 1/‖g‖ = (1/‖g/m‖)/m, m = max|g|, as the update computes it: ‖g‖ itself may overflow
+    zero = jnp.zeros([], ctx.dtype)
+    leaves = [wide(g, zero) for g in jax.tree.leaves(incoming)]
+    m = in_gain_dtype(ctx, _largest_modulus(leaves, zero))
+    norm = global_norm(ctx, [_over(g, nonzero_divisor(m)) for g in leaves])
+    gain = jnp.where(m > 0, 1 / nonzero_divisor(norm) / nonzero_divisor(m), jnp.zeros_like(m))
     out = jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)
     return Gain(gain), out
 

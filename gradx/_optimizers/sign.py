@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from gradx._optimizers.scaling import (
+    check_numbers,
     check_weight_decay_scaling,
     decoupled_weight_decay,
     scale_by_learning_rate,
@@ -69,6 +70,14 @@ def scale_by_rprop(
       max_step: upper clip of every α_i.
       irprop_minus: use iRprop⁻ (torch's convention) instead of the seed's rule.
     """
+    check_numbers(
+        "scale_by_rprop",
+        learning_rate=learning_rate,
+        eta_plus=eta_plus,
+        eta_minus=eta_minus,
+        min_step=min_step,
+        max_step=max_step,
+    )
 
     def init(params: Any) -> RpropState:
         for leaf in jax.tree.leaves(params):
@@ -92,9 +101,10 @@ def scale_by_rprop(
         )
         first = state.count == 0
 
-        def leaf(g, prev, step):
+        def leaf(g, prev, stored_step):
             # Signs, not the product g·prev: the product of two tiny gradients underflows to 0.
-            s = jnp.sign(g) * jnp.sign(prev)
+            sp = jnp.sign(prev)  # ±1 or 0: exact in g's dtype, if the gradient has another
+            s = jnp.sign(g) * (sp if sp.dtype == g.dtype else sp.astype(g.dtype))
             one = jnp.ones([], up.dtype)
             if irprop_minus:
                 factor = jnp.where(s > 0, up, jnp.where(s < 0, down, one))
@@ -104,10 +114,11 @@ def scale_by_rprop(
                 g = jnp.where((s < 0) | jnp.isnan(g), jnp.zeros_like(g), g)
             else:
                 factor = jnp.where(first, one, jnp.where(s > 0, up, down))
-            start = jnp.where(first, lr.astype(up.dtype), wide(step, up))
+            start = jnp.where(first, lr.astype(up.dtype), wide(stored_step, up))
             step = jnp.clip(wide(start, lr) * factor, lo, hi)
             u = -step * jnp.sign(wide(g, step))
-            return u.astype(g.dtype), g, step.astype(prev.dtype)
+            # the state keeps its dtypes whatever the gradient's (bf16 gradients, f32 params)
+            return u.astype(g.dtype), g.astype(prev.dtype), step.astype(stored_step.dtype)
 
         out = jax.tree.map(leaf, updates, state.prev_grad, state.step_size)
         outer = jax.tree.structure(updates)
@@ -243,6 +254,7 @@ def scale_by_lion(
       state_dtype, stochastic_rounding: how m is stored where ``mu_dtype`` is None, as in
         :func:`trace`.
     """
+    check_numbers("scale_by_lion", b1=b1, b2=b2)
     codec = moment_codec("scale_by_lion", "mu_dtype", mu_dtype, state_dtype, stochastic_rounding)
 
     def init(params: Any) -> ScaleByLionState:
