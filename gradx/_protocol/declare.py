@@ -258,7 +258,8 @@ BUILT: weakref.WeakKeyDictionary[Callable[..., Any], tuple[Callable[..., Any], A
 )
 
 
-_PLAIN = (bool, int, float, complex, str, np.dtype, type, np.generic)
+#: The types of a flag or number: an argument of these treats every coordinate alike.
+PLAIN_TYPES = (bool, int, float, complex, str, np.dtype, type, np.generic)
 
 
 def _elementwise(factory: Callable[..., Any], static: Mapping[str, Any]) -> bool:
@@ -267,7 +268,7 @@ def _elementwise(factory: Callable[..., Any], static: Mapping[str, Any]) -> bool
     def plain(v: Any) -> bool:
         if isinstance(v, optax.GradientTransformation):  # lookahead's inner optimizer
             return v.update in ELEMENTWISE
-        return v is None or isinstance(v, _PLAIN)
+        return v is None or isinstance(v, PLAIN_TYPES)
 
     return module.startswith("gradx.") and all(plain(v) for v in static.values())
 

@@ -197,7 +197,7 @@ def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) ->
     else the arguments that are neither numbers nor flags (a function). None for an optimizer
     no gradx constructor built, or one packing takes. For ``fit(flat=True)``'s error: it
     traces the packed ``init``."""
-    from gradx._protocol.declare import _PLAIN, BUILT, ELEMENTWISE
+    from gradx._protocol.declare import BUILT, ELEMENTWISE, PLAIN_TYPES
 
     why = (
         "it runs only gradx's own optimizers packed (built from numbers and flags, "
@@ -217,7 +217,7 @@ def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) ->
     def what(value: Any) -> str | None:
         if isinstance(value, optax.GradientTransformation):
             return None if value.update in ELEMENTWISE else "an optimizer fit does not pack"
-        if value is None or isinstance(value, _PLAIN):
+        if value is None or isinstance(value, PLAIN_TYPES):
             return None
         if callable(value):
             return f"a function ({getattr(value, '__qualname__', type(value).__name__)})"
