@@ -129,6 +129,39 @@ def test_nnx_set_hyperparams_keeps_the_opt_array_checkpoints_it_and_does_not_ret
     assert float(gradx.hyperparams(fresh.opt_state)["learning_rate"][...]) == 0.5
 
 
+def test_nnx_optimizer_trains_int8_states_and_param_groups_as_plain_gradx_does():
+    # nnx.Optimizer gives init Params (Variables) and update plain arrays: an int8 moment
+    # (codes and scales) must not sit inside one Variable, and a group's pattern must match
+    # the same key path at init and update ("bias", not "bias/value")
+    from flax import nnx
+
+    x = jnp.ones((2, 4), jnp.float32)
+    builds = {
+        "int8": lambda: gradx.adam(1e-2, state_dtype="int8"),
+        "groups": lambda: gradx.param_groups(
+            gradx.adamw(1e-2, weight_decay=0.1), no_decay=(r"(^|/)bias$", {"weight_decay": 0.0})
+        ),
+    }
+    for name, make in builds.items():
+        model = nnx.Linear(4, 300, rngs=nnx.Rngs(0))
+        params = nnx.as_pure(nnx.state(model, nnx.Param))
+        optimizer = nnx.Optimizer(model, make(), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer):
+            optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+
+        plain, state = make(), make().init(params)
+        for _ in range(3):
+            step(model, optimizer)
+            grads = jax.grad(lambda p: jnp.mean((x @ p["kernel"] + p["bias"][None]) ** 2))(params)
+            updates, state = jax.jit(plain.update)(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        got = nnx.as_pure(nnx.state(model, nnx.Param))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- items 4 and 10
 
 EVERY = gradx.OPTIMIZERS

@@ -28,7 +28,13 @@ from gradx._optimizers.scaling import FLAT_ACTIVE
 from gradx._protocol.declare import BUILT
 from gradx._protocol.gain import GAIN_FN, Gain, closure_value, gain_rule, walk_gain
 from gradx._protocol.storage import salt_rounding_keys
-from gradx._protocol.trees import TreeMismatchError, as_arrays, check_arrays, params_like
+from gradx._protocol.trees import (
+    TreeMismatchError,
+    as_arrays,
+    check_arrays,
+    params_like,
+    unwrap_variables,
+)
 
 __all__ = ["ParamGroupsState", "grouped", "key_path", "param_groups"]
 
@@ -158,6 +164,7 @@ def grouped(
     def init(params: Any) -> ParamGroupsState:
         _refuse_flat(fn)
         check_arrays(fn, params, "params")
+        params = unwrap_variables(params)  # nnx: the key paths update will see (no /value)
         leaves, treedef, labels = _labels(fn, patterns, default is not None, as_arrays(params))
         empty = [name for name, _ in patterns if name not in labels]
         if empty:

@@ -48,6 +48,7 @@ from gradx._protocol.quantized import (
     quantize,
     quantized_full,
 )
+from gradx._protocol.trees import unwrap_variables
 
 BFLOAT16 = jnp.dtype(jnp.bfloat16)
 
@@ -203,7 +204,8 @@ class MomentCodec:
                 return jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p
             return quantized_full(p, fill, not self.nonnegative)
 
-        return jax.tree.map(leaf, params)
+        # codes and scales, two arrays per leaf: never inside one nnx Variable
+        return jax.tree.map(leaf, unwrap_variables(params))
 
     def decode(self, moment: Any) -> Any:
         """The stored moment as a tree like the params, in float (float32 for int8)."""

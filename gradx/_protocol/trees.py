@@ -53,6 +53,20 @@ def as_arrays(tree: Any, numpy_only: bool = False) -> Any:
 _ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
 
 
+def _is_variable(x: Any) -> bool:
+    return hasattr(x, "get_value") and not isinstance(x, jax.Array)
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with each flax ``nnx.Variable`` (what ``nnx.Optimizer`` gives ``init``: a
+    ``Param`` around each array) replaced by its array: for code that reads the leaves' key
+    paths (a Variable adds ``/value``, the arrays ``update`` receives do not) or stores more
+    than one array per leaf (an int8 moment's codes and scales)."""
+    return jax.tree.map(
+        lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
+    )
+
+
 def check_arrays(fn: str, tree: Any, what: str) -> None:
     """Refuses a leaf that is not an array or a number (a model's activation function)."""
     if all(isinstance(leaf, _ARRAY_LIKE) for leaf in jax.tree.leaves(tree)):
@@ -102,7 +116,8 @@ def check_inexact(fn: str, tree: Any, what: str) -> None:
             raise TypeError(
                 f"{fn}: {what} must be floating or complex arrays, got dtype {leaf.dtype} at "
                 f"{what}{jax.tree_util.keystr(path)}; cast them first, e.g. "
-                "jax.tree.map(lambda x: x.astype(jnp.float32), params)"
+                "jax.tree.map(lambda x: x.astype(jnp.float32), params), or leave them out "
+                "(an equinox model: eqx.filter(model, eqx.is_inexact_array))"
             )
 
 
