@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 import gradx
 from gradx._cli import race as _race
+from gradx._cli import report
 from gradx._cli.main import main
 
 
@@ -232,3 +234,84 @@ def test_compare_help_says_what_compare_does(capsys):
     assert "train a digit classifier with every optimizer at its best learning rate" in out
     assert main([]) == 0
     assert "compare" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- bad paths and values
+
+
+def _compare_main(argv):
+    from gradx._cli import compare as _compare
+
+    return _compare.main(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--plot", "out.xyz"], "--plot: must end in a file type matplotlib writes"),
+        (["--seed", "99999999999999999999"], "--seed: must be an integer in [0, 2**32)"),
+        (["--seed", "-1"], "--seed: must be an integer in [0, 2**32), got '-1'"),
+        (["--optimizers", "sgd,foo"], "got 'sgd,foo': unknown 'foo'; choose from sgd"),
+    ],
+)
+def test_compare_refuses_bad_values_before_training(argv, message, capsys):
+    assert _compare_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_plot_refuses_a_directory_and_adds_png_to_a_bare_name(tmp_path, capsys):
+    assert _compare_main(["--plot", str(tmp_path)]) == 2
+    assert "--plot: must be a file path, not a directory" in capsys.readouterr().err
+    assert report.plot_path(str(tmp_path / "noext")) == str(tmp_path / "noext.png")
+    assert report.plot_path("out.PDF") == "out.PDF"
+    assert report.plot_path("") == ""
+    with pytest.raises(SystemExit) as exit_:
+        main(["race", "--plot", "r.xyz"])
+    assert exit_.value.code == 2
+    assert "--plot: must end in a file type matplotlib writes" in capsys.readouterr().err
+
+
+def test_compare_plot_prints_the_path_it_wrote_and_reports_unwritable_ones(tmp_path, capsys):
+    args = ["--optimizers", "sgd", "--epochs", "1", "--lrs", "0.1", "--plot"]
+    assert _compare_main([*args, str(tmp_path / "noext")]) == 0
+    assert f"convergence plot: {tmp_path / 'noext.png'}\n" in capsys.readouterr().out
+    assert (tmp_path / "noext.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "file").write_text("")
+    assert _compare_main([*args, str(tmp_path / "file" / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("compare: --plot: cannot write")
+
+
+def test_race_plot_reports_an_unwritable_path_in_one_line(tmp_path, capsys):
+    out = tmp_path / "missing" / "r.png"
+    argv = ["race", "--optimizers", "sgd", "--problems", "quadratic", "--steps", "5"]
+    assert main([*argv, "--plot", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("race: --plot: cannot write")
+    assert main([*argv, "--plot", str(tmp_path / "bare")]) == 0
+    assert f"wrote {tmp_path / 'bare.png'}" in capsys.readouterr().out
+    assert (tmp_path / "bare.png").exists()
+
+
+def test_a_cache_dir_that_is_a_file_is_reported_in_one_line(tmp_path, monkeypatch, capsys):
+    from gradx._cli import data as _data
+
+    monkeypatch.setattr(_data, "_urlopen", lambda url, timeout=None: io.BytesIO(b"x"))
+    (tmp_path / "file").write_text("")
+    argv = ["--dataset", "mnist", "--cache-dir", str(tmp_path / "file"), "--plot", ""]
+    assert _compare_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "compare: --cache-dir: cannot write MNIST into" in err and "Traceback" not in err
+
+
+def test_options_before_compare_are_refused(monkeypatch, capsys):
+    seen = []
+    fake = types.ModuleType("gradx._cli.compare")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "gradx._cli.compare", fake)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--bogus", "compare", "--epochs", "1"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert seen == []

@@ -47,7 +47,7 @@ import numpy as np
 import gradx
 from gradx import losses
 from gradx._cli.data import CompareError, Dataset, default_cache_dir, make_dataset
-from gradx._cli.report import SELECT_EPOCHS, TIE_SE, Row, format_table, plot
+from gradx._cli.report import SELECT_EPOCHS, TIE_SE, Row, format_table, plot, plot_path
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -234,12 +234,27 @@ def _parser() -> argparse.ArgumentParser:
 
     def optimizer_list(text: str) -> list[str]:
         chosen = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in gradx.OPTIMIZERS]
-        if not chosen or unknown:
+        unknown = list(dict.fromkeys(n for n in chosen if n not in gradx.OPTIMIZERS))
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma-separated list of optimizers, got {text!r}: unknown "
+                f"{', '.join(map(repr, unknown))}; choose from {', '.join(names)}"
+            )
+        if not chosen:
             raise argparse.ArgumentTypeError(
                 f"must be a comma-separated list of {', '.join(names)}, got {text!r}"
             )
         return list(dict.fromkeys(chosen))
+
+    def seed(text: str) -> int:
+        # jax.random.key keeps 32 bits: larger seeds alias smaller ones, or overflow.
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < 2**32:
+            raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}")
+        return value
 
     def positive_int(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
@@ -302,8 +317,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--plot",
+        type=plot_path,
         default="compare.png",
-        help="PNG path for the convergence plot, '' for none (default: %(default)s)",
+        help="path of the convergence plot (.png is added when it has no extension), '' for "
+        "none (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
@@ -313,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
         help="seed of the initial weights and of the minibatch shuffles, the same for every "
         "optimizer (default: %(default)s)",

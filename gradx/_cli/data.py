@@ -93,10 +93,16 @@ def _download(name: str, target: pathlib.Path, mirrors: Sequence[str]) -> None:
             reason = getattr(e, "reason", e)
             errors.append(f"{url} ({reason})")
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-            tmp.write(payload)
-        os.replace(tmp.name, target)  # atomic: no half-written file in the cache
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+                tmp.write(payload)
+            os.replace(tmp.name, target)  # atomic: no half-written file in the cache
+        except OSError as e:
+            raise CompareError(
+                f"compare: --cache-dir: cannot write MNIST into {str(target.parent)!r} ({e}); "
+                "pass a writable directory"
+            ) from None
         return
     raise CompareError(
         f"compare: could not download MNIST's {name}; tried {'; '.join(errors)}. "

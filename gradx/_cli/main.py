@@ -73,6 +73,7 @@ def _lr_grid(text: str) -> tuple[float, float, int]:
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     import gradx
     from gradx._cli import race as _race
+    from gradx._cli.report import plot_path
 
     parser = argparse.ArgumentParser(
         prog="python -m gradx",
@@ -119,7 +120,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help=f"log-spaced learning rates to try ({lo:g},{hi:g},{n})",
     )
     race.add_argument(
-        "--plot", metavar="OUT.png", help="draw the trajectories over the loss contours"
+        "--plot",
+        type=plot_path,
+        metavar="OUT.png",
+        help="draw the trajectories over the loss contours (.png is added when OUT has no "
+        "extension)",
     )
     commands["race"] = race
 
@@ -210,7 +215,11 @@ def _race_command(args: argparse.Namespace) -> int:
         f"({lo:g} to {hi:g}) in {elapsed:.1f} s"
     )
     if args.plot:
-        _race.plot(problems, results, args.plot)
+        try:
+            _race.plot(problems, results, args.plot)
+        except _race.PlotError as e:
+            print(f"race: --plot: cannot write {args.plot!r} ({e})", file=sys.stderr)
+            return 1
         print(f"wrote {args.plot}")
     return 1 if failed else 0
 
@@ -221,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = _parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "compare":
-        return _compare(argv[argv.index("compare") + 1 :])
+        at = argv.index("compare")
+        if argv[:at]:  # the top-level parser takes no option that reaches here
+            parser.error(f"unrecognized arguments: {' '.join(argv[:at])}")
+        return _compare(argv[at + 1 :])
     if unknown:
         commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "race":

@@ -316,7 +316,14 @@ def plot(
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    fig.savefig(out, dpi=110)
+    try:
+        fig.savefig(out, dpi=110)
+    except (OSError, ValueError) as e:
+        raise PlotError(str(e)) from None
+
+
+class PlotError(RuntimeError):
+    """The plot could not be written (a bad path or file type); the command says why."""
 
 
 def _colors(n: int) -> list[Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -74,6 +76,33 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
+def plot_path(text: str) -> str:
+    """``--plot``'s argparse type: the path the plot is written to, checked before any work.
+
+    '' stays '' (no plot); a path without an extension gets ``.png`` (what matplotlib would
+    write); a directory, or an extension matplotlib cannot write, is refused. Without
+    matplotlib the extension is not checked (the plot itself says what to install).
+    """
+    if not text:
+        return text
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file path, not a directory, got {text!r}")
+    path = text if os.path.splitext(text)[1][1:] else text.rstrip(".") + ".png"
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return path
+    kinds = sorted(FigureCanvasBase.get_supported_filetypes())
+    extension = os.path.splitext(path)[1][1:].lower()
+    if extension not in kinds:
+        raise argparse.ArgumentTypeError(
+            f"must end in a file type matplotlib writes (.{', .'.join(kinds)}), got {text!r}"
+        )
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"must be a file path, not a directory, got {path!r}")
+    return path
+
+
 def plot(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
     """Training loss and test accuracy per epoch, one line per optimizer, into a PNG."""
     try:
@@ -94,5 +123,8 @@ def plot(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
     acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)")
     acc_ax.legend(fontsize="small", ncol=2)
     figure.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    except (OSError, ValueError) as e:
+        raise CompareError(f"compare: --plot: cannot write {str(path)!r} ({e})") from None
