@@ -394,6 +394,11 @@ def test_state_bytes_per_parameter():
     [
         (lambda: gradx.adam(0.1, state_dtype="int9"), TypeError,
          r"^adam: state_dtype must be None, a real floating dtype .* or 'int8', got 'int9'"),
+        # an array carries a dtype but is not one (it was read as float32)
+        (lambda: gradx.adam(0.1, state_dtype=jnp.zeros(3)), TypeError,
+         r"^adam: state_dtype must be None, a real floating dtype .* got Array\(\[0"),
+        (lambda: gradx.adam(0.1, mu_dtype=np.zeros(2, np.float32)), TypeError,
+         r"^adam: mu_dtype must be a real floating dtype .* got array\(\[0"),
         (lambda: gradx.lion(0.1, state_dtype=jnp.int32), TypeError,
          r"^lion: state_dtype must be None, a real floating dtype"),
         (lambda: gradx.adam(0.1, state_dtype="int8", stochastic_rounding=True), ValueError,

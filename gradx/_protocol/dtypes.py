@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -84,12 +85,16 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return jnp.square(x)
 
 
+#: Values that carry a dtype but are not one (jnp.dtype would read it off them).
+ARRAYS = (jax.Array, np.ndarray, np.generic)
+
+
 def dtype_arg(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
     """``dtype`` as a real floating ``jnp.dtype``, or None; raises on anything else."""
     if dtype is None:
         return None
-    try:
-        canonical = jnp.dtype(dtype)
+    try:  # an array is not a dtype, though jnp.dtype reads one off it
+        canonical = None if isinstance(dtype, ARRAYS) else jnp.dtype(dtype)
     except TypeError:
         canonical = None
     if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
