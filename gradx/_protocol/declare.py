@@ -258,19 +258,20 @@ BUILT: weakref.WeakKeyDictionary[Callable[..., Any], tuple[Callable[..., Any], A
 )
 
 
-#: The types of a flag or number: an argument of these treats every coordinate alike.
-PLAIN_TYPES = (bool, int, float, complex, str, np.dtype, type, np.generic)
+_PLAIN = (bool, int, float, complex, str, np.dtype, type, np.generic)
+
+
+def plain_argument(v: Any) -> bool:
+    """Whether a fixed argument treats every coordinate alike for sure: a number, a flag, a
+    dtype, None, or an optimizer whose update does (lookahead's inner one)."""
+    if isinstance(v, optax.GradientTransformation):
+        return v.update in ELEMENTWISE
+    return v is None or isinstance(v, _PLAIN)
 
 
 def _elementwise(factory: Callable[..., Any], static: Mapping[str, Any]) -> bool:
     module = getattr(factory, "__module__", None) or ""
-
-    def plain(v: Any) -> bool:
-        if isinstance(v, optax.GradientTransformation):  # lookahead's inner optimizer
-            return v.update in ELEMENTWISE
-        return v is None or isinstance(v, PLAIN_TYPES)
-
-    return module.startswith("gradx.") and all(plain(v) for v in static.values())
+    return module.startswith("gradx.") and all(plain_argument(v) for v in static.values())
 
 
 @functools.lru_cache(maxsize=1024)

@@ -85,18 +85,23 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return jnp.square(x)
 
 
-#: Values that carry a dtype but are not one (jnp.dtype would read it off them).
-ARRAYS = (jax.Array, np.ndarray, np.generic)
+def as_dtype(value: Any) -> jnp.dtype | None:
+    """The dtype ``value`` names ("int8", jnp.int8, np.dtype("int8") alike), or None for
+    None and for anything that names none. An array or a NumPy number is not a dtype,
+    though ``jnp.dtype`` reads one off it (``jnp.zeros(3)`` would be float32)."""
+    if value is None or isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return None
+    try:
+        return jnp.dtype(value)
+    except TypeError:
+        return None
 
 
 def dtype_arg(fn: str, name: str, dtype: Any) -> jnp.dtype | None:
     """``dtype`` as a real floating ``jnp.dtype``, or None; raises on anything else."""
     if dtype is None:
         return None
-    try:  # an array is not a dtype, though jnp.dtype reads one off it
-        canonical = None if isinstance(dtype, ARRAYS) else jnp.dtype(dtype)
-    except TypeError:
-        canonical = None
+    canonical = as_dtype(dtype)
     if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
         raise TypeError(
             f"{fn}: {name} must be a real floating dtype (e.g. jnp.float32) or None, got {dtype!r}"

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx._protocol.dtypes import ARRAYS, as_stored, dtype_arg, moment_zeros, stored
+from gradx._protocol.dtypes import as_dtype, as_stored, dtype_arg, moment_zeros, stored
 from gradx._protocol.quantized import (
     BLOCK,
     dequantize,
@@ -70,11 +70,7 @@ def state_policy(fn: str, state_dtype: Any, stochastic_rounding: Any) -> StatePo
     """``state_dtype`` and ``stochastic_rounding`` checked, naming ``fn``; raises on a bad pair."""
     if not isinstance(stochastic_rounding, (bool, np.bool_)):
         raise TypeError(f"{fn}: stochastic_rounding must be a bool, got {stochastic_rounding!r}")
-    try:  # an array is not a dtype, though jnp.dtype reads one off it
-        is_dtype = state_dtype is not None and not isinstance(state_dtype, ARRAYS)
-        dtype = jnp.dtype(state_dtype) if is_dtype else None
-    except TypeError:
-        dtype = None
+    dtype = as_dtype(state_dtype)
     if dtype == jnp.dtype(jnp.int8):
         if stochastic_rounding:
             raise ValueError(

@@ -151,6 +151,12 @@ class Packing(NamedTuple):
         return jax.tree.unflatten(treedef, user)
 
 
+_ONLY_OWN = (
+    "it runs only gradx's own optimizers packed (built from numbers and flags, without a "
+    "weight-decay mask)"
+)
+
+
 def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packing | None, str]:
     """``(Packing, "")`` when ``fit`` can run ``optimizer`` packed and it pays off, else
     ``(None, why not)``: a gradx optimizer built from numbers and flags (one of the library's
@@ -162,10 +168,7 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
 
     params = as_arrays(params)
     if optimizer.update not in ELEMENTWISE:
-        return None, (
-            "it runs only gradx's own optimizers packed (built from numbers and flags, "
-            "without a weight-decay mask): pass gradx.flat(optimizer) to pack another"
-        )
+        return None, f"{_ONLY_OWN}: pass gradx.flat(optimizer) to pack another"
     if not placement(jax.tree.leaves(params))[0]:
         return None, "the params are spread over several devices: each keeps its sharding"
     layout = leaf_layout(params, FIT_MAX_LEAF_SIZE)
@@ -197,12 +200,8 @@ def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) ->
     else the arguments that are neither numbers nor flags (a function). None for an optimizer
     no gradx constructor built, or one packing takes. For ``fit(flat=True)``'s error: it
     traces the packed ``init``."""
-    from gradx._protocol.declare import BUILT, ELEMENTWISE, PLAIN_TYPES
+    from gradx._protocol.declare import BUILT, ELEMENTWISE, plain_argument
 
-    why = (
-        "it runs only gradx's own optimizers packed (built from numbers and flags, "
-        "without a weight-decay mask)"
-    )
     built = BUILT.get(optimizer.init)
     if built is None or optimizer.update in ELEMENTWISE:
         return None
@@ -215,10 +214,10 @@ def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) ->
         pass
 
     def what(value: Any) -> str | None:
-        if isinstance(value, optax.GradientTransformation):
-            return None if value.update in ELEMENTWISE else "an optimizer fit does not pack"
-        if value is None or isinstance(value, PLAIN_TYPES):
+        if plain_argument(value):
             return None
+        if isinstance(value, optax.GradientTransformation):
+            return "an optimizer fit does not pack"
         if callable(value):
             return f"a function ({getattr(value, '__qualname__', type(value).__name__)})"
         return repr(value)
@@ -229,7 +228,7 @@ def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) ->
     if not named:  # an optimizer of the user's (@gradx.optimizer)
         return None
     return (
-        f"{why}; {constructor.__name__} is gradx's own, but {named}, neither a number nor a "
+        f"{_ONLY_OWN}; {constructor.__name__} is gradx's own, but {named}, neither a number nor a "
         "flag, so fit cannot tell that it treats every coordinate alike: pass "
         "gradx.flat(optimizer) to pack it where it does"
     )

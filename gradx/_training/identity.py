@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradx._protocol.dtypes import as_dtype
+
 
 def describe_arrays(tree: Any) -> list[list[Any]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -133,11 +135,10 @@ def _built(init: Any) -> tuple[Any, Any] | None:
 
 
 def _dtype_name(obj: Any) -> str | None:
-    """The dtype ``obj`` names ("int8", jnp.int8, np.dtype("int8") alike), or None."""
-    try:
-        return str(jnp.dtype(obj))
-    except TypeError:
-        return None
+    """The name of the dtype ``obj`` names ("int8", jnp.int8, np.dtype("int8") alike), or
+    None."""
+    dtype = as_dtype(obj)
+    return None if dtype is None else str(dtype)
 
 
 def _describe(obj: Any, path: str, out: dict[str, Any], depth: int, seen: frozenset) -> None:
