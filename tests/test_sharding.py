@@ -39,6 +39,7 @@ CHECKS = [
     "fit_equals_single_device[lookahead_fitted]",
     "fit_equals_single_device[muon]",
     "fit_equals_single_device[adafactor]",
+    "muon_on_an_explicit_mesh",
     "fit_explicit_mesh_and_spec_tree",
     "fit_errors",
     "streamed_fit_on_a_mesh",

@@ -46,6 +46,7 @@ from gradx._optimizers.scaling import add_decayed_weights, check_numbers, scale_
 from gradx._protocol.declare import optimizer
 from gradx._protocol.dtypes import coef, dtype_arg
 from gradx._protocol.gain import GAIN_FN, gain_rule
+from gradx._protocol.quantized import explicit_sharding
 from gradx._protocol.rules import check_flag
 from gradx._protocol.storage import state_dtype_args
 
@@ -161,9 +162,9 @@ def orthogonalize_via_newton_schulz(
 
     rnd = _rounder(narrow, acc)
 
-    def one(m):
+    def one(m, eps):
         if m.shape[0] > m.shape[1]:
-            return one(m.T).T
+            return one(m.T, eps).T
         m = rnd(_to(acc, m))  # torch rounds float64 to bfloat16 through float32
         if preconditioning in ("frobenius", "spectral"):
             ord_ = "fro" if preconditioning == "frobenius" else 2
@@ -176,7 +177,18 @@ def orthogonalize_via_newton_schulz(
         return m
 
     reshape, inverse = reshape_fns("orthogonalize_via_newton_schulz", x.shape, dims)
-    return inverse(jax.vmap(one)(reshape(x))).astype(given)
+
+    def iterate(x, eps):
+        return inverse(jax.vmap(one, in_axes=(0, None))(reshape(x), eps)).astype(given)
+
+    eps = jnp.asarray(eps)
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return iterate(x, eps)
+    # With explicit mesh axes X·Xᴴ of a matrix split along its rows has both axes on the
+    # same mesh axis, which JAX refuses (ShardingTypeError): the iteration runs with the
+    # axes automatic (the partitioner places its products) and its result is placed like x.
+    return jax.sharding.auto_axes(iterate, out_sharding=sharding)(x, eps)
 
 
 class OrthogonalizeState(NamedTuple):

@@ -205,7 +205,7 @@ def _per_element(scales: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return expanded.reshape(shape)
 
 
-def _explicit(x: jax.Array) -> NamedSharding | None:
+def explicit_sharding(x: jax.Array) -> NamedSharding | None:
     """``x``'s sharding where it has explicit mesh axes (``AxisType.Explicit``), else None."""
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
@@ -222,7 +222,7 @@ def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Momen
     are computed with the axes made automatic (``auto_axes``), the codes placed like ``x``
     and the scales as :func:`scales_sharding` says."""
     x = jnp.asarray(x).astype(jnp.float32)
-    sharding = _explicit(x)
+    sharding = explicit_sharding(x)
     if sharding is None:
         return _quantize(x, signed)
     cls = SignedInt8Moment if signed else UnsignedInt8Moment
@@ -241,7 +241,7 @@ def quantized_full(like: jax.Array, fill: Any, signed: bool) -> Any:
     code = jnp.where(fill == 0, zero, jnp.where(fill > 0, one, minus)).astype(jnp.int8)
     codes = jnp.full_like(like, code, dtype=jnp.int8)
     scales = jnp.full(scales_shape(tuple(like.shape)), jnp.abs(fill), jnp.float32)
-    sharding = _explicit(like)
+    sharding = explicit_sharding(like)
     if sharding is not None:
         if isinstance(like, jax.core.Tracer):  # jit: the abstract mesh of jax.set_mesh
             scales = jax.sharding.reshard(scales, scales_sharding(sharding, like.shape))
@@ -253,7 +253,7 @@ def quantized_full(like: jax.Array, fill: Any, signed: bool) -> Any:
 def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
     """The float32 values ``q`` stands for: map[code]·scale of its block (placed like the
     codes, also with explicit mesh axes)."""
-    sharding = _explicit(q.codes)
+    sharding = explicit_sharding(q.codes)
     if sharding is None:
         return _dequantize(q)
     return jax.sharding.auto_axes(_dequantize, out_sharding=sharding)(q)
