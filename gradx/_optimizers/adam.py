@@ -178,11 +178,12 @@ def adam(
       eps_hat: Keras's ε̂ form.
       mu_dtype: the dtype m is stored in (optax's ``mu_dtype``); None follows the params.
       nu_dtype: the dtype v is stored in (optax has none: its issue 1552); None follows
-        the params (their real precision for complex params: v is real). float32 moments
-        for bf16 params keep small updates that bf16 rounds away; for float16 params,
-        ``nu_dtype=jnp.float32`` keeps g² ≈ 1e-8 from underflowing to 0.
+        the params (their real precision for complex params: v is real), except float16
+        params, whose v is float32: (1 − β₂)·g² underflows float16 for |g| below about
+        8e-3. float32 moments for bf16 params keep small updates that bf16 rounds away.
       state_dtype: how m and v are stored where ``mu_dtype``/``nu_dtype`` are None (see
-        :doc:`/guides/state-dtype`): None follows the params; a float dtype stores them in
+        :doc:`/guides/state-dtype`): None follows the params (v of float16 params in
+        float32, as for ``nu_dtype``); a float dtype stores them in
         it (``"float32"`` for bf16 params); ``"int8"`` quantises each leaf of ≥ 256
         elements in blocks of 256 with one float32 absmax per block, with bitsandbytes'
         dynamic maps (signed for m, unsigned for v, less its 0 so v never reads back as

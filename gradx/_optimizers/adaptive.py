@@ -146,7 +146,8 @@ def rmsprop(
       initial_scale: v₀ ≥ 0.
       mu_dtype: the dtype the momentum buffer b is stored in; None follows the params.
       nu_dtype: the dtype v (and, with ``centered``, the mean a, which only serves the
-        denominator) is stored in; None follows the params.
+        denominator) is stored in; None follows the params (float32 for float16 params,
+        whose range g² underflows).
       state_dtype, stochastic_rounding: how b, v (and a) are stored where ``mu_dtype`` or
         ``nu_dtype`` is None: a float dtype, ``"bfloat16"`` rounded stochastically, or
         ``"int8"`` (blockwise); see :func:`gradx.adam`.
@@ -211,7 +212,8 @@ def adagrad(
 
     Blocks: ``precondition(identity, rss(G₀), ε) → scale_by_learning_rate(γ)``.
 
-    ``nu_dtype`` is the (real) dtype G is stored in; None follows the params, or
+    ``nu_dtype`` is the (real) dtype G is stored in; None follows the params (float32 for
+    float16 params, whose range g² underflows), or
     ``state_dtype`` and ``stochastic_rounding`` as in :func:`gradx.adam`. For complex params
     G sums ``|g|²``.
 
@@ -266,7 +268,8 @@ def adadelta(
     Blocks: ``scale_by_adadelta(ρ, ε) → scale_by_learning_rate(α)``.
 
     ``nu_dtype`` is the (real) dtype both accumulators E_g and E_d are stored in (both are
-    second moments); None follows the params, or ``state_dtype`` and ``stochastic_rounding``
+    second moments); None follows the params (float32 for float16 params), or
+    ``state_dtype`` and ``stochastic_rounding``
     as in :func:`gradx.adam`. Complex params: both accumulate ``|·|²``, so d
     keeps g's phase (optax's adadelta squares g; its tests skip complex params).
 

@@ -201,7 +201,8 @@ def adopt(
       use_clipping: clip x at ±c(s) (the paper's stabiliser for the first steps).
       clip_value_fn: c(s) as a function of the int32 count s of steps taken before the
         step (s^¼ by default, optax's); any jax-traceable function.
-      nu_dtype: the (real) dtype v is stored in; None follows the params.
+      nu_dtype: the (real) dtype v is stored in; None follows the params (float32 for
+        float16 params, whose range g² underflows).
       state_dtype, stochastic_rounding: how m and v are stored where ``mu_dtype`` or
         ``nu_dtype`` is None: a float dtype, ``"bfloat16"`` rounded stochastically, or
         ``"int8"`` (blockwise); see :func:`gradx.adam`.

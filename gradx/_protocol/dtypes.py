@@ -113,13 +113,21 @@ def moment_dtype(fn: str, name: str, leaf_dtype: Any, dtype: Any, real: bool) ->
     """The dtype a moment of a params leaf is stored in.
 
     ``dtype`` None follows the leaf; a ``real`` moment (of |g|²) of a complex leaf is real
-    (complex64 → float32). A first moment (``real=False``) of a complex leaf given a real
-    ``dtype`` is stored in its complex counterpart (float32 → complex64, float64 →
-    complex128).
+    (complex64 → float32). One exception: a ``real`` moment of a float16 leaf is float32.
+    float16 has 5 exponent bits, and (1 − β₂)·g² is below its smallest value for |g| under
+    about 8e-3 at β₂ = 0.999: a float16 v would stay 0 and Adam's step grow to 16 times the
+    learning rate in 300 steps, without a sign (bfloat16 has float32's exponent range).
+    A first moment (``real=False``) of a complex leaf given a real ``dtype`` is stored in
+    its complex counterpart (float32 → complex64, float64 → complex128).
     """
     leaf_dtype = jnp.dtype(leaf_dtype)
     if dtype is None:
-        return real_dtype(leaf_dtype) if real else leaf_dtype
+        if not real:
+            return leaf_dtype
+        own = real_dtype(leaf_dtype)
+        if jnp.finfo(own).nexp < jnp.finfo(jnp.float32).nexp:
+            return jnp.dtype(jnp.float32)
+        return own
     dtype = jnp.dtype(dtype)
     if real or not jnp.issubdtype(leaf_dtype, jnp.complexfloating):
         return dtype
