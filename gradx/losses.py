@@ -16,14 +16,19 @@ Edge policies (torch's, so a ported script gives the same numbers):
   ∂ℓ/∂p = (p − y) / max(p(1 − p), 1e-12) for BCE and −y / max(p, 1e-12) for CCE, so a
   saturated wrong prediction still gets a large push back (Keras clips p instead, which
   gives the value 16.1 and a zero gradient there). Prefer ``from_logits=True`` whenever the
-  model can give logits: it is exact everywhere and never clamps.
+  model can give logits: it is exact everywhere and never clamps. For float16 and bfloat16
+  predictions these gradients are computed in float32 and rounded to the predictions' dtype
+  (in float16 the 1e-12 floor would round to 0 and give 0/0 = NaN at a correct p = 0 or 1;
+  a saturated wrong prediction's ±1e12/N is past float16's largest number, 65504, and
+  becomes ±inf unless N > 1.5e7).
 
 Activations are ``jax.nn``'s (``sigmoid``, ``tanh``, ``relu``, ``elu``, ``softmax``).
 
 Input checks raise ``ValueError("fn: arg must be RULE, got VALUE")``: shapes must be
-equal (no broadcasting), predictions floating, labels of the right dtype, and, where the
-arrays are concrete (called eagerly), class indices in [0, K) and probabilities (predictions
-and targets) in [0, 1].
+equal (no broadcasting), predictions floating, labels of the right dtype, ``label_smoothing``
+a scalar in [0, 1], and, where the arrays are concrete (called eagerly), class indices in
+[0, K) and probabilities (predictions and targets) in [0, 1]. ``from_logits`` must be a bool
+(``TypeError`` otherwise: the string ``"no"`` is truthy).
 
 Traced values (under ``jit``, ``grad`` or ``vmap``) cannot be checked. There an out-of-range
 class index (−1 included, which plain indexing would read as the last class) or a probability
@@ -37,6 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from gradx._protocol.dtypes import hyperparam_dtype
+from gradx._protocol.rules import check_flag, is_number
 
 __all__ = ["binary_cross_entropy", "categorical_cross_entropy", "mae", "mse"]
 
@@ -160,6 +168,12 @@ def mae(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
 # ----------------------------------------------------------------------------- binary
 
 
+def _wide(x: jax.Array) -> jax.Array:
+    """``x`` in at least float32, where the gradients below are computed (then cast back):
+    in float16 the 1e-12 floor would round to 0 and make 0/0 = NaN at p = 0 or 1."""
+    return x.astype(hyperparam_dtype(x))
+
+
 @jax.custom_jvp
 def _bce_probabilities(p: jax.Array, y: jax.Array) -> jax.Array:
     """Elementwise −[y·max(log p, −100) + (1−y)·max(log(1−p), −100)]."""
@@ -173,11 +187,12 @@ def _bce_probabilities_jvp(primals, tangents):
     p, y = primals
     dp, dy = tangents
     out = _bce_probabilities(p, y)
+    p, y = _wide(p), _wide(y)
     # torch's backward: the unclamped derivative with its denominator floored at 1e-12.
     d_p = (p - y) / jnp.maximum(p * (1 - p), GRAD_EPS)
     # ∂/∂y of the clamped loss: finite at p = 0 or 1 (torch gives ±inf there).
     d_y = jnp.maximum(jnp.log1p(-p), LOG_FLOOR) - jnp.maximum(jnp.log(p), LOG_FLOOR)
-    return out, d_p * dp + d_y * dy
+    return out, (d_p * _wide(dp) + d_y * _wide(dy)).astype(out.dtype)
 
 
 def binary_cross_entropy(
@@ -218,6 +233,7 @@ def binary_cross_entropy(
       ``sigmoid_binary_cross_entropy`` gives a finite number for a target of 1.5).
     """
     fn = "binary_cross_entropy"
+    check_flag(fn, "from_logits", from_logits, "bool")
     predictions = _floating(fn, "predictions", predictions)
     targets = _targets_like(fn, targets, predictions)
     _in_unit_interval(fn, "targets", targets)
@@ -242,7 +258,7 @@ def _clamped_log(p: jax.Array) -> jax.Array:
 @_clamped_log.defjvp
 def _clamped_log_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
-    return _clamped_log(p), dp / jnp.maximum(p, GRAD_EPS)
+    return _clamped_log(p), (_wide(dp) / jnp.maximum(_wide(p), GRAD_EPS)).astype(dp.dtype)
 
 
 def categorical_cross_entropy(
@@ -290,14 +306,21 @@ def categorical_cross_entropy(
       reads −1 as the last class).
     """
     fn = "categorical_cross_entropy"
+    check_flag(fn, "from_logits", from_logits, "bool")
     predictions = _floating(fn, "predictions", predictions)
     if predictions.ndim < 1 or predictions.shape[-1] < 1:
         raise ValueError(
             f"{fn}: predictions must have a class axis last, shape (..., K) with K >= 1, "
             f"got shape {predictions.shape}"
         )
+    if not is_number(label_smoothing) or np.ndim(label_smoothing) != 0:
+        shape = np.shape(label_smoothing)
+        got = f"an array of shape {shape}" if shape else repr(label_smoothing)
+        raise ValueError(f"{fn}: label_smoothing must be a scalar number in [0, 1], got {got}")
     if isinstance(label_smoothing, jax.core.Tracer) or not 0 <= label_smoothing <= 1:
-        raise ValueError(f"{fn}: label_smoothing must be a number in [0, 1], got {label_smoothing}")
+        raise ValueError(
+            f"{fn}: label_smoothing must be a scalar number in [0, 1], got {label_smoothing}"
+        )
     num_classes = predictions.shape[-1]
     targets = jnp.asarray(targets)
     if targets.shape == predictions.shape[:-1]:

@@ -259,3 +259,45 @@ def test_ema_init_switch_is_validated():
         gradx.ema(0.9, init="one")
     with pytest.raises(ValueError, match=r"ema: debias=True corrects a zero start"):
         gradx.ema_momentum(0.1, bias_correction=True, ema_init="first")
+
+
+def _keras_sgd_step(dtype, **clip):
+    params = {"a": jnp.asarray([3.0, -4.0], dtype), "b": jnp.asarray([[12.0]], dtype)}
+    opt = gradx.compat.keras.SGD(learning_rate=1.0, **clip)
+    updates, _ = jax.jit(opt.update)(params, opt.init(params), params)  # grads = params
+    return params, updates
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_keras_global_clipnorm_follows_keras_formula_in_every_float_dtype(dtype):
+    # bfloat16 and float16 params raised TypeError (lax.select float32 vs bfloat16).
+    params, updates = _keras_sgd_step(dtype, global_clipnorm=6.5)
+    grads = {n: np.asarray(g, np.float64) for n, g in params.items()}  # the norm is 13
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+    for n, g in grads.items():  # Keras's base optimizer: g·(c·min(1/norm, 1/c))
+        assert updates[n].dtype == dtype
+        want = -(g * (6.5 * min(1 / norm, 1 / 6.5))).astype(dtype)
+        np.testing.assert_allclose(np.asarray(updates[n], np.float64), want, rtol=1e-2)
+    if dtype == jnp.float32:  # optax.clip_by_global_norm's numbers, bit for bit
+        clip = optax.clip_by_global_norm(6.5)  # jitted, as the step is: eager differs by 1 ulp
+        clipped, _ = jax.jit(clip.update)(params, optax.EmptyState())
+        for n in params:
+            np.testing.assert_array_equal(updates[n], -clipped[n])
+
+
+def test_keras_clipnorm_clips_complex_gradients_by_their_modulus():
+    # ‖g‖ was √Σg², which is imaginary for g = [3i, 4i]: the gradient was not clipped.
+    params = {"a": jnp.array([3j, 4j], jnp.complex64)}
+    opt = gradx.compat.keras.SGD(learning_rate=1.0, clipnorm=1.0)
+    updates, _ = opt.update(params, opt.init(params), params)
+    np.testing.assert_allclose(updates["a"], -np.array([0.6j, 0.8j]), rtol=1e-6)
+
+
+def test_keras_clipvalue_refuses_complex_params_by_name():
+    # It used to fail at the first update with JAX's "Clip received a complex value".
+    params = {"w": jnp.array([1 + 1j, 2 - 1j], jnp.complex64)}
+    with pytest.raises(
+        TypeError, match=r"^SGD: params must be real with clipvalue, got a complex64"
+    ):
+        gradx.compat.keras.SGD(0.1, clipvalue=0.5).init(params)
+    gradx.compat.keras.SGD(0.1, clipnorm=0.5).init(params)  # a norm clip takes complex params

@@ -241,6 +241,15 @@ def test_arguments_gradx_cannot_reproduce_are_refused(make, error, match):
         make()
 
 
+def test_rprop_refuses_complex_params_as_gradx_rprop_does():
+    # It used to fail at the first update with JAX's "Clip received a complex value".
+    params = {"w": jnp.array([1 + 1j, 2 - 1j], jnp.complex64)}
+    with pytest.raises(TypeError, match=r"^scale_by_rprop: params must be real, got a complex64"):
+        gradx.rprop(0.1).init(params)
+    with pytest.raises(TypeError, match=r"^rprop: params must be real, got a complex64 leaf"):
+        gx.rprop(0.1).init(params)
+
+
 def test_lookahead_refuses_optax_lookahead_params():
     opt = gx.lookahead(gx.adam(0.1), 3, 0.5)
     params = optax.LookaheadParams.init_synced(_params(jnp.float32))

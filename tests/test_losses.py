@@ -58,6 +58,33 @@ def test_bce_at_exact_zero_and_one_is_finite_with_the_torch_clamp():
     np.testing.assert_array_equal(grad[2:], 0.0)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_probability_gradients_in_half_precision_follow_the_float32_formula(dtype):
+    # The 1e-12 floor is 0 in float16, where it used to give 0/0 = NaN at a correct p = 0 or 1.
+    p = np.array([0.0, 1.0, 0.5, 0.0, 1.0, 0.25])
+    y = np.array([0.0, 1.0, 1.0, 1.0, 0.5, 0.0])
+    want = (p - y) / np.maximum(p * (1 - p), np.float32(1e-12)) / p.size  # torch's formula
+    with np.errstate(over="ignore"):  # -1e12/6 is -inf in float16
+        want = want.astype(dtype)
+    grad = jax.grad(losses.binary_cross_entropy)(jnp.asarray(p, dtype), jnp.asarray(y, dtype))
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(np.asarray(grad, np.float64), want, rtol=1e-2)
+    assert not np.any(np.isnan(np.asarray(grad, np.float64)))
+
+    q = np.array([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0])
+    onehot = np.eye(3)[labels]
+    want = -onehot / np.maximum(q, np.float32(1e-12)) / len(q)
+    with np.errstate(over="ignore"):
+        want = want.astype(dtype)
+    grad = jax.grad(losses.categorical_cross_entropy)(
+        jnp.asarray(q, dtype), jnp.asarray(labels), from_logits=False
+    )
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(np.asarray(grad, np.float64), want, rtol=1e-2)
+    assert not np.any(np.isnan(np.asarray(grad, np.float64)))
+
+
 def test_losses_work_in_float32_under_jit():
     p = jnp.array([[2.0, -1.0, 0.5]], jnp.float32)
     value = jax.jit(losses.categorical_cross_entropy)(p, jnp.array([0]))
@@ -131,7 +158,14 @@ def test_losses_are_exported():
             lambda: losses.categorical_cross_entropy(
                 jnp.zeros((2, 3)), jnp.array([0, 1]), label_smoothing=1.5
             ),
-            r"label_smoothing must be a number in \[0, 1\], got 1.5",
+            r"label_smoothing must be a scalar number in \[0, 1\], got 1.5",
+        ),
+        (
+            lambda: losses.categorical_cross_entropy(
+                jnp.zeros((2, 3)), jnp.array([0, 1]), label_smoothing=jnp.array([0.1, 0.2])
+            ),
+            r"categorical_cross_entropy: label_smoothing must be a scalar number in \[0, 1\], "
+            r"got an array of shape \(2,\)",
         ),
         (
             lambda: losses.binary_cross_entropy(jnp.array([0.5, 1.5]), jnp.array([0.0, 1.0])),
@@ -158,3 +192,18 @@ def test_range_checks_are_skipped_under_jit():
     # Traced labels cannot be checked; the loss must still trace and run.
     f = jax.jit(lambda z, y: losses.categorical_cross_entropy(z, y))
     assert np.isfinite(f(jnp.zeros((2, 3)), jnp.array([0, 2])))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: losses.binary_cross_entropy(jnp.array([0.3]), jnp.array([1.0]), from_logits="no"),
+        lambda: losses.categorical_cross_entropy(
+            jnp.array([[0.3, 0.7]]), jnp.array([0]), from_logits="False"
+        ),
+    ],
+)
+def test_from_logits_must_be_a_bool(call):
+    # A string is truthy: "no" used to read the probabilities as logits.
+    with pytest.raises(TypeError, match=r"_entropy: from_logits must be a bool, got '(no|False)'"):
+        call()

@@ -82,6 +82,34 @@ def test_trajectory_equals_optax_contrib_muon(dtype, kwargs):
         assert np.mean(np.abs(a - b)) < 8e-3, k
 
 
+def _three_steps(opt, params):
+    rng = np.random.default_rng(1)
+    state = opt.init(params)
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+def test_zero_size_matrices_get_a_zero_size_update(shape):
+    # A matrix with no rows (or no columns) has fan_in or fan_out 0: fan_out/fan_in raised
+    # ZeroDivisionError (optax.contrib.muon still does for (0, 5)).
+    params = {"w": jnp.ones((3, 4)), "v": jnp.ones(6)}
+    with jax.numpy_dtype_promotion("standard"):
+        want = _three_steps(optax.contrib.muon(0.02), params)
+    got = _three_steps(gradx.muon(0.02), {**params, "z": jnp.ones(shape)})
+    assert got["z"].shape == shape
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], **F32, err_msg=k)
+
+    alone = _three_steps(gradx.compat.torch.Muon(0.02), {"w": params["w"]})
+    got = _three_steps(gradx.compat.torch.Muon(0.02), {"w": params["w"], "z": jnp.ones(shape)})
+    assert got["z"].shape == shape
+    np.testing.assert_array_equal(got["w"], alone["w"])
+
+
 def test_signature_is_optax_contrib_muon():
     # optax's arguments, then gradx's keyword-only state_dtype pair, which optax lacks
     for ours, theirs in ((gradx.muon, optax.contrib.muon),

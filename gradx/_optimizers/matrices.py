@@ -268,7 +268,9 @@ def shape_factors(fn: str, spec: Any, consistent_rms: Any, tree: Any) -> list[ja
     out = []
     for x, d in zip(jax.tree.leaves(tree), leaf_dims(fn, spec, tree, every_leaf=True), strict=True):
         fan_in, fan_out = shape_products(np.shape(x), d)
-        if consistent_rms is None:
+        if np.size(x) == 0:  # no elements to scale (and fan_in may be 0)
+            out.append(jnp.asarray(1.0))
+        elif consistent_rms is None:
             out.append(jnp.sqrt(jnp.maximum(1, fan_out / fan_in)))
         else:
             out.append(jnp.sqrt(jnp.maximum(fan_in, fan_out)) * jnp.asarray(consistent_rms))

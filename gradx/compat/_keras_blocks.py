@@ -92,11 +92,54 @@ def clip_by_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation
 
         def leaf(g):
             g_ = wide(g, c)
-            return (g_ * c / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g_))), c)).astype(g.dtype)
+            norm = jnp.sqrt(jnp.sum(abs_sq(g_)))  # |g|², not g², for complex g
+            return (g_ * coef(c, g_) / coef(jnp.maximum(norm, c), g_)).astype(g.dtype)
 
         return jax.tree.map(leaf, updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformation:
+    """Block: every leaf g ← g·c / ‖g‖ when the norm ‖g‖ over all leaves is ≥ c (Keras's
+    ``global_clipnorm``, g·c / max(‖g‖, c)).
+
+    ``optax.clip_by_global_norm``'s arithmetic and state, computed in the wider dtype of the
+    gradient and c (float32 for bfloat16 or float16 gradients, whose c is stored in float32)
+    and returned in the gradient's dtype.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        c = jnp.asarray(max_norm)
+        norm = jnp.sqrt(sum(jnp.sum(abs_sq(wide(g, c))) for g in jax.tree.leaves(updates)))
+
+        def leaf(g):
+            g_ = wide(g, c)
+            return jnp.where(norm < c, g_, g_ / coef(norm, g_) * coef(c, g_)).astype(g.dtype)
+
+        return jax.tree.map(leaf, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def clip_real(cls: str, max_delta: jax.typing.ArrayLike) -> optax.GradientTransformation:
+    """``optax.clip`` (Keras's ``clipvalue``: each coordinate to [−c, c]), refusing complex
+    params at ``init``: JAX's clip refuses them only at the first update, in its own words."""
+    inner = optax.clip(max_delta)
+
+    def init(params: Any) -> Any:
+        for leaf in jax.tree.leaves(params):
+            if jnp.iscomplexobj(leaf):
+                raise TypeError(
+                    f"{cls}: params must be real with clipvalue, got a "
+                    f"{jnp.result_type(leaf)} leaf; clipvalue clips each coordinate to "
+                    "[-clipvalue, clipvalue], an order complex numbers lack: use clipnorm or "
+                    "global_clipnorm, which clip by |g|"
+                )
+        return inner.init(params)
+
+    return optax.GradientTransformation(init, inner.update)
 
 
 def trust_ratio_after_decay(
@@ -140,9 +183,9 @@ def around(cls: str, args: Mapping[str, Any], step: Any, after: Any, rate: Any =
     if clipnorm is not None:
         blocks.append(clip_by_norm(clipnorm))
     if clipvalue is not None:
-        blocks.append(optax.clip(clipvalue))
+        blocks.append(clip_real(cls, clipvalue))
     if global_clipnorm is not None:
-        blocks.append(optax.clip_by_global_norm(global_clipnorm))
+        blocks.append(clip_by_global_norm(global_clipnorm))
     blocks += [*step, scale_by_learning_rate(learning_rate) if rate is None else rate, *after]
     if weight_decay is not None:
         blocks.append(decoupled_weight_decay(weight_decay, learning_rate))
@@ -199,10 +242,10 @@ def _clip_gain(ctx, cells, state, incoming):
     return Gain(jnp.ones([], ctx.dtype), factors), scaled(ctx, incoming, factors)
 
 
-@gain_rule(optax.clip_by_global_norm)
+@gain_rule(optax.clip_by_global_norm, clip_by_global_norm)
 def _clip_by_global_norm_gain(ctx, cells, state, incoming):
-    needs_incoming("optax.clip_by_global_norm", incoming)
-    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "optax.clip_by_global_norm"))
+    needs_incoming("clip_by_global_norm", incoming)
+    c = in_gain_dtype(ctx, closure_value(cells, "max_norm", "clip_by_global_norm"))
     norm = global_norm(ctx, jax.tree.leaves(incoming))
     gain = jnp.where(norm < c, jnp.ones_like(norm), c / nonzero_divisor(norm))
     return Gain(gain), jax.tree.map(lambda g: g * gain.astype(g.dtype), incoming)

@@ -10,7 +10,10 @@ hyperparameters live in the state under Keras's names (``gradx.hyperparams(state
 What every Keras optimizer does, in Keras's order:
 
 1. ``clipnorm`` (each leaf to that L2 norm), ``clipvalue`` (each element to ±c) or
-   ``global_clipnorm`` (all leaves together); at most one of them;
+   ``global_clipnorm`` (all leaves together); at most one of them. The norms are of ``|g|``,
+   so complex gradients are clipped by modulus, and are computed in float32 for bfloat16 and
+   float16 gradients (c is stored in float32), then cast back; ``clipvalue`` refuses complex
+   params (a ``TypeError`` at ``init``);
 2. ``weight_decay``: decoupled, θ ← θ − γ·λ·θ (Keras multiplies λ by the learning rate);
 3. the optimizer's own step.
 

@@ -350,6 +350,13 @@ def scale_by_rprop(
     """
 
     def init(params: Any) -> ScaleByRpropState:
+        for leaf in jax.tree.leaves(params):
+            if jnp.iscomplexobj(leaf):  # gradx.scale_by_rprop's refusal, named after optax's
+                raise TypeError(
+                    f"rprop: params must be real, got a {jnp.result_type(leaf)} leaf; Rprop "
+                    "compares gradient signs, which complex numbers lack: optimize the real and "
+                    "imaginary parts as separate real params"
+                )
         zeros = jax.tree.map(jnp.zeros_like, params)
         return ScaleByRpropState(
             count=jnp.zeros([], jnp.int32), prev_updates=zeros, step_sizes=zeros
