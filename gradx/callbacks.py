@@ -14,7 +14,11 @@ callback that keeps them past its return must copy them (``jnp.array(x, copy=Tru
 (``fit(flat=None)``) as without it (``flat=False``): a change made in place
 (``opt_state.hyperparams["learning_rate"] = ...``) is ignored; return it in an ``Action``
 (``Action(opt_state=opt_state)``). The params and state of an ``Action`` must have the
-structure, shapes and dtypes of those they replace, or fit raises a ``ValueError``.
+structure, shapes and dtypes of those they replace, or fit raises a ``ValueError``; fit
+copies them before the next epoch's program donates them, so an ``Action`` may hold arrays
+that the callback or its caller keeps (the initial params), or one array in two places.
+With ``fit(ema=...)``, an :class:`EarlyStopping` restoring the best weights gets fit's
+average beside the optimizer state (see its ``restore_best_weights``).
 
 For exact resume, a callback with internal counters implements ``get_state() -> dict`` (a
 dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every checkpoint,
@@ -35,6 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from gradx._protocol.access import hyperparam_keys, hyperparams, locate_hyperparams, set_hyperparams
+from gradx._tools.schedule_free_eval import find_schedule_free
+from gradx._training.averaging import WithAverage
 
 __all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau", "metric_mode"]
 
@@ -137,7 +143,7 @@ class EarlyStopping(Callback):
     ``current < best − min_delta`` (mode ``"min"``) or ``current > best + min_delta``
     (``"max"``); the first monitored epoch always improves. ``wait`` counts epochs since the
     last improvement; training stops at the end of the epoch where ``wait >= patience``
-    (never at epoch 0). A NaN never improves.
+    (never at epoch 0). A NaN never improves, not even at the first monitored epoch.
 
     Args:
       monitor: a key of the history: ``"loss"``, a metric of ``eval_fn`` or an aux output.
@@ -147,8 +153,15 @@ class EarlyStopping(Callback):
         :func:`metric_mode` (``"max"`` for accuracy-like names such as ``"val_acc"``,
         ``"min"`` for loss-like ones such as ``"loss"``; any other name is refused).
       baseline: if set, ``wait`` restarts only for an improvement that also beats it.
-      restore_best_weights: at the end of training, hand back the params of the best epoch
-        (the optimizer state stays the last one, as in Keras, which restores weights only).
+      restore_best_weights: at the end of training, hand back the model of the best epoch,
+        the one the monitor scored: its params, the optimizer state staying the last one
+        (as in Keras, which restores weights only), except where :func:`gradx.fit` evaluates
+        more than the params. With ``fit(ema=d)``, the best epoch's average too
+        (``FitResult.ema_params``, the model ``eval_on="ema"`` evaluates; fit gives it to
+        this callback beside the state). With a Schedule-Free optimizer, the best epoch's
+        state too (its hyperparameters included): ``FitResult.params``, the x ``eval_fn``
+        saw, is computed from the params y and the state's z. If no epoch improves (a NaN
+        every epoch), the first monitored epoch's model.
       start_from_epoch: epochs before monitoring starts (a warm-up), an integer >= 0.
 
     Reference: ``keras.callbacks.EarlyStopping`` (Keras 3).
@@ -157,7 +170,8 @@ class EarlyStopping(Callback):
     not it stopped early. Differences: ``monitor`` defaults to ``"loss"`` (fit has no
     ``val_loss`` of its own); ``mode="auto"`` reads the name (Keras 3 asks the metric for its
     direction, and also refuses one it cannot tell); a ``monitor`` missing from the logs is an
-    error, not a warning; no verbose.
+    error, not a warning; a NaN at the first monitored epoch is no best (Keras takes it as
+    one, which nothing can then improve on); no verbose.
     """
 
     def __init__(
@@ -197,18 +211,39 @@ class EarlyStopping(Callback):
         self.best_weights: Any = None
 
     def _improves(self, current: float, reference: float | None) -> bool:
+        if math.isnan(current):
+            return False
         if reference is None:
             return True
         if self.mode == "min":
             return current - (-self.min_delta) < reference
         return current - self.min_delta > reference
 
+    def keeps_state(self, opt_state: Any) -> bool:
+        """Whether :meth:`on_epoch_end` keeps a copy of ``opt_state`` along with the params:
+        with ``restore_best_weights``, a Schedule-Free state (the x that fit evaluates is
+        computed from the params y and the state's z). fit then gives this callback the
+        state in the optimizer's own layout, which checkpoints hold, not a packed one."""
+        return self.restore_best_weights and bool(find_schedule_free(opt_state))
+
+    def _kept(self, params: Any, opt_state: Any) -> Any:
+        """What ``restore_best_weights`` keeps of an epoch: the model its metrics scored (see
+        the class docstring): the params, with fit's average (``fit(ema=...)`` gives it
+        beside the state, :class:`gradx._training.averaging.WithAverage`) or a Schedule-Free
+        state."""
+        if isinstance(opt_state, WithAverage):
+            return params, opt_state.average
+        if self.keeps_state(opt_state):
+            return params, opt_state
+        return params
+
     def on_epoch_end(self, epoch, logs, params, opt_state):
-        del opt_state
         current = _monitored("EarlyStopping", self.monitor, logs)
         if epoch < self.start_from_epoch:
             return None
-        keep = lambda: jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+        keep = lambda: jax.tree.map(
+            lambda x: jnp.array(x, copy=True), self._kept(params, opt_state)
+        )
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights, self.best_epoch = keep(), epoch
         self.wait += 1
@@ -225,13 +260,19 @@ class EarlyStopping(Callback):
         return None
 
     def on_train_end(self, params, opt_state):
-        del opt_state
-        if self.restore_best_weights and self.best_weights is not None:
-            if isinstance(self.best_weights, list):  # a checkpoint's leaves: the params' tree
-                leaves = jax.tree.leaves(self.best_weights)
-                self.best_weights = jax.tree.unflatten(jax.tree.structure(params), leaves)
-            return Action(params=self.best_weights)
-        return None
+        if not (self.restore_best_weights and self.best_weights is not None):
+            return None
+        if isinstance(self.best_weights, list):  # a checkpoint's leaves: the kept tree
+            structure = jax.tree.structure(self._kept(params, opt_state))
+            leaves = jax.tree.leaves(self.best_weights)
+            self.best_weights = jax.tree.unflatten(structure, leaves)
+        if isinstance(opt_state, WithAverage):  # the best average, the last optimizer state
+            best, average = self.best_weights
+            return Action(params=best, opt_state=opt_state._replace(average=average))
+        if self.keeps_state(opt_state):  # Schedule-Free: y and the state of the best epoch
+            best, state = self.best_weights
+            return Action(params=best, opt_state=state)
+        return Action(params=self.best_weights)
 
     def get_state(self) -> dict[str, Any]:
         state = {

@@ -292,14 +292,14 @@ def test_a_non_finite_loss_warns_once_naming_the_epoch():
     assert len(record) == 1 and not np.isfinite(result.history["loss"]).any()
 
 
-@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume", "overwrite"])
+@pytest.mark.parametrize("flag", ["has_aux", "skip_nonfinite", "resume", "overwrite", "progress"])
 @pytest.mark.parametrize("data", [DATA, batches], ids=["arrays", "stream"])
 def test_a_flag_that_is_not_a_bool_is_refused_not_taken_as_true(flag, data):
     # bool("false") is True: such a flag must be refused, never read as its truth value.
     with pytest.raises(TypeError, match=f"fit: {flag} must be a bool, got 'false'"):
         gradx.fit(
             loss_fn, P0, gradx.sgd(0.05), data, batch_size=B, epochs=1, key=KEY,
-            progress=False, **{flag: "false"},
+            **{"progress": False, flag: "false"},
         )  # fmt: skip
 
 
@@ -436,3 +436,142 @@ def test_an_action_with_params_of_another_structure_shape_or_dtype_is_refused(ne
     state = lambda epoch, logs, params, opt_state: Action(opt_state=(opt_state,))
     with pytest.raises(ValueError, match=r"returned Action\(opt_state=...\), which must match"):
         _fit_with([state], None, epochs=2)
+
+
+def test_a_nan_never_improves_not_even_at_the_first_epoch():
+    stop = EarlyStopping("loss", patience=2, restore_best_weights=True)
+    actions = []
+    for epoch, value in enumerate([np.nan, 1.0, 0.5, np.nan, np.nan]):
+        w = {"w": jnp.array(float(epoch))}
+        actions.append(stop.on_epoch_end(epoch, {"loss": value}, w, None))
+    # the NaN of epoch 0 is no best: 1.0 and 0.5 improve, the two NaNs after them wait
+    assert actions == [None, None, None, None, Action(stop=True)]
+    assert (stop.stopped_epoch, stop.best_epoch, stop.best) == (4, 2, 0.5)
+    assert float(stop.on_train_end({"w": jnp.array(9.0)}, None).params["w"]) == 2.0
+    maximize = EarlyStopping("acc", patience=5)
+    maximize.on_epoch_end(0, {"acc": np.nan}, {}, None)
+    assert maximize.best is None and maximize.wait == 1
+    plateau = ReduceLROnPlateau(patience=5)
+    plateau.on_epoch_end(0, {"loss": np.nan}, P0, gradx.sgd(1.0).init(P0))
+    assert (plateau.best, plateau.wait) == (np.inf, 1)
+
+
+def _restoring():
+    return EarlyStopping("val", patience=100, mode="min", restore_best_weights=True)
+
+
+def _close(got, want):
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("flat", [None, False], ids=["packed", "leaf_by_leaf"])
+def test_restore_best_weights_with_schedule_free_returns_the_x_that_was_scored(flat):
+    # metrics score x, computed from y and the state's z: the best epoch's y with the last
+    # epoch's z would be a point no epoch evaluated
+    common = dict(batch_size=B, key=KEY, eval_fn=val_fn, eval_data=DATA, progress=False)
+    opt = gradx.schedule_free_sgd(0.2)
+    run = gradx.fit(loss_fn, P0, opt, DATA, epochs=8, callbacks=[_restoring()], flat=flat, **common)
+    best_epoch = int(np.argmin(run.history["val"]))
+    assert 0 < best_epoch < 7  # the test has teeth: the last epoch is not the best
+    np.testing.assert_allclose(
+        val_fn(run.params, DATA)["val"], run.history["val"][best_epoch], rtol=1e-12
+    )
+    best = gradx.fit(loss_fn, P0, opt, DATA, epochs=best_epoch + 1, flat=False, **common)
+    _close(run.params, best.params)
+    _close(run.train_params, best.train_params)  # y and the state of that epoch
+    _close(run.opt_state, best.opt_state)
+
+
+def test_restore_best_weights_with_eval_on_ema_returns_the_average_that_was_scored():
+    common = dict(
+        batch_size=B, key=KEY, eval_fn=val_fn, eval_data=DATA, ema=0.9, eval_on="ema",
+        progress=False,
+    )  # fmt: skip
+    run = gradx.fit(
+        loss_fn, P0, gradx.adam(0.05), DATA, epochs=6, callbacks=[_restoring()], **common
+    )
+    free = gradx.fit(loss_fn, P0, gradx.adam(0.05), DATA, epochs=6, **common)
+    best_epoch = int(np.argmin(run.history["val"]))
+    assert 0 < best_epoch < 5
+    np.testing.assert_allclose(
+        val_fn(run.ema_params, DATA)["val"], run.history["val"][best_epoch], rtol=1e-12
+    )
+    best = gradx.fit(loss_fn, P0, gradx.adam(0.05), DATA, epochs=best_epoch + 1, **common)
+    _close(run.ema_params, best.ema_params)  # the best epoch's average
+    _close(run.params, best.params)  # and its params
+    _close(run.opt_state, free.opt_state)  # the optimizer state stays the last one (Keras)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(at):
+    def callback(epoch, logs, params, opt_state):
+        if epoch == at:
+            raise _Interrupt
+
+    return callback
+
+
+@pytest.mark.parametrize(
+    "opt, kwargs, resumed_flat",
+    [
+        (gradx.schedule_free_sgd(0.2), {}, None),
+        (gradx.schedule_free_sgd(0.2), {}, False),  # checkpointed packed, resumed leaf by leaf
+        (gradx.adam(0.05), {"ema": 0.9, "eval_on": "ema"}, None),
+    ],
+    ids=["schedule_free", "schedule_free_other_layout", "ema"],
+)
+def test_restored_best_model_survives_a_resume(opt, kwargs, resumed_flat, tmp_path):
+    # the best epoch (3 with Schedule-Free, 1 with ema) is before the interruption at 5
+    def fit(extra=(), directory=None, resume=False, flat=None):
+        return gradx.fit(
+            loss_fn, P0, opt, DATA, batch_size=B, epochs=8, key=KEY, eval_fn=val_fn,
+            eval_data=DATA, callbacks=[_restoring(), *extra], checkpoint_dir=directory,
+            resume=resume, flat=flat, progress=False, **kwargs,
+        )  # fmt: skip
+
+    whole = fit()
+    assert int(np.argmin(whole.history["val"])) < 5
+    with pytest.raises(_Interrupt):
+        fit([_interrupt_at(5)], tmp_path)
+    resumed = fit(directory=tmp_path, resume=True, flat=resumed_flat)
+    _close(resumed.history["val"], whole.history["val"])  # the other layout: to rounding
+    _close((resumed.params, resumed.opt_state), (whole.params, whole.opt_state))
+    if "ema" in kwargs:
+        _close(resumed.ema_params, whole.ema_params)
+
+
+def test_an_action_may_return_the_callers_arrays_or_one_array_twice():
+    # the next epoch's program donates what an Action returns: fit copies it, so the
+    # caller's arrays survive and two leaves holding one array are no double donation
+    lr = 0.1
+    init = {"w": jnp.zeros(D), "b": jnp.zeros(())}
+
+    def restart(epoch, logs, params, opt_state):
+        return Action(params=init) if epoch == 0 else None
+
+    def gd(params, epochs, loss=loss_fn, after=lambda p: p):  # full-batch GD, by hand
+        for _ in range(epochs):
+            g = jax.grad(loss)(params, DATA)
+            params = after(jax.tree.map(lambda p, g: p - lr * g, params, g))
+        return params
+
+    common = dict(batch_size=None, key=None, progress=False)
+    run = gradx.fit(loss_fn, init, gradx.sgd(lr), DATA, epochs=3, callbacks=[restart], **common)
+    assert not init["w"].is_deleted()
+    np.testing.assert_array_equal(init["w"], 0.0)
+    _close(run.params, gd(init, 2))  # epoch 0 undone, then two epochs from init
+
+    def tied_loss(params, batch):
+        return losses.mse(batch["x"] @ (params["a"] + 2 * params["b"]), batch["y"])
+
+    def tie(epoch, logs, params, opt_state):
+        return Action(params={"a": params["a"], "b": params["a"]})
+
+    p0 = {"a": jnp.zeros(D), "b": jnp.zeros(D)}
+    run = gradx.fit(tied_loss, p0, gradx.sgd(lr), DATA, epochs=3, callbacks=[tie], **common)
+    want = gd(p0, 3, tied_loss, lambda p: {"a": p["a"], "b": p["a"]})
+    _close(run.params, want)

@@ -233,3 +233,36 @@ def test_bad_accumulate_ema_and_eval_on_are_clear_errors(kwargs, match):
     kw = {"batch_size": 4, "epochs": 1, "key": KEY, "progress": False, "eval_fn": loss_fn}
     with pytest.raises(ValueError, match=match):
         gradx.fit(loss_fn, P0, gradx.sgd(0.1), (X, Y), **{**kw, **kwargs})
+
+
+def test_a_bfloat16_average_moves_and_is_handed_out_in_bfloat16():
+    # θ_t = 3 − 1.5·0.5^(t−1) (sgd on (w − 3)², one full-batch step per epoch). With d = 0.999
+    # an increment (1 − d)(θ_t − ema) ≈ 0.0015 is under half a bfloat16 ulp of the average
+    # (0.0039 at 1.5): rounded back to bfloat16 every step it would stay θ_1 = 1.5. NumPy
+    # averages the recorded params in float32.
+    d, seen, dtypes = 0.999, [], []
+
+    def loss(params, batch):
+        return jnp.mean((params["w"].astype(jnp.float32) - 3.0) ** 2)
+
+    def record(epoch, logs, params, opt_state):
+        seen.append(np.asarray(params["w"], np.float32))
+
+    def evaluate(params, data):
+        dtypes.append(params["w"].dtype)
+        return {"w0": params["w"][0].astype(jnp.float32)}
+
+    p0 = {"w": jnp.zeros(2, jnp.bfloat16)}
+    got = gradx.fit(
+        loss, p0, gradx.sgd(0.5), (X,), batch_size=None, epochs=60, key=KEY, progress=False,
+        ema=d, eval_fn=evaluate, eval_on="ema", callbacks=[record],
+    )  # fmt: skip
+    ema = None
+    for theta in seen:
+        ema = theta if ema is None else np.float32(d) * ema + np.float32(1 - d) * theta
+    assert seen[0][0] == 1.5 and ema[0] > 1.55  # it moved
+    # the eval params: the float32 average rounded to bfloat16 (within half an ulp)
+    assert dtypes == [jnp.bfloat16]
+    np.testing.assert_allclose(got.history["w0"][-1], ema[0], rtol=2**-9)
+    np.testing.assert_allclose(np.asarray(got.ema_params["w"], np.float32), ema, rtol=2**-9)
+    assert got.ema_params["w"].dtype == jnp.bfloat16

@@ -254,3 +254,26 @@ def test_a_generator_function_without_the_epoch_is_refused_naming_the_fix():
     again = gradx.fit(loss_fn, P0, gradx.sgd(0.05), lambda epoch: gen(), **kw)
     np.testing.assert_array_equal(once.history["loss"], again.history["loss"])
     assert once.steps_per_epoch == N // B
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_a_loader_that_refills_one_buffer_per_batch_trains_on_every_batch(group):
+    # A Keras/torch-style loader: one host buffer, refilled before each batch is yielded
+    # (safe in a loop that consumes a batch before asking for the next). fit must copy each
+    # batch as it reads it, not keep the buffer until its group is full. "y" comes as a
+    # jax.Array (immutable: kept as it is); group 4 of 5 steps also cuts a short last group.
+    def refilled(epoch):
+        x = np.empty((B, D))
+        for batch in in_memory_batches(epoch, last_short=False):
+            x[:] = batch["x"]
+            yield {"x": x, "y": jnp.asarray(batch["y"])}
+
+    kw = dict(epochs=2, has_aux=True, progress=False, flat=False)
+    memory = gradx.fit(aux_loss, P0, gradx.adam(0.05), DATA, batch_size=B, key=KEY, **kw)
+    stream = gradx.fit(
+        aux_loss, P0, gradx.adam(0.05), refilled, batch_size=None, key=None,
+        steps_per_execution=group, **kw,
+    )  # fmt: skip
+    for name in memory.history:
+        assert_trees_equal(stream.history[name], memory.history[name])
+    assert_trees_equal(stream.params, memory.params)

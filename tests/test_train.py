@@ -290,6 +290,50 @@ def test_fit_rejects_bad_arguments(kwargs, match):
         gradx.fit(loss_fn, P0, gradx.sgd(0.1), data, progress=False, **args)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"loss_fn": 5}, TypeError, r"fit: loss_fn must be callable, got int 5"),
+        ({"eval_fn": 3}, TypeError, r"fit: eval_fn must be callable, got int 3"),
+        (
+            {"eval_data": (DATA, "val")},
+            TypeError,
+            r"fit: eval_data must be a pytree of numeric arrays, got str 'val' at eval_data\[1\]",
+        ),
+        (
+            {"eval_data": {"x": X, "y": np.array(["a"] * N)}},
+            TypeError,
+            r"fit: eval_data must be a pytree of numeric arrays, got an array of dtype <U1 at "
+            r"eval_data\['y'\]",
+        ),
+        (
+            {"data": {"x": X, "y": Y, "name": "train"}},
+            TypeError,
+            r"fit: data must be a pytree of numeric arrays, got str 'train' at data\['name'\]",
+        ),
+        (
+            {"opt_state": 5},
+            ValueError,
+            r"fit: opt_state does not have the structure, shapes and dtypes of "
+            r"optimizer.init\(params\), .*; got int 5",
+        ),
+        (
+            {"opt_state": gradx.adam(0.1).init({"w": jnp.zeros(2), "b": jnp.zeros(())})},
+            ValueError,
+            r"fit: opt_state does not have .* first difference \(given vs init's\): "
+            r".*\['w'\]: shape \(2,\) dtype float64 vs shape \(3,\) dtype float64",
+        ),
+    ],
+)
+def test_fit_names_the_argument_a_bad_function_eval_data_or_state_breaks(kwargs, error, match):
+    args = {"loss_fn": loss_fn, "data": DATA, "eval_fn": lambda p, d: p["b"], **kwargs}
+    with pytest.raises(error, match=match):
+        gradx.fit(
+            args.pop("loss_fn"), P0, gradx.adam(0.1), args.pop("data"), batch_size=4,
+            epochs=1, key=KEY, progress=False, **args,
+        )  # fmt: skip
+
+
 def test_fit_rejects_a_non_scalar_loss_and_a_metric_named_loss():
     with pytest.raises(ValueError, match=r"fit: loss_fn must return a scalar, got shape \(4,\)"):
         gradx.fit(
@@ -423,3 +467,33 @@ def test_a_list_of_batches_is_refused_and_a_list_of_arrays_is_data():
     as_list = gradx.fit(pair, P0, gradx.sgd(0.1), [X, Y], **kw)
     as_tuple = gradx.fit(pair, P0, gradx.sgd(0.1), (X, Y), **kw)
     np.testing.assert_array_equal(as_list.history["loss"], as_tuple.history["loss"])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"skip_nonfinite": True}, {"accumulate": 2}], ids=["plain", "skip", "window"]
+)
+def test_bool_and_int8_aux_are_averaged_as_numbers(kwargs):
+    # 200 examples, one per step (100 windows of 2 with accumulate): with each example seen
+    # once, a bool "the batch holds example 0" averages to 1/200, an int8 count of examples
+    # below 10 to 10/200, an int8 constant 1 to 1. With skip_nonfinite example 5 is poisoned:
+    # the 199 steps taken average to 1/199, 9/199 and 1 (not a count, not an int8 divisor).
+    n = 200
+    x = np.ones((n, 1))
+    y = np.zeros(n)
+    if kwargs.get("skip_nonfinite"):
+        y[5] = np.inf
+    data = {"x": x, "y": y, "i": np.arange(n)}
+
+    def loss(params, batch):
+        value = losses.mse(batch["x"] @ params["w"], batch["y"])
+        small = jnp.sum(batch["i"] < 10).astype(jnp.int8)
+        return value, {"has0": jnp.any(batch["i"] == 0), "small": small, "one": jnp.int8(1)}
+
+    got = gradx.fit(
+        loss, {"w": jnp.zeros(1)}, gradx.sgd(0.01), data, batch_size=1, epochs=1, key=KEY,
+        progress=False, has_aux=True, **kwargs,
+    )  # fmt: skip
+    taken = n - 1 if kwargs.get("skip_nonfinite") else n
+    want = {"has0": 1 / taken, "small": (9 if taken < n else 10) / taken, "one": 1.0}
+    for name, value in want.items():
+        np.testing.assert_allclose(got.history[name], [value], rtol=1e-6, err_msg=name)

@@ -12,11 +12,15 @@ the first average is the params after the first step), and torch's
 ``lerp`` by 1 − d: the same average up to rounding). Before the first step the average is the
 initial params θ_0.
 
-The average is one params-sized buffer (same shapes and dtypes; computed in float32 at least,
-so a bfloat16 average still moves with d = 0.999), plus a step count and d, which fit's
+The average is one params-sized buffer (the params' shapes; each leaf kept in float32 at least,
+a wider dtype as it is, so that a bfloat16 average still moves with d = 0.999: an
+increment (1 − d)·(θ − ema) is often below half a bfloat16 ulp of the average, and an average
+rounded back to bfloat16 every step would never change), plus a step count and d, which fit's
 program carries next to the optimizer state (:class:`WithAverage`) so that it is updated in
 place inside the compiled epoch, sharded like the params on a mesh, kept by
-``skip_nonfinite`` like the state, and checkpointed with it.
+``skip_nonfinite`` like the state, and checkpointed with it. It is handed out in the params'
+dtypes (:func:`handed_out`): as ``FitResult.ema_params``, and to ``eval_fn`` with
+``eval_on="ema"``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class Average(NamedTuple):
 
     count: jax.Array  # shape=(), dtype=int32: the optimizer steps averaged so far
     decay: jax.Array  # shape=(), dtype=float32 or the params' wider float: d
-    params: Any  # shape and dtype of each param: the average
+    params: Any  # shape of each param, its dtype or float32 when narrower: the average
 
 
 class WithAverage(NamedTuple):
@@ -80,12 +84,26 @@ def check_eval_on(fn: str, eval_on: Any, ema: float | None, eval_fn: Any) -> boo
     return eval_on == "ema"
 
 
+def _widened(p: Any) -> Any:
+    """A param as the average keeps it: in float32 at least (float64, complex64 as they are)."""
+    return p if jnp.finfo(p.dtype).bits >= 32 else p.astype(jnp.float32)
+
+
 def start(ema: float | None, params: Any) -> Average | None:
-    """The average before the first step (the params: copy them before donating), or None."""
+    """The average before the first step (the params, in float32 at least: copy them before
+    donating, as a leaf of float32 or wider is the param itself), or None."""
     if ema is None:
         return None
     decay = jnp.asarray(ema, hyperparam_dtype(params))
-    return Average(count=jnp.zeros((), jnp.int32), decay=decay, params=params)
+    wide = jax.tree.map(_widened, params)
+    return Average(count=jnp.zeros((), jnp.int32), decay=decay, params=wide)
+
+
+def handed_out(average: Average | None, params: Any) -> Any:
+    """The average in the dtypes of ``params`` (what fit returns and evaluates), or None."""
+    if average is None:
+        return None
+    return jax.tree.map(lambda a, p: a.astype(p.dtype), average.params, params)
 
 
 def place(plan: Any, ema: float | None, params: Any, opt_state: Any) -> tuple:
@@ -121,11 +139,10 @@ def advance(average: Average | None, params: Any) -> Average | None:
         return None
     first = average.count == 0
 
-    def leaf(a: jax.Array, p: jax.Array) -> jax.Array:
-        wide = p.dtype if jnp.finfo(p.dtype).bits >= 32 else jnp.dtype(jnp.float32)
-        d = average.decay.astype(wide)
-        mixed = (d * a.astype(wide) + (1 - d) * p.astype(wide)).astype(p.dtype)
-        return jnp.where(first, p, mixed)
+    def leaf(a: jax.Array, p: jax.Array) -> jax.Array:  # a: the average, already wide
+        d = average.decay.astype(a.dtype)
+        p = p.astype(a.dtype)
+        return jnp.where(first, p, d * a + (1 - d) * p)
 
     return Average(
         count=optax.safe_int32_increment(average.count),
@@ -139,7 +156,7 @@ def eval_params(program: Any, params: Any, state: Any) -> Any:
     else the params (Schedule-Free: its average x, from y and z)."""
     opt_state, average = split(state)
     if getattr(program, "eval_average", False):
-        return average.params
+        return handed_out(average, params)
     return evaluation_point(opt_state, params)
 
 

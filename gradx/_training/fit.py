@@ -38,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -50,9 +49,12 @@ from gradx._training import loop as _loop
 from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
 from gradx._training.inputs import (
+    as_arrays,
     check_flag,
+    check_function,
     check_int,
     check_key,
+    check_opt_state,
     check_optimizer,
     prepare_data,
     steps_and_dropped,
@@ -144,9 +146,10 @@ def fit(
         Schedule-Free optimizer (``gradx.schedule_free_adamw``, its state anywhere in the
         optimizer's) it sees the average x, ``gradx.schedule_free_eval_params(opt_state,
         params)``, not the params y the gradients are taken at.
-      eval_data: any pytree passed to ``eval_fn``; defaults to ``data``.
-      opt_state: a state to start from instead of ``optimizer.init(params)``, e.g. one with
-        hyperparameters set by ``gradx.set_hyperparams``, or the state of an earlier fit.
+      eval_data: any pytree of numeric arrays passed to ``eval_fn``; defaults to ``data``.
+      opt_state: a state to start from instead of ``optimizer.init(params)``, with its
+        structure, shapes and dtypes, e.g. one with hyperparameters set by
+        ``gradx.set_hyperparams``, or the state of an earlier fit.
       progress: show a tqdm progress bar advancing once per epoch, with the loss and metrics.
       mesh: a ``jax.sharding.Mesh`` to train data-parallel on: every minibatch is split
         over the mesh's first axis (B must be divisible by its size) and the gradient is
@@ -179,6 +182,9 @@ def fit(
         ``ReduceLROnPlateau``), called after each epoch; they may change the params or the
         state, by returning an ``Action`` checked against them (in-place changes are
         ignored), and stop training (see :mod:`gradx.callbacks`).
+        ``EarlyStopping(restore_best_weights=True)`` returns the model its monitor scored:
+        the best epoch's params, with ``ema`` its average (``ema_params``) too, with a
+        Schedule-Free optimizer its state too (so that ``params`` is the x it scored).
       checkpoint_dir: a directory to write checkpoints to with orbax-checkpoint (params,
         state, epoch, step, key, history, callback counters; see
         :mod:`gradx.checkpoint`), after every ``checkpoint_every`` epochs and the last. It
@@ -287,11 +293,17 @@ def fit(
       >>> round(float(result.params["w"][0, 0]), 1)
       3.0
     """
+    check_function("fit", "loss_fn", loss_fn)
     check_optimizer("fit", optimizer)
+    if eval_fn is not None:
+        check_function("fit", "eval_fn", eval_fn)
+        eval_data = None if eval_data is None else as_arrays("fit", "eval_data", eval_data)
+    check_opt_state("fit", optimizer, params, opt_state)
     if _stream.is_stream(data) and diagnostics:
         raise ValueError(
             "fit: diagnostics=True works with in-memory data (arrays), got a stream of batches"
         )
+    progress = check_flag("fit", "progress", progress)
     has_aux = check_flag("fit", "has_aux", has_aux)
     skip_nonfinite = check_flag("fit", "skip_nonfinite", skip_nonfinite)
     resume = check_flag("fit", "resume", resume)
@@ -328,7 +340,7 @@ def fit(
     steps, dropped = _accumulate.window_counts("fit", steps, dropped, batch_size, accumulate)
     key = check_key("fit", key, batch_size)
     if eval_fn is not None:
-        eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+        eval_data = data if eval_data is None else eval_data  # arrays: as_arrays above
     diagnostics = check_flag("fit", "diagnostics", diagnostics)
     arguments = _identity.optimizer_arguments(optimizer) if checkpoint_dir is not None else None
     packing, optimizer, opt_state = start_optimizer(
@@ -391,7 +403,7 @@ def train_epochs(
     )  # fmt: skip
     if packing is not None:
         opt_state = packing.unpack(opt_state)
-    ema_params = None if holder.average is None else holder.average.params
+    ema_params = _averaging.handed_out(holder.average, params)
     params, opt_state, ema_params = _mesh.to_user_mesh(plan, (params, opt_state, ema_params))
     return FitResult(
         params=evaluation_point(opt_state, params),  # Schedule-Free: x, from y and z

@@ -11,11 +11,18 @@ import numpy as np
 import optax
 
 from gradx._protocol import rules as _rules
+from gradx._protocol.trees import TreeMismatchError
 
 
 def check_flag(fn: str, name: str, value: Any) -> bool:
     _rules.check_flag(fn, name, value, "bool")  # the optimizers' check: bool("false") is True
     return bool(value)
+
+
+def check_function(fn: str, name: str, value: Any) -> None:
+    """Raises a TypeError unless ``value`` (``loss_fn``, ``eval_fn``) is callable."""
+    if not callable(value):
+        raise TypeError(f"{fn}: {name} must be callable, got {type(value).__name__} {value!r}")
 
 
 def check_optimizer(fn: str, optimizer: Any) -> None:
@@ -58,7 +65,7 @@ def prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
     leaves, treedef = jax.tree.flatten(data)
     if not leaves:
         raise ValueError(f"{fn}: {name} must be a pytree of arrays, got one with no leaves")
-    arrays = [jnp.asarray(x) for x in leaves]
+    arrays = jax.tree.leaves(as_arrays(fn, name, data))
     lengths = [a.shape[0] if a.ndim else None for a in arrays]
     if None in lengths or len(set(lengths)) != 1 or lengths[0] == 0:
         shapes = jax.tree.unflatten(treedef, [a.shape for a in arrays])
@@ -67,6 +74,60 @@ def prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
             f"length, got shapes {shapes}"
         )
     return jax.tree.unflatten(treedef, arrays), lengths[0]
+
+
+def as_arrays(fn: str, name: str, tree: Any) -> Any:
+    """``tree`` with every leaf made a JAX array (``jnp.asarray``), or a TypeError naming the
+    first leaf that is not numeric (a string, an array of strings, an object)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    arrays = []
+    for path, x in leaves:
+        try:
+            arrays.append(jnp.asarray(x))
+        except TypeError:
+            got = (
+                f"an array of dtype {x.dtype}"
+                if hasattr(x, "dtype")
+                else f"{type(x).__name__} {x!r}"
+            )
+            raise TypeError(
+                f"{fn}: {name} must be a pytree of numeric arrays, got {got} at "
+                f"{name}{jax.tree_util.keystr(path)}"
+            ) from None
+    return jax.tree.unflatten(treedef, arrays)
+
+
+def mismatch(new: Any, old: Any) -> str | None:
+    """The first difference of structure, shape or dtype between two pytrees, or None."""
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        return f"structure {jax.tree.structure(new)} vs {jax.tree.structure(old)}"
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(new)[0], jax.tree.leaves(old), strict=True
+    ):
+        ta, tb = (np.shape(a), jnp.result_type(a)), (np.shape(b), jnp.result_type(b))
+        if ta != tb:
+            where = jax.tree_util.keystr(path)
+            return f"{where}: shape {ta[0]} dtype {ta[1]} vs shape {tb[0]} dtype {tb[1]}"
+    return None
+
+
+def check_opt_state(fn: str, optimizer: Any, params: Any, opt_state: Any) -> None:
+    """Raises a :class:`TreeMismatchError` (a ValueError) unless ``opt_state`` (None: none
+    given) has the structure, shapes and dtypes of ``optimizer.init(params)``."""
+    if opt_state is None:
+        return
+    diff = mismatch(opt_state, jax.eval_shape(optimizer.init, params))
+    if diff is None:
+        return
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(opt_state)):  # 5, "adam"
+        got = f"got {type(opt_state).__name__} {opt_state!r}"
+    else:
+        got = f"first difference (given vs init's): {diff}"
+    raise TreeMismatchError(
+        f"{fn}: opt_state does not have the structure, shapes and dtypes of "
+        "optimizer.init(params), which it must have: a state of this optimizer for these "
+        f"params (e.g. an earlier fit's result.opt_state); {got}"
+    )
 
 
 def steps_and_dropped(fn: str, n: int, batch_size: int | None) -> tuple[int, int]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradx import callbacks as _callbacks
+from gradx._training import averaging as _averaging
 from gradx._training import identity as _identity
-from gradx._training.inputs import check_int
+from gradx._training.inputs import check_int, fresh_copy, mismatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,22 +104,11 @@ def _hook(cb: Any, name: str) -> Callable[..., Any] | None:
     return getattr(cb, name, None)
 
 
-def _mismatch(new: Any, old: Any) -> str | None:
-    """The first difference of structure, shape or dtype between two pytrees, or None."""
-    if jax.tree.structure(new) != jax.tree.structure(old):
-        return f"structure {jax.tree.structure(new)} vs {jax.tree.structure(old)}"
-    for (path, a), b in zip(
-        jax.tree_util.tree_flatten_with_path(new)[0], jax.tree.leaves(old), strict=True
-    ):
-        ta, tb = (np.shape(a), jnp.result_type(a)), (np.shape(b), jnp.result_type(b))
-        if ta != tb:
-            where = jax.tree_util.keystr(path)
-            return f"{where}: shape {ta[0]} dtype {ta[1]} vs shape {tb[0]} dtype {tb[1]}"
-    return None
-
-
 def _apply(fn: str, cb: Any, action: Any, params: Any, opt_state: Any) -> tuple[Any, Any, bool]:
-    """``action`` applied to (params, opt_state), each checked against the one it replaces."""
+    """``action`` applied to (params, opt_state), each checked against the one it replaces.
+
+    What it replaces them with is copied: the next epoch's program donates them, and the
+    callback may have returned arrays that its caller keeps, or one array in two places."""
     if action is None:
         return params, opt_state, False
     if not isinstance(action, _callbacks.Action):
@@ -130,15 +119,16 @@ def _apply(fn: str, cb: Any, action: Any, params: Any, opt_state: Any) -> tuple[
         ("params", action.params, params),
         ("opt_state", action.opt_state, opt_state),
     ):
-        diff = None if new is None else _mismatch(new, old)
+        diff = None if new is None else mismatch(new, old)
         if diff is not None:
             raise ValueError(
                 f"{fn}: callback {cb!r} returned Action({name}=...), which must match the "
                 f"structure, shapes and dtypes of the {name} it replaces; first difference "
                 f"(returned vs current): {diff}"
             )
-    params = params if action.params is None else action.params
-    opt_state = opt_state if action.opt_state is None else action.opt_state
+    new_params, new_state = fresh_copy((action.params, action.opt_state))  # None: no leaves
+    params = params if action.params is None else new_params
+    opt_state = opt_state if action.opt_state is None else new_state
     return params, opt_state, bool(action.stop)
 
 
@@ -218,7 +208,7 @@ def run(
     for cb in opts.callbacks:
         hook = _hook(cb, "on_train_end")
         if hook is not None:
-            params, opt_state, _ = _call(fn, cb, view, params, opt_state, hook)
+            params, opt_state, _ = _call(fn, cb, view, params, opt_state, hook, average=average)
     return (
         params,
         opt_state,
@@ -263,9 +253,25 @@ def _check_resume(fn: str, restored: dict[str, Any], epochs: int, opts: Options)
         )
 
 
-# gradx's own callbacks read only the hyperparameters (set_hyperparams finds them in any
-# layout) and the params: they get the packed state as it is.
-_LAYOUT_FREE = (_callbacks.EarlyStopping, _callbacks.ReduceLROnPlateau)
+def _layout_free(cb: Any, opt_state: Any) -> bool:
+    """Whether ``cb`` gets the packed state as it is: gradx's own callbacks read only the
+    hyperparameters (set_hyperparams finds them in any layout) and the params, except an
+    EarlyStopping that keeps the state (Schedule-Free's), which checkpoints hold in the
+    optimizer's own layout. A subclass may read more."""
+    if type(cb) is _callbacks.EarlyStopping:
+        return not cb.keeps_state(opt_state)
+    return type(cb) is _callbacks.ReduceLROnPlateau
+
+
+def _gets_average(cb: Any, average: Any) -> bool:
+    """Whether ``cb`` gets fit's average beside the state (``WithAverage``): an EarlyStopping
+    restoring the best epoch's model, which includes its average."""
+    return (
+        isinstance(cb, _callbacks.EarlyStopping)
+        and cb.restore_best_weights
+        and average is not None
+        and average.average is not None
+    )
 
 
 def _rebuilt(tree: Any) -> Any:
@@ -274,16 +280,23 @@ def _rebuilt(tree: Any) -> Any:
     return jax.tree.map(lambda x: x, tree)
 
 
-def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args: Any):
+def _call(fn: str, cb: Any, view: Any, params: Any, opt_state: Any, hook, *args: Any, average=None):
     """``hook(*args, params, state)`` with the state in the user's layout (fresh containers
     in every layout: in-place changes are ignored), and its action applied: (params,
-    opt_state, stop)."""
-    packed = view is not None and type(cb) not in _LAYOUT_FREE  # a subclass may read more
+    opt_state, stop). ``average``: fit's :class:`gradx._training.averaging.Holder`, whose
+    average an EarlyStopping restoring the best weights gets beside the state, and may
+    replace."""
+    packed = view is not None and not _layout_free(cb, opt_state)
     given = view.unpack(opt_state) if packed else _rebuilt(opt_state)
+    joined = _gets_average(cb, average)
+    if joined:
+        given = _averaging.join(given, average.average)
     action = hook(*args, _rebuilt(params), given)
     params, new, stop = _apply(fn, cb, action, params, given)
     if action is None or action.opt_state is None:
         return params, opt_state, stop
+    if joined:
+        new, average.average = _averaging.split(new)
     return params, (view.pack(new) if packed else new), stop
 
 
@@ -336,7 +349,7 @@ def _epochs(
             for cb in opts.callbacks:
                 hook = _hook(cb, "on_epoch_end")
                 params, opt_state, stop = _call(
-                    fn, cb, view, params, opt_state, hook, epoch, dict(logs)
+                    fn, cb, view, params, opt_state, hook, epoch, dict(logs), average=average
                 )
                 stopped = stopped or stop
             if checkpointer is not None and checkpointer.due(

@@ -20,23 +20,29 @@ class FitResult:
     Attributes:
       params: the trained params: where the model is evaluated. With a Schedule-Free
         optimizer (its state anywhere in ``opt_state``), the average x,
-        ``gradx.schedule_free_eval_params(opt_state, train_params)``.
-      opt_state: the optimizer state after the last step.
-      history: ``"loss"``: shape ``(epochs,)``, the mean of the minibatch losses of each
-        epoch (each at the params before its step, as Keras reports it); one more entry of
-        shape ``(epochs,)`` per metric of ``eval_fn``, evaluated at the end of each epoch.
-      epoch_seconds: shape ``(epochs,)``, wall time of each epoch (the first includes the
+        ``gradx.schedule_free_eval_params(opt_state, train_params)``. With
+        ``EarlyStopping(restore_best_weights=True)``, the best epoch's.
+      opt_state: the optimizer state after the last step (with a Schedule-Free optimizer
+        and ``EarlyStopping(restore_best_weights=True)``, after the best epoch).
+      history: name → array of one entry per epoch run, ``epochs − initial_epoch`` of
+        them (fewer after an early stop; a run resumed from a checkpoint has the
+        checkpointed epochs too). ``"loss"``: the mean of the minibatch losses of each
+        epoch (each at the params before its step, as Keras reports it); one more array per
+        metric of ``eval_fn``, evaluated at the end of each epoch, and per aux output,
+        ``"skipped"`` count or diagnostic recorded.
+      epoch_seconds: wall time of each epoch of ``history`` (the first includes the
         compilation, unless the program was already compiled).
       steps_per_epoch: optimizer steps per epoch: ⌊N/B⌋ (1 for full batch; ⌊N/(A·B)⌋ with
         ``accumulate=A``).
       dropped_per_epoch: N mod B examples left out of each epoch's permutation (N mod A·B
         with ``accumulate=A``).
       ema_params: with ``fit(..., ema=d)``, the exponential moving average of the params
-        after the last step (the params' structure, shapes, dtypes and sharding); None
-        without ``ema``.
+        after the last step (the params' structure, shapes, dtypes and sharding; with
+        ``EarlyStopping(restore_best_weights=True)``, after the best epoch); None without
+        ``ema``.
       train_params: the params training continues from (with ``opt_state``): the point the
-        last gradients were taken at. They are ``params``, except with a Schedule-Free
-        optimizer, whose y they are (None given: ``params``).
+        last gradients were taken at (restored: the best epoch's). They are ``params``,
+        except with a Schedule-Free optimizer, whose y they are (None given: ``params``).
     """
 
     params: Any

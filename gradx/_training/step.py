@@ -6,7 +6,8 @@ where a step's batch comes from (gathered from the data on the device, or stacke
 stream on the host).
 
 A step returns ``(loss, aux, ok)`` per step: ``aux`` is the ``{name: scalar}`` of a
-``has_aux`` loss (empty otherwise); ``ok`` is False for a step skipped by
+``has_aux`` loss (empty otherwise), the loss and each aux value as float32 at least (a bool
+or int8 aux is averaged as a number); ``ok`` is False for a step skipped by
 ``skip_nonfinite``. :func:`reduce_steps` turns the stacked per-step outputs into an epoch's
 mean loss and its extra history entries.
 """
@@ -39,8 +40,18 @@ def _describe(out: Any) -> str:
     return f"a {type(out).__name__}"
 
 
+def _wide(x: jax.Array) -> jax.Array:
+    """A scalar as float32 at least (a float64 stays one): sums and means of bools and
+    integers are then those of numbers, not an OR or a wrapped count."""
+    if jnp.issubdtype(x.dtype, jnp.inexact) and jnp.finfo(x.dtype).bits >= 32:
+        return x
+    return x.astype(jnp.float32)
+
+
 def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
-    """``loss_fn`` with its output checked at trace time, before any JAX error can occur."""
+    """``loss_fn`` with its output checked at trace time, before any JAX error can occur; the
+    loss and each aux value are returned as float32 at least (:func:`_wide`), so that they are
+    averaged over the steps (and an accumulated window) as numbers."""
 
     def loss(params, batch):
         out = loss_fn(params, batch)
@@ -52,7 +63,7 @@ def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
                     else ""
                 )
                 raise ValueError(f"{fn}: loss_fn must return a scalar, got {_describe(out)}{hint}")
-            return out, {}
+            return _wide(out), {}
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(
                 f"{fn}: loss_fn must return (loss, aux) with has_aux=True, got {_describe(out)}"
@@ -74,7 +85,7 @@ def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
                     f"{fn}: loss_fn's aux must be a dict of scalars, got {_describe(v)} "
                     f"for {name!r}"
                 )
-        return value, dict(aux)
+        return _wide(value), {name: _wide(v) for name, v in aux.items()}
 
     return loss
 

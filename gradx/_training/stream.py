@@ -19,14 +19,17 @@ change of structure, shape or dtype is an error naming the batch. With ``accumul
 is a window of A consecutive full batches; the full batches of an epoch that fill no last
 window are dropped and counted as well, and ``steps_per_epoch`` counts windows.
 
-Batches are stacked on the host into groups of S = ``steps_per_execution`` steps; a group is
-one call of a compiled ``lax.scan`` over the same ``step`` the in-memory path scans, so the
-two paths give the same numbers for the same batches: bit for bit leaf by leaf
-(``flat=False``); with the optimizer packed (fit's default for gradx's optimizers, see
-``fit``'s ``flat``) XLA fuses the two programs differently and a step may differ in its last
-bits. Calls are dispatched asynchronously: while the device computes a group, the host
-reads, stacks and transfers the next one (double buffering). A shorter last group is split
-into powers of two, so a run compiles at most 1 + log2(S) group programs.
+Batches are stacked on the host into groups of S = ``steps_per_execution`` steps, each
+batch's NumPy arrays copied into its group's host array as it is read (a loader may refill
+one buffer for every batch, as Keras's and torch's loops allow: fit keeps no reference to
+it; a jax.Array, immutable, is kept and stacked on the device); a group is one call of a
+compiled ``lax.scan`` over the same ``step`` the in-memory path scans, so the two paths give
+the same numbers for the same batches: bit for bit leaf by leaf (``flat=False``); with the
+optimizer packed (fit's default for gradx's optimizers, see ``fit``'s ``flat``) XLA fuses the
+two programs differently and a step may differ in its last bits. Calls are dispatched
+asynchronously: while the device computes a group, the host reads, stacks and transfers the
+next one (double buffering). A shorter last group is split into powers of two, so a run
+compiles at most 1 + log2(S) group programs.
 """
 
 from __future__ import annotations
@@ -177,14 +180,41 @@ class Spec:
         return leaves if length == self.batch_size else length
 
 
-def _stack(leaves_per_step: list[list[Any]], treedef: Any, put: Callable[[Any], Any]) -> Any:
-    columns = zip(*leaves_per_step, strict=True)
-    if put is not jax.device_put:  # onto a mesh: from the host, split as it is transferred
-        return jax.tree.unflatten(treedef, [put(np.stack(col)) for col in columns])
-    stacked = [
-        jnp.stack(col) if isinstance(col[0], jax.Array) else put(np.stack(col)) for col in columns
-    ]
-    return jax.tree.unflatten(treedef, stacked)
+class _Group:
+    """The full batches of one group, as they are admitted: each NumPy leaf copied at once into
+    row i of a (rows, B, ...) host array allocated for the group (a loader may refill one
+    buffer for every batch: the copy np.stack made when the group was full, made earlier),
+    each jax.Array kept as it is (immutable) and stacked on the device. Onto a mesh every leaf
+    goes to the host array, to be split as it is transferred."""
+
+    def __init__(self, spec: Spec, rows: int, on_host: bool):
+        self.spec, self.rows, self.on_host = spec, rows, on_host
+        self.size = 0
+        self.columns: list[Any] = []
+
+    def add(self, leaves: list[Any]) -> None:
+        if not self.columns:
+            spec = self.spec
+            self.columns = [
+                []
+                if isinstance(x, jax.Array) and not self.on_host
+                else np.empty((self.rows, spec.batch_size, *shape), dtype)
+                for x, shape, dtype in zip(leaves, spec.shapes, spec.dtypes, strict=True)
+            ]
+        for column, x in zip(self.columns, leaves, strict=True):
+            if isinstance(column, list):
+                column.append(x if isinstance(x, jax.Array) else np.array(x))
+            else:
+                column[self.size] = x
+        self.size += 1
+
+    def stacked(self, start: int, stop: int, put: Callable[[Any], Any]) -> Any:
+        """Batches ``start`` to ``stop`` stacked (stop - start, B, ...) on the device."""
+        leaves = [
+            jnp.stack(c[start:stop]) if isinstance(c, list) else put(c[start:stop])
+            for c in self.columns
+        ]
+        return jax.tree.unflatten(self.spec.treedef, leaves)
 
 
 def _sizes(n: int, group: int) -> list[int]:
@@ -208,9 +238,12 @@ def groups(
     """Stacked device groups of the epoch's full batches, ``accumulate`` (A) per step (a group
     of S steps stacks S·A batches); counts steps and dropped examples."""
     a = accumulate
-    pending: list[list[Any]] = []
+    on_host = put is not jax.device_put
+    pending: _Group | None = None
     index = 0
-    while limit is None or counts["steps"] * a + len(pending) < limit * a:
+    while (
+        limit is None or counts["steps"] * a + (0 if pending is None else pending.size) < limit * a
+    ):
         try:
             batch = next(it)
         except StopIteration:
@@ -220,19 +253,24 @@ def groups(
         if isinstance(admitted, int):
             counts["dropped"] += admitted
             continue
-        pending.append(admitted)
-        if len(pending) == group * a:
+        if pending is None:  # a new array per group: the last one may be in transfer still
+            steps = group if limit is None else min(group, limit - counts["steps"])
+            pending = _Group(spec, steps * a, on_host)
+        pending.add(admitted)
+        if pending.size == group * a:
             counts["steps"] += group
-            yield _stack(pending, spec.treedef, put)
-            pending = []
-    partial = len(pending) % a  # a last window cut short by the end of the epoch: dropped
+            yield pending.stacked(0, group * a, put)
+            pending = None
+    if pending is None:
+        return
+    partial = pending.size % a  # a last window cut short by the end of the epoch: dropped
     if partial:
         counts["dropped"] += partial * spec.batch_size
-        del pending[len(pending) - partial :]
+        pending.size -= partial
     start = 0
-    for size in _sizes(len(pending) // a, group) if pending else ():
+    for size in _sizes(pending.size // a, group) if pending.size else ():
         counts["steps"] += size
-        yield _stack(pending[start * a : (start + size) * a], spec.treedef, put)
+        yield pending.stacked(start * a, (start + size) * a, put)
         start += size
 
 
