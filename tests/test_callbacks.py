@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_checkpoint import Interrupt, interrupt_at
 
 import gradx
 from gradx import losses
@@ -503,18 +504,6 @@ def test_restore_best_weights_with_eval_on_ema_returns_the_average_that_was_scor
     _close(run.opt_state, free.opt_state)  # the optimizer state stays the last one (Keras)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(at):
-    def callback(epoch, logs, params, opt_state):
-        if epoch == at:
-            raise _Interrupt
-
-    return callback
-
-
 @pytest.mark.parametrize(
     "opt, kwargs, resumed_flat",
     [
@@ -535,8 +524,8 @@ def test_restored_best_model_survives_a_resume(opt, kwargs, resumed_flat, tmp_pa
 
     whole = fit()
     assert int(np.argmin(whole.history["val"])) < 5
-    with pytest.raises(_Interrupt):
-        fit([_interrupt_at(5)], tmp_path)
+    with pytest.raises(Interrupt):
+        fit([interrupt_at(5)], tmp_path)
     resumed = fit(directory=tmp_path, resume=True, flat=resumed_flat)
     _close(resumed.history["val"], whole.history["val"])  # the other layout: to rounding
     _close((resumed.params, resumed.opt_state), (whole.params, whole.opt_state))
