@@ -327,6 +327,14 @@ def test_fitted_alpha_needs_the_loss():
         ),
         ({"alpha": "quadratic", "alpha_range": (-1.0, 1.0)}, r"alpha_range must be"),
         ({"alpha": "quadratic", "alpha_range": 2.0}, r"alpha_range must be"),
+        # unused with a fixed alpha, but a bad range is still refused, not silently dropped
+        (
+            {"alpha": 0.5, "alpha_range": (1.0, 0.5)},
+            r"lookahead: alpha_range must be \(alpha_min, alpha_max\) with "
+            r"0 <= alpha_min <= alpha_max, got \(1\.0, 0\.5\)",
+        ),
+        ({"alpha": 0.5, "alpha_range": (-1.0, 1.0)}, r"alpha_range must be"),
+        ({"alpha": 0.5, "alpha_range": 2.0}, r"alpha_range must be"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):

@@ -126,6 +126,42 @@ def test_one_groups_values_are_set_apart_without_retracing():
     np.testing.assert_array_equal(step(g, back, p)[0]["m"], step(g, s1, p)[0]["m"])
 
 
+def test_a_groups_fitted_lookahead_alpha_is_reported_as_the_lookahead_built_apart_reports_it():
+    # lookahead(alpha="quadratic") reports the α of the last sync in its hyperparameters; each
+    # named group, rebuilt from the constructor, must report its own, not the initial 1.
+    scale = {"w": jnp.array([1.0, 10.0]), "b": jnp.array([3.0])}
+    p0 = {"w": jnp.array([1.0, 1.0]), "b": jnp.array([1.0])}
+
+    def loss_fn(q):
+        return sum(jnp.sum(scale[k] * q[k] ** 2) for k in q)
+
+    builds = {
+        "lookahead quadratic": lambda **o: gradx.lookahead(
+            gradx.sgd(0.01), sync_period=3, alpha="quadratic", **o
+        ),
+        "lookahead_fitted": lambda **o: gradx.lookahead_fitted(0.01, **o),
+    }
+    for name, make in builds.items():
+        ours = gradx.param_groups(make(), bb=(r"^b$", {}))
+        apart = optax.partition({"bb": make(), "default": make()}, {"w": "default", "b": "bb"})
+        states = []
+        for opt in (ours, apart):
+            state, q = opt.init(p0), p0
+            for _ in range(6):  # past the first sync (call 4 or 6)
+                loss, g = jax.value_and_grad(loss_fn)(q)
+                u, state = opt.update(g, state, q, value=loss)
+                q = optax.apply_updates(q, u)
+            states.append(state)
+        got, theirs = states
+        hp = gradx.hyperparams(got)
+        for group in ("bb", "default"):
+            fitted = got.groups[group].inner_state.alpha
+            assert float(fitted) != 1.0, (name, group)  # a sync happened and fitted another α
+            assert float(hp[f"{group}/alpha"]) == float(fitted), (name, group)
+            want = gradx.hyperparams(theirs.inner_states[group].inner_state)["alpha"]
+            np.testing.assert_allclose(hp[f"{group}/alpha"], want, rtol=1e-6, err_msg=name)
+
+
 def test_errors_name_the_group_and_the_rule():
     p = params(jnp.float32)
     adamw = gradx.adamw(1e-3)

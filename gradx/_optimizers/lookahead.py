@@ -9,6 +9,7 @@ the two ends of the cycle and the slope at its finish.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 
 from gradx._optimizers.momentum import momentum
-from gradx._protocol.declare import optimizer
+from gradx._protocol.declare import BUILT, optimizer
 from gradx._protocol.dtypes import wide
 from gradx._protocol.gain import GAIN_FN, Gain, closure_value, gain_rule, in_gain_dtype, walk_gain
 from gradx._protocol.state import HyperparamsState
@@ -275,6 +276,18 @@ def _report_alpha(
     return optax.GradientTransformationExtraArgs(opt.init, update)
 
 
+@functools.wraps(_fitted)  # its name, signature and rules
+def _quadratic(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    """``lookahead(alpha="quadratic")``: :func:`_fitted` with its α reported.
+
+    Recorded in ``BUILT`` as the constructor of what it returns (whose ``init`` is
+    ``_fitted``'s), so that ``gradx.param_groups`` rebuilds each group in this form, α reported.
+    """
+    opt = _report_alpha(_fitted(*args, **kwargs))
+    BUILT[opt.init] = (_quadratic, BUILT[opt.init][1])
+    return opt
+
+
 def lookahead(
     inner: optax.GradientTransformation,
     sync_period: int | Callable[[jax.Array], Any] = 5,
@@ -319,9 +332,9 @@ def lookahead(
         Its hyperparameters and schedule step counts are kept, so values set with
         ``gradx.set_hyperparams`` survive.
       alpha_range: (α_min, α_max) with 0 ≤ α_min ≤ α_max, the clip of the fitted α; only
-        used with ``alpha="quadratic"``. The default (0, 2) allows extrapolating up to one
-        cycle's length past the finish. Stored as the hyperparameters ``alpha_min``,
-        ``alpha_max``.
+        used with ``alpha="quadratic"`` (with a fixed α it is checked all the same, then
+        unused). The default (0, 2) allows extrapolating up to one cycle's length past the
+        finish. Stored as the hyperparameters ``alpha_min``, ``alpha_max``.
 
     Returns:
       An optax transformation. ``update`` needs ``params`` (and ``value=`` with the fitted α).
@@ -352,11 +365,7 @@ def lookahead(
         )
     if not isinstance(reset_state, bool):
         raise TypeError(f"lookahead: reset_state must be a bool, got {reset_state!r}")
-    if not isinstance(alpha, str):
-        return _fixed(inner, sync_period, alpha, reset_state)
-    if alpha != "quadratic":
-        raise ValueError(f"lookahead: alpha must be in [0, 1] or 'quadratic', got {alpha!r}")
-    try:
+    try:  # checked with a fixed alpha too, where it is not used: a bad range is a bug either way
         alpha_min, alpha_max = alpha_range
         ok = 0 <= float(alpha_min) <= float(alpha_max) < np.inf
     except (TypeError, ValueError):
@@ -366,8 +375,11 @@ def lookahead(
             "lookahead: alpha_range must be (alpha_min, alpha_max) with "
             f"0 <= alpha_min <= alpha_max, got {alpha_range!r}"
         )
-    fitted = _fitted(inner, sync_period, 1.0, alpha_min, alpha_max, reset_state)
-    return _report_alpha(fitted)
+    if not isinstance(alpha, str):
+        return _fixed(inner, sync_period, alpha, reset_state)
+    if alpha != "quadratic":
+        raise ValueError(f"lookahead: alpha must be in [0, 1] or 'quadratic', got {alpha!r}")
+    return _quadratic(inner, sync_period, 1.0, alpha_min, alpha_max, reset_state)
 
 
 def lookahead_momentum(
