@@ -229,7 +229,7 @@ def test_flat_state_round_trips_through_pickle_msgpack_and_orbax(tmp_path):
     }
     want, _ = _run(opt, steps=2, state=state)
     for how, back in restored.items():
-        assert type(back) is gradx.FlatState, how
+        assert type(back) is type(state), how  # a FlatState with the same params signature
         got, _ = _run(opt, steps=2, state=back)
         for name in SHAPES:
             np.testing.assert_array_equal(got[name], want[name], err_msg=how)
@@ -324,6 +324,115 @@ def test_flat_refuses_what_it_cannot_do():
         opt.update({**grads, "b": jnp.ones((5,), jnp.float64)}, state, params)
     with pytest.raises(TypeError, match="flat: state must be the FlatState"):
         opt.update(grads, gradx.adam(0.1).init(params), params)
+
+
+def test_flat_refuses_an_optimizer_that_is_not_one():
+    for bad, shown in [("adam", "str 'adam'"), (None, "NoneType None"), (0.1, "float 0.1")]:
+        with pytest.raises(
+            TypeError,
+            match=r"^flat: optimizer must be an optax GradientTransformation \(e\.g\. "
+            rf"gradx\.adam\(1e-3\)\), got {re.escape(shown)}$",
+        ):
+            gradx.flat(bad)
+
+
+def test_flat_refuses_gradients_of_other_shapes_than_the_params_it_packed():
+    # Built for a: (2,), b: (4,); gradients a: (4,), b: (2,) pack into a buffer of the same
+    # size, so before the state kept the params' signature they took a's moments for b's
+    # coordinates. The per-leaf adam refuses the same call, naming the leaf.
+    params = {"a": jnp.arange(2.0), "b": jnp.arange(4.0) + 10}
+    grads = {"a": jnp.ones(2), "b": jnp.full(4, 3.0)}
+    other = {"a": jnp.full(4, 3.0), "b": jnp.ones(2)}
+    for opt in (gradx.adam(0.1), gradx.flat(gradx.adam(0.1))):
+        state = opt.update(grads, opt.init(params), params)[1]
+        with pytest.raises(gradx.TreeMismatchError, match=r"the gradient at \['a'\] has shape"):
+            opt.update(other, state, other)
+    opt = gradx.flat(gradx.adam(0.1))
+    state = opt.init(params)
+    shape = (
+        r"^flat: the gradient at \['a'\] has shape \(4,\), but the state was built for "
+        r"shape \(2,\) there; each gradient must have the shape of its param"
+    )
+    for update in (opt.update, jax.jit(opt.update)):  # a static check: also when traced
+        with pytest.raises(gradx.TreeMismatchError, match=shape):
+            update(other, state)  # without params too
+    with pytest.raises(gradx.TreeMismatchError, match=shape):
+        jax.vmap(opt.update, in_axes=(0, None))(jax.tree.map(lambda g: g[None], other), state)
+    # another structure whose leaves have the same shapes: the same buffers, other leaves
+    renamed = {"a": grads["a"], "c": grads["b"]}
+    with pytest.raises(
+        gradx.TreeMismatchError,
+        match=r"^flat: the gradient tree does not match the params the state was built for: "
+        r"its leaf 1 is at \['c'\], the params' at \['b'\]",
+    ):
+        opt.update(renamed, state)
+    with pytest.raises(
+        gradx.TreeMismatchError,
+        match=r"^flat: the gradients have 1 leaves, but the state was built for params with 2",
+    ):
+        opt.update({"a": jnp.ones(6)}, state)
+    # the state's own shapes still step, and as the per-leaf adam does
+    got = opt.update(grads, state)[0]
+    want = gradx.adam(0.1).update(grads, gradx.adam(0.1).init(params))[0]
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize("share_kernels", [True, False])
+def test_flat_refuses_a_gradient_of_another_dtype_than_its_param_without_params(share_kernels):
+    # The dtype a leaf was packed with is in the state: without params the gradient's dtype
+    # is checked against it, with the error given with params (it used to be a tree mismatch
+    # of the packed buffers, or of the runs sliced out of them).
+    params = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(3, jnp.float32)}
+    grads = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(3, jnp.float32)}
+    opt = gradx.flat(gradx.sgd(0.1, momentum=0.9), share_kernels=share_kernels)
+    state = opt.init(params)
+    with pytest.raises(
+        TypeError,
+        match=r"^flat: the gradient at \['a'\] has dtype float32, but the state was built for a "
+        r"bfloat16 param there; each gradient must have its param's dtype \(leaves are packed "
+        r"by dtype\): cast the gradients to their params' dtypes$",
+    ):
+        opt.update(grads, state)
+    with pytest.raises(  # with params, as before: against them
+        TypeError,
+        match=r"^flat: each gradient must have its param's dtype \(leaves are packed by "
+        r"dtype\), got float32 for a bfloat16 param at \['a'\]; cast the gradients",
+    ):
+        opt.update(grads, state, params)
+    good = {"a": grads["a"].astype(jnp.bfloat16), "b": grads["b"]}
+    updates = opt.update(good, state)[0]
+    assert updates["a"].dtype == jnp.bfloat16 and updates["b"].dtype == jnp.float32
+
+
+def test_a_flat_state_keeps_its_params_signature_and_an_unsigned_one_still_steps():
+    opt = gradx.flat(gradx.adam(0.05))
+    params = _params()
+    state = opt.init(params)
+    signed = type(state)
+    assert isinstance(state, gradx.FlatState) and signed is not gradx.FlatState
+    assert dict((path, (shape, dtype)) for path, shape, dtype in signed.signature) == {
+        f"['{k}']": (SHAPES[k], np.dtype(DTYPES[k]).name) for k in SHAPES
+    }
+    assert opt.init(_params(1)).__class__ is signed  # one class per signature: one treedef
+    _, stepped = _run(opt, steps=2)
+    assert type(stepped) is signed  # out of jit
+    assert type(pickle.loads(pickle.dumps(stepped))) is signed
+    treedef = jax.tree.structure(stepped)
+    assert pickle.loads(pickle.dumps(treedef)) == treedef  # its class pickles by the signature
+    assert type(gradx.set_hyperparams(stepped, learning_rate=0.01)) is signed
+    # A state pickled before the signature is a plain FlatState: it loads and steps as the
+    # signed one (its gradients checked only as before), and restored into init's state
+    # (a target) it is signed again.
+    old = pickle.loads(pickle.dumps(gradx.FlatState(*stepped)))
+    assert type(old) is gradx.FlatState and old.signature is None
+    want, _ = _run(opt, steps=2, state=stepped)
+    got, _ = _run(opt, steps=2, state=old)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    restored = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(old))
+    assert type(restored) is signed
+    from flax import serialization
+
+    assert type(serialization.from_bytes(state, serialization.to_bytes(old))) is signed
 
 
 # ----------------------------------------------------------------------------- compile cache

@@ -12,8 +12,10 @@ pytree.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import functools
 import inspect
+import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -23,7 +25,13 @@ import numpy as np
 import optax
 
 from gradx._optimizers.scaling import FLAT_ACTIVE
-from gradx._protocol.trees import TreeMismatchError, as_arrays, check_arrays, params_like
+from gradx._protocol.trees import (
+    TreeMismatchError,
+    as_arrays,
+    check_arrays,
+    params_like,
+    unwrap_variables,
+)
 
 __all__ = ["FlatState", "flat"]
 
@@ -37,6 +45,20 @@ class FlatState(NamedTuple):
     :func:`flat`'s ``max_leaf_size``), so its moments are a few long vectors.
     ``gradx.hyperparams`` and ``gradx.set_hyperparams`` find the inner optimizer's
     hyperparameters under it by the same names.
+
+    ``init`` returns an instance of a subclass (also named ``FlatState``) whose class
+    attribute ``signature`` records the params it packed: per leaf, in ``jax.tree.leaves``
+    order, ``(key path as jax.tree_util.keystr writes it, shape, dtype name)``. ``update``
+    compares the gradients with it in Python (under ``jit``, once per trace; no device
+    work), so a gradient of another structure, shape or dtype is an error rather than a step
+    with the moments of other coordinates. Being in the class, it is part of the state's
+    treedef (as a NamedTuple's class is), so ``jit``, ``vmap``, ``tree.map``, ``_replace``,
+    flax's msgpack and orbax restores into a target state keep it, and pickle keeps it (a
+    state by ``__reduce__``, the class, in a pickled treedef, by its signature). A state of
+    the plain class (pickled by gradx before the signature, or built by hand) has
+    ``signature`` None: its gradients are checked only by the number of runs, as they were
+    then; restored into ``init``'s state as a target (orbax, msgpack, ``jax.tree.unflatten``
+    of its leaves) it is signed again.
     """
 
     inner_state: Any
@@ -45,6 +67,109 @@ class FlatState(NamedTuple):
     # of one shape are then a few kernels, compiled once each, as the per-leaf path's are (a
     # constant offset per leaf would make each a kernel of its own).
     offsets: tuple[jax.Array, ...] = ()
+
+    signature = None  # a class attribute (not a field): see above and state_class
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpickled, (type(self).signature, tuple(self))
+
+
+#: The FlatState subclass of each params signature: one class while a state of it lives, so
+#: that the states of one signature (init's, fit's packed ones, restored ones) share a treedef.
+_SIGNED: weakref.WeakValueDictionary[tuple, type[FlatState]] = weakref.WeakValueDictionary()
+
+
+class _Signed(type):
+    """The metaclass of the signed FlatState classes, so that one pickles by its signature
+    (their name is FlatState's, which pickle would find to be another class): a state's
+    treedef pickles as before."""
+
+
+copyreg.pickle(_Signed, lambda cls: (_signed, (cls.signature,)))
+
+
+def _signed(signature: tuple | None) -> type[FlatState]:
+    """The FlatState class of ``signature`` (None: FlatState itself)."""
+    if signature is None:
+        return FlatState
+    cls = _SIGNED.get(signature)
+    if cls is None:
+        namespace = {
+            "__slots__": (),
+            "__module__": __name__,
+            "__qualname__": FlatState.__qualname__,
+            "__doc__": FlatState.__doc__,
+            "signature": signature,
+            # (shape, dtype) per leaf: what update compares, in one comparison of tuples
+            "_leaves": tuple((shape, np.dtype(dtype)) for _, shape, dtype in signature),
+            # the treedefs known to have the signature's key paths (checked once each)
+            "_structures": set(),
+        }
+        cls = _SIGNED[signature] = _Signed(FlatState.__name__, (FlatState,), namespace)
+    return cls
+
+
+def _unpickled(signature: tuple | None, fields: tuple[Any, ...]) -> FlatState:
+    return _signed(signature)(*fields)
+
+
+def _paths(tree: Any) -> list[Any]:
+    """``(key path, leaf)`` of each leaf of ``tree``, a flax ``nnx.Variable`` around an array
+    (what ``nnx.Optimizer`` gives ``init``, not ``update``) taken as the array."""
+    return jax.tree_util.tree_leaves_with_path(unwrap_variables(tree))
+
+
+def state_class(params: Any) -> type[FlatState]:
+    """The FlatState class whose ``signature`` is that of ``params`` (arrays)."""
+    with_path = _paths(params)
+    cls = _signed(
+        tuple(
+            (jax.tree_util.keystr(path), tuple(x.shape), np.dtype(x.dtype).name)
+            for path, x in with_path
+        )
+    )
+    cls._structures.add(jax.tree.structure(params))  # type: ignore[attr-defined]
+    return cls
+
+
+def check_signature(state: FlatState, updates: Any) -> None:
+    """Raises unless ``updates`` (arrays) has the structure, shapes and dtypes of the params
+    ``state`` was built for (see FlatState); nothing for a state without a signature."""
+    cls = type(state)
+    want = cls.signature
+    if want is None:
+        return
+    leaves, treedef = jax.tree.flatten(updates)
+    if treedef not in cls._structures:  # type: ignore[attr-defined]
+        paths = [jax.tree_util.keystr(path) for path, _ in _paths(updates)]
+        if len(paths) != len(want):
+            raise TreeMismatchError(
+                f"flat: the gradients have {len(paths)} leaves, but the state was built for "
+                f"params with {len(want)}; call init with params of the gradients' structure"
+            )
+        for i, (path, (at, _, _)) in enumerate(zip(paths, want, strict=True)):
+            if path != at:
+                raise TreeMismatchError(
+                    f"flat: the gradient tree does not match the params the state was built "
+                    f"for: its leaf {i} is at {path or '(the root)'}, the params' at "
+                    f"{at or '(the root)'}; call init with params of the gradients' structure"
+                )
+        cls._structures.add(treedef)  # type: ignore[attr-defined]
+    if tuple((x.shape, x.dtype) for x in leaves) == cls._leaves:  # type: ignore[attr-defined]
+        return
+    for x, (at, shape, dtype) in zip(leaves, want, strict=True):
+        if tuple(x.shape) != shape:
+            raise TreeMismatchError(
+                f"flat: the gradient at {at or '(the root)'} has shape {tuple(x.shape)}, but "
+                f"the state was built for shape {shape} there; each gradient must have the "
+                "shape of its param: call init with params of the gradients' shapes"
+            )
+        if np.dtype(x.dtype).name != dtype:
+            raise TypeError(
+                f"flat: the gradient at {at or '(the root)'} has dtype {x.dtype}, but the state "
+                f"was built for a {dtype} param there; each gradient must have its param's "
+                "dtype (leaves are packed by dtype): cast the gradients to their params' dtypes"
+            )
 
 
 class Layout(NamedTuple):
@@ -265,9 +390,11 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
                     raise TypeError(
                         f"flat: each gradient must have its param's dtype (leaves are packed "
                         f"by dtype), got {g.dtype} for a {p.dtype} param at "
-                        f"{jax.tree_util.keystr(path) or '(the root)'}"
+                        f"{jax.tree_util.keystr(path) or '(the root)'}; cast the gradients to "
+                        "their params' dtypes"
                     )
             packed_params = pack_leaves(params, layout)
+        check_signature(state, updates)
         want = len(_runs(layout, share_kernels))
         if len(state.offsets) != want:
             raise TreeMismatchError(
@@ -279,9 +406,7 @@ def _flat_update(inner_update: Any, max_leaf_size: int | None, share_kernels: bo
             out, inner_state = inner_update(
                 pack_leaves(updates, layout), state.inner_state, packed_params, **extra_args
             )
-        return _unpack(out, layout, state.offsets), FlatState(
-            inner_state=inner_state, offsets=state.offsets
-        )
+        return _unpack(out, layout, state.offsets), state._replace(inner_state=inner_state)
 
     update.gradx_flat = True  # type: ignore[attr-defined]
     return update
@@ -369,12 +494,16 @@ def flat(
       its state is a :class:`FlatState`.
 
     Raises:
-      TypeError: a ``share_kernels`` that is not a bool.
+      TypeError: an ``optimizer`` that is not an optax ``GradientTransformation``; a
+        ``share_kernels`` that is not a bool.
       ValueError: a bad ``max_leaf_size``; a gradx weight-decay ``mask`` inside (it names
         leaves, which the packed buffers no longer have): build the optimizer without the
         mask, or leave it per-leaf; a gradx block that works per leaf (``lamb``'s trust
         ratio, ``adafactor``'s factored moment and block RMS), at ``init``.
-      TypeError: a gradient whose dtype differs from its param's.
+      TypeError: at ``update``, a gradient whose dtype differs from its param's (the
+        param's dtype is the one ``init`` packed, so this holds without ``params`` too).
+      TreeMismatchError: at ``update``, gradients whose structure or shapes differ from those
+        of the params ``init`` packed (see :class:`FlatState`).
 
     Note:
       ``optax.flatten`` packs everything into one buffer (casting to a common dtype) and
@@ -394,6 +523,11 @@ def flat(
       >>> updates["w"].shape, [round(u, 4) for u in updates["b"].tolist()]
       ((3, 2), [-0.1, -0.1])
     """
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "flat: optimizer must be an optax GradientTransformation (e.g. gradx.adam(1e-3)), "
+            f"got {type(optimizer).__name__} {optimizer!r}"
+        )
     if max_leaf_size is not None and (
         isinstance(max_leaf_size, bool)
         or not isinstance(max_leaf_size, (int, np.integer))
@@ -413,7 +547,7 @@ def flat(
         params = as_arrays(params)
         with inside_flat():
             layout = leaf_layout(params, limit)
-            return FlatState(
+            return state_class(params)(
                 inner_state=inner.init(pack_leaves(params, layout)),
                 offsets=buffer_offsets(layout, share),
             )

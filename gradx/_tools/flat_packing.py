@@ -22,6 +22,7 @@ from gradx._tools.flat import (
     leaf_layout,
     pack_leaves,
     placement,
+    state_class,
 )
 
 
@@ -96,6 +97,7 @@ class Packing(NamedTuple):
     optimizer: optax.GradientTransformationExtraArgs
     layout: Layout
     correspondence: _Correspondence
+    state_class: type[FlatState]  # that of optimizer.init(params): the params' signature
 
     def pack(self, state: Any, fn: str = "fit") -> FlatState:
         """The user's state (the optimizer's own init layout) as ``optimizer``'s state."""
@@ -117,7 +119,7 @@ class Packing(NamedTuple):
             return tuple(out)
 
         inner = [pack(n) if m else n for n, m in zip(nodes, c.mirrors, strict=True)]
-        return FlatState(
+        return self.state_class(
             inner_state=jax.tree.unflatten(treedef, inner),
             offsets=buffer_offsets(self.layout, share_kernels=True),
         )
@@ -191,7 +193,8 @@ def packing(optimizer: optax.GradientTransformation, params: Any) -> tuple[Packi
                 "would be the buffers': other numbers)"
             )
         return None, why
-    return Packing(flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE), layout, c), ""
+    packed = flat(optimizer, max_leaf_size=FIT_MAX_LEAF_SIZE)
+    return Packing(packed, layout, c, state_class(params)), ""
 
 
 def why_not_elementwise(optimizer: optax.GradientTransformation, params: Any) -> str | None:
