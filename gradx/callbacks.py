@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from gradx._protocol.access import hyperparam_keys, hyperparams, locate_hyperparams, set_hyperparams
 from gradx._tools.schedule_free_eval import find_schedule_free
 from gradx._training.averaging import WithAverage
+from gradx._training.inputs import fresh_copy
 
 __all__ = ["Action", "Callback", "EarlyStopping", "ReduceLROnPlateau", "metric_mode"]
 
@@ -136,6 +137,11 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+# What EarlyStopping(restore_best_weights=True) keeps of its best epoch (EarlyStopping._kind),
+# by its index in a checkpoint.
+_KEPT = ("params", "average", "state")
+
+
 class EarlyStopping(Callback):
     """Stops training when a monitored quantity has stopped improving (Keras's rule).
 
@@ -209,6 +215,7 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.best_epoch = 0
         self.best_weights: Any = None
+        self.best_kind = "params"  # what best_weights holds: see _kind
 
     def _improves(self, current: float, reference: float | None) -> bool:
         if math.isnan(current):
@@ -226,31 +233,35 @@ class EarlyStopping(Callback):
         state in the optimizer's own layout, which checkpoints hold, not a packed one."""
         return self.restore_best_weights and bool(find_schedule_free(opt_state))
 
-    def _kept(self, params: Any, opt_state: Any) -> Any:
-        """What ``restore_best_weights`` keeps of an epoch: the model its metrics scored (see
-        the class docstring): the params, with fit's average (``fit(ema=...)`` gives it
-        beside the state, :class:`gradx._training.averaging.WithAverage`) or a Schedule-Free
-        state."""
+    def _kind(self, opt_state: Any) -> str:
+        """What ``restore_best_weights`` keeps of an epoch, the model its metrics scored (see
+        the class docstring): ``"params"``; ``"average"``, the params and fit's average
+        (``fit(ema=...)`` gives it beside the state,
+        :class:`gradx._training.averaging.WithAverage`); ``"state"``, the params and a
+        Schedule-Free state."""
         if isinstance(opt_state, WithAverage):
+            return "average"
+        return "state" if self.keeps_state(opt_state) else "params"
+
+    def _kept(self, kind: str, params: Any, opt_state: Any) -> Any:
+        if kind == "average":
             return params, opt_state.average
-        if self.keeps_state(opt_state):
-            return params, opt_state
-        return params
+        return (params, opt_state) if kind == "state" else params
 
     def on_epoch_end(self, epoch, logs, params, opt_state):
         current = _monitored("EarlyStopping", self.monitor, logs)
         if epoch < self.start_from_epoch:
             return None
-        keep = lambda: jax.tree.map(
-            lambda x: jnp.array(x, copy=True), self._kept(params, opt_state)
-        )
-        if self.restore_best_weights and self.best_weights is None:
-            self.best_weights, self.best_epoch = keep(), epoch
+        improves = self._improves(current, self.best)
+        if self.restore_best_weights and (improves or self.best_weights is None):
+            # (the first monitored epoch's model is kept even if it is no best: a NaN) a
+            # copy, since fit's next epoch donates these buffers
+            kind = self._kind(opt_state)
+            self.best_weights = fresh_copy(self._kept(kind, params, opt_state))
+            self.best_kind, self.best_epoch = kind, epoch
         self.wait += 1
-        if self._improves(current, self.best):
+        if improves:
             self.best, self.best_epoch = current, epoch
-            if self.restore_best_weights:
-                self.best_weights = keep()
             if self.baseline is None or self._improves(current, self.baseline):
                 self.wait = 0
             return None
@@ -263,13 +274,20 @@ class EarlyStopping(Callback):
         if not (self.restore_best_weights and self.best_weights is not None):
             return None
         if isinstance(self.best_weights, list):  # a checkpoint's leaves: the kept tree
-            structure = jax.tree.structure(self._kept(params, opt_state))
+            structure = jax.tree.structure(self._kept(self.best_kind, params, opt_state))
             leaves = jax.tree.leaves(self.best_weights)
+            if len(leaves) != structure.num_leaves:
+                raise ValueError(
+                    f"EarlyStopping: the best weights restored from a checkpoint have "
+                    f"{len(leaves)} arrays, but this run's {self.best_kind!r} (see "
+                    f"restore_best_weights) has {structure.num_leaves}; resume with the "
+                    "same model, optimizer and fit arguments as the checkpointed run"
+                )
             self.best_weights = jax.tree.unflatten(structure, leaves)
-        if isinstance(opt_state, WithAverage):  # the best average, the last optimizer state
+        if self.best_kind == "average":  # the best average, the last optimizer state
             best, average = self.best_weights
             return Action(params=best, opt_state=opt_state._replace(average=average))
-        if self.keeps_state(opt_state):  # Schedule-Free: y and the state of the best epoch
+        if self.best_kind == "state":  # Schedule-Free: y and the state of the best epoch
             best, state = self.best_weights
             return Action(params=best, opt_state=state)
         return Action(params=self.best_weights)
@@ -285,6 +303,7 @@ class EarlyStopping(Callback):
         if self.best_weights is not None:
             # their leaves: a checkpoint restores a list, not a tuple, NamedTuple or module
             state["best_weights"] = jax.tree.leaves(self.best_weights)
+            state["best_kind"] = _KEPT.index(self.best_kind)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -295,6 +314,8 @@ class EarlyStopping(Callback):
         self.best = float(state["best"]) if int(state["has_best"]) else None
         self.best_epoch = int(state["best_epoch"])
         self.best_weights = state.get("best_weights")
+        # a checkpoint of gradx before it kept the average or state has the params alone
+        self.best_kind = _KEPT[int(state.get("best_kind", 0))]
 
 
 class ReduceLROnPlateau(Callback):
