@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -334,6 +335,12 @@ def test_flat_refuses_an_optimizer_that_is_not_one():
             rf"gradx\.adam\(1e-3\)\), got {re.escape(shown)}$",
         ):
             gradx.flat(bad)
+    # what has init and update is an optimizer, as fit takes it (a wrapper of one)
+    inner = gradx.sgd(0.1)
+    duck = types.SimpleNamespace(init=inner.init, update=inner.update)
+    params = {"w": jnp.ones(3)}
+    updates, _ = gradx.flat(duck).update({"w": jnp.ones(3)}, gradx.flat(duck).init(params))
+    np.testing.assert_allclose(updates["w"], -0.1)
 
 
 def test_flat_refuses_gradients_of_other_shapes_than_the_params_it_packed():
@@ -433,6 +440,19 @@ def test_a_flat_state_keeps_its_params_signature_and_an_unsigned_one_still_steps
     from flax import serialization
 
     assert type(serialization.from_bytes(state, serialization.to_bytes(old))) is signed
+    # fit given the unsigned state (its treedef prints as init's) signs it and continues
+    x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    data, small = (x, x.sum(axis=1)), {"w": jnp.zeros(3, jnp.float32)}
+
+    def loss(p, batch):
+        return jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2)
+
+    start = opt.init(small)
+    common = dict(batch_size=4, epochs=2, key=jax.random.key(0), progress=False, flat=False)
+    a = gradx.fit(loss, small, opt, data, opt_state=start, **common)
+    b = gradx.fit(loss, small, opt, data, opt_state=gradx.FlatState(*start), **common)
+    jax.tree.map(np.testing.assert_array_equal, (b.params, b.opt_state), (a.params, a.opt_state))
+    assert type(b.opt_state) is type(start)
 
 
 # ----------------------------------------------------------------------------- compile cache

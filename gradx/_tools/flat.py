@@ -15,6 +15,7 @@ import contextlib
 import copyreg
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -88,24 +89,28 @@ class _Signed(type):
 copyreg.pickle(_Signed, lambda cls: (_signed, (cls.signature,)))
 
 
+_SIGNING = threading.Lock()  # one class per signature, also when threads init at once
+
+
 def _signed(signature: tuple | None) -> type[FlatState]:
     """The FlatState class of ``signature`` (None: FlatState itself)."""
     if signature is None:
         return FlatState
-    cls = _SIGNED.get(signature)
-    if cls is None:
-        namespace = {
-            "__slots__": (),
-            "__module__": __name__,
-            "__qualname__": FlatState.__qualname__,
-            "__doc__": FlatState.__doc__,
-            "signature": signature,
-            # (shape, dtype) per leaf: what update compares, in one comparison of tuples
-            "_leaves": tuple((shape, np.dtype(dtype)) for _, shape, dtype in signature),
-            # the treedefs known to have the signature's key paths (checked once each)
-            "_structures": set(),
-        }
-        cls = _SIGNED[signature] = _Signed(FlatState.__name__, (FlatState,), namespace)
+    with _SIGNING:
+        cls = _SIGNED.get(signature)
+        if cls is None:
+            namespace = {
+                "__slots__": (),
+                "__module__": __name__,
+                "__qualname__": FlatState.__qualname__,
+                "__doc__": FlatState.__doc__,
+                "signature": signature,
+                # (shape, dtype) per leaf: what update compares, in one comparison of tuples
+                "_leaves": tuple((shape, np.dtype(dtype)) for _, shape, dtype in signature),
+                # the treedefs known to have the signature's key paths (checked once each)
+                "_structures": set(),
+            }
+            cls = _SIGNED[signature] = _Signed(FlatState.__name__, (FlatState,), namespace)
     return cls
 
 
@@ -523,7 +528,9 @@ def flat(
       >>> updates["w"].shape, [round(u, 4) for u in updates["b"].tolist()]
       ((3, 2), [-0.1, -0.1])
     """
-    if not isinstance(optimizer, optax.GradientTransformation):
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
         raise TypeError(
             "flat: optimizer must be an optax GradientTransformation (e.g. gradx.adam(1e-3)), "
             f"got {type(optimizer).__name__} {optimizer!r}"

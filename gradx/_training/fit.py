@@ -298,7 +298,7 @@ def fit(
     if eval_fn is not None:
         check_function("fit", "eval_fn", eval_fn)
         eval_data = None if eval_data is None else as_arrays("fit", "eval_data", eval_data)
-    check_opt_state("fit", optimizer, params, opt_state)
+    opt_state = check_opt_state("fit", optimizer, params, opt_state)
     if _stream.is_stream(data) and diagnostics:
         raise ValueError(
             "fit: diagnostics=True works with in-memory data (arrays), got a stream of batches"

@@ -111,14 +111,24 @@ def mismatch(new: Any, old: Any) -> str | None:
     return None
 
 
-def check_opt_state(fn: str, optimizer: Any, params: Any, opt_state: Any) -> None:
-    """Raises a :class:`TreeMismatchError` (a ValueError) unless ``opt_state`` (None: none
-    given) has the structure, shapes and dtypes of ``optimizer.init(params)``."""
+def check_opt_state(fn: str, optimizer: Any, params: Any, opt_state: Any) -> Any:
+    """``opt_state`` (None: none given), which must have the structure, shapes and dtypes of
+    ``optimizer.init(params)``, or a :class:`TreeMismatchError` (a ValueError).
+
+    A ``gradx.FlatState`` without the params' signature (pickled by gradx before it had one,
+    or built by hand) differs from init's only in its class, which the treedefs print alike:
+    it comes back in init's structure (its leaves unchanged), signed."""
     if opt_state is None:
-        return
-    diff = mismatch(opt_state, jax.eval_shape(optimizer.init, params))
+        return None
+    want = jax.eval_shape(optimizer.init, params)
+    diff = mismatch(opt_state, want)
     if diff is None:
-        return
+        return opt_state
+    given, init = jax.tree.structure(opt_state), jax.tree.structure(want)
+    if given != init and str(given) == str(init):  # only classes of one name differ
+        signed = jax.tree.unflatten(init, jax.tree.leaves(opt_state))
+        if mismatch(signed, want) is None:
+            return signed
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(opt_state)):  # 5, "adam"
         got = f"got {type(opt_state).__name__} {opt_state!r}"
     else:
