@@ -110,6 +110,26 @@ def _key_parts(key: Any) -> tuple[Any, str | None]:
     return jnp.asarray(key), None
 
 
+def _arrays_difference(there: list, now: list) -> str | None:
+    """The first difference of two :func:`describe_arrays` lists in words, or None. Where
+    it is a narrower float there than the float32 now, the note says why: gradx keeps the
+    second moments of float16 params and fit's moving average in float32 at least, which
+    earlier versions stored in the params' dtype."""
+    if there == now:
+        return None
+    first = next(((a, b) for a, b in zip(there, now, strict=False) if a != b), None)
+    if first is None:
+        return f"{len(there)} vs {len(now)} arrays"
+    a, b = first
+    diff = f"{a} vs {b}"
+    if a[:2] == b[:2] and a[2] in ("float16", "bfloat16") and b[2] == "float32":
+        diff += (
+            f" (an earlier gradx stored this moment or average in {a[2]}; it now keeps it in "
+            "float32: finish this run with the gradx version that wrote the checkpoint)"
+        )
+    return diff
+
+
 class Damaged(Exception):
     """A checkpoint that cannot be read back as it was written."""
 
@@ -324,12 +344,8 @@ class Checkpointer:
             ("params", params, "params"),
             ("opt_state", opt_state, "optimizer state (optimizer.init(params))"),
         ):
-            want = describe_arrays(tree)
-            if meta[name] != want:
-                diff = next(
-                    (f"{a} vs {b}" for a, b in zip(meta[name], want, strict=False) if a != b),
-                    f"{len(meta[name])} vs {len(want)} arrays",
-                )
+            diff = _arrays_difference(meta[name], describe_arrays(tree))
+            if diff is not None:
                 raise ValueError(
                     f"{fn}: {where} must match the structure, shapes and dtypes of the "
                     f"{what}; build the model and the optimizer with the same code as the "
@@ -358,10 +374,13 @@ class Checkpointer:
         if key_data is not None:
             target["key"] = abstract(key_data)
         if average is not None:
-            if meta.get("average") != describe_arrays(average):
+            there = meta.get("average")
+            diff = _arrays_difference(there, describe_arrays(average)) if there else "none"
+            if diff is not None:
                 raise ValueError(
                     f"{fn}: {where} must hold a moving average of the params like this run's "
-                    "(ema=), got none or another; resume with the same arguments"
+                    f"(ema=), got {'none' if not there else 'another'}; resume with the same "
+                    f"arguments. First difference (checkpoint vs now): {diff}"
                 )
             target["average"] = [abstract(x) for x in jax.tree.leaves(average)]
         names = meta["callbacks"]

@@ -821,3 +821,36 @@ def test_fit_refuses_bad_run_arguments_by_name(kwargs, error):
             loss_fn, P0, OPT, DATA, batch_size=4, epochs=1, progress=False,
             **{"key": jax.random.key(0), **kwargs},
         )  # fmt: skip
+
+
+def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
+    tmp_path, monkeypatch
+):
+    # gradx stored the second moments of float16 params in float16 before it kept them in
+    # float32: such a checkpoint cannot resume, and the error says why, not only "the same
+    # code" (which the user did run)
+    from gradx._protocol import dtypes
+
+    current = dtypes.moment_dtype
+
+    def older(fn, name, leaf_dtype, dtype, real):
+        if dtype is None and real:
+            return dtypes.real_dtype(jnp.dtype(leaf_dtype))
+        return current(fn, name, leaf_dtype, dtype, real)
+
+    half = jax.tree.map(lambda p: p.astype(jnp.float16), P0)
+    data = jax.tree.map(lambda x: x.astype(jnp.float16), DATA)
+    fit = functools.partial(
+        gradx.fit, loss_fn, half, gradx.adam(0.05), data, batch_size=4, key=jax.random.key(0),
+        checkpoint_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(dtypes, "moment_dtype", older)
+        fit(epochs=1)
+    with pytest.raises(
+        ValueError,
+        match=r"First difference \(checkpoint vs now\): \[\".*nu\['b'\]\", \[\], 'float16'\] "
+        r"vs .*'float32'\] \(an earlier gradx stored this moment or average in float16; it "
+        r"now keeps it in float32: finish this run with the gradx version that wrote",
+    ):
+        fit(epochs=2, resume=True)

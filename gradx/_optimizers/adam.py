@@ -386,8 +386,9 @@ def adamax(
     Blocks: ``precondition(ema(β₁, debias), inf_norm(β₂, ε)) → scale_by_learning_rate(γ)``.
 
     ``mu_dtype`` is the dtype m is stored in and ``nu_dtype`` the (real) dtype u is stored
-    in; None follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
-    :func:`adam`. For complex params ``|g|`` is the modulus.
+    in; None follows the params (u of float16 params in float32, as every never-negative
+    moment), or ``state_dtype`` and ``stochastic_rounding`` as in :func:`adam`. For complex
+    params ``|g|`` is the modulus.
 
     Reference:
       Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Sec. 7.1.

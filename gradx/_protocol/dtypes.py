@@ -113,7 +113,8 @@ def moment_dtype(fn: str, name: str, leaf_dtype: Any, dtype: Any, real: bool) ->
     """The dtype a moment of a params leaf is stored in.
 
     ``dtype`` None follows the leaf; a ``real`` moment (of |g|²) of a complex leaf is real
-    (complex64 → float32). One exception: a ``real`` moment of a float16 leaf is float32.
+    (complex64 → float32). One exception: a ``real`` moment of a float16 leaf is float32
+    (all of them, Adamax's infinity norm too, which would not underflow: one simple rule).
     float16 has 5 exponent bits, and (1 − β₂)·g² is below its smallest value for |g| under
     about 8e-3 at β₂ = 0.999: a float16 v would stay 0 and Adam's step grow to 16 times the
     learning rate in 300 steps, without a sign (bfloat16 has float32's exponent range).
