@@ -65,7 +65,7 @@ def prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
     leaves, treedef = jax.tree.flatten(data)
     if not leaves:
         raise ValueError(f"{fn}: {name} must be a pytree of arrays, got one with no leaves")
-    arrays = jax.tree.leaves(as_arrays(fn, name, data))
+    arrays = jax.tree.leaves(numeric_arrays(fn, name, data))
     lengths = [a.shape[0] if a.ndim else None for a in arrays]
     if None in lengths or len(set(lengths)) != 1 or lengths[0] == 0:
         shapes = jax.tree.unflatten(treedef, [a.shape for a in arrays])
@@ -76,7 +76,7 @@ def prepare_data(fn: str, name: str, data: Any) -> tuple[Any, int]:
     return jax.tree.unflatten(treedef, arrays), lengths[0]
 
 
-def as_arrays(fn: str, name: str, tree: Any) -> Any:
+def numeric_arrays(fn: str, name: str, tree: Any) -> Any:
     """``tree`` with every leaf made a JAX array (``jnp.asarray``), or a TypeError naming the
     first leaf that is not numeric (a string, an array of strings, an object)."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
