@@ -179,7 +179,7 @@ def adam(
       mu_dtype: the dtype m is stored in (optax's ``mu_dtype``); None follows the params.
       nu_dtype: the dtype v is stored in (optax has none: its issue 1552); None follows
         the params (their real precision for complex params: v is real), except float16
-        params, whose v is float32: (1 − β₂)·g² underflows float16 for |g| below about
+        params, whose v is float32: (1 − β₂)·g² underflows float16 for ``|g|`` below about
         8e-3. float32 moments for bf16 params keep small updates that bf16 rounds away.
       state_dtype: how m and v are stored where ``mu_dtype``/``nu_dtype`` are None (see
         :doc:`/guides/state-dtype`): None follows the params (v of float16 params in
