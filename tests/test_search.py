@@ -406,3 +406,52 @@ def test_search_names_its_arguments_in_its_errors():
         TypeError, match=r"search: optimizer must be an optax GradientTransformation .*'adam'"
     ):
         gradx.search(loss_fn, params, "adam", data, SPACE, num_samples=2, epochs=1, **RUN)
+
+
+@pytest.mark.parametrize("fn", ["sweep", "search"])
+def test_sweep_and_search_check_what_fit_checks(fn):
+    params, data = problem()
+
+    def run(loss=loss_fn, data=data, **kwargs):
+        kwargs = {**RUN, **kwargs}
+        if fn == "sweep":
+            grid = {"learning_rate": [0.01, 0.02]}
+            return gradx.sweep(loss, params, gradx.adam(1e-3), data, grid, epochs=1, **kwargs)
+        return gradx.search(loss, params, gradx.adam(1e-3), data, SPACE, num_samples=2,
+                            epochs=1, **kwargs)  # fmt: skip
+
+    with pytest.raises(TypeError, match=rf"^{fn}: loss_fn must be callable, got str 'mse'"):
+        run(loss="mse")
+    with pytest.raises(TypeError, match=rf"^{fn}: eval_data must be a pytree of numeric arrays"):
+        run(eval_data={"names": np.array(["a", "b"])})
+    with pytest.raises(TypeError, match=rf"^{fn}: data must be a pytree of arrays in memory .*"
+                       r"got a generator: a stream of batches .* gradx\.fit only"):  # fmt: skip
+        run(data=(b for b in [data]))
+    with pytest.raises(ValueError, match=rf"^{fn}: loss_fn must return a scalar, got a tuple of "
+                       r"2; it returns \(loss, aux\): return the loss alone"):  # fmt: skip
+        run(loss=lambda p, b: (loss_fn(p, b), {}))
+    # a state fit refuses (here: float16 second moments, as gradx stored them before it kept
+    # them in float32, where Adam's v stays 0) is refused here too, not trained on silently
+    half = jax.tree.map(lambda p: p.astype(jnp.float16), params)
+    old = gradx.adam(1e-3, nu_dtype=jnp.float16).init(half)
+    with pytest.raises(ValueError, match=rf"^{fn}: opt_state does not have the structure, .*"
+                       r"nu\['b'\]: shape \(\) dtype float16 vs shape \(\) dtype float32"):  # fmt: skip
+        gradx.sweep(loss_fn, half, gradx.adam(1e-3), data, {"learning_rate": [0.01]},
+                    epochs=1, opt_state=old, **RUN) if fn == "sweep" else gradx.search(
+            loss_fn, half, gradx.adam(1e-3), data, SPACE, num_samples=2, epochs=1,
+            opt_state=old, **RUN)  # fmt: skip
+
+
+def test_a_sweeps_history_is_float64_as_fits():
+    params, data = problem()
+
+    def metrics(p, batch):
+        return {"val_loss": loss_fn(p, batch), "small": loss_fn(p, batch) < 1.0}
+
+    run = dict(RUN, eval_fn=metrics)
+    swept = gradx.sweep(loss_fn, params, gradx.adam(1e-3), data, {"learning_rate": [0.01]},
+                        epochs=2, **run)  # fmt: skip
+    fitted = gradx.fit(loss_fn, params, gradx.adam(0.01), data, epochs=2, **run)
+    for name, values in fitted.history.items():
+        assert values.dtype == swept.point(0).history[name].dtype == np.float64, name
+        np.testing.assert_allclose(swept.point(0).history[name], values, rtol=1e-6)

@@ -115,7 +115,8 @@ def test_sweep_point_equals_its_fit_at_a_small_learning_rate(learning_rate):
     )
     alone = gradx.fit(_mlp_loss, params, gradx.adam(learning_rate), (x, y), **common)
     point = swept.point(0)
-    assert point.history["loss"].dtype == np.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(point.params))  # a float32 run
+    assert point.history["loss"].dtype == alone.history["loss"].dtype == np.float64  # as fit's
     np.testing.assert_allclose(point.history["loss"], alone.history["loss"], rtol=2e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),

@@ -42,6 +42,7 @@ class Program(NamedTuple):
     )
     accumulate: int = 1  # micro-batches per step (gradx._training.accumulate)
     eval_average: bool = False  # eval_fn sees the params' moving average (fit's eval_on="ema")
+    caller: str = "fit"  # the function the user called, named in the step's errors
 
 
 def eval_metrics(fn: str, eval_fn: EvalFn, params: Any, eval_data: Any) -> dict[str, jax.Array]:
@@ -88,7 +89,7 @@ def _epoch(program: Program, params, opt_state, data, eval_data, batches):
 
     ``batches``: the example indices of each step (:func:`minibatch_indices`), None for full
     batch."""
-    fn = "sweep" if program.vmapped else "fit"
+    fn = program.caller
     step = _step.make_step(fn, program._replace(diagnostics=False))  # as the streamed path's
     step = _mesh.constrain_step(program.plan, step)  # on a mesh: batch split, carry put
     # With diagnostics, the epoch's last step runs after the scan and also returns its

@@ -27,8 +27,17 @@ import optax
 
 from gradx._protocol.access import hyperparams, set_hyperparams
 from gradx._training import mesh as _mesh
+from gradx._training import stream as _stream
 from gradx._training.fit import progress_bar
-from gradx._training.inputs import check_int, check_key, check_optimizer, prepare_data
+from gradx._training.inputs import (
+    check_function,
+    check_int,
+    check_key,
+    check_opt_state,
+    check_optimizer,
+    numeric_arrays,
+    prepare_data,
+)
 from gradx._training.inputs import steps_and_dropped as _batches
 from gradx._training.packing import start_optimizer
 from gradx._training.population import Population, check_values, pbt_step, set_rows, take_rows
@@ -190,6 +199,7 @@ def search(
       and unbatched programs round differently; see :func:`gradx.sweep`).
     """
     fn = "search"
+    check_function(fn, "loss_fn", loss_fn)
     check_optimizer(fn, optimizer)
     mode = _check_method(fn, method, metric, mode, eval_fn)
     k = check_int(fn, "num_samples", num_samples, 2 if method == "pbt" else 1)
@@ -203,10 +213,12 @@ def search(
     if key is None:
         raise ValueError(f"{fn}: key must be a JAX PRNG key (e.g. jax.random.key(0)), got None")
     key = check_key(fn, key, batch_size)
+    _stream.refuse(fn, data)
     data, n = prepare_data(fn, "data", data)
     steps, dropped = _batches(fn, n, batch_size)
     if eval_fn is not None:
-        eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+        check_function(fn, "eval_fn", eval_fn)
+        eval_data = data if eval_data is None else numeric_arrays(fn, "eval_data", eval_data)
     if not isinstance(space, Mapping) or not space:
         raise ValueError(
             f"{fn}: space must be a non-empty dict of hyperparameter name -> distribution "
@@ -214,6 +226,7 @@ def search(
         )
     sample_key, pbt_key, init_key = jax.random.split(jax.random.fold_in(key, _DERIVED), 3)
     pop_params, template, member_keys = _members(fn, init_fn, params, opt_state, k, init_key)
+    opt_state = check_opt_state(fn, optimizer, template, opt_state)
     # Packed when fit would pack (gradx.flat): state0, and every member's state, in the packed
     # layout; the result's opt_state is unpacked back into the optimizer's own.
     packing, optimizer, state0 = start_optimizer(
@@ -238,7 +251,9 @@ def search(
     update = optax.with_extra_args_support(optimizer).update
     run = _Run(
         pop=Population(
-            program=Program(loss_fn, update, eval_fn, batch_size, steps, vmapped=True),
+            program=Program(
+                loss_fn, update, eval_fn, batch_size, steps, vmapped=True, caller=fn
+            ),
             data=_mesh.place_eval(plan, data),
             eval_data=_mesh.place_eval(plan, eval_data),
             key=key, mesh=mesh, chunk_size=chunk_size,

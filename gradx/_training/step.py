@@ -57,11 +57,11 @@ def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
         out = loss_fn(params, batch)
         if not has_aux:
             if not _is_scalar(out):
-                hint = (
-                    "; it returns (loss, aux): pass has_aux=True"
-                    if isinstance(out, tuple) and len(out) == 2
-                    else ""
-                )
+                hint = ""
+                if isinstance(out, tuple) and len(out) == 2:  # has_aux is fit's alone
+                    hint = "; it returns (loss, aux): " + (
+                        "pass has_aux=True" if fn == "fit" else "return the loss alone"
+                    )
                 raise ValueError(f"{fn}: loss_fn must return a scalar, got {_describe(out)}{hint}")
             return _wide(out), {}
         if not (isinstance(out, tuple) and len(out) == 2):

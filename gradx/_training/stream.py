@@ -57,6 +57,17 @@ def is_stream(data: Any) -> bool:
     return callable(data) or isinstance(data, Iterable)
 
 
+def refuse(fn: str, data: Any) -> None:
+    """A TypeError for a stream given to ``fn`` (sweep, search), which train on arrays in
+    memory: a stream of batches is fit's alone."""
+    if is_stream(data):
+        raise TypeError(
+            f"{fn}: data must be a pytree of arrays in memory (a leading example axis), got "
+            f"a {type(data).__name__}: a stream of batches (an iterable, or a function of the "
+            "epoch) is trained by gradx.fit only"
+        )
+
+
 def check_callable(fn: str, data: Any) -> None:
     """A callable ``data`` (not iterable) must take the epoch: ``data(epoch)``."""
     if not callable(data) or isinstance(data, Iterable):

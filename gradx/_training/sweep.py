@@ -14,13 +14,17 @@ import optax
 
 from gradx._protocol.access import hyperparams, set_hyperparams
 from gradx._training import mesh as _mesh
+from gradx._training import stream as _stream
 from gradx._training.fit import progress_bar, progress_postfix
 from gradx._training.inputs import (
     check_flag,
+    check_function,
     check_int,
     check_key,
+    check_opt_state,
     check_optimizer,
     fresh_copy,
+    numeric_arrays,
     prepare_data,
     rule_error,
     steps_and_dropped,
@@ -145,14 +149,18 @@ def sweep(
       (2, {'learning_rate': 1.0})
     """
     fn = "sweep"
+    check_function(fn, "loss_fn", loss_fn)
     check_optimizer(fn, optimizer)
+    _stream.refuse(fn, data)
     data, n = prepare_data(fn, "data", data)
     epochs = check_int(fn, "epochs", epochs, 1)
     steps, dropped = steps_and_dropped(fn, n, batch_size)
     key = check_key(fn, key, batch_size)
     if eval_fn is not None:
-        eval_data = data if eval_data is None else jax.tree.map(jnp.asarray, eval_data)
+        check_function(fn, "eval_fn", eval_fn)
+        eval_data = data if eval_data is None else numeric_arrays(fn, "eval_data", eval_data)
     diagnostics = check_flag(fn, "diagnostics", diagnostics)
+    opt_state = check_opt_state(fn, optimizer, params, opt_state)
     packing, optimizer, state0 = start_optimizer(
         fn, flat, optimizer, params, opt_state, mesh, diagnostics
     )
@@ -165,6 +173,7 @@ def sweep(
     update = optax.with_extra_args_support(optimizer).update
     program = Program(
         loss_fn, update, eval_fn, batch_size, steps, vmapped=True, diagnostics=diagnostics,
+        caller=fn,
     )  # fmt: skip
     dtypes = {name: hyperparams(state0)[name].dtype for name in points}
 
@@ -188,8 +197,8 @@ def sweep(
                 t0 = time.perf_counter()
                 batches = minibatch_indices(program, key, epoch, data)
                 p, s, loss, metrics = run_epoch_program(program, p, s, data, eval_data, batches)
-                loss = np.asarray(loss)
-                metrics = {name: np.asarray(v) for name, v in metrics.items()}
+                loss = np.asarray(loss, np.float64)  # as fit's history
+                metrics = {name: np.asarray(v, np.float64) for name, v in metrics.items()}
                 chunk_seconds.append(time.perf_counter() - t0)
                 chunk_history["loss"].append(loss)
                 for name, v in metrics.items():
