@@ -9,16 +9,20 @@ state, and/or ``stop=True`` to end training after this epoch. ``logs`` is the ep
 history row: ``{"loss": ..., **metrics}`` as Python floats.
 
 ``params`` and ``opt_state`` hold the live buffers, donated to the next epoch's program: a
-callback that keeps them past its return must copy them (``jnp.array(x, copy=True)``), as
-:class:`EarlyStopping` does. Their containers are fresh copies, with the packed optimizer
-(``fit(flat=None)``) as without it (``flat=False``): a change made in place
-(``opt_state.hyperparams["learning_rate"] = ...``) is ignored; return it in an ``Action``
-(``Action(opt_state=opt_state)``). The params and state of an ``Action`` must have the
-structure, shapes and dtypes of those they replace, or fit raises a ``ValueError``; fit
-copies them before the next epoch's program donates them, so an ``Action`` may hold arrays
-that the callback or its caller keeps (the initial params), or one array in two places.
-With ``fit(ema=...)``, an :class:`EarlyStopping` restoring the best weights gets fit's
-average beside the optimizer state (see its ``restore_best_weights``).
+callback that keeps them past its return must copy them (e.g. ``jnp.array(x, copy=True)``,
+or one ``jax.device_put(tree, may_alias=False)`` as :class:`EarlyStopping` does). Their
+containers are fresh copies, with the packed optimizer (``fit(flat=None)``) as without it
+(``flat=False``): a change made in place (``opt_state.hyperparams["learning_rate"] = ...``)
+is ignored; return it in an ``Action`` (``Action(opt_state=opt_state)``). The params and
+state of an ``Action`` must have the structure, shapes and dtypes of those they replace, or
+fit raises a ``ValueError``; fit copies them before the next epoch's program donates them,
+so an ``Action`` may hold arrays that the callback or its caller keeps (the initial
+params), or one array in two places.
+With ``fit(ema=...)``, an :class:`EarlyStopping` restoring the best weights (and only it)
+receives ``opt_state`` as ``gradx._training.averaging.WithAverage(average,
+opt_state)``, fit's average beside the optimizer state, which :func:`gradx.hyperparams` and
+:func:`gradx.set_hyperparams` read through; a subclass overriding ``on_epoch_end`` sees that
+(see its ``restore_best_weights``).
 
 For exact resume, a callback with internal counters implements ``get_state() -> dict`` (a
 dict of numbers and arrays) and ``set_state(dict)``; fit stores it in every checkpoint,
@@ -161,10 +165,10 @@ class EarlyStopping(Callback):
       baseline: if set, ``wait`` restarts only for an improvement that also beats it.
       restore_best_weights: at the end of training, hand back the model of the best epoch,
         the one the monitor scored: its params, the optimizer state staying the last one
-        (as in Keras, which restores weights only), except where :func:`gradx.fit` evaluates
-        more than the params. With ``fit(ema=d)``, the best epoch's average too
-        (``FitResult.ema_params``, the model ``eval_on="ema"`` evaluates; fit gives it to
-        this callback beside the state). With a Schedule-Free optimizer, the best epoch's
+        (as in Keras, which restores weights only), except as follows. With
+        ``fit(ema=d)`` (whatever ``eval_on``), that epoch's average too
+        (``FitResult.ema_params``), so that params and average come from one epoch; fit
+        gives it to this callback beside the state. With a Schedule-Free optimizer, the best epoch's
         state too (its hyperparameters included): ``FitResult.params``, the x ``eval_fn``
         saw, is computed from the params y and the state's z. If no epoch improves (a NaN
         every epoch), the first monitored epoch's model.

@@ -179,8 +179,10 @@ def adam(
       mu_dtype: the dtype m is stored in (optax's ``mu_dtype``); None follows the params.
       nu_dtype: the dtype v is stored in (optax has none: its issue 1552); None follows
         the params (their real precision for complex params: v is real), except float16
-        params, whose v is float32: (1 − β₂)·g² underflows float16 for ``|g|`` below about
-        8e-3. float32 moments for bf16 params keep small updates that bf16 rounds away.
+        params, whose v is float32: in float16, (1 − β₂)·g² rounds to 0 for ``|g|`` below
+        about 5.5e-3 (the step grows to 16× the learning rate) and coarsely up to
+        ``|g|`` ≈ 1.5e-2 (steps off by up to 4×). float32 moments for bf16 params keep
+        small updates that bf16 rounds away.
       state_dtype: how m and v are stored where ``mu_dtype``/``nu_dtype`` are None (see
         :doc:`/guides/state-dtype`): None follows the params (v of float16 params in
         float32, as for ``nu_dtype``); a float dtype stores them in

@@ -53,7 +53,8 @@ def scale_by_adadelta(
 
     For complex params ``|·|²`` is the squared modulus, so both accumulators are real and d has
     g's phase. ``accumulator_dtype`` is the (real) dtype E_g and E_d are stored in; None
-    follows the params, or ``state_dtype`` and ``stochastic_rounding`` as in
+    follows the params (float32 for float16 params, as every never-negative moment: see
+    :doc:`/guides/state-dtype`), or ``state_dtype`` and ``stochastic_rounding`` as in
     :func:`trace`. d is emitted in the computed dtype, which may be wider than g's. With
     ε = 0 (allowed, though then E_d stays 0 and nothing moves) a coordinate whose E_g is 0
     steps 0, not 0/0.
@@ -146,8 +147,8 @@ def rmsprop(
       initial_scale: v₀ ≥ 0.
       mu_dtype: the dtype the momentum buffer b is stored in; None follows the params.
       nu_dtype: the dtype v (and, with ``centered``, the mean a, which only serves the
-        denominator) is stored in; None follows the params (float32 for float16 params,
-        whose range g² underflows).
+        denominator) is stored in; None follows the params (v of float16 params in float32,
+        whose range g² underflows; a, which may be negative, stays float16).
       state_dtype, stochastic_rounding: how b, v (and a) are stored where ``mu_dtype`` or
         ``nu_dtype`` is None: a float dtype, ``"bfloat16"`` rounded stochastically, or
         ``"int8"`` (blockwise); see :func:`gradx.adam`.

@@ -96,9 +96,10 @@ def lamb(
       mask: which leaves decay, as optax's ``mask``: None (all), a pytree of bools with the
         params' structure or a prefix of it (True = decay), or a function of the params
         returning one.
-      state_dtype, stochastic_rounding: how m and v are stored: None (the params' dtype), a
-        float dtype, ``"bfloat16"`` rounded stochastically, or ``"int8"`` (blockwise); see
-        :func:`gradx.adam`.
+      state_dtype, stochastic_rounding: how m and v are stored: None (the params' dtype; v
+        of float16 params in float32, as every never-negative moment: see
+        :doc:`/guides/state-dtype`), a float dtype, ``"bfloat16"`` rounded stochastically,
+        or ``"int8"`` (blockwise); see :func:`gradx.adam`.
 
     Returns:
       An optax transformation whose state is a ``HyperparamsState`` holding

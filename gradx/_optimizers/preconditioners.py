@@ -163,9 +163,10 @@ def rms(
     v̂ − ``|â|²`` slightly negative). v₀ = ``initial_scale`` (TF1 used 1). ``|g|²`` = g·conj(g) for
     complex params, so v is real (complex64 params keep a float32 v).
 
-    ``accumulator_dtype`` is the dtype v and a are stored in (None follows the params, or
-    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`; a of complex params stays
-    complex).
+    ``accumulator_dtype`` is the dtype v and a are stored in: None follows the params (v of
+    float16 params in float32, as every never-negative moment, see :doc:`/guides/state-dtype`;
+    a, which may be negative, stays float16; a of complex params stays complex), or
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`.
 
     Returns:
       An optax transformation emitting the (real) denominator in the computed dtype, which
@@ -240,7 +241,8 @@ def max_rms(
     * ``"raw_v_no_correction"`` (Reddi et al. without correction): emits √max(v_max, v).
 
     ``accumulator_dtype`` is the (real) dtype v and v_max are stored in; None follows the
-    params (their real precision for complex params), or ``state_dtype`` and
+    params (their real precision for complex params; float32 for float16 params, as every
+    never-negative moment: see :doc:`/guides/state-dtype`), or ``state_dtype`` and
     ``stochastic_rounding`` as in :func:`trace`. The denominator is emitted in the computed
     dtype, which may be wider than the gradient's.
     """
@@ -303,9 +305,10 @@ def rss(
     """Block (denominator) for Adagrad: √(G + ε_root) with G ← G + ``|g|²``, G₀ = initial value.
 
     ``accumulator_dtype`` is the (real) dtype G is stored in; None follows the params (their
-    real precision for complex params), or ``state_dtype`` and ``stochastic_rounding`` as in
-    :func:`trace`. The denominator is emitted in the computed dtype, which may be wider than
-    the gradient's.
+    real precision for complex params; float32 for float16 params, as every never-negative
+    moment: see :doc:`/guides/state-dtype`), or ``state_dtype`` and ``stochastic_rounding`` as
+    in :func:`trace`. The denominator is emitted in the computed dtype, which may be wider
+    than the gradient's.
     """
     check_numbers("rss", initial_accumulator_value=initial_accumulator_value, eps_root=eps_root)
     store = ("rss", "accumulator_dtype", accumulator_dtype, state_dtype)
@@ -350,9 +353,10 @@ def inf_norm(
 
     ε inside the max is torch's and optax's placement; Keras adds ε to u afterwards (give
     ε to ``precondition`` instead). ``|g|`` is the modulus for complex params, so u is real.
-    ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params, or
-    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. u is emitted in the
-    computed dtype, which may be wider than the gradient's.
+    ``accumulator_dtype`` is the (real) dtype u is stored in; None follows the params
+    (float32 for float16 params, as every never-negative moment: see
+    :doc:`/guides/state-dtype`), or ``state_dtype`` and ``stochastic_rounding`` as in
+    :func:`trace`. u is emitted in the computed dtype, which may be wider than the gradient's.
     """
     check_numbers("inf_norm", decay=decay, eps=eps)
     store = ("inf_norm", "accumulator_dtype", accumulator_dtype, state_dtype)

@@ -115,9 +115,10 @@ def moment_dtype(fn: str, name: str, leaf_dtype: Any, dtype: Any, real: bool) ->
     ``dtype`` None follows the leaf; a ``real`` moment (of |g|²) of a complex leaf is real
     (complex64 → float32). One exception: a ``real`` moment of a float16 leaf is float32
     (all of them, Adamax's infinity norm too, which would not underflow: one simple rule).
-    float16 has 5 exponent bits, and (1 − β₂)·g² is below its smallest value for |g| under
-    about 8e-3 at β₂ = 0.999: a float16 v would stay 0 and Adam's step grow to 16 times the
-    learning rate in 300 steps, without a sign (bfloat16 has float32's exponent range).
+    float16 has 5 exponent bits: at β₂ = 0.999, (1 − β₂)·g² rounds to 0 in float16 for
+    ``|g|`` under about 5.5e-3 (v stays 0 and Adam's step grows to 16 times the learning
+    rate in 300 steps, without a sign) and is coarsely rounded up to ``|g|`` ≈ 1.5e-2 (steps
+    off by up to 4×); bfloat16 has float32's exponent range.
     A first moment (``real=False``) of a complex leaf given a real ``dtype`` is stored in
     its complex counterpart (float32 → complex64, float64 → complex128).
     """

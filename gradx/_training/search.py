@@ -155,7 +155,9 @@ def search(
 
     Args:
       loss_fn, optimizer, data, batch_size, eval_fn, eval_data, progress: as in
-        :func:`gradx.fit`. The optimizer must keep the searched hyperparameters in its state
+        :func:`gradx.fit`, except that ``data`` must be arrays in memory: a stream of
+        batches (an iterable, or a function of the epoch) is fit's alone, refused here with
+        a ``TypeError``. The optimizer must keep the searched hyperparameters in its state
         (any gradx optimizer).
       params: the initial params of every member; None with ``init_fn``.
       space: ``{name: distribution or number}`` (:mod:`gradx.search_space`), names as in

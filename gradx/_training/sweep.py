@@ -110,7 +110,9 @@ def sweep(
     so every chunk runs the same compiled program; padded results are discarded.
 
     ``loss_fn``, ``params``, ``optimizer``, ``data``, ``batch_size``, ``epochs``, ``key``,
-    ``eval_fn``, ``eval_data``, ``opt_state`` and ``progress`` are as in :func:`fit`.
+    ``eval_fn``, ``eval_data``, ``opt_state`` and ``progress`` are as in :func:`fit`, except
+    that ``data`` must be arrays in memory: a stream of batches (an iterable, or a function
+    of the epoch) is fit's alone, refused here with a ``TypeError``.
 
     Args:
       grid: ``{name: 1-D array}``; each value must satisfy the optimizer's rule for it.

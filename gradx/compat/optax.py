@@ -27,7 +27,9 @@ listed in ``docs/conventions.md``.
 
 bfloat16 and float16 params are the one place the numbers differ by design: gradx computes
 their steps with float32 hyperparameters, optax in the params' dtype, where β₂ = 0.999 rounds
-to 1.0 (optax issue 1414).
+to 1.0 in bfloat16 (optax issue 1414; float16 holds 0.9990234375). gradx also stores the
+second moments of float16 params in float32, where optax's underflow to 0: on a gradient of
+1e-3, optax's float16 Adam steps by −inf, this module's ``adam`` by minus the learning rate.
 """
 
 from __future__ import annotations
