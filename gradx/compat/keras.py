@@ -28,6 +28,21 @@ Options that change Keras's training loop rather than the update (``use_ema``,
 Every class also takes gradx's keyword-only ``state_dtype`` and ``stochastic_rounding``,
 which store the moments as in :func:`gradx.adam` (a float dtype, bfloat16 rounded
 stochastically, or blockwise int8); Keras has neither.
+
+float16 params are where the numbers part by design: gradx keeps their never-negative moments
+(v, AMSGrad's maximum, Adamax's norm, Adagrad's accumulator, RMSprop's and Adadelta's averages
+of squares, Adafactor's and Lamb's second moments) in float32, their first moments in float16.
+Keras 3.15 keeps every optimizer variable in its variable's dtype, float16, where (1 − β₂)·g²
+rounds to 0 for small gradients: on g = 1e-3 and ``learning_rate=1e-3`` from θ = 0, Keras's
+float16 ``Adam`` keeps v = 0 and divides by ε alone, stepping by 0.5 at step 1 and 4.0 at
+step 300 (θ = −867), and ``Nadam`` by 9 and 8 (θ = −2424), while gradx's step by about the
+learning rate (``Adam``: θ = −0.295 after 300 steps, against float32's −0.300, the gap being
+θ's own float16 rounding). Keras's ``RMSprop`` (ρ = 0.9), ``Adagrad``, ``Adadelta`` and
+``Adamax`` do not underflow on that input. ``state_dtype="float16"`` stores every moment in
+float16 again, but the step is still computed in float32, from the new moment before it is
+rounded: that reproduces neither Keras's float16 steps nor float32 (Adam's v̂ then holds one
+step's (1 − β₂)·g², and its step grows to about 16 times the learning rate in 300 steps).
+The measured numbers are in ``docs/conventions.md``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,19 @@ Every class with moments (all but ``Rprop``) also takes gradx's keyword-only ``s
 and ``stochastic_rounding``, which store the moments as in :func:`gradx.adam` (a float dtype,
 bfloat16 rounded stochastically, or blockwise int8); torch has neither.
 
+float16 params are where the numbers part by design: gradx keeps their never-negative moments
+(v, AMSGrad's maximum, Adamax's u, Adagrad's sum, RMSprop's and Adadelta's averages of
+squares, Adafactor's factors) in float32, their first moments in float16. torch 2.13 keeps all
+its state in float16, where (1 − β₂)·g² and ``eps=1e-8`` round to 0 for small gradients: on
+g = 1e-3 and lr = 1e-3 from θ = 0, torch's float16 ``Adam``, ``AdamW``, ``NAdam`` and
+``RMSprop`` reach −inf at step 1 and ``RAdam`` at step 6, while gradx's step by about lr
+(``Adam``: θ = −0.295 after 300 steps, against float32's −0.300, the gap being θ's own float16
+rounding). torch's ``Adagrad``, ``Adadelta`` and ``Adamax`` do not underflow on that input.
+``state_dtype="float16"`` stores every moment in float16 again, but the step is still computed
+in float32, from the new moment before it is rounded: that reproduces neither torch's −inf nor
+float32 (Adam's v̂ then holds one step's (1 − β₂)·g², and its step grows to about 16·lr in
+300 steps). The measured numbers are in ``docs/conventions.md``.
+
 Passing the params first, torch's habit (``Adam(model.parameters(), lr=1e-3)``, or a pytree
 or model of arrays), raises a ``TypeError`` that shows the gradx spelling. torch's param
 groups (a list of dicts, each with its ``params`` and the options that differ) are taken with
