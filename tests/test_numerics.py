@@ -198,6 +198,21 @@ def test_float16_params_keep_second_moments_in_float32_and_step_as_float32_param
     assert jnp.dtype(jnp.float32) in dtypes, dtypes  # the second moment
 
 
+def test_a_float16_second_moment_saved_by_an_earlier_gradx_is_refused_with_the_remedy():
+    # before the rule such a state held v in float16 (stuck at 0): restored by a library that
+    # keeps dtypes (flax msgpack, pickle) it is refused at trace time, not stepped with
+    params, grad = jnp.zeros(3, jnp.float16), jnp.full(3, 1e-3, jnp.float16)
+    opt = gradx.adam(1e-3)
+    old = gradx.adam(1e-3, nu_dtype=jnp.float16).init(params)  # what was stored then
+    with pytest.raises(TypeError, match=r"^rms: a never-negative moment in the state is float16"
+                       r", .* cast it to opt\.init\(params\)'s dtypes"):  # fmt: skip
+        jax.jit(opt.update)(grad, old, params)
+    state = jax.tree.map(lambda t, x: x.astype(t.dtype), opt.init(params), old)  # the remedy
+    for _ in range(300):
+        u, state = jax.jit(opt.update)(grad, state, params)
+    np.testing.assert_allclose(np.asarray(u, np.float32), -1e-3, rtol=1e-2)
+
+
 def test_float16_moment_dtypes_follow_the_rule_and_an_explicit_dtype_wins():
     params = jnp.zeros(2, jnp.float16)
     mean, nu = _adam_state_moments(gradx.adam(1e-3).init(params))

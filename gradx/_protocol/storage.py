@@ -205,7 +205,22 @@ class MomentCodec:
         return jax.tree.map(leaf, unwrap_variables(params))
 
     def decode(self, moment: Any) -> Any:
-        """The stored moment as a tree like the params, in float (float32 for int8)."""
+        """The stored moment as a tree like the params, in float (float32 for int8).
+
+        A never-negative moment that follows the params is never float16 (``init`` makes it
+        float32, :func:`gradx._protocol.dtypes.moment_dtype`): one that is was saved by a
+        gradx before that rule, where it underflowed to 0, and is refused (at trace time)."""
+        if self.policy.kind == "follow" and self.nonnegative:
+            for leaf in jax.tree.leaves(moment):
+                if jnp.finfo(leaf.dtype).nexp < jnp.finfo(jnp.float32).nexp:
+                    raise TypeError(
+                        f"{self.fn}: a never-negative moment in the state is {leaf.dtype}, "
+                        "but gradx keeps those of float16 params in float32 unless a dtype "
+                        "is given (in float16 (1 − β₂)·g² rounds to 0); the state was saved "
+                        "by an earlier gradx or built by hand: cast it to opt.init(params)'s "
+                        "dtypes (jax.tree.map(lambda t, x: x.astype(t.dtype), "
+                        "opt.init(params), state)), or pass the dtype it was made with"
+                    )
         if self.policy.kind in ("follow", "float"):
             return moment  # nothing to trace
         return decode_moments(moment)

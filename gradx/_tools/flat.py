@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copyreg
 import functools
+import hashlib
 import inspect
 import threading
 import weakref
@@ -47,7 +48,8 @@ class FlatState(NamedTuple):
     ``gradx.hyperparams`` and ``gradx.set_hyperparams`` find the inner optimizer's
     hyperparameters under it by the same names.
 
-    ``init`` returns an instance of a subclass (also named ``FlatState``) whose class
+    ``init`` returns an instance of a subclass (named ``FlatState[n leaves, digest]``, the
+    digest that of its signature) whose class
     attribute ``signature`` records the params it packed: per leaf, in ``jax.tree.leaves``
     order, ``(key path as jax.tree_util.keystr writes it, shape, dtype name)``. ``update``
     compares the gradients with it in Python (under ``jit``, once per trace; no device
@@ -59,7 +61,10 @@ class FlatState(NamedTuple):
     the plain class (pickled by gradx before the signature, or built by hand) has
     ``signature`` None: its gradients are checked only by the number of runs, as they were
     then; restored into ``init``'s state as a target (orbax, msgpack, ``jax.tree.unflatten``
-    of its leaves) it is signed again.
+    of its leaves), or given to ``gradx.fit`` as ``opt_state``, it is signed again. A tree
+    built to match a state (a prefix of shardings for ``jax.device_put`` or
+    ``jax.jit(in_shardings=...)``) is built with ``state._replace(...)`` or
+    ``type(state)(...)``: ``gradx.FlatState(...)`` is the unsigned class, another node.
     """
 
     inner_state: Any
@@ -82,8 +87,8 @@ _SIGNED: weakref.WeakValueDictionary[tuple, type[FlatState]] = weakref.WeakValue
 
 class _Signed(type):
     """The metaclass of the signed FlatState classes, so that one pickles by its signature
-    (their name is FlatState's, which pickle would find to be another class): a state's
-    treedef pickles as before."""
+    (pickle could not find it by its name in the module): a state's treedef pickles as
+    before."""
 
 
 copyreg.pickle(_Signed, lambda cls: (_signed, (cls.signature,)))
@@ -99,10 +104,13 @@ def _signed(signature: tuple | None) -> type[FlatState]:
     with _SIGNING:
         cls = _SIGNED.get(signature)
         if cls is None:
+            # a name of its own, so that errors about two treedefs tell the classes apart
+            digest = hashlib.sha256(repr(signature).encode()).hexdigest()[:8]
+            name = f"FlatState[{len(signature)} leaves, {digest}]"
             namespace = {
                 "__slots__": (),
                 "__module__": __name__,
-                "__qualname__": FlatState.__qualname__,
+                "__qualname__": name,
                 "__doc__": FlatState.__doc__,
                 "signature": signature,
                 # (shape, dtype) per leaf: what update compares, in one comparison of tuples
@@ -110,8 +118,23 @@ def _signed(signature: tuple | None) -> type[FlatState]:
                 # the treedefs known to have the signature's key paths (checked once each)
                 "_structures": set(),
             }
-            cls = _SIGNED[signature] = _Signed(FlatState.__name__, (FlatState,), namespace)
+            cls = _SIGNED[signature] = _Signed(name, (FlatState,), namespace)
     return cls
+
+
+def sign_like(state: Any, like: Any) -> Any:
+    """``state`` in the structure of ``like`` (a state or its shapes), or None: where every
+    FlatState in ``state`` is unsigned (pickled by gradx before the signature, or built by
+    hand) and ``state`` is ``like`` but for those classes, its leaves in ``like``'s signed
+    classes. A state signed for other params is never re-signed."""
+    is_flat = lambda node: isinstance(node, FlatState)
+    nodes = [n for n in jax.tree.leaves(state, is_leaf=is_flat) if is_flat(n)]
+    if not nodes or any(type(n).signature is not None for n in nodes):
+        return None
+    unsigned = jax.tree.map(lambda n: FlatState(*n) if is_flat(n) else n, like, is_leaf=is_flat)
+    if jax.tree.structure(unsigned) != jax.tree.structure(state):
+        return None
+    return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(state))
 
 
 def _unpickled(signature: tuple | None, fields: tuple[Any, ...]) -> FlatState:

@@ -12,6 +12,7 @@ import optax
 
 from gradx._protocol import rules as _rules
 from gradx._protocol.trees import TreeMismatchError
+from gradx._tools.flat import sign_like
 
 
 def check_flag(fn: str, name: str, value: Any) -> bool:
@@ -115,20 +116,18 @@ def check_opt_state(fn: str, optimizer: Any, params: Any, opt_state: Any) -> Any
     """``opt_state`` (None: none given), which must have the structure, shapes and dtypes of
     ``optimizer.init(params)``, or a :class:`TreeMismatchError` (a ValueError).
 
-    A ``gradx.FlatState`` without the params' signature (pickled by gradx before it had one,
-    or built by hand) differs from init's only in its class, which the treedefs print alike:
-    it comes back in init's structure (its leaves unchanged), signed."""
+    A state whose every ``gradx.FlatState`` lacks the params' signature (pickled by gradx
+    before it had one, or built by hand) and differs from init's only in those classes comes
+    back in init's structure (its leaves unchanged), signed (``flat.sign_like``)."""
     if opt_state is None:
         return None
     want = jax.eval_shape(optimizer.init, params)
     diff = mismatch(opt_state, want)
     if diff is None:
         return opt_state
-    given, init = jax.tree.structure(opt_state), jax.tree.structure(want)
-    if given != init and str(given) == str(init):  # only classes of one name differ
-        signed = jax.tree.unflatten(init, jax.tree.leaves(opt_state))
-        if mismatch(signed, want) is None:
-            return signed
+    signed = sign_like(opt_state, want)
+    if signed is not None and mismatch(signed, want) is None:
+        return signed
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(opt_state)):  # 5, "adam"
         got = f"got {type(opt_state).__name__} {opt_state!r}"
     else:
