@@ -219,7 +219,7 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.best_epoch = 0
         self.best_weights: Any = None
-        self.best_kind = "params"  # what best_weights holds: see _kind
+        self.best_kind: str | None = "params"  # what best_weights holds: see _kind
 
     def _improves(self, current: float, reference: float | None) -> bool:
         if math.isnan(current):
@@ -278,6 +278,10 @@ class EarlyStopping(Callback):
         if not (self.restore_best_weights and self.best_weights is not None):
             return None
         if isinstance(self.best_weights, list):  # a checkpoint's leaves: the kept tree
+            if self.best_kind is None:  # a checkpoint that did not say: params alone, or
+                # (as this callback keeps it now) with the average or Schedule-Free state
+                alone = len(self.best_weights) == len(jax.tree.leaves(params))
+                self.best_kind = "params" if alone else self._kind(opt_state)
             structure = jax.tree.structure(self._kept(self.best_kind, params, opt_state))
             leaves = jax.tree.leaves(self.best_weights)
             if len(leaves) != structure.num_leaves:
@@ -307,7 +311,8 @@ class EarlyStopping(Callback):
         if self.best_weights is not None:
             # their leaves: a checkpoint restores a list, not a tuple, NamedTuple or module
             state["best_weights"] = jax.tree.leaves(self.best_weights)
-            state["best_kind"] = _KEPT.index(self.best_kind)
+            if self.best_kind is not None:  # (None: restored from a checkpoint that did not say)
+                state["best_kind"] = _KEPT.index(self.best_kind)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -318,8 +323,8 @@ class EarlyStopping(Callback):
         self.best = float(state["best"]) if int(state["has_best"]) else None
         self.best_epoch = int(state["best_epoch"])
         self.best_weights = state.get("best_weights")
-        # a checkpoint of gradx before it kept the average or state has the params alone
-        self.best_kind = _KEPT[int(state.get("best_kind", 0))]
+        # (a checkpoint of an earlier gradx does not say: on_train_end tells by the count)
+        self.best_kind = _KEPT[int(state["best_kind"])] if "best_kind" in state else None
 
 
 class ReduceLROnPlateau(Callback):

@@ -110,10 +110,11 @@ def _key_parts(key: Any) -> tuple[Any, str | None]:
     return jnp.asarray(key), None
 
 
-def _arrays_difference(there: list, now: list) -> str | None:
+def _arrays_difference(there: list, now: list, widened: tuple[str, ...] = ()) -> str | None:
     """The first difference of two :func:`describe_arrays` lists in words, or None. Where
-    it is a narrower float there than the float32 now, the note says why: gradx keeps the
-    second moments of float16 params and fit's moving average in float32 at least, which
+    it is an array of a dtype in ``widened`` there and float32 now, the note says why: gradx
+    keeps the never-negative moments of float16 params (``widened`` ('float16',) for the
+    optimizer state) and fit's moving average (('float16', 'bfloat16')) in float32, which
     earlier versions stored in the params' dtype."""
     if there == now:
         return None
@@ -122,10 +123,10 @@ def _arrays_difference(there: list, now: list) -> str | None:
         return f"{len(there)} vs {len(now)} arrays"
     a, b = first
     diff = f"{a} vs {b}"
-    if a[:2] == b[:2] and a[2] in ("float16", "bfloat16") and b[2] == "float32":
+    if a[:2] == b[:2] and a[2] in widened and b[2] == "float32":
         diff += (
-            f" (an earlier gradx stored this moment or average in {a[2]}; it now keeps it in "
-            "float32: finish this run with the gradx version that wrote the checkpoint)"
+            f" (an earlier gradx stored this array in {a[2]}; it now keeps it in float32: "
+            "finish this run with the gradx version that wrote the checkpoint)"
         )
     return diff
 
@@ -340,11 +341,11 @@ class Checkpointer:
         ocp, fn = self.ocp, self.fn
         where = f"the checkpoint of epoch {step} in {self.directory}"
         meta = self._meta(step, where)
-        for name, tree, what in (
-            ("params", params, "params"),
-            ("opt_state", opt_state, "optimizer state (optimizer.init(params))"),
+        for name, tree, what, widened in (
+            ("params", params, "params", ()),
+            ("opt_state", opt_state, "optimizer state (optimizer.init(params))", ("float16",)),
         ):
-            diff = _arrays_difference(meta[name], describe_arrays(tree))
+            diff = _arrays_difference(meta[name], describe_arrays(tree), widened)
             if diff is not None:
                 raise ValueError(
                     f"{fn}: {where} must match the structure, shapes and dtypes of the "
@@ -375,12 +376,17 @@ class Checkpointer:
             target["key"] = abstract(key_data)
         if average is not None:
             there = meta.get("average")
-            diff = _arrays_difference(there, describe_arrays(average)) if there else "none"
+            if not there:
+                raise ValueError(
+                    f"{fn}: {where} must hold a moving average of the params like this run's "
+                    "(ema=), got none; resume with the same arguments"
+                )
+            diff = _arrays_difference(there, describe_arrays(average), ("float16", "bfloat16"))
             if diff is not None:
                 raise ValueError(
                     f"{fn}: {where} must hold a moving average of the params like this run's "
-                    f"(ema=), got {'none' if not there else 'another'}; resume with the same "
-                    f"arguments. First difference (checkpoint vs now): {diff}"
+                    "(ema=), got another; resume with the same arguments. First difference "
+                    f"(checkpoint vs now): {diff}"
                 )
             target["average"] = [abstract(x) for x in jax.tree.leaves(average)]
         names = meta["callbacks"]

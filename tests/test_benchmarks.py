@@ -26,7 +26,7 @@ RUNS = {
     "state_dtype.py": ("--n 4096 --repeats 1 --min-time 0.001 --hlo", "| gradx int8 |"),
     "state_dtype_quality.py": ("--n-train 600 --epochs 1 --seeds 1 --batch-size 64", "| int8 | "),
     "int8_native_ceiling.py": ("--n 65536 --repeats 1", "| int8 without encode | "),
-    "float16_gradx.py": ("", "keras.Nadam: state_dtype=float16 equals peer float16"),
+    "float16_gradx.py": ("", "every default float16 run is finite and within 3%"),
 }
 NEEDS_A_C_COMPILER = {"int8_native_ceiling.py"}
 

@@ -533,15 +533,19 @@ def test_restored_best_model_survives_a_resume(opt, kwargs, resumed_flat, tmp_pa
         _close(resumed.ema_params, whole.ema_params)
 
 
+@pytest.mark.parametrize("written_by", ["params_only", "unlabelled"])
 @pytest.mark.parametrize(
     "opt, kwargs",
     [(gradx.schedule_free_sgd(0.2), {}), (gradx.adam(0.05), {"ema": 0.9, "eval_on": "ema"})],
     ids=["schedule_free", "ema"],
 )
-def test_a_checkpoint_of_params_only_best_weights_still_resumes(opt, kwargs, tmp_path, monkeypatch):
-    # gradx before this EarlyStopping kept the best epoch's average or Schedule-Free state
-    # checkpointed the params alone, with no best_kind: such a run finishes with the old
-    # meaning (the best params restored), rather than failing to unflatten at its end
+def test_an_earlier_gradx_checkpoint_of_best_weights_still_resumes(
+    opt, kwargs, written_by, tmp_path, monkeypatch
+):
+    # Earlier gradx checkpointed no best_kind: first the params alone ("params_only"), then
+    # the params with the average or Schedule-Free state ("unlabelled"). Either resumes, told
+    # apart by the count of arrays (not failing to unflatten at the end of every retry): the
+    # first restores the best params (its meaning then), the second what this one keeps.
     def fit(extra=(), directory=None, resume=False):
         return gradx.fit(
             loss_fn, P0, opt, DATA, batch_size=B, epochs=8, key=KEY, eval_fn=val_fn,
@@ -551,24 +555,26 @@ def test_a_checkpoint_of_params_only_best_weights_still_resumes(opt, kwargs, tmp
 
     current = EarlyStopping.get_state
 
-    def params_only(self):
+    def earlier(self):
         state = current(self)
-        if "best_kind" in state:
-            kind = state.pop("best_kind")
-            state["best_weights"] = jax.tree.leaves(
-                self.best_weights if kind == 0 else self.best_weights[0]
-            )
+        kind = state.pop("best_kind", None)
+        if kind and written_by == "params_only":
+            state["best_weights"] = jax.tree.leaves(self.best_weights[0])
         return state
 
+    whole = fit()
     with monkeypatch.context() as patch:
-        patch.setattr(EarlyStopping, "get_state", params_only)
-        whole = fit()
+        patch.setattr(EarlyStopping, "get_state", earlier)
         with pytest.raises(Interrupt):
             fit([interrupt_at(5)], tmp_path)
     assert int(np.argmin(whole.history["val"])) < 5  # the best is in the checkpoint
     resumed = fit(directory=tmp_path, resume=True)
-    _close(resumed.train_params, whole.train_params)  # the best epoch's params, as then
     _close(resumed.history["val"], whole.history["val"])
+    _close(resumed.train_params, whole.train_params)  # the best epoch's params either way
+    if written_by == "unlabelled":  # and the rest of what was scored
+        _close(resumed.params, whole.params)
+        if "ema" in kwargs:
+            _close(resumed.ema_params, whole.ema_params)
 
 
 def test_an_action_may_return_the_callers_arrays_or_one_array_twice():

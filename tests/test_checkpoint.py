@@ -841,10 +841,11 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
 
     half = jax.tree.map(lambda p: p.astype(jnp.float16), P0)
     data = jax.tree.map(lambda x: x.astype(jnp.float16), DATA)
-    fit = functools.partial(
-        gradx.fit, loss_fn, half, gradx.adam(0.05), data, batch_size=4, key=jax.random.key(0),
-        checkpoint_dir=tmp_path, progress=False,
-    )  # fmt: skip
+    def fit(params=half, **kwargs):
+        return gradx.fit(
+            loss_fn, params, gradx.adam(0.05), data, batch_size=4, key=jax.random.key(0),
+            checkpoint_dir=tmp_path, progress=False, **kwargs,
+        )  # fmt: skip
     def unchecked(self, moment):  # nor did it refuse a float16 one at update
         return moment if self.policy.kind in ("follow", "float") else decode_moments(moment)
 
@@ -855,7 +856,12 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
     with pytest.raises(
         ValueError,
         match=r"First difference \(checkpoint vs now\): \[\".*nu\['b'\]\", \[\], 'float16'\] "
-        r"vs .*'float32'\] \(an earlier gradx stored this moment or average in float16; it "
-        r"now keeps it in float32: finish this run with the gradx version that wrote",
+        r"vs .*'float32'\] \(an earlier gradx stored this array in float16; it now keeps it "
+        r"in float32: finish this run with the gradx version that wrote",
     ):
         fit(epochs=2, resume=True)
+    # params of another dtype are the user's change, not gradx's: no such note
+    wide = jax.tree.map(lambda p: p.astype(jnp.float32), half)
+    with pytest.raises(ValueError, match=r"must match the structure, shapes and dtypes") as e:
+        fit(wide, epochs=2, resume=True)
+    assert "earlier gradx" not in str(e.value)

@@ -453,11 +453,19 @@ def test_a_flat_state_keeps_its_params_signature_and_an_unsigned_one_still_steps
     b = gradx.fit(loss, small, opt, data, opt_state=gradx.FlatState(*start), **common)
     jax.tree.map(np.testing.assert_array_equal, (b.params, b.opt_state), (a.params, a.opt_state))
     assert type(b.opt_state) is type(start)
+    # an unsigned state of an earlier gradx with a float16 v: fit names the moment and the cast
+    half = {"w": jnp.zeros(3, jnp.float16)}
+    old16 = gradx.FlatState(*gradx.flat(gradx.adam(0.05, nu_dtype=jnp.float16)).init(half))
+    with pytest.raises(ValueError, match=r"first difference \(given vs init's\): .*nu.*dtype "
+                       r"float16 vs .* dtype float32 \(an earlier gradx stored .* new = "
+                       r"opt\.init\(params\); state = jax\.tree\.unflatten"):  # fmt: skip
+        gradx.fit(loss, half, opt, jax.tree.map(lambda x: x.astype(jnp.float16), data),
+                  opt_state=old16, **common)  # fmt: skip
     # a state signed for other params (same shapes, other names) is refused, never re-signed,
     # and the error tells the two classes apart by name
     other = opt.init({"v": jnp.zeros(3, jnp.float32)})
     assert type(other).__name__ != type(start).__name__
-    assert re.fullmatch(r"FlatState\[1 leaves, [0-9a-f]{8}\]", type(start).__name__)
+    assert re.fullmatch(r"FlatState\[1 leaf, [0-9a-f]{8}\]", type(start).__name__)
     with pytest.raises(ValueError, match=r"^fit: opt_state does not have the structure"):
         gradx.fit(loss, small, opt, data, opt_state=other, **common)
 

@@ -204,10 +204,15 @@ def test_a_float16_second_moment_saved_by_an_earlier_gradx_is_refused_with_the_r
     params, grad = jnp.zeros(3, jnp.float16), jnp.full(3, 1e-3, jnp.float16)
     opt = gradx.adam(1e-3)
     old = gradx.adam(1e-3, nu_dtype=jnp.float16).init(params)  # what was stored then
-    with pytest.raises(TypeError, match=r"^rms: a never-negative moment in the state is float16"
-                       r", .* cast it to opt\.init\(params\)'s dtypes"):  # fmt: skip
+    with pytest.raises(TypeError, match=r"^rms: the never-negative moment at \(the root\) of "
+                       r"the state is float16, but gradx stores it in float32 .* cast it to "
+                       r"opt\.init\(params\)'s dtypes"):  # fmt: skip
         jax.jit(opt.update)(grad, old, params)
-    state = jax.tree.map(lambda t, x: x.astype(t.dtype), opt.init(params), old)  # the remedy
+    new = opt.init(params)  # the remedy the message gives
+    state = jax.tree.unflatten(
+        jax.tree.structure(new),
+        [x.astype(t.dtype) for t, x in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)],
+    )
     for _ in range(300):
         u, state = jax.jit(opt.update)(grad, state, params)
     np.testing.assert_allclose(np.asarray(u, np.float32), -1e-3, rtol=1e-2)

@@ -40,7 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx._protocol.dtypes import as_dtype, as_stored, dtype_arg, moment_zeros, stored
+from gradx._protocol.dtypes import (
+    as_dtype,
+    as_stored,
+    dtype_arg,
+    moment_dtype,
+    moment_zeros,
+    stored,
+)
 from gradx._protocol.quantized import (
     BLOCK,
     dequantize,
@@ -169,6 +176,15 @@ def salt_rounding_keys(state: Any, salt: str) -> Any:
     return jax.tree.map(salted, state, is_leaf=lambda n: isinstance(n, RoundedMoment))
 
 
+#: How to bring a state saved by an earlier gradx to ``opt.init(params)``'s dtypes (any
+#: structure, gradx.flat's included), told by the errors that refuse one.
+CAST_TO_INIT = (
+    "cast it to opt.init(params)'s dtypes: new = opt.init(params); state = "
+    "jax.tree.unflatten(jax.tree.structure(new), [x.astype(t.dtype) for t, x in "
+    "zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True)])"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentCodec:
     """How one moment of a block is stored: made by :func:`moment_codec`."""
@@ -207,19 +223,21 @@ class MomentCodec:
     def decode(self, moment: Any) -> Any:
         """The stored moment as a tree like the params, in float (float32 for int8).
 
-        A never-negative moment that follows the params is never float16 (``init`` makes it
-        float32, :func:`gradx._protocol.dtypes.moment_dtype`): one that is was saved by a
-        gradx before that rule, where it underflowed to 0, and is refused (at trace time)."""
+        A never-negative moment that follows the params is stored as
+        :func:`gradx._protocol.dtypes.moment_dtype` says (float32 for float16 params): one
+        stored otherwise, float16, was saved by a gradx before that rule (where it could
+        round to 0) or cast by hand, and is refused at trace time."""
         if self.policy.kind == "follow" and self.nonnegative:
-            for leaf in jax.tree.leaves(moment):
-                if jnp.finfo(leaf.dtype).nexp < jnp.finfo(jnp.float32).nexp:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(moment)[0]:
+                want = moment_dtype(self.fn, self.name, leaf.dtype, None, True)
+                if want != leaf.dtype:
                     raise TypeError(
-                        f"{self.fn}: a never-negative moment in the state is {leaf.dtype}, "
-                        "but gradx keeps those of float16 params in float32 unless a dtype "
-                        "is given (in float16 (1 − β₂)·g² rounds to 0); the state was saved "
-                        "by an earlier gradx or built by hand: cast it to opt.init(params)'s "
-                        "dtypes (jax.tree.map(lambda t, x: x.astype(t.dtype), "
-                        "opt.init(params), state)), or pass the dtype it was made with"
+                        f"{self.fn}: the never-negative moment at "
+                        f"{jax.tree_util.keystr(path) or '(the root)'} of the state is "
+                        f"{leaf.dtype}, but gradx stores it in {want} unless a dtype is given "
+                        "(in float16 small squares round to 0); the state was saved by an "
+                        f"earlier gradx or cast by hand: {CAST_TO_INIT}, or pass the dtype it "
+                        "was made with"
                     )
         if self.policy.kind in ("follow", "float"):
             return moment  # nothing to trace

@@ -106,7 +106,8 @@ def _signed(signature: tuple | None) -> type[FlatState]:
         if cls is None:
             # a name of its own, so that errors about two treedefs tell the classes apart
             digest = hashlib.sha256(repr(signature).encode()).hexdigest()[:8]
-            name = f"FlatState[{len(signature)} leaves, {digest}]"
+            count = f"{len(signature)} leaf" + ("" if len(signature) == 1 else "s")
+            name = f"FlatState[{count}, {digest}]"
             namespace = {
                 "__slots__": (),
                 "__module__": __name__,

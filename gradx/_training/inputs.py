@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from gradx._protocol import rules as _rules
+from gradx._protocol.storage import CAST_TO_INIT
 from gradx._protocol.trees import TreeMismatchError
 from gradx._tools.flat import sign_like
 
@@ -126,17 +127,36 @@ def check_opt_state(fn: str, optimizer: Any, params: Any, opt_state: Any) -> Any
     if diff is None:
         return opt_state
     signed = sign_like(opt_state, want)
-    if signed is not None and mismatch(signed, want) is None:
-        return signed
+    if signed is not None:  # an unsigned flat state: what differs beyond its class
+        diff = mismatch(signed, want)
+        if diff is None:
+            return signed
+        opt_state = signed
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(opt_state)):  # 5, "adam"
         got = f"got {type(opt_state).__name__} {opt_state!r}"
     else:
-        got = f"first difference (given vs init's): {diff}"
+        got = f"first difference (given vs init's): {diff}{_earlier_gradx(opt_state, want)}"
     raise TreeMismatchError(
         f"{fn}: opt_state does not have the structure, shapes and dtypes of "
         "optimizer.init(params), which it must have: a state of this optimizer for these "
         f"params (e.g. an earlier fit's result.opt_state); {got}"
     )
+
+
+def _earlier_gradx(given: Any, want: Any) -> str:
+    """A note for a state of init's structure with a float16 leaf where init has float32: a
+    never-negative moment of float16 params, as gradx stored it before it kept them in
+    float32 (and how to bring the state to today's dtypes); else ''."""
+    if jax.tree.structure(given) != jax.tree.structure(want):
+        return ""
+    for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(want), strict=True):
+        same_shape = np.shape(a) == np.shape(b)
+        if same_shape and (jnp.result_type(a), jnp.result_type(b)) == (jnp.float16, jnp.float32):
+            return (
+                " (an earlier gradx stored the never-negative moments of float16 params in "
+                f"float16, where they round to 0: {CAST_TO_INIT})"
+            )
+    return ""
 
 
 def steps_and_dropped(fn: str, n: int, batch_size: int | None) -> tuple[int, int]:
