@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._protocol.dtypes import hyperparam_dtype
+from gradx._protocol.dtypes import at_least_float32
 from gradx._protocol.rules import check_flag, is_number
 
 __all__ = ["binary_cross_entropy", "categorical_cross_entropy", "mae", "mse"]
@@ -168,12 +168,6 @@ def mae(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax
 # ----------------------------------------------------------------------------- binary
 
 
-def _wide(x: jax.Array) -> jax.Array:
-    """``x`` in at least float32, where the gradients below are computed (then cast back):
-    in float16 the 1e-12 floor would round to 0 and make 0/0 = NaN at p = 0 or 1."""
-    return x.astype(hyperparam_dtype(x))
-
-
 @jax.custom_jvp
 def _bce_probabilities(p: jax.Array, y: jax.Array) -> jax.Array:
     """Elementwise −[y·max(log p, −100) + (1−y)·max(log(1−p), −100)]."""
@@ -187,12 +181,14 @@ def _bce_probabilities_jvp(primals, tangents):
     p, y = primals
     dp, dy = tangents
     out = _bce_probabilities(p, y)
-    p, y = _wide(p), _wide(y)
+    # computed in float32 at least, then cast back: in float16 the 1e-12 floor below would
+    # round to 0 and make 0/0 = NaN at p = 0 or 1
+    p, y = at_least_float32(p), at_least_float32(y)
     # torch's backward: the unclamped derivative with its denominator floored at 1e-12.
     d_p = (p - y) / jnp.maximum(p * (1 - p), GRAD_EPS)
     # ∂/∂y of the clamped loss: finite at p = 0 or 1 (torch gives ±inf there).
     d_y = jnp.maximum(jnp.log1p(-p), LOG_FLOOR) - jnp.maximum(jnp.log(p), LOG_FLOOR)
-    return out, (d_p * _wide(dp) + d_y * _wide(dy)).astype(out.dtype)
+    return out, (d_p * at_least_float32(dp) + d_y * at_least_float32(dy)).astype(out.dtype)
 
 
 def binary_cross_entropy(
@@ -258,7 +254,8 @@ def _clamped_log(p: jax.Array) -> jax.Array:
 @_clamped_log.defjvp
 def _clamped_log_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
-    return _clamped_log(p), (_wide(dp) / jnp.maximum(_wide(p), GRAD_EPS)).astype(dp.dtype)
+    wide = at_least_float32(dp) / jnp.maximum(at_least_float32(p), GRAD_EPS)  # float32: see above
+    return _clamped_log(p), wide.astype(dp.dtype)
 
 
 def categorical_cross_entropy(

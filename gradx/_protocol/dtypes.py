@@ -37,6 +37,16 @@ def hyperparam_dtype(params: Any) -> jnp.dtype:
     return dtype
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """``x`` in float32 at least: a narrower float, an integer or a bool becomes float32;
+    float32, float64 and complex arrays stay as they are. Where a number is computed or summed
+    wider than it is stored (a half-precision loss gradient, averages of bool metrics, fit's
+    moving average of bfloat16 params)."""
+    if jnp.issubdtype(x.dtype, jnp.inexact) and jnp.finfo(x.dtype).bits >= 32:
+        return x
+    return x.astype(jnp.float32)
+
+
 def _wider(a: jnp.dtype, b: jnp.dtype) -> jnp.dtype:
     """``a`` at the wider precision of ``a`` and ``b``, keeping ``a``'s kind (real or complex).
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradx._protocol.dtypes import hyperparam_dtype
+from gradx._protocol.dtypes import at_least_float32, hyperparam_dtype
 from gradx._tools.schedule_free_eval import evaluation_point, find_schedule_free
 from gradx._training import mesh as _mesh
 from gradx._training.inputs import fresh_copy
@@ -84,18 +84,13 @@ def check_eval_on(fn: str, eval_on: Any, ema: float | None, eval_fn: Any) -> boo
     return eval_on == "ema"
 
 
-def _widened(p: Any) -> Any:
-    """A param as the average keeps it: in float32 at least (float64, complex64 as they are)."""
-    return p if jnp.finfo(p.dtype).bits >= 32 else p.astype(jnp.float32)
-
-
 def start(ema: float | None, params: Any) -> Average | None:
     """The average before the first step (the params, in float32 at least: copy them before
     donating, as a leaf of float32 or wider is the param itself), or None."""
     if ema is None:
         return None
     decay = jnp.asarray(ema, hyperparam_dtype(params))
-    wide = jax.tree.map(_widened, params)
+    wide = jax.tree.map(at_least_float32, params)
     return Average(count=jnp.zeros((), jnp.int32), decay=decay, params=wide)
 
 

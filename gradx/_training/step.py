@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradx._protocol.dtypes import at_least_float32
 from gradx._training import accumulate as _accumulate
 from gradx._training import averaging as _averaging
 
@@ -40,18 +41,11 @@ def _describe(out: Any) -> str:
     return f"a {type(out).__name__}"
 
 
-def _wide(x: jax.Array) -> jax.Array:
-    """A scalar as float32 at least (a float64 stays one): sums and means of bools and
-    integers are then those of numbers, not an OR or a wrapped count."""
-    if jnp.issubdtype(x.dtype, jnp.inexact) and jnp.finfo(x.dtype).bits >= 32:
-        return x
-    return x.astype(jnp.float32)
-
-
 def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
     """``loss_fn`` with its output checked at trace time, before any JAX error can occur; the
-    loss and each aux value are returned as float32 at least (:func:`_wide`), so that they are
-    averaged over the steps (and an accumulated window) as numbers."""
+    loss and each aux value are returned as float32 at least, so that they are averaged over
+    the steps (and an accumulated window) as numbers (a bool summed as an OR, an int8
+    wrapped)."""
 
     def loss(params, batch):
         out = loss_fn(params, batch)
@@ -63,7 +57,7 @@ def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
                         "pass has_aux=True" if fn == "fit" else "return the loss alone"
                     )
                 raise ValueError(f"{fn}: loss_fn must return a scalar, got {_describe(out)}{hint}")
-            return _wide(out), {}
+            return at_least_float32(out), {}
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(
                 f"{fn}: loss_fn must return (loss, aux) with has_aux=True, got {_describe(out)}"
@@ -85,7 +79,7 @@ def checked_loss(fn: str, loss_fn: Any, has_aux: bool):
                     f"{fn}: loss_fn's aux must be a dict of scalars, got {_describe(v)} "
                     f"for {name!r}"
                 )
-        return _wide(value), {name: _wide(v) for name, v in aux.items()}
+        return at_least_float32(value), {name: at_least_float32(v) for name, v in aux.items()}
 
     return loss
 
