@@ -126,7 +126,8 @@ def _arrays_difference(there: list, now: list, widened: tuple[str, ...] = ()) ->
     if a[:2] == b[:2] and a[2] in widened and b[2] == "float32":
         diff += (
             f" (an earlier gradx stored this array in {a[2]}; it now keeps it in float32: "
-            "finish this run with the gradx version that wrote the checkpoint)"
+            "finish this run with the gradx version that wrote the checkpoint, or, for an "
+            f"optimizer state, resume it with that dtype given, e.g. nu_dtype=jnp.{a[2]})"
         )
     return diff
 

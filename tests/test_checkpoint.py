@@ -827,8 +827,8 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
     tmp_path, monkeypatch
 ):
     # gradx stored the second moments of float16 params in float16 before it kept them in
-    # float32: such a checkpoint cannot resume, and the error says why, not only "the same
-    # code" (which the user did run)
+    # float32: such a checkpoint does not resume as it is, and the error says why, not only
+    # "the same code" (which the user did run); with nu_dtype=float16 it resumes as it was
     from gradx._protocol import dtypes, storage
     from gradx._protocol.storage import decode_moments
 
@@ -841,11 +841,12 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
 
     half = jax.tree.map(lambda p: p.astype(jnp.float16), P0)
     data = jax.tree.map(lambda x: x.astype(jnp.float16), DATA)
-    def fit(params=half, **kwargs):
+    def fit(params=half, opt=None, directory=tmp_path, **kwargs):
         return gradx.fit(
-            loss_fn, params, gradx.adam(0.05), data, batch_size=4, key=jax.random.key(0),
-            checkpoint_dir=tmp_path, progress=False, **kwargs,
+            loss_fn, params, opt or gradx.adam(0.05), data, batch_size=4,
+            key=jax.random.key(0), checkpoint_dir=directory, progress=False, **kwargs,
         )  # fmt: skip
+
     def unchecked(self, moment):  # nor did it refuse a float16 one at update
         return moment if self.policy.kind in ("follow", "float") else decode_moments(moment)
 
@@ -853,13 +854,17 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
         patch.setattr(dtypes, "moment_dtype", older)
         patch.setattr(storage.MomentCodec, "decode", unchecked)
         fit(epochs=1)
+        whole = fit(epochs=2, directory=None)  # that gradx, without an interruption
     with pytest.raises(
         ValueError,
         match=r"First difference \(checkpoint vs now\): \[\".*nu\['b'\]\", \[\], 'float16'\] "
         r"vs .*'float32'\] \(an earlier gradx stored this array in float16; it now keeps it "
-        r"in float32: finish this run with the gradx version that wrote",
+        r"in float32: finish this run with the gradx version that wrote the checkpoint, or, "
+        r"for an optimizer state, resume it with that dtype given, e\.g\. nu_dtype=jnp\.float16",
     ):
         fit(epochs=2, resume=True)
+    resumed = fit(opt=gradx.adam(0.05, nu_dtype=jnp.float16), epochs=2, resume=True)
+    assert_same_run(resumed, whole)
     # params of another dtype are the user's change, not gradx's: no such note
     wide = jax.tree.map(lambda p: p.astype(jnp.float32), half)
     with pytest.raises(ValueError, match=r"must match the structure, shapes and dtypes") as e:

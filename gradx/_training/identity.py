@@ -242,10 +242,25 @@ def identity(params: Any, opt_state: Any, callbacks: Any, run: dict[str, Any]) -
     }
 
 
+# Optimizer arguments that only set the dtype a state is stored in. The state's arrays
+# (shapes and dtypes, compared before the identity) tell two runs apart by them, and a dtype
+# given equal to what None gave is the same run: nu_dtype=float16 resumes a float16 run of a
+# gradx that stored v in the params' dtype.
+_STORAGE_DTYPES = ("mu_dtype", "nu_dtype", "accumulator_dtype", "dtype_momentum", "state_dtype")
+
+
+def _compared(name: str, value: Any) -> Any:
+    if name != "optimizer arguments" or not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if k.rsplit(".", 1)[-1] not in _STORAGE_DTYPES}
+
+
 def first_difference(there: dict, now: dict) -> str | None:
-    """The first field of two identities that differs, in words, or None."""
+    """The first field of two identities that differs, in words, or None. Storage dtype
+    arguments of the optimizer are left to the comparison of the state's arrays."""
     for name in [*there, *(k for k in now if k not in there and k not in NEWER_FIELDS)]:
-        a, b = there.get(name, "absent"), now.get(name, "absent")
+        a = _compared(name, there.get(name, "absent"))
+        b = _compared(name, now.get(name, "absent"))
         if canon(a) == canon(b):
             continue
         if name.startswith("initial"):
