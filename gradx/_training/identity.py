@@ -110,8 +110,9 @@ NEWER_FIELDS = ("optimizer arguments",)
 def optimizer_arguments(optimizer: Any) -> dict[str, Any]:
     """What ``optimizer`` was built from, flat: a path (``optimizer.nesterov``,
     ``optimizer.inner.state_dtype``, ``optimizer.update.update_fns[0].tx.update.max_norm``) to
-    a JSON value, so that a resume with other flags (Nesterov or not, a mask, a state dtype, a
-    clipping threshold) is told apart from the same run.
+    a JSON value, so that a resume with other flags (Nesterov or not, a mask, a clipping
+    threshold) is told apart from the same run (a storage dtype by the state's arrays: see
+    :func:`first_difference`).
 
     An optimizer built by an ``@gradx.optimizer`` constructor is described by the arguments it
     was called with (an inner optimizer, as lookahead's, in turn); any other transformation
