@@ -49,13 +49,13 @@ from gradx._training import loop as _loop
 from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
 from gradx._training.inputs import (
+    check_eval,
     check_flag,
     check_function,
     check_int,
     check_key,
     check_opt_state,
     check_optimizer,
-    numeric_arrays,
     prepare_data,
     steps_and_dropped,
 )
@@ -295,9 +295,7 @@ def fit(
     """
     check_function("fit", "loss_fn", loss_fn)
     check_optimizer("fit", optimizer)
-    if eval_fn is not None:
-        check_function("fit", "eval_fn", eval_fn)
-        eval_data = None if eval_data is None else numeric_arrays("fit", "eval_data", eval_data)
+    eval_data = check_eval("fit", eval_fn, eval_data, None)
     opt_state = check_opt_state("fit", optimizer, params, opt_state)
     if _stream.is_stream(data) and diagnostics:
         raise ValueError(
@@ -340,7 +338,7 @@ def fit(
     steps, dropped = _accumulate.window_counts("fit", steps, dropped, batch_size, accumulate)
     key = check_key("fit", key, batch_size)
     if eval_fn is not None:
-        eval_data = data if eval_data is None else eval_data  # arrays: numeric_arrays above
+        eval_data = data if eval_data is None else eval_data  # arrays: check_eval above
     diagnostics = check_flag("fit", "diagnostics", diagnostics)
     arguments = _identity.optimizer_arguments(optimizer) if checkpoint_dir is not None else None
     packing, optimizer, opt_state = start_optimizer(

@@ -27,6 +27,15 @@ def check_function(fn: str, name: str, value: Any) -> None:
         raise TypeError(f"{fn}: {name} must be callable, got {type(value).__name__} {value!r}")
 
 
+def check_eval(fn: str, eval_fn: Any, eval_data: Any, default: Any) -> Any:
+    """``eval_data`` as arrays (``default`` where None is given), ``eval_fn`` checked to be
+    callable; ``eval_data`` as it is without an ``eval_fn``."""
+    if eval_fn is None:
+        return eval_data
+    check_function(fn, "eval_fn", eval_fn)
+    return default if eval_data is None else numeric_arrays(fn, "eval_data", eval_data)
+
+
 def check_optimizer(fn: str, optimizer: Any) -> None:
     """Raises a TypeError naming the fix unless ``optimizer`` has ``init`` and ``update``."""
     if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):

@@ -30,12 +30,12 @@ from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
 from gradx._training.fit import progress_bar
 from gradx._training.inputs import (
+    check_eval,
     check_function,
     check_int,
     check_key,
     check_opt_state,
     check_optimizer,
-    numeric_arrays,
     prepare_data,
 )
 from gradx._training.inputs import steps_and_dropped as _batches
@@ -218,9 +218,7 @@ def search(
     _stream.refuse(fn, data)
     data, n = prepare_data(fn, "data", data)
     steps, dropped = _batches(fn, n, batch_size)
-    if eval_fn is not None:
-        check_function(fn, "eval_fn", eval_fn)
-        eval_data = data if eval_data is None else numeric_arrays(fn, "eval_data", eval_data)
+    eval_data = check_eval(fn, eval_fn, eval_data, data)
     if not isinstance(space, Mapping) or not space:
         raise ValueError(
             f"{fn}: space must be a non-empty dict of hyperparameter name -> distribution "

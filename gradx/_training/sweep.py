@@ -17,6 +17,7 @@ from gradx._training import mesh as _mesh
 from gradx._training import stream as _stream
 from gradx._training.fit import progress_bar, progress_postfix
 from gradx._training.inputs import (
+    check_eval,
     check_flag,
     check_function,
     check_int,
@@ -24,7 +25,6 @@ from gradx._training.inputs import (
     check_opt_state,
     check_optimizer,
     fresh_copy,
-    numeric_arrays,
     prepare_data,
     rule_error,
     steps_and_dropped,
@@ -158,9 +158,7 @@ def sweep(
     epochs = check_int(fn, "epochs", epochs, 1)
     steps, dropped = steps_and_dropped(fn, n, batch_size)
     key = check_key(fn, key, batch_size)
-    if eval_fn is not None:
-        check_function(fn, "eval_fn", eval_fn)
-        eval_data = data if eval_data is None else numeric_arrays(fn, "eval_data", eval_data)
+    eval_data = check_eval(fn, eval_fn, eval_data, data)
     diagnostics = check_flag(fn, "diagnostics", diagnostics)
     opt_state = check_opt_state(fn, optimizer, params, opt_state)
     packing, optimizer, state0 = start_optimizer(
