@@ -32,6 +32,18 @@ class RpropState(NamedTuple):
     step_size: Any  # like params (shape and dtype): α_i used by the last update
 
 
+def refuse_complex(fn: str, params: Any) -> None:
+    """Rprop's refusal of complex params (``fn`` names the caller): sign(g)·sign(g_prev) > 0
+    means nothing for a complex g."""
+    for leaf in jax.tree.leaves(params):
+        if jnp.iscomplexobj(leaf):
+            raise TypeError(
+                f"{fn}: params must be real, got a {jnp.result_type(leaf)} leaf; Rprop compares "
+                "gradient signs, which complex numbers lack: optimize the real and imaginary "
+                "parts as separate real params"
+            )
+
+
 def scale_by_rprop(
     learning_rate: jax.typing.ArrayLike,
     *,
@@ -80,13 +92,7 @@ def scale_by_rprop(
     )
 
     def init(params: Any) -> RpropState:
-        for leaf in jax.tree.leaves(params):
-            if jnp.iscomplexobj(leaf):  # sign(g)·sign(g_prev) > 0 means nothing for complex g
-                raise TypeError(
-                    f"scale_by_rprop: params must be real, got a {jnp.result_type(leaf)} leaf; "
-                    "Rprop compares gradient signs, which complex numbers lack: optimize the "
-                    "real and imaginary parts as separate real params"
-                )
+        refuse_complex("scale_by_rprop", params)
         return RpropState(
             count=jnp.zeros([], jnp.int32),
             step_size=jax.tree.map(jnp.zeros_like, params),

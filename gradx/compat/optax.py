@@ -44,6 +44,7 @@ from gradx._optimizers import adam as gradx_adam
 from gradx._optimizers import adaptive as _adaptive
 from gradx._optimizers import momentum as _momentum
 from gradx._optimizers.lookahead import lookahead as _gradx_lookahead
+from gradx._optimizers.sign import refuse_complex
 from gradx._protocol.declare import optimizer
 from gradx._protocol.gain import closure_value, gain_rule, walk_gain
 from gradx._protocol.storage import state_dtype_args
@@ -352,13 +353,7 @@ def scale_by_rprop(
     """
 
     def init(params: Any) -> ScaleByRpropState:
-        for leaf in jax.tree.leaves(params):
-            if jnp.iscomplexobj(leaf):  # gradx.scale_by_rprop's refusal, named after optax's
-                raise TypeError(
-                    f"rprop: params must be real, got a {jnp.result_type(leaf)} leaf; Rprop "
-                    "compares gradient signs, which complex numbers lack: optimize the real and "
-                    "imaginary parts as separate real params"
-                )
+        refuse_complex("rprop", params)  # gradx.scale_by_rprop's refusal, named after optax's
         zeros = jax.tree.map(jnp.zeros_like, params)
         return ScaleByRpropState(
             count=jnp.zeros([], jnp.int32), prev_updates=zeros, step_sizes=zeros
