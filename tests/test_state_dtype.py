@@ -652,18 +652,18 @@ import hashlib, resource, jax, jax.numpy as jnp, numpy as np, gradx
 opt = gradx.amsgrad(1e-3, state_dtype="int8")  # its running maximum: quantised by absmax
 params = jnp.full(1 << 23, 0.5, jnp.float32)  # 32 MiB: its new float32 maximum is a fresh mmap
 grads = jnp.asarray(np.random.default_rng(0).normal(size=params.shape), jnp.float32)
-def step(params, state):
+def step(params, state, grads):  # grads an argument: a closed-over one is folded at compile
     updates, state = opt.update(grads, state, params)
     return params + updates, state
 step = jax.jit(step, donate_argnums=(0, 1))
 state = opt.init(params)
 for _ in range(3):  # compile and warm up
-    params, state = step(params, state)
+    params, state = step(params, state, grads)
 jax.block_until_ready(params)
 faults = []  # per step: an untrimmed heap may still grow in some steps, then faults none
 for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    params, state = step(params, state)
+    params, state = step(params, state, grads)
     jax.block_until_ready(params)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 faults = min(faults)
