@@ -710,3 +710,69 @@ def test_the_malloc_settings_the_guide_gives_change_page_faults_not_numbers():
     thp = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[never]" not in thp.read_text():  # else glibc gets no huge pages
         assert results["huge pages"][1] < results["defaults"][1] / 4, results
+
+
+# every block that passes its update's form (affine=) to an int8 codec: the limits it gets
+# from it must hold every element of the new moment, or the element is clipped (silently)
+LIMITED = {
+    "adam": lambda: gradx.adam(0.1, state_dtype="int8"),
+    "adamw": lambda: gradx.adamw(0.1, state_dtype="int8"),
+    "nadam": lambda: gradx.nadam(0.1, state_dtype="int8"),
+    "radam": lambda: gradx.radam(0.1, state_dtype="int8"),
+    "amsgrad": lambda: gradx.amsgrad(0.1, state_dtype="int8"),
+    "adamax": lambda: gradx.adamax(0.1, state_dtype="int8"),
+    "rmsprop(centered, momentum)": lambda: gradx.rmsprop(
+        0.1, centered=True, momentum=0.9, state_dtype="int8"
+    ),
+    "adagrad": lambda: gradx.adagrad(0.1, state_dtype="int8"),
+    "adadelta": lambda: gradx.adadelta(1.0, state_dtype="int8"),
+    "lion": lambda: gradx.lion(0.1, state_dtype="int8"),
+    "adopt": lambda: gradx.adopt(0.1, state_dtype="int8"),
+    "sgd(nesterov)": lambda: gradx.sgd(0.1, 0.9, nesterov=True, state_dtype="int8"),
+    "torch.SGD(dampening)": lambda: gradx.compat.torch.SGD(0.1, 0.9, 0.3, state_dtype="int8"),
+    "torch.Adam(amsgrad)": lambda: gradx.compat.torch.Adam(amsgrad=True, state_dtype="int8"),
+    "torch.NAdam": lambda: gradx.compat.torch.NAdam(state_dtype="int8"),
+    "torch.RMSprop(centered)": lambda: gradx.compat.torch.RMSprop(
+        centered=True, momentum=0.5, state_dtype="int8"
+    ),
+    "torch.Adagrad": lambda: gradx.compat.torch.Adagrad(
+        initial_accumulator_value=0.1, state_dtype="int8"
+    ),
+    "torch.Adadelta": lambda: gradx.compat.torch.Adadelta(state_dtype="int8"),
+    "torch.Muon": lambda: gradx.compat.torch.Muon(state_dtype="int8"),
+    "keras.RMSprop(centered)": lambda: gradx.compat.keras.RMSprop(
+        centered=True, momentum=0.5, state_dtype="int8"
+    ),
+    "keras.Nadam": lambda: gradx.compat.keras.Nadam(state_dtype="int8"),
+    "keras.Lion": lambda: gradx.compat.keras.Lion(state_dtype="int8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIMITED))
+def test_int8_limits_from_an_update_form_hold_every_element(name, monkeypatch):
+    from gradx._protocol import storage
+    from gradx._protocol.quantized import BLOCK
+
+    checked = []
+
+    def checking(x, signed, limits=None):
+        if limits is not None:  # eager: concrete arrays
+            top = np.abs(np.asarray(x, np.float32)).reshape(-1, BLOCK).max(axis=1)
+            allowed = np.asarray(limits).reshape(-1) * (1 + 1e-6) + 1e-30
+            np.testing.assert_array_less(top, allowed)
+            checked.append(top.size)
+        return quantize(x, signed, limits)
+
+    monkeypatch.setattr(storage, "quantize", checking)
+    rng = np.random.default_rng(7)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)}
+    opt = LIMITED[name]()
+    state = opt.init(params)
+    scale = np.logspace(-6, 0, 1024).reshape(4, 256)
+    for step in range(5):  # signs and magnitudes that move: one step a spike, one all zero
+        g = rng.normal(size=(4, 256)) * scale * (100.0 if step == 2 else 1.0)
+        g = np.zeros_like(g) if step == 3 else g
+        updates, state = opt.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+    assert checked, f"{name}: no block passed its update's form"
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
