@@ -1,9 +1,9 @@
 """``state_dtype=`` and ``stochastic_rounding=``: how optimizer states store their moments.
 
 Checked against independent references: a NumPy Adam with float32 moments on bfloat16 params,
-the expectation of stochastic rounding, a NumPy transcription of the int8 maps (written from
-their definition as grids of 2ᵉ·(1 + f/8), not from the bits gradx computes them with), the
-blockwise quantiser and the limits of an EMA, and float32 Adam on a small problem; then the machinery every state
+the expectation of stochastic rounding, a NumPy transcription of bitsandbytes' dynamic map
+(the unsigned one without its 0, Li et al. 2023) and blockwise quantiser, and float32 Adam on
+a small problem; then the machinery every state
 must keep working with (hyperparameters, vmap, pickle, orbax, effective learning rate, fit).
 """
 
@@ -26,11 +26,11 @@ import gradx
 import gradx.compat.keras
 import gradx.compat.optax
 import gradx.compat.torch
-from gradx._protocol.quantized import decode, map_values, quantize, quantized_full
+from gradx._protocol.quantized import MAPS, quantize, quantized_full
 from gradx._protocol.storage import round_stochastically
 
 BF16 = jnp.bfloat16
-STORED = (gradx.RoundedMoment, gradx.SignedFloat8Moment, gradx.UnsignedFloat8Moment)
+STORED = (gradx.RoundedMoment, gradx.SignedInt8Moment, gradx.UnsignedInt8Moment)
 
 
 def _stored_kinds(state):
@@ -141,9 +141,8 @@ def test_stochastic_rounding_is_unbiased_reproducible_and_keeps_small_increments
 
 def test_rounded_and_int8_steps_keep_no_copy_of_an_old_moment():
     """Donated as in a training step: a stochastically rounded moment is read as stored, so
-    the step copies no old moment and needs no temporary of a moment's size. int8 Adam limits
-    its blocks from the gradient, so it needs no float32 temporary of the new moments either;
-    XLA copies its old codes (1 byte a param each) before writing the new ones in place."""
+    the step copies no old moment and needs no temporary of a moment's size; int8 copies no
+    old codes (its temporaries are the new float32 moments, benchmarks/README.md)."""
     params = jnp.zeros(4096, jnp.float32)
     rules = {
         "bfloat16_sr": gradx.adam(1e-3, state_dtype="bfloat16", stochastic_rounding=True),
@@ -158,112 +157,81 @@ def test_rounded_and_int8_steps_keep_no_copy_of_an_old_moment():
 
         lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt.init(params), params)
         compiled = lowered.compile()
-        big_copies = re.findall(r"(\w+)\[4096\]\{0\} copy\(", compiled.as_text())
-        temporaries = compiled.memory_analysis().temp_size_in_bytes
-        if name == "int8":
-            assert set(big_copies) <= {"s8"}, big_copies
-            assert temporaries <= 2 * 4096 + 1024, temporaries
-        else:
-            assert not big_copies, (name, big_copies)
-            assert temporaries < 1024, name
+        big_copies = re.findall(r"\[4096\]\{0\} copy\(", compiled.as_text())
+        assert not big_copies, (name, big_copies)
+        if name != "int8":
+            assert compiled.memory_analysis().temp_size_in_bytes < 1024, name
 
 
 # ------------------------------------------------------------ int8
 
 
-def _numpy_map(signed):
-    """The int8 maps by their definition: signed, 0 and 2ᵉ·(1 + f/8) for e = −16…−1 (f ≥ 2
-    at e = −16) and 1, in code order; unsigned, 2ᵉ·(1 + f/8) for e = −32…−1 (f ≥ 1 at
-    e = −32) and 1, code + 128 order."""
-    low, first = (-16, 2) if signed else (-32, 1)
-    grid = [2.0**e * (1 + f / 8) for e in range(low, 0) for f in range(8)]
-    values = [0.0] * signed + grid[first:] + [1.0]
-    return np.array(values, np.float32)
+def _numpy_dynamic_map(signed):
+    """bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), in float32."""
+    data = []
+    for i in range(7):
+        n = 2**i + 1 if signed else 2 ** (i + 1) + 1
+        b = np.linspace(0.1, 1, n, dtype=np.float32)
+        means = (b[:-1] + b[1:]) / np.float32(2)
+        data += list(np.float32(10.0 ** (i - 6)) * means)
+        if signed:
+            data += list(-np.float32(10.0 ** (i - 6)) * means)
+    return np.sort(np.array([*data, 0.0, 1.0], np.float32))
 
 
-def _numpy_codes(y, signed):
-    """The code of each |y| ≤ 1 (a float32 array): the nearest map value, a tie going to
-    the larger; a signed |y| below 1.1875·2⁻¹⁶ (halfway to the smallest nonzero value from
-    the grid point below it) is 0."""
-    values = _numpy_map(signed)
-    magnitude = np.minimum(np.abs(y), np.float32(1))
-    grid = values[1:] if signed else values
-    midpoints = (grid[:-1].astype(np.float64) + grid[1:]) / 2
-    index = np.searchsorted(midpoints, magnitude, side="right")
+def _numpy_stored_map(signed):
+    """The map gradx stores with: bitsandbytes' signed map; the unsigned one with its 0
+    replaced by half its smallest positive value (zero excluded: Li et al. 2023's DE-0)."""
+    code = _numpy_dynamic_map(signed)
     if not signed:
-        return (index - 128).astype(np.int8)
-    index = np.where(magnitude < 1.1875 * 2.0**-16, 0, index + 1)
-    return np.where(y < 0, -index, index).astype(np.int8)
+        code[0] = code[1] / np.float32(2)
+    return code
 
 
-def _numpy_decode(codes, signed):
-    values = _numpy_map(signed)
-    codes = np.asarray(codes, np.int64)
-    if signed:
-        return np.sign(codes) * values[np.abs(codes)]
-    return values[codes + 128]
-
-
-def _numpy_quantise(x, signed, limits=None, block=256):
-    """Blockwise over the flattened leaf (last block zero-padded): each block's absmax (or
-    the ``limits`` given) and its codes; the decoded values."""
+def _numpy_quantise(x, signed, block=256):
+    """Blockwise absmax over the flattened leaf (last block zero-padded), nearest map value."""
+    code = _numpy_stored_map(signed)
     flat = np.asarray(x, np.float32).reshape(-1)
     padded = np.concatenate([flat, np.zeros(-flat.size % block, np.float32)]).reshape(-1, block)
-    if limits is None:
-        limits = np.abs(padded).max(axis=1)
-    limits = np.asarray(limits, np.float32).reshape(-1)
-    # times the reciprocal of the limit, as the encode computes it
-    normed = padded * (np.float32(1) / np.where(limits > 0, limits, np.float32(1)))[:, None]
-    codes = _numpy_codes(normed, signed)
-    decoded = (_numpy_decode(codes, signed) * limits[:, None]).astype(np.float32)
-    cut = lambda a: a.reshape(-1)[: flat.size].reshape(np.shape(x))
-    return cut(codes), limits, cut(decoded)
+    absmax = np.abs(padded).max(axis=1)
+    # times the reciprocal of the absmax, as bitsandbytes' kQuantizeBlockwise computes it
+    normed = padded * (np.float32(1) / np.where(absmax > 0, absmax, np.float32(1)))[:, None]
+    index = np.abs(normed[..., None] - code).argmin(axis=-1)  # ties: the lower value
+    decoded = (code[index] * absmax[:, None]).reshape(-1)[: flat.size].reshape(np.shape(x))
+    return index.reshape(-1)[: flat.size].reshape(np.shape(x)), absmax, decoded, code
 
 
-def test_int8_round_trip_is_the_numpy_quantiser_within_a_sixteenth():
+def test_int8_round_trip_is_the_numpy_quantiser_within_the_maps_resolution():
     rng = np.random.default_rng(2)
     cases = [  # a last axis of whole blocks, a padded 1-D leaf, a padded 2-D leaf
         (rng.normal(size=(3, 512)) * np.logspace(-6, 0, 512), True),
-        (rng.exponential(size=1000) * np.logspace(-12, 1, 1000), False),
+        (rng.exponential(size=1000) * np.logspace(-7, 1, 1000), False),
         (rng.normal(size=(5, 300)) ** 2, False),
     ]
     for x, signed in cases:
         x = x.astype(np.float32)
         q = jax.jit(quantize, static_argnums=1)(jnp.asarray(x), signed)
-        assert isinstance(q, gradx.SignedFloat8Moment if signed else gradx.UnsignedFloat8Moment)
-        codes, absmax, decoded = _numpy_quantise(x, signed)
-        np.testing.assert_array_equal(np.asarray(q.codes), codes)
-        np.testing.assert_array_equal(np.asarray(q.limits).reshape(-1), absmax)
+        assert isinstance(q, gradx.SignedInt8Moment if signed else gradx.UnsignedInt8Moment)
+        index, absmax, decoded, code = _numpy_quantise(x, signed)
+        np.testing.assert_array_equal(np.asarray(q.codes, np.int32) + 128, index)
+        np.testing.assert_array_equal(np.asarray(q.scales).reshape(-1), absmax)
         got = np.asarray(jax.jit(gradx.decode_moments)(q))
         np.testing.assert_allclose(got, decoded, rtol=1e-6, atol=0)
-        # within 1/16 of itself, or below the map's floor (relative to the block's limit)
-        limit = np.repeat(absmax, 256)[: x.size].reshape(x.shape)
-        floor = 1.1875 * 2.0**-16 if signed else 1.125 * 2.0**-32
-        assert np.all(np.abs(got - x) <= np.maximum(np.abs(x) / 16, floor * limit) * (1 + 1e-6))
-        assert q.codes.dtype == jnp.int8 and q.limits.dtype == jnp.float32
+        # the map's resolution: the farthest any point of [-1, 1] (or [0, 1]) is from it
+        resolution = max(np.max(np.diff(code)) / 2, code[0] + 1 if signed else code[0])
+        scale = np.repeat(absmax, 256)[: x.size].reshape(x.shape)
+        assert np.all(np.abs(got - x) <= resolution * scale * (1 + 1e-5))
+        assert resolution < 0.0071
+        assert q.codes.dtype == jnp.int8 and q.scales.dtype == jnp.float32
     # init builds what quantising a constant gives, without quantising
     for fill, signed, shape in ((0.0, True, (5, 300)), (0.1, False, (5, 300)), (0.0, False, (512,))):
         full = quantized_full(jnp.zeros(shape, jnp.float32), fill, signed)
         want = quantize(jnp.full(shape, fill, jnp.float32), signed)
         for a, b in zip(full, want, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # limits follow the leaf's shape where its last axis holds whole blocks
-    assert quantize(jnp.ones((3, 512)), True).limits.shape == (3, 2)
-    assert quantize(jnp.ones((5, 300)), True).limits.shape == (6,)
-
-
-def test_int8_given_limits_are_kept_and_clip_what_exceeds_them():
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=600).astype(np.float32)
-    limits = (np.abs(np.concatenate([x, np.zeros(168, np.float32)])).reshape(3, 256).max(1))
-    limits = (limits * np.float32([3.0, 1.0, 0.5])).astype(np.float32)  # loose, exact, short
-    q = quantize(jnp.asarray(x), True, jnp.asarray(limits))
-    np.testing.assert_array_equal(np.asarray(q.limits), limits)
-    codes, _, decoded = _numpy_quantise(x, True, limits)
-    np.testing.assert_array_equal(np.asarray(q.codes), codes)
-    got = np.asarray(gradx.decode_moments(q))
-    np.testing.assert_allclose(got, decoded, rtol=1e-6, atol=0)
-    assert np.max(np.abs(got[512:])) == limits[2]  # clipped to the limit, never past it
+    # scales follow the leaf's shape where its last axis holds whole blocks
+    assert quantize(jnp.ones((3, 512)), True).scales.shape == (3, 2)
+    assert quantize(jnp.ones((5, 300)), True).scales.shape == (6,)
 
 
 def test_int8_blocks_near_float32s_largest_and_stacks_of_leaves_decode_right():
@@ -274,15 +242,15 @@ def test_int8_blocks_near_float32s_largest_and_stacks_of_leaves_decode_right():
         x = jnp.asarray(x, jnp.float32)
         big, small = quantize(x, signed), quantize(x * 2.0**-64, signed)
         np.testing.assert_array_equal(np.asarray(big.codes), np.asarray(small.codes))
-        np.testing.assert_array_equal(np.asarray(big.limits), np.asarray(small.limits) * 2.0**64)
-        error = np.abs(np.asarray(gradx.decode_moments(big)) - np.asarray(x))
-        assert np.all(error <= np.maximum(np.abs(np.asarray(x)) / 16, 2e-5 * float(big.limits.max())))
+        np.testing.assert_array_equal(np.asarray(big.scales), np.asarray(small.scales) * 2.0**64)
+        error = np.max(np.abs(np.asarray(gradx.decode_moments(big)) - np.asarray(x)))
+        assert error <= 0.0071 * float(np.max(np.abs(x)))
     # a stack of leaves (a sweep's states, jax.vmap(opt.init)) in the 1-D layout (300 is no
-    # multiple of 256): each leaf decodes with its own blocks' limits
+    # multiple of 256): each leaf decodes with its own blocks' scales
     x = jnp.asarray(rng.normal(size=(3, 4, 300)) * np.array([1e-3, 1.0, 1e3])[:, None, None])
     x = x.astype(jnp.float32)
     stacked = jax.vmap(lambda v: quantize(v, True))(x)
-    assert stacked.limits.shape == (3, 5)
+    assert stacked.scales.shape == (3, 5)
     decoded = np.asarray(gradx.decode_moments(stacked))
     for k in range(3):
         one = quantize(x[k], True)
@@ -308,17 +276,15 @@ def test_stochastic_rounding_draws_its_own_bits_per_group_and_per_part():
         assert 0.2 < float(np.mean(np.asarray(m) > 1.0)) < 0.3
 
 
-def test_int8_maps_computed_from_bits_are_their_definition_and_unsigned_has_no_zero():
-    signed, unsigned = map_values(True), map_values(False)
-    np.testing.assert_array_equal(signed, _numpy_map(True))
-    np.testing.assert_array_equal(unsigned, _numpy_map(False))
-    codes = jnp.arange(-127, 128, dtype=jnp.int32).astype(jnp.int8)
-    np.testing.assert_array_equal(decode(codes, True), _numpy_decode(np.asarray(codes), True))
-    codes = jnp.arange(-128, 128, dtype=jnp.int32).astype(jnp.int8)
-    np.testing.assert_array_equal(decode(codes, False), unsigned)
-    assert signed[0] == 0 and signed[-1] == 1 and np.all(np.diff(signed) > 0)
-    assert unsigned[0] == np.float32(1.125 * 2.0**-32) and unsigned[-1] == 1
-    assert np.all(np.diff(unsigned) > 0)
+def test_int8_maps_are_bitsandbytes_but_the_unsigned_one_has_no_zero():
+    signed, unsigned = MAPS[True], MAPS[False]
+    bnb = _numpy_dynamic_map(False)
+    np.testing.assert_allclose(signed, _numpy_dynamic_map(True), rtol=1e-6, atol=0)
+    assert signed[127] == 0 and signed[-1] == 1  # (no -1: bitsandbytes' map is asymmetric)
+    # the unsigned map: bitsandbytes' above its 0, which becomes half the next value
+    assert bnb[0] == 0 and unsigned[0] == unsigned[1] / 2 == np.float32(1.625e-7)
+    np.testing.assert_allclose(unsigned[1:], bnb[1:], rtol=1e-6, atol=0)
+    assert unsigned.shape == (256,) and np.all(np.diff(unsigned) > 0) and unsigned[-1] == 1
     # zeros in a nonzero block read back as the floor, a zero block as zeros (quantise and init)
     x = jnp.zeros(512, jnp.float32).at[0].set(2.0)
     np.testing.assert_array_equal(gradx.decode_moments(quantize(x, False))[1:256], 2 * unsigned[0])
@@ -326,74 +292,51 @@ def test_int8_maps_computed_from_bits_are_their_definition_and_unsigned_has_no_z
     np.testing.assert_array_equal(gradx.decode_moments(quantized_full(x, 0.0, False)), 0)
 
 
-def _numpy_int8_adam(grads, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """Adam (float32) on one block of 256 whose moments are stored between steps with the
-    int8 maps and the limits of an EMA (β·old limit + (1−β)·max|g| or max g²): each step's
-    update and the stored limits."""
+def _numpy_int8_adam_two_steps(g1, g2, lr, code_unsigned, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam (float32) whose moments are stored between the steps with the int8 maps: the
+    second step's update, from the decoded m and v of the first (one block of 256)."""
     f = np.float32
-    m_limit = v_limit = f(0)
-    m = v = np.zeros(256, f)
-    out = []
-    for t, g in enumerate(grads, 1):
-        m = f(b1) * m + (1 - f(b1)) * g
-        v = f(b2) * v + (1 - f(b2)) * g * g
-        top = np.abs(g).max()
-        m_limit = f(b1) * m_limit + (1 - f(b1)) * top
-        v_limit = f(b2) * v_limit + (1 - f(b2)) * (top * top)
-        m_hat, v_hat = m / (1 - f(b1) ** t), v / (1 - f(b2) ** t)
-        out.append(-f(lr) * m_hat / (np.sqrt(v_hat) + f(eps)))
-        m = _numpy_quantise(m, True, [m_limit])[2]
-        v = _numpy_quantise(v, False, [v_limit])[2]
-    return out, (m_limit, v_limit)
 
+    def store(x, code):
+        s = np.abs(x).max()
+        index = np.abs((x * (f(1) / s))[:, None] - code).argmin(axis=-1)
+        return code[index] * s
 
-def test_int8_adam_is_the_numpy_transcription_with_ema_limits():
-    rng = np.random.default_rng(6)
-    grads = [(rng.normal(size=256) * np.logspace(-5, 0, 256)).astype(np.float32) for _ in range(4)]
-    params = {"w": jnp.zeros(256, jnp.float32)}
-    opt = gradx.adam(1e-3, state_dtype="int8")
-    update, state = jax.jit(opt.update), opt.init(params)
-    want, (m_limit, v_limit) = _numpy_int8_adam(grads, 1e-3)
-    for g, w in zip(grads, want, strict=True):
-        u, state = update({"w": jnp.asarray(g)}, state, params)
-        np.testing.assert_allclose(np.asarray(u["w"]), w, rtol=1e-4, atol=0)
-    inner = state.inner_state[0]
-    m, v = inner.direction.mean["w"], inner.by.nu["w"]
-    np.testing.assert_allclose(np.asarray(m.limits), [m_limit], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(v.limits), [v_limit], rtol=1e-6)
-    # a limit: at least the absmax of what it stores (and looser than it, here)
-    assert float(m.limits[0]) >= float(np.max(np.abs(gradx.decode_moments(m))))
-    assert float(v.limits[0]) > float(np.max(gradx.decode_moments(v)))
+    m = store((1 - f(b1)) * g1, _numpy_stored_map(True))
+    v = store((1 - f(b2)) * g1 * g1, code_unsigned)
+    m = f(b1) * m + (1 - f(b1)) * g2
+    v = f(b2) * v + (1 - f(b2)) * g2 * g2
+    m_hat, v_hat = m / (1 - f(b1) ** 2), v / (1 - f(b2) ** 2)
+    return -f(lr) * m_hat / (np.sqrt(v_hat) + f(eps))
 
 
 def test_int8_second_moment_below_its_block_never_decodes_to_zero():
     """The zero-point problem (Li et al. 2023): with bitsandbytes' unsigned map, v = 1e-8 of
     its block's absmax was stored as 0 while m (10⁻⁴ of its block's) was not, and the next
-    step with a zero gradient there was lr·m̂/ε ≈ 4,700·lr. gradx's unsigned map has no 0:
-    v = 10⁻⁸ of the limit is stored within 1/16, and even 10⁻¹⁴ (below the map) is read as
-    its floor, an overestimate: a smaller step, never a larger one."""
+    step with a zero gradient there was lr·m̂/ε ≈ 4,700·lr. Without 0 in the map it is
+    bounded, a bit smaller than float32 Adam's (v overestimated: a smaller step)."""
     lr = 1e-3
-    for small in (1e-4, 1e-7):
-        g1 = np.full(256, small, np.float32)
-        g1[0] = 1
-        g2 = np.zeros(256, np.float32)
-        g2[0] = 1
-        params = {"w": jnp.zeros(256, jnp.float32)}
-        steps = {}
-        for name in ("float32", "int8"):
-            opt = gradx.adam(lr, state_dtype=name)
-            update = jax.jit(opt.update)
-            _, state = update({"w": jnp.asarray(g1)}, opt.init(params), params)
-            steps[name] = np.asarray(update({"w": jnp.asarray(g2)}, state, params)[0]["w"])
-        assert isinstance(state.inner_state[0].by.nu["w"], gradx.UnsignedFloat8Moment)
-        u32, u8 = steps["float32"], steps["int8"]
-        assert 0.5 * lr < -u32[1] < 0.7 * lr  # float32 Adam: 0.67·lr (0.59·lr: ε) there
-        assert np.all(np.abs(u8) <= 1.5 * lr), u8[:3]
-        np.testing.assert_allclose(u8[0], u32[0], rtol=1e-3)
-        want = _numpy_int8_adam([g1, g2], lr)[0][1]
-        np.testing.assert_allclose(u8, want, rtol=1e-5)
-        if small == 1e-4:  # both moments within the maps: float32's step within 1/10
-            np.testing.assert_allclose(u8, u32, rtol=0.1)
+    g1 = np.full(256, 1e-4, np.float32)
+    g1[0] = 1
+    g2 = np.zeros(256, np.float32)
+    g2[0] = 1
+    params = {"w": jnp.zeros(256, jnp.float32)}
+    steps = {}
+    for name in ("float32", "int8"):
+        opt = gradx.adam(lr, state_dtype=name)
+        update = jax.jit(opt.update)
+        _, state = update({"w": jnp.asarray(g1)}, opt.init(params), params)
+        steps[name] = np.asarray(update({"w": jnp.asarray(g2)}, state, params)[0]["w"])
+    assert isinstance(state.inner_state[0].by.nu["w"], gradx.UnsignedInt8Moment)
+    u32, u8 = steps["float32"], steps["int8"]
+    assert 0.6 * lr < -u32[1] < 0.7 * lr  # float32 Adam: about 0.67·lr there
+    assert np.all(np.abs(u8) <= 1.5 * lr) and np.all(-u8[1:] > 0.1 * lr), u8[:3]
+    np.testing.assert_allclose(u8[0], u32[0], rtol=1e-3)
+    want = _numpy_int8_adam_two_steps(g1, g2, lr, _numpy_stored_map(False))
+    np.testing.assert_allclose(u8, want, rtol=1e-5)
+    # bitsandbytes' map (0 included) in the same transcription: the exploding step
+    explode = _numpy_int8_adam_two_steps(g1, g2, lr, _numpy_dynamic_map(False))
+    assert np.all(-explode[1:] > 1000 * lr)
 
 
 def test_int8_adam_stays_close_to_float32_adam():
@@ -420,13 +363,11 @@ def test_int8_adam_stays_close_to_float32_adam():
     p32, _, l32 = run(None)
     p8, s8, l8 = run("int8")
     moved = np.max(np.abs(np.asarray(p32["w"])))
-    # each moment within 1/16: the paths part a little (11% of the largest weight here), to
-    # a loss as low (0.114 against float32's 0.124)
-    assert np.max(np.abs(np.asarray(p8["w"] - p32["w"]))) < 0.15 * moved
-    assert abs(float(l8[-1]) - float(l32[-1])) < 0.12 * float(l32[-1])
+    assert np.max(np.abs(np.asarray(p8["w"] - p32["w"]))) < 0.08 * moved
+    assert abs(float(l8[-1]) - float(l32[-1])) < 0.06 * float(l32[-1])
     assert float(l8[-1]) < 0.05 * float(l8[0])
     nu = s8.inner_state[0].by.nu
-    assert isinstance(nu["w"], gradx.UnsignedFloat8Moment) and nu["c"].dtype == jnp.float32
+    assert isinstance(nu["w"], gradx.UnsignedInt8Moment) and nu["c"].dtype == jnp.float32
 
 
 def test_state_bytes_per_parameter():
@@ -519,7 +460,7 @@ def test_every_optimizer_with_moments_stores_them_as_state_dtype_says(name):
     make, shapes = WITH_MOMENTS[name]
     params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
     for kw, kinds in (
-        (dict(state_dtype="int8"), {gradx.SignedFloat8Moment, gradx.UnsignedFloat8Moment}),
+        (dict(state_dtype="int8"), {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}),
         (dict(state_dtype="bfloat16", stochastic_rounding=True), {gradx.RoundedMoment}),
     ):
         opt = make(**kw)
@@ -583,7 +524,7 @@ def test_every_state_dtype_with_hyperparams_vmap_pickle_orbax_and_effective_lr(t
         for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(updates[name]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert _stored_kinds(states["bfloat16_sr"]) == {gradx.RoundedMoment}
-    assert _stored_kinds(states["int8"]) == {gradx.SignedFloat8Moment, gradx.UnsignedFloat8Moment}
+    assert _stored_kinds(states["int8"]) == {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}
 
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "states", states)
@@ -631,7 +572,7 @@ def test_fit_with_int8_and_stochastic_rounding_packed_and_not(tmp_path):
     for result in (plain, packed, packed_sr):
         losses = np.asarray(result.history["loss"])
         assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
-    assert _stored_kinds(plain.opt_state) == {gradx.SignedFloat8Moment, gradx.UnsignedFloat8Moment}
+    assert _stored_kinds(plain.opt_state) == {gradx.SignedInt8Moment, gradx.UnsignedInt8Moment}
     assert isinstance(packed.opt_state, gradx.FlatState)
     nu = packed_sr.opt_state.inner_state[0].by.nu  # the optimizer's own layout, not buffers
     assert isinstance(nu, gradx.RoundedMoment) and nu.values["w"].shape == (4, 300)
@@ -649,21 +590,21 @@ def test_fit_with_int8_and_stochastic_rounding_packed_and_not(tmp_path):
 
 MALLOC_PROBE = """
 import hashlib, resource, jax, jax.numpy as jnp, numpy as np, gradx
-opt = gradx.amsgrad(1e-3, state_dtype="int8")  # its running maximum: quantised by absmax
-params = jnp.full(1 << 23, 0.5, jnp.float32)  # 32 MiB: its new float32 maximum is a fresh mmap
+opt = gradx.adam(1e-3, state_dtype="int8")
+params = jnp.full(1 << 23, 0.5, jnp.float32)  # 32 MiB: its float32 moments are fresh mmaps
 grads = jnp.asarray(np.random.default_rng(0).normal(size=params.shape), jnp.float32)
-def step(params, state, grads):  # grads an argument: a closed-over one is folded at compile
+def step(params, state):
     updates, state = opt.update(grads, state, params)
     return params + updates, state
 step = jax.jit(step, donate_argnums=(0, 1))
 state = opt.init(params)
 for _ in range(3):  # compile and warm up
-    params, state = step(params, state, grads)
+    params, state = step(params, state)
 jax.block_until_ready(params)
 faults = []  # per step: an untrimmed heap may still grow in some steps, then faults none
 for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    params, state = step(params, state, grads)
+    params, state = step(params, state)
     jax.block_until_ready(params)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 faults = min(faults)
@@ -675,9 +616,8 @@ print(hashlib.sha256(b"".join(leaves)).hexdigest(), int(faults))
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings are Linux's")
 def test_the_malloc_settings_the_guide_gives_change_page_faults_not_numbers():
     """docs/guides/state-dtype.md tells Linux users to set glibc's malloc in the environment
-    against the page faults of an int8 step whose moments are quantised by their absmax
-    (AMSGrad's maximum): each setting gives the same params and state, bit for bit, and each
-    a step with far fewer page faults than any step under glibc's defaults."""
+    against the int8 step's page faults: each setting gives the same params and state, bit for
+    bit, and each a step with far fewer page faults than any step under glibc's defaults."""
     settings = {
         "defaults": {},
         "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
@@ -703,76 +643,10 @@ def test_the_malloc_settings_the_guide_gives_change_page_faults_not_numbers():
         digest, faults = out.stdout.split()
         results[name] = (digest, int(faults))
     assert len({digest for digest, _ in results.values()}) == 1, results
-    # 32 MiB of a fresh float32 moment a step is 8,192 pages of 4 KiB, 16 huge pages of 2 MiB;
-    # one untrimmed heap reuses its pages once it has grown
-    assert results["defaults"][1] > 6_000, results
+    # 64 MiB of fresh float32 moments a step is 16,384 pages of 4 KiB, 32 huge pages of 2 MiB;
+    # one untrimmed heap reuses its pages once it has grown (fewest per step: 16,4xx, ~590, 0)
+    assert results["defaults"][1] > 8_000, results
     assert results["one heap"][1] < results["defaults"][1] / 4, results
     thp = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[never]" not in thp.read_text():  # else glibc gets no huge pages
         assert results["huge pages"][1] < results["defaults"][1] / 4, results
-
-
-# every block that passes its update's form (affine=) to an int8 codec: the limits it gets
-# from it must hold every element of the new moment, or the element is clipped (silently)
-LIMITED = {
-    "adam": lambda: gradx.adam(0.1, state_dtype="int8"),
-    "adamw": lambda: gradx.adamw(0.1, state_dtype="int8"),
-    "nadam": lambda: gradx.nadam(0.1, state_dtype="int8"),
-    "radam": lambda: gradx.radam(0.1, state_dtype="int8"),
-    "amsgrad": lambda: gradx.amsgrad(0.1, state_dtype="int8"),
-    "adamax": lambda: gradx.adamax(0.1, state_dtype="int8"),
-    "rmsprop(centered, momentum)": lambda: gradx.rmsprop(
-        0.1, centered=True, momentum=0.9, state_dtype="int8"
-    ),
-    "adagrad": lambda: gradx.adagrad(0.1, state_dtype="int8"),
-    "adadelta": lambda: gradx.adadelta(1.0, state_dtype="int8"),
-    "lion": lambda: gradx.lion(0.1, state_dtype="int8"),
-    "adopt": lambda: gradx.adopt(0.1, state_dtype="int8"),
-    "sgd(nesterov)": lambda: gradx.sgd(0.1, 0.9, nesterov=True, state_dtype="int8"),
-    "torch.SGD(dampening)": lambda: gradx.compat.torch.SGD(0.1, 0.9, 0.3, state_dtype="int8"),
-    "torch.Adam(amsgrad)": lambda: gradx.compat.torch.Adam(amsgrad=True, state_dtype="int8"),
-    "torch.NAdam": lambda: gradx.compat.torch.NAdam(state_dtype="int8"),
-    "torch.RMSprop(centered)": lambda: gradx.compat.torch.RMSprop(
-        centered=True, momentum=0.5, state_dtype="int8"
-    ),
-    "torch.Adagrad": lambda: gradx.compat.torch.Adagrad(
-        initial_accumulator_value=0.1, state_dtype="int8"
-    ),
-    "torch.Adadelta": lambda: gradx.compat.torch.Adadelta(state_dtype="int8"),
-    "torch.Muon": lambda: gradx.compat.torch.Muon(state_dtype="int8"),
-    "keras.RMSprop(centered)": lambda: gradx.compat.keras.RMSprop(
-        centered=True, momentum=0.5, state_dtype="int8"
-    ),
-    "keras.Nadam": lambda: gradx.compat.keras.Nadam(state_dtype="int8"),
-    "keras.Lion": lambda: gradx.compat.keras.Lion(state_dtype="int8"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(LIMITED))
-def test_int8_limits_from_an_update_form_hold_every_element(name, monkeypatch):
-    from gradx._protocol import storage
-    from gradx._protocol.quantized import BLOCK
-
-    checked = []
-
-    def checking(x, signed, limits=None):
-        if limits is not None:  # eager: concrete arrays
-            top = np.abs(np.asarray(x, np.float32)).reshape(-1, BLOCK).max(axis=1)
-            allowed = np.asarray(limits).reshape(-1) * (1 + 1e-6) + 1e-30
-            np.testing.assert_array_less(top, allowed)
-            checked.append(top.size)
-        return quantize(x, signed, limits)
-
-    monkeypatch.setattr(storage, "quantize", checking)
-    rng = np.random.default_rng(7)
-    params = {"w": jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)}
-    opt = LIMITED[name]()
-    state = opt.init(params)
-    scale = np.logspace(-6, 0, 1024).reshape(4, 256)
-    for step in range(5):  # signs and magnitudes that move: one step a spike, one all zero
-        g = rng.normal(size=(4, 256)) * scale * (100.0 if step == 2 else 1.0)
-        g = np.zeros_like(g) if step == 3 else g
-        updates, state = opt.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
-        params = optax.apply_updates(params, updates)
-    assert checked, f"{name}: no block passed its update's form"
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -92,9 +92,7 @@ def trace(
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
         velocity = jax.tree.map(velocity_of, updates, old)
-        gain = 1 if keep is None else keep
-        affine = (mu, gain, updates, False)  # v = μ·v + keep·u
-        velocity, stored_velocity = codec.store(velocity, state.velocity, affine)
+        velocity, stored_velocity = codec.store(velocity, state.velocity)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
@@ -185,7 +183,7 @@ def ema(
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, old)
-        mean, stored_mean = codec.store(mean, state.mean, (beta, rest, updates, False))
+        mean, stored_mean = codec.store(mean, state.mean)
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)

@@ -194,12 +194,12 @@ def rms(
         nu = jax.tree.map(
             lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, old_nu
         )
-        nu, stored_nu = nu_codec.store(nu, state.nu, (rho, rest, updates, True))
+        nu, stored_nu = nu_codec.store(nu, state.nu)
         mean = ()
         if centered:
             old_mean = mean_codec.decode(state.mean)
             mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, old_mean)
-            mean, stored_mean = mean_codec.store(mean, state.mean, (rho, rest, updates, False))
+            mean, stored_mean = mean_codec.store(mean, state.mean)
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
@@ -267,7 +267,7 @@ def max_rms(
         count = optax.safe_increment(state.count)
         correction = 1 - b2 ** count_as(count, b2)
         nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, old_nu)
-        nu, stored_nu = codec.store(nu, state.nu, (b2, 1 - b2, updates, True))
+        nu, stored_nu = codec.store(nu, state.nu)
         if max_of == "v_hat":
             nu_max = jax.tree.map(
                 lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)), nu, old_max
@@ -330,7 +330,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, old)
-        total, stored_total = codec.store(total, state.sum_of_squares, (1, 1, updates, True))
+        total, stored_total = codec.store(total, state.sum_of_squares)
         out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, added)), total)
         return out, RssState(sum_of_squares=stored_total)
 

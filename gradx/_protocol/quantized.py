@@ -1,50 +1,37 @@
-"""Blockwise 8-bit moments: 8-bit floating-point codes, 256 elements per block, one limit each.
+"""Blockwise int8 moments: bitsandbytes' dynamic maps, 256 elements per block, one scale each.
 
 A moment leaf of n ≥ 256 elements is stored as int8 codes (the leaf's shape) and float32
-limits, one per block of 256 consecutive elements of the flattened leaf: a number at least the
-block's largest |x| (its absmax when the block is quantised from scratch). An element x of a
-block with limit s is stored as the code of the map value nearest to min(|x|·(1/s), 1) (with
-x's sign for a signed map), and read back as map[code]·s. First moments (any sign) use the
-*signed* map, second moments (|g|², sums of squares, infinity norms: never negative) the
-*unsigned* one.
+scales, one per block of 256 consecutive elements of the flattened leaf: the block's absmax.
+An element x of a block with absmax s is stored as the code of the map value nearest to
+x·(1/s) (bitsandbytes multiplies by the reciprocal too), and read back as map[code]·s.
+First moments (any sign) use the *signed* map, second moments (|g|², sums of squares,
+infinity norms: never negative) the *unsigned* one.
 
-The maps are floating-point numbers with 3 mantissa bits, so that a code is computed from a
-float32's bits with a shift and an add, and read back the same way (:func:`encode`,
-:func:`decode`): no table, no lookup, a few vector instructions per element. On a CPU,
-bitsandbytes' dynamic maps (a 256-entry table, searched to encode) made the int8 Adam step
-5-7× the float32 step under XLA, and 5× in a fused C kernel: their lookups do not vectorise.
+The maps are bitsandbytes' dynamic ("dynamic tree") maps, ``create_dynamic_map(signed)`` with
+7 exponent bits, which torchao's 8-bit optimizers use as well: per decade 10⁻⁷…10⁰ of the
+block's absmax, a linear grid of 2ⁱ (signed) or 2ⁱ⁺¹ (unsigned) values, plus 0 and 1. A
+second moment 10⁻³ times its block's largest is stored to within 11% (10⁻⁵: 28%), where a
+linear map would round everything below 1/510 of the absmax to 0 and, divided into ε, blow
+the step up. Any element reads back within 0.71% of its block's absmax. The nearest map
+value is found with a table over the float32's upper 16 bits and one comparison
+(:func:`nearest_index`): the same index as a binary search, cheap to compile and run.
 
-* **Signed** (first moments): a sign and 127 magnitudes, 0 and 2ᵉ·(1 + f/8) for e = −16…−1
-  (f = 2…7 at e = −16) and 1: sixteen octaves below the limit. An element below 1.19·2⁻¹⁶
-  of its limit is stored as 0 (harmless in a numerator).
-* **Unsigned** (second moments): 256 magnitudes 2ᵉ·(1 + f/8) for e = −32…−1 (f = 1…7 at
-  e = −32) and 1, the sign bit spent on sixteen more octaves. There is no 0: an element
-  below 2⁻³² of its limit reads back as 1.125·2⁻³² of it, so a second moment decodes to 0
-  only when its whole block is 0 (limit 0). A 0 in that map is the "zero-point problem" of
-  quantised second moments (Li et al. 2023, *Memory Efficient Optimizers with 4-bit
-  States*, NeurIPS): a v read as 0 under an m that is not makes Adam's step lr·m̂/ε.
-
-A nonzero element reads back within 1/16 (6.25%) of itself, at every scale of the maps' range
-(bitsandbytes' dynamic maps: 0.35% to 7% in the top decade, up to 50% in the lower ones).
-
-**The limit.** Where a block knows its update is ``new = a·old + b·x`` (an EMA, a sum of
-squares, a momentum buffer), its new limit is ``|a|·s_old + |b|·max|x|`` over the block
-(:func:`affine_limits`), which is at least the new absmax since every decoded old element
-is at most s_old. The step then reduces only the gradient's blocks (an input) and computes,
-encodes and applies the new moments elementwise, with no reduction over them (one that
-XLA's CPU backend ran as separate passes over a float32 copy of the new moment: written
-out, read back three times, its pages faulted in afresh at each step).
-A block whose update has no such form quantises with the exact absmax. The limit can exceed
-the absmax: elements are then stored an octave or a few lower in the map, which has 16
-(signed) or 32 (unsigned) of them.
+The unsigned map differs from bitsandbytes' in one entry: its 0 is replaced by half its
+smallest positive value, 1.625·10⁻⁷ (:func:`unsigned_map`). With a 0 in the map, every
+second moment below 1.6·10⁻⁷ of its block's absmax was stored as 0 while its first moment,
+on its own block scale, was not, and Adam's next step there was lr·m̂/ε (thousands of lr).
+This is the "zero-point problem" of quantised second moments, and excluding 0 from their map
+is the fix of Li et al. 2023, *Memory Efficient Optimizers with 4-bit States* (NeurIPS; their
+"DE-0" map). Now a second moment decodes to 0 only when its whole block is 0 (scale 0); a
+tiny one is overestimated, which can only shrink that coordinate's step. The signed map
+(first moments, whose 0 is harmless: it is in the numerator) is bitsandbytes'.
 
 Layout (what the state holds per leaf):
 
-* ``codes``: int8, the leaf's shape: the signed magnitude index with its sign, or the
-  unsigned index minus 128;
-* ``limits``: float32. When the leaf's last axis is a multiple of 256, a block never crosses
-  a row, and ``limits`` has the leaf's shape with its last axis divided by 256, so it can
-  be sharded like the leaf. Otherwise it is 1-D, one limit per block of the flattened
+* ``codes``: int8, the leaf's shape (a code is the map index minus 128);
+* ``scales``: float32. When the leaf's last axis is a multiple of 256, a block never crosses
+  a row, and ``scales`` has the leaf's shape with its last axis divided by 256, so it can
+  be sharded like the leaf. Otherwise it is 1-D, one scale per block of the flattened
   leaf; the last block is padded with zeros to 256 elements for the computation (padding is
   never stored, and zeros change no absmax).
 
@@ -66,80 +53,121 @@ from jax.sharding import PartitionSpec as P
 BLOCK = 256
 
 
-class SignedFloat8Moment(NamedTuple):
+class SignedInt8Moment(NamedTuple):
     """A moment of any sign (m, a velocity), stored by ``state_dtype="int8"``: blocks of 256
-    elements of the flattened leaf, each element the int8 code of the nearest value of the
-    signed 8-bit floating-point map (a sign, 0 and 2ᵉ·(1 + f/8) for e = −16…−1, and 1) times
-    its block's limit. Read it with :func:`gradx.decode_moments`."""
+    elements of the flattened leaf, each element the int8 code of the nearest value of
+    bitsandbytes' signed dynamic map times its block's absmax. Read it with
+    :func:`gradx.decode_moments`."""
 
-    codes: jax.Array  # shape=the param's, int8: ±(magnitude index)
-    limits: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: ≥ absmax
+    codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
+    scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
 
 
-class UnsignedFloat8Moment(NamedTuple):
+class UnsignedInt8Moment(NamedTuple):
     """A moment that is never negative (v, a sum of squares, an infinity norm), stored by
-    ``state_dtype="int8"`` as :class:`SignedFloat8Moment` is, with the unsigned map
-    2ᵉ·(1 + f/8) for e = −32…−1, and 1: no 0, so a nonzero block never decodes to 0 (the
-    zero-point fix of Li et al. 2023). Read it with :func:`gradx.decode_moments`."""
+    ``state_dtype="int8"`` as :class:`SignedInt8Moment` is, with bitsandbytes' unsigned
+    dynamic map less its 0 (a nonzero block never decodes to 0: the zero-point fix of Li et
+    al. 2023). Read it with :func:`gradx.decode_moments`."""
 
-    codes: jax.Array  # shape=the param's, int8: the index of the map value, minus 128
-    limits: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: ≥ absmax
+    codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
+    scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
 
 
-QUANTIZED = (SignedFloat8Moment, UnsignedFloat8Moment)
+QUANTIZED = (SignedInt8Moment, UnsignedInt8Moment)
 
 
 def is_quantized(node: Any) -> bool:
     return isinstance(node, QUANTIZED)
 
 
-# A float32 y in (0, 1] has bits 0 EEEEEEEE MMM…: (bits + 2¹⁹) >> 20 is 8·E + the first three
-# mantissa bits, rounded to nearest (a carry moves to the next octave). The code is that less
-# an offset that puts 1.0 (8·127 = 1016) at the top code: 127 (signed) or 255 (unsigned).
-_HALF = np.uint32(1 << 19)
-_SHIFT = np.uint32(20)
-_OFFSET = {True: 1016 - 127, False: 1016 - 255}
-_TOP = {True: 127, False: 255}
+def dynamic_map(signed: bool) -> np.ndarray:
+    """bitsandbytes' ``create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)``: 256
+    sorted float32 values in [-1, 1] (signed) or [0, 1] (unsigned), 0 and 1 included. The
+    signed one is gradx's map for first moments; the unsigned one is stored without its 0
+    (:func:`unsigned_map`).
+
+    Written from bitsandbytes' definition; computed in float64 and rounded once to float32
+    (bitsandbytes builds it in float32, so a value may differ in its last bit)."""
+    data: list[float] = []
+    for i in range(7):  # the decade 10^(i-7) .. 10^(i-6) of the absmax
+        items = 2**i + 1 if signed else 2 ** (i + 1) + 1
+        boundaries = np.linspace(0.1, 1.0, items)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += list(10.0 ** (i - 6) * means)
+        if signed:
+            data += list(-(10.0 ** (i - 6)) * means)
+    data += [0.0, 1.0]
+    out = np.sort(np.asarray(data, np.float32))
+    assert out.shape == (256,) and np.all(np.diff(out) > 0)
+    return out
 
 
-def map_values(signed: bool) -> np.ndarray:
-    """The map's values in code order, float32: 128 magnitudes for the signed map (index 0
-    is 0; the code of −x is minus that of x), 256 for the unsigned one (code = index − 128).
-    For tests and readers: :func:`encode` and :func:`decode` compute the same from bits."""
-    index = np.arange(_TOP[signed] + 1, dtype=np.uint32)
-    values = ((index + np.uint32(_OFFSET[signed])) << _SHIFT).view(np.float32).copy()
-    if signed:
-        values[0] = 0
-    return values
+def unsigned_map() -> np.ndarray:
+    """The map of moments that are never negative: :func:`dynamic_map` ``(False)`` with its 0
+    replaced by half its smallest positive value (3.25·10⁻⁷ / 2), so that no second moment
+    decodes to 0 unless its block's scale is 0 (the "DE-0" map of Li et al. 2023).
+
+    Half, because the map stays 256 strictly increasing values (one code per value, the
+    nearest-value table unchanged), and an element of [0, 3.25·10⁻⁷] of the absmax still
+    reads back within 1.625·10⁻⁷ of the absmax, the bound that bitsandbytes' 0 gave there;
+    dropping the 0 instead would leave a code unused and put the floor at 3.25·10⁻⁷. What
+    it changes: x below 2.44·10⁻⁷ of the absmax reads back as 1.625·10⁻⁷ (not 0 below
+    1.625·10⁻⁷): an overestimated v, so a smaller step, never a larger one."""
+    out = dynamic_map(False)
+    out[0] = out[1] / np.float32(2)
+    assert out.shape == (256,) and np.all(np.diff(out) > 0) and out[0] > 0
+    return out
 
 
-def encode(y: jax.Array, signed: bool) -> jax.Array:
-    """The int8 code of each element of ``y`` (float32, |y| ≤ 1 or NaN; larger is clipped to
-    1): the nearest map value (a tie away from 0), but for a signed |y| below 1.19·2⁻¹⁶,
-    stored as 0."""
-    magnitude = jnp.minimum(jnp.abs(y), jnp.float32(1))
-    bits = jax.lax.bitcast_convert_type(magnitude, jnp.uint32)
-    index = jax.lax.shift_right_logical(bits + _HALF, _SHIFT).astype(jnp.int32)
-    index = jnp.clip(index - _OFFSET[signed], 0, _TOP[signed])
-    if signed:
-        return jnp.where(y < 0, -index, index).astype(jnp.int8)
-    return (index - 128).astype(jnp.int8)
+MAPS = {True: dynamic_map(True), False: unsigned_map()}
+# The midpoints between neighbouring map values: the number of midpoints below x/s is the
+# index of the nearest value (a tie goes to the lower one).
+MIDPOINTS = {s: ((m[:-1] + m[1:]) / np.float32(2)).astype(np.float32) for s, m in MAPS.items()}
 
 
-def decode(codes: jax.Array, signed: bool) -> jax.Array:
-    """The map value (float32) of each int8 code: :func:`map_values`, computed from bits."""
-    codes = codes.astype(jnp.int32)
-    index = jnp.abs(codes) if signed else codes + 128
-    bits = jax.lax.shift_left((index + _OFFSET[signed]).astype(jnp.uint32), _SHIFT)
-    values = jax.lax.bitcast_convert_type(bits, jnp.float32)
-    if not signed:
-        return values
-    values = jnp.where(index == 0, jnp.float32(0), values)
-    return jnp.where(codes < 0, -values, values)
+def _bucket_table(midpoints: np.ndarray) -> np.ndarray:
+    """For each of the 2¹⁶ values of a float32's upper 16 bits (its bfloat16 bucket), the
+    number of midpoints below the bucket's lowest value.
+
+    The nearest index is then that count, plus 1 if the next midpoint is below x: no bucket
+    of [-1, 1] holds two midpoints (checked here), so one comparison finds what a binary
+    search over the 255 midpoints would, at a fraction of its cost to compile and run."""
+    upper = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    ends = upper.view(np.float32), (upper | np.uint32(0xFFFF)).view(np.float32)
+    low, high = np.minimum(*ends), np.maximum(*ends)
+    count_low = np.searchsorted(midpoints, low, "left")
+    count_high = np.searchsorted(midpoints, high, "left")
+    inside = np.isfinite(low) & np.isfinite(high) & (np.abs(low) <= 1) & (np.abs(high) <= 1)
+    assert np.all((count_high - count_low)[inside] <= 1)
+    return np.minimum(count_low, 254).astype(np.uint8)
 
 
-def limits_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of the limits of a leaf of ``shape`` (see the module's docstring)."""
+BUCKETS = {s: _bucket_table(m) for s, m in MIDPOINTS.items()}
+# The midpoints with +inf after them, so that count + 1 is always an index.
+PADDED = {s: np.append(m, np.float32(np.inf)).astype(np.float32) for s, m in MIDPOINTS.items()}
+
+
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]``, placed like ``index``: with explicit mesh axes a gather must be told
+    its output's sharding (outside ``jax.set_mesh`` it cannot infer it)."""
+    # every index is in range by construction: no clamping or wrapping of negatives
+    sharding = jax.typeof(index).sharding
+    return jnp.asarray(table).at[index].get(mode="promise_in_bounds", out_sharding=sharding)
+
+
+def nearest_index(x: jax.Array, signed: bool) -> jax.Array:
+    """The index (int32, 0..255) of the map value nearest to each element of ``x`` (float32,
+    in [-1, 1]); a tie goes to the lower value."""
+    bucket = jax.lax.shift_right_logical(
+        jax.lax.bitcast_convert_type(x, jnp.uint32), jnp.uint32(16)
+    )
+    base = _lookup(BUCKETS[signed], bucket).astype(jnp.int32)
+    above = _lookup(PADDED[signed], base) < x
+    return base + above.astype(jnp.int32)
+
+
+def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the scales of a leaf of ``shape`` (see the module's docstring)."""
     if shape and shape[-1] % BLOCK == 0:
         return (*shape[:-1], shape[-1] // BLOCK)
     return (-(-int(np.prod(shape, dtype=np.int64)) // BLOCK),)
@@ -156,20 +184,20 @@ def _blocks(x: jax.Array) -> jax.Array:
     return flat.reshape(-1, BLOCK)
 
 
-def _per_element(limits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Each element's block limit, in the leaf's ``shape``. The codes are then computed (and
+def _per_element(scales: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Each element's block scale, in the leaf's ``shape``. The codes are then computed (and
     read) elementwise in the leaf's shape, so that under ``jit`` on a mesh they follow the
     leaf's sharding; only the absmax reduction sees the blocks.
 
-    Limits of the 1-D layout with more than one axis are a stack of leaves (a sweep's
+    Scales of the 1-D layout with more than one axis are a stack of leaves (a sweep's
     states, ``jax.vmap(opt.init)``): their leading axes are the stack's, each leaf's blocks
     its own."""
     # a broadcast and a reshape (jnp.repeat with total_repeat_length is a scatter and a
     # cumulative sum over every element: 16x the step's time on a 16M leaf)
-    expanded = jnp.broadcast_to(limits[..., None], (*limits.shape, BLOCK))
+    expanded = jnp.broadcast_to(scales[..., None], (*scales.shape, BLOCK))
     if shape and shape[-1] % BLOCK == 0:
         return expanded.reshape(shape)
-    stack = limits.shape[:-1]
+    stack = scales.shape[:-1]
     size = int(np.prod(shape[len(stack) :], dtype=np.int64))
     expanded = expanded.reshape(*stack, -1)
     if expanded.shape[-1] != size:
@@ -186,86 +214,49 @@ def explicit_sharding(x: jax.Array) -> NamedSharding | None:
     return sharding
 
 
-def _auto(fn: Any, sharding: NamedSharding | None, out: Any, *args: Any) -> Any:
-    """``fn(*args)``, under ``auto_axes`` (outputs placed as ``out``) where ``sharding`` has
-    explicit mesh axes: the blocks' reshapes need the axes made automatic."""
-    if sharding is None:
-        return fn(*args)
-    return jax.sharding.auto_axes(fn, out_sharding=out)(*args)
+def quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
+    """``x`` (any real float dtype; computed in float32) quantised blockwise with the map.
 
-
-def quantize(
-    x: jax.Array, signed: bool, limits: jax.Array | None = None
-) -> SignedFloat8Moment | UnsignedFloat8Moment:
-    """``x`` (any real float dtype; computed in float32) quantised blockwise with the map,
-    each block with its absmax as its limit, or with ``limits`` (one per block, each at least
-    its block's largest |x|: :func:`affine_limits`).
-
-    A block of zeros has limit 0 (and reads back as zeros). A non-finite element makes its
+    A block of zeros has scale 0 (and reads back as zeros). A non-finite element makes its
     whole block non-finite: the moment was lost anyway. With explicit mesh axes the blocks
     are computed with the axes made automatic (``auto_axes``), the codes placed like ``x``
-    and the limits as :func:`limits_sharding` says."""
+    and the scales as :func:`scales_sharding` says."""
     x = jnp.asarray(x).astype(jnp.float32)
     sharding = explicit_sharding(x)
-    cls = SignedFloat8Moment if signed else UnsignedFloat8Moment
-    out = None
-    if sharding is not None:
-        out = cls(codes=sharding, limits=limits_sharding(sharding, x.shape))
-    return _auto(lambda v, s: _quantize(v, s, signed), sharding, out, x, limits)
-
-
-def affine_limits(
-    old: SignedFloat8Moment | UnsignedFloat8Moment,
-    a: jax.Array,
-    b: jax.Array,
-    term: jax.Array,
-    square: bool = False,
-) -> jax.Array:
-    """Limits for a moment updated as ``new = a·old + b·x`` (scalars a and b, elementwise),
-    with ``x = term`` or, with ``square``, ``x = term²``: ``|a|·old limit + |b|·max|x|`` per
-    block, at least the new block's absmax, since no decoded old element exceeds its limit.
-    Computed from ``term`` and the old limits only: no pass over the new moment."""
-    term = jnp.asarray(term)
-    sharding = explicit_sharding(term)
-    out = None if sharding is None else limits_sharding(sharding, term.shape)
-    fn = functools.partial(_affine_limits, square=square)
-    return _auto(fn, sharding, out, old.limits, jnp.asarray(a), jnp.asarray(b), term)
-
-
-def _affine_limits(
-    limits: jax.Array, a: jax.Array, b: jax.Array, term: jax.Array, square: bool
-) -> jax.Array:
-    top = _absmax(_blocks(term), True).astype(jnp.float32)
-    if square:
-        top = top * top
-    return jnp.abs(a).astype(jnp.float32) * limits + jnp.abs(b).astype(jnp.float32) * top
+    if sharding is None:
+        return _quantize(x, signed)
+    cls = SignedInt8Moment if signed else UnsignedInt8Moment
+    out = cls(codes=sharding, scales=scales_sharding(sharding, x.shape))
+    return jax.sharding.auto_axes(lambda v: _quantize(v, signed), out_sharding=out)(x)
 
 
 def quantized_full(like: jax.Array, fill: Any, signed: bool) -> Any:
-    """``quantize(jnp.full_like(like, fill), signed)``, built without quantising: every limit
+    """``quantize(jnp.full_like(like, fill), signed)``, built without quantising: every scale
     ``|fill|`` and every code that of 0, 1 or -1 (cheap at ``init``: no program to compile
     per leaf shape). Placed as :func:`quantize` places them, also with explicit mesh axes.
     A fill of 0 takes the code of the map value nearest 0 (the unsigned map's smallest,
-    1.125·2⁻³², which is not 0) and limit 0, so it reads back as 0, as quantising zeros does."""
+    1.625·10⁻⁷, which has no 0) and scale 0, so it reads back as 0, as quantising zeros does."""
     fill = jnp.asarray(fill).astype(jnp.float32)
-    zero = 0 if signed else -128
-    code = jnp.where(fill == 0, zero, jnp.where(fill > 0, 127, -127)).astype(jnp.int8)
+    zero, one, minus = (int(np.searchsorted(MIDPOINTS[signed], v)) - 128 for v in (0, 1, -1))
+    code = jnp.where(fill == 0, zero, jnp.where(fill > 0, one, minus)).astype(jnp.int8)
     codes = jnp.full_like(like, code, dtype=jnp.int8)
-    limits = jnp.full(limits_shape(tuple(like.shape)), jnp.abs(fill), jnp.float32)
+    scales = jnp.full(scales_shape(tuple(like.shape)), jnp.abs(fill), jnp.float32)
     sharding = explicit_sharding(like)
     if sharding is not None:
         if isinstance(like, jax.core.Tracer):  # jit: the abstract mesh of jax.set_mesh
-            limits = jax.sharding.reshard(limits, limits_sharding(sharding, like.shape))
+            scales = jax.sharding.reshard(scales, scales_sharding(sharding, like.shape))
         else:  # eager: the concrete mesh of the array
-            limits = jax.device_put(limits, limits_sharding(like.sharding, like.shape))
-    return (SignedFloat8Moment if signed else UnsignedFloat8Moment)(codes=codes, limits=limits)
+            scales = jax.device_put(scales, scales_sharding(like.sharding, like.shape))
+    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
 
 
-def dequantize(q: SignedFloat8Moment | UnsignedFloat8Moment) -> jax.Array:
-    """The float32 values ``q`` stands for: map[code]·limit of its block (placed like the
+def dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
+    """The float32 values ``q`` stands for: map[code]·scale of its block (placed like the
     codes, also with explicit mesh axes)."""
     sharding = explicit_sharding(q.codes)
-    return _auto(_dequantize, sharding, sharding, q)
+    if sharding is None:
+        return _dequantize(q)
+    return jax.sharding.auto_axes(_dequantize, out_sharding=sharding)(q)
 
 
 def _absmax(blocks: jax.Array, signed: bool) -> jax.Array:
@@ -277,25 +268,23 @@ def _absmax(blocks: jax.Array, signed: bool) -> jax.Array:
 
 
 # jitted: an eager init quantises each leaf in one program, not one per operation
-@functools.partial(jax.jit, static_argnums=2)
-def _quantize(
-    x: jax.Array, limits: jax.Array | None, signed: bool
-) -> SignedFloat8Moment | UnsignedFloat8Moment:
-    if limits is None:
-        limits = _absmax(_blocks(x), signed)
-    # 1/s of a limit above 2^126 is below float32's smallest normal, and XLA flushes it to
-    # 0: such a block (limit above 2^120) is scaled by 2^-8 first, exactly (a power of two)
-    pre = jnp.where(limits > 2.0**120, jnp.float32(2.0**-8), jnp.float32(1))
-    inverse = 1 / jnp.where(limits > 0, limits * pre, jnp.ones_like(limits))
+@functools.partial(jax.jit, static_argnums=1)
+def _quantize(x: jax.Array, signed: bool) -> SignedInt8Moment | UnsignedInt8Moment:
+    scales = _absmax(_blocks(x), signed)
+    # 1/s of an absmax above 2^126 is below float32's smallest normal, and XLA flushes it to
+    # 0: such a block (absmax above 2^120) is scaled by 2^-8 first, exactly (a power of two)
+    pre = jnp.where(scales > 2.0**120, jnp.float32(2.0**-8), jnp.float32(1))
+    inverse = 1 / jnp.where(scales > 0, scales * pre, jnp.ones_like(scales))
     x = x * _per_element(pre, x.shape)
-    codes = encode(x * _per_element(inverse, x.shape), signed)
-    return (SignedFloat8Moment if signed else UnsignedFloat8Moment)(codes=codes, limits=limits)
+    index = nearest_index(x * _per_element(inverse, x.shape), signed)
+    codes = (index - 128).astype(jnp.int8)
+    return (SignedInt8Moment if signed else UnsignedInt8Moment)(codes=codes, scales=scales)
 
 
 @jax.jit
-def _dequantize(q: SignedFloat8Moment | UnsignedFloat8Moment) -> jax.Array:
-    values = decode(q.codes, isinstance(q, SignedFloat8Moment))
-    return values * _per_element(q.limits, q.codes.shape)
+def _dequantize(q: SignedInt8Moment | UnsignedInt8Moment) -> jax.Array:
+    values = _lookup(MAPS[isinstance(q, SignedInt8Moment)], q.codes.astype(jnp.int32) + 128)
+    return values * _per_element(q.scales, q.codes.shape)
 
 
 def _axis_size(mesh: Any, axes: Any) -> int:
@@ -303,12 +292,12 @@ def _axis_size(mesh: Any, axes: Any) -> int:
     return int(np.prod([mesh.shape[a] for a in names if a is not None], dtype=np.int64))
 
 
-def limits_sharding(codes: NamedSharding | None, shape: tuple[int, ...]) -> NamedSharding | None:
-    """The sharding of the limits of a leaf of ``shape`` whose codes are placed with ``codes``.
+def scales_sharding(codes: NamedSharding | None, shape: tuple[int, ...]) -> NamedSharding | None:
+    """The sharding of the scales of a leaf of ``shape`` whose codes are placed with ``codes``.
 
-    The limits shard with their blocks where a block never straddles two shards: the leaf's
+    The scales shard with their blocks where a block never straddles two shards: the leaf's
     own spec when its last axis holds whole blocks (the last axis's share dropped where a
-    shard's width is not a multiple of 256), and, for 1-D limits, the first axis's share
+    shard's width is not a multiple of 256), and, for 1-D scales, the first axis's share
     when only the first axis is split and each shard is whole blocks. Else they are
     replicated (4 bytes per 256 elements): the update is still right, since ``jit`` works
     on the whole array, at the cost of gathering the blocks that cross shards.
