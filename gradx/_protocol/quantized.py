@@ -12,7 +12,8 @@ The maps are bitsandbytes' dynamic ("dynamic tree") maps, ``create_dynamic_map(s
 block's absmax, a linear grid of 2ⁱ (signed) or 2ⁱ⁺¹ (unsigned) values, plus 0 and 1. A
 second moment 10⁻³ times its block's largest is stored to within 11% (10⁻⁵: 28%), where a
 linear map would round everything below 1/510 of the absmax to 0 and, divided into ε, blow
-the step up. Any element reads back within 0.71% of its block's absmax. The nearest map
+the step up. Any element reads back within 0.71% of its block's absmax (1.06% between −1
+and −0.979 of it, below). The nearest map
 value is found with a table over the float32's upper 16 bits and one comparison
 (:func:`nearest_index`): the same index as a binary search, cheap to compile and run.
 
@@ -23,8 +24,15 @@ on its own block scale, was not, and Adam's next step there was lr·m̂/ε (thou
 This is the "zero-point problem" of quantised second moments, and excluding 0 from their map
 is the fix of Li et al. 2023, *Memory Efficient Optimizers with 4-bit States* (NeurIPS; their
 "DE-0" map). Now a second moment decodes to 0 only when its whole block is 0 (scale 0); a
-tiny one is overestimated, which can only shrink that coordinate's step. The signed map
-(first moments, whose 0 is harmless: it is in the numerator) is bitsandbytes'.
+tiny one is overestimated, which can only shrink that coordinate's step.
+
+The signed map (first moments, whose 0 is harmless: it is in the numerator) differs from
+bitsandbytes' in one entry too: bitsandbytes' has 1 but not −1 (its most negative value is
+−0.99297), so a block whose largest element is negative stored it 0.7% short at every step,
+and a slow average drifted: SGD with momentum 0.99 and gradients +1, −1, … on one
+coordinate stepped −0.63, +0.37 for ever where float32 steps −0.50, +0.50. gradx's has −1 in
+that place (:func:`signed_map`), so a block's largest element is stored exactly whatever
+its sign.
 
 Layout (what the state holds per leaf):
 
@@ -56,8 +64,8 @@ BLOCK = 256
 class SignedInt8Moment(NamedTuple):
     """A moment of any sign (m, a velocity), stored by ``state_dtype="int8"``: blocks of 256
     elements of the flattened leaf, each element the int8 code of the nearest value of
-    bitsandbytes' signed dynamic map times its block's absmax. Read it with
-    :func:`gradx.decode_moments`."""
+    bitsandbytes' signed dynamic map (with −1 for its −0.99297) times its block's absmax.
+    Read it with :func:`gradx.decode_moments`."""
 
     codes: jax.Array  # shape=the param's, int8: the index of the nearest map value, minus 128
     scales: jax.Array  # shape=(blocks,) or the param's with last axis / 256, float32: absmax
@@ -119,7 +127,21 @@ def unsigned_map() -> np.ndarray:
     return out
 
 
-MAPS = {True: dynamic_map(True), False: unsigned_map()}
+def signed_map() -> np.ndarray:
+    """The map of first moments: :func:`dynamic_map` ``(True)`` with its most negative value,
+    −0.99297, replaced by −1, so that a block's largest element is stored exactly whether it
+    is positive or negative (bitsandbytes' map has 1 but not −1).
+
+    Replaced rather than added (the map has 256 values): elements of [−1, −0.979] of the
+    absmax read back within 1.06% of it instead of 0.71%, and every other code means what it
+    did, so a state stored before the change reads back as it was but for that one code."""
+    out = dynamic_map(True)
+    out[0] = np.float32(-1)
+    assert out.shape == (256,) and np.all(np.diff(out) > 0) and out[0] == -out[-1]
+    return out
+
+
+MAPS = {True: signed_map(), False: unsigned_map()}
 # The midpoints between neighbouring map values: the number of midpoints below x/s is the
 # index of the nearest value (a tie goes to the lower one).
 MIDPOINTS = {s: ((m[:-1] + m[1:]) / np.float32(2)).astype(np.float32) for s, m in MAPS.items()}
