@@ -188,9 +188,9 @@ def adam(
         float32, as for ``nu_dtype``); a float dtype stores them in
         it (``"float32"`` for bf16 params); ``"int8"`` quantises each leaf of ≥ 256
         elements in blocks of 256 with one float32 absmax per block, with bitsandbytes'
-        dynamic maps (signed for m, unsigned for v, less its 0 so v never reads back as
-        0 in a nonzero block), smaller leaves in float32: about 2 bytes of state per
-        parameter instead of 8.
+        dynamic maps (signed for m, with −1 so a negative block maximum is exact;
+        unsigned for v, less its 0 so v never reads back as 0 in a nonzero block),
+        smaller leaves in float32: about 2 bytes of state per parameter instead of 8.
       stochastic_rounding: with ``state_dtype="bfloat16"``, round m and v to bfloat16
         stochastically (unbiased: small EMA increments are not lost); the PRNG key and a
         count live in the state, so runs are reproducible and resume exactly.
