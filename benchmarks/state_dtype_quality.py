@@ -3,11 +3,14 @@ train as well as float32 ones at that scale?
 
     python benchmarks/state_dtype_quality.py [--data synthetic|mnist] [--epochs 20]
                                              [--seeds 3] [--batch-size 128] [--n-train 60000]
+                                             [--optimizer adam|lion|sgd] [--lr 1e-3]
 
 An MLP 784-256-256-10 (ReLU, He init; 269,322 params, every weight matrix and the 256-wide
 biases stored as int8 blocks under ``state_dtype="int8"``) trained with
 ``gradx.fit(..., gradx.adam(1e-3, **policy))`` for each policy (float32, bfloat16, bfloat16
-with stochastic rounding, int8) and seed, on the same shuffles per seed. Reported per
+with stochastic rounding, int8) and seed, on the same shuffles per seed; ``--optimizer``
+trains with ``gradx.lion(lr)`` or ``gradx.sgd(lr, 0.99)`` instead (slow averages: Lion's m
+decays by 0.99 a step, as does SGD's momentum buffer). Reported per
 policy: the final test accuracy of each seed, their mean, and the difference from float32's
 mean in points, and the final training loss.
 
@@ -44,6 +47,11 @@ POLICIES: dict[str, dict[str, Any]] = {
     "int8": {"state_dtype": "int8"},
 }
 SIZES = (784, 256, 256, 10)
+OPTIMIZERS: dict[str, Any] = {
+    "adam": lambda lr, **kw: gradx.adam(lr, **kw),
+    "lion": lambda lr, **kw: gradx.lion(lr, **kw),
+    "sgd": lambda lr, **kw: gradx.sgd(lr, 0.99, **kw),  # momentum 0.99
+}
 
 
 def synthetic(n_train: int) -> tuple[Any, Any]:
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--n-train", type=int, default=60_000)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     args = parser.parse_args(argv)
     for name in ("epochs", "seeds", "batch_size", "n_train"):
         if getattr(args, name) <= 0:
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             gradx.fit(
                 loss_fn,
                 init_mlp(jax.random.key(seed), SIZES, "relu"),
-                gradx.adam(args.lr, **kw),
+                OPTIMIZERS[args.optimizer](args.lr, **kw),
                 train,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         loss = np.array([float(h["loss"][-1]) for h in runs])
         results[name] = accuracy, loss
     ref = results["float32"][0].mean()
-    print(f"\n{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, MLP {SIZES}")
+    rule = {"adam": "Adam", "lion": "Lion", "sgd": "SGD with momentum 0.99"}[args.optimizer]
+    print(f"\n{args.epochs} epochs, batch {args.batch_size}, {rule} lr {args.lr}, MLP {SIZES}")
     print(f"{args.seeds} seeds, {time.perf_counter() - start:.0f} s in all\n")
     print("| state | test accuracy per seed | mean | vs float32 | final training loss (mean) |")
     print("|---|---|---:|---:|---:|")

@@ -24,7 +24,10 @@ RUNS = {
     "scaling.py": ("--devices 2 --epochs 1 --n 64 --batch 32", "| digits 64-16-16-10 |"),
     "search_digits.py": ("--seeds 1 --epochs 1 --samples 2", "| random search"),
     "state_dtype.py": ("--n 4096 --repeats 1 --min-time 0.001 --hlo", "| gradx int8 |"),
-    "state_dtype_quality.py": ("--n-train 600 --epochs 1 --seeds 1 --batch-size 64", "| int8 | "),
+    "state_dtype_quality.py": (
+        "--n-train 600 --epochs 1 --seeds 1 --batch-size 64 --optimizer lion --lr 1e-4",
+        "Lion lr 0.0001",
+    ),
     "int8_native_ceiling.py": ("--n 65536 --repeats 1", "| int8 without encode | "),
     "float16_gradx.py": ("", "every default float16 run is finite and within 3%"),
 }
