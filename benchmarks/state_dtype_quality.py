@@ -47,10 +47,11 @@ POLICIES: dict[str, dict[str, Any]] = {
     "int8": {"state_dtype": "int8"},
 }
 SIZES = (784, 256, 256, 10)
-OPTIMIZERS: dict[str, Any] = {
-    "adam": lambda lr, **kw: gradx.adam(lr, **kw),
-    "lion": lambda lr, **kw: gradx.lion(lr, **kw),
-    "sgd": lambda lr, **kw: gradx.sgd(lr, 0.99, **kw),  # momentum 0.99
+# --optimizer: (its name in the report, a builder from the learning rate and the policy)
+OPTIMIZERS: dict[str, tuple[str, Any]] = {
+    "adam": ("Adam", lambda lr, **kw: gradx.adam(lr, **kw)),
+    "lion": ("Lion", lambda lr, **kw: gradx.lion(lr, **kw)),
+    "sgd": ("SGD with momentum 0.99", lambda lr, **kw: gradx.sgd(lr, 0.99, **kw)),
 }
 
 
@@ -114,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"state_dtype_quality.py: {e}\n")
     n_features = train[0].shape[1]
     print(f"{args.data}: {len(train[1]):,} train, {len(test[1]):,} test, {n_features} features")
+    rule, build = OPTIMIZERS[args.optimizer]
     results = {}
     for name, kw in POLICIES.items():
         runs = [
             gradx.fit(
                 loss_fn,
                 init_mlp(jax.random.key(seed), SIZES, "relu"),
-                OPTIMIZERS[args.optimizer](args.lr, **kw),
+                build(args.lr, **kw),
                 train,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
@@ -135,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         loss = np.array([float(h["loss"][-1]) for h in runs])
         results[name] = accuracy, loss
     ref = results["float32"][0].mean()
-    rule = {"adam": "Adam", "lion": "Lion", "sgd": "SGD with momentum 0.99"}[args.optimizer]
     print(f"\n{args.epochs} epochs, batch {args.batch_size}, {rule} lr {args.lr}, MLP {SIZES}")
     print(f"{args.seeds} seeds, {time.perf_counter() - start:.0f} s in all\n")
     print("| state | test accuracy per seed | mean | vs float32 | final training loss (mean) |")

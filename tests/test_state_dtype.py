@@ -188,9 +188,10 @@ def _numpy_stored_map(signed):
     return code
 
 
-def _numpy_quantise(x, signed, block=256):
-    """Blockwise absmax over the flattened leaf (last block zero-padded), nearest map value."""
-    code = _numpy_stored_map(signed)
+def _numpy_quantise(x, signed, block=256, code=None):
+    """Blockwise absmax over the flattened leaf (last block zero-padded), nearest value of
+    ``code`` (default: the map gradx stores with)."""
+    code = _numpy_stored_map(signed) if code is None else code
     flat = np.asarray(x, np.float32).reshape(-1)
     padded = np.concatenate([flat, np.zeros(-flat.size % block, np.float32)]).reshape(-1, block)
     absmax = np.abs(padded).max(axis=1)
@@ -299,14 +300,8 @@ def _numpy_int8_adam_two_steps(g1, g2, lr, code_unsigned, b1=0.9, b2=0.999, eps=
     """Adam (float32) whose moments are stored between the steps with the int8 maps: the
     second step's update, from the decoded m and v of the first (one block of 256)."""
     f = np.float32
-
-    def store(x, code):
-        s = np.abs(x).max()
-        index = np.abs((x * (f(1) / s))[:, None] - code).argmin(axis=-1)
-        return code[index] * s
-
-    m = store((1 - f(b1)) * g1, _numpy_stored_map(True))
-    v = store((1 - f(b2)) * g1 * g1, code_unsigned)
+    m = _numpy_quantise((1 - f(b1)) * g1, True)[2]
+    v = _numpy_quantise((1 - f(b2)) * g1 * g1, False, code=code_unsigned)[2]
     m = f(b1) * m + (1 - f(b1)) * g2
     v = f(b2) * v + (1 - f(b2)) * g2 * g2
     m_hat, v_hat = m / (1 - f(b1) ** 2), v / (1 - f(b2) ** 2)
@@ -374,8 +369,7 @@ def test_int8_momentum_does_not_drift_when_a_blocks_largest_element_is_negative(
             g[0] = (-1.0) ** t
             v = np.float32(0.99) * v + g
             out.append(v[0])
-            s = np.abs(v).max()
-            v = code[np.abs((v / s)[:, None] - code).argmin(axis=-1)] * s
+            v = _numpy_quantise(v, True, code=code)[2]
         return np.array(out[-2:])
 
     assert abs(numpy_trace(_numpy_dynamic_map(True)).sum()) > 0.2  # -0.63 + 0.37
