@@ -3,11 +3,12 @@
     python benchmarks/state_dtype.py [--n 16777216] [--repeats 21] [--min-time 0.2] [--hlo]
 
 Rows: gradx.adam with float32 moments (``state_dtype=None``), bfloat16 moments (rounded to
-nearest, and stochastically rounded), int8 moments (blockwise, bitsandbytes' maps),
-optax.adam with float32 and with bfloat16 first moments (``mu_dtype``), and blockwise int8
-with each block's *exact* absmax in the fewest operations: Adam written directly in JAX with
-linear int8 moments (one multiply to encode or decode, no map, no lookup; ``--n`` a multiple
-of 256), to show what the reduction over the new moments costs under XLA. Each is
+nearest, and stochastically rounded), int8 moments (blockwise, 8-bit floating-point maps,
+each block's absmax taken in one pass from the old codes and the gradient), optax.adam with
+float32 and with bfloat16 first moments (``mu_dtype``), and blockwise int8 written the
+direct way: Adam in plain JAX with linear int8 moments (one multiply to encode or decode;
+``--n`` a multiple of 256) and each block's absmax taken from the new moments as computed,
+to show what XLA makes of that reduction. Each is
 
     step = jax.jit(lambda params, state, grads: ..., donate_argnums=(0, 1))
 
@@ -56,7 +57,7 @@ ROWS: dict[str, Any] = {
     "gradx int8": lambda: gradx.adam(LR, state_dtype="int8"),
     "optax float32": lambda: optax.adam(LR),
     "optax mu bfloat16": lambda: optax.adam(LR, mu_dtype=jnp.bfloat16),
-    "plain JAX linear int8, exact absmax": lambda: linear_int8_adam(LR),
+    "plain JAX linear int8, direct absmax": lambda: linear_int8_adam(LR),
 }
 
 
@@ -64,8 +65,9 @@ def linear_int8_adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float =
     """Blockwise int8 Adam with exact absmax scales, in the fewest operations: m and v in
     blocks of 256, each stored as round(127·x/absmax) with its float32 absmax; decoded,
     updated in float32 and re-encoded every step. Not a usable optimizer (a linear map rounds
-    small v to 0): it times the absmax reduction over the new moments, which XLA's CPU
-    backend runs as separate passes over a float32 copy of them."""
+    small v to 0): it times the absmax reduction over the new moments written the direct
+    way, which XLA's CPU backend runs as separate passes over a float32 copy of them
+    (gradx's int8 blocks take it from the old codes and the gradient instead)."""
 
     def encode(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         blocks = x.reshape(-1, 256)

@@ -80,8 +80,8 @@ from gradx._protocol.declare import optimizer as optimizer
 from gradx._protocol.dtypes import hyperparam_dtype as hyperparam_dtype
 from gradx._protocol.placement import shard_like_params as shard_like_params
 from gradx._protocol.placement import state_shardings as state_shardings
-from gradx._protocol.quantized import SignedInt8Moment as SignedInt8Moment
-from gradx._protocol.quantized import UnsignedInt8Moment as UnsignedInt8Moment
+from gradx._protocol.quantized import SignedFloat8Moment as SignedFloat8Moment
+from gradx._protocol.quantized import UnsignedFloat8Moment as UnsignedFloat8Moment
 from gradx._protocol.rules import Rule as Rule
 from gradx._protocol.state import HyperparamsState as HyperparamsState
 from gradx._protocol.storage import RoundedMoment as RoundedMoment

@@ -111,7 +111,9 @@ def _key_parts(key: Any) -> tuple[Any, str | None]:
 
 
 def _arrays_difference(there: list, now: list, widened: tuple[str, ...] = ()) -> str | None:
-    """The first difference of two :func:`describe_arrays` lists in words, or None. Where
+    """The first difference of two :func:`describe_arrays` lists in words, or None. An int8
+    moment's ``codes`` there where an ``absmax`` is now is the earlier int8 format
+    (bitsandbytes' maps; fields ``codes``, ``scales``), and the note says so. Where
     it is an array of a dtype in ``widened`` there and float32 now, the note says why: gradx
     keeps the never-negative moments of float16 params (``widened`` ('float16',) for the
     optimizer state) and fit's moving average (('float16', 'bfloat16')) in float32, which
@@ -123,6 +125,12 @@ def _arrays_difference(there: list, now: list, widened: tuple[str, ...] = ()) ->
         return f"{len(there)} vs {len(now)} arrays"
     a, b = first
     diff = f"{a} vs {b}"
+    if a[0].endswith(".codes") and b[0] == a[0][: -len("codes")] + "absmax":
+        diff += (
+            " (an int8 moment of an earlier gradx, stored with other maps and per-block scales "
+            "that this version cannot read: finish this run with the gradx version that wrote "
+            "the checkpoint)"
+        )
     if a[:2] == b[:2] and a[2] in widened and b[2] == "float32":
         diff += (
             f" (an earlier gradx stored this array in {a[2]}; it now keeps it in float32: "

@@ -183,7 +183,7 @@ def _():
 
 
 def state_dtype_follows(kind, policy, names):
-    """int8 moments: codes placed like their param, scales with their blocks (or replicated
+    """int8 moments: codes placed like their param, absmax with their blocks (or replicated
     where blocks straddle shards: "r", "t" unaligned); bfloat16 rounded moments like params;
     after init, jitted init and jitted updates, with the one-device numbers."""
     mesh = mesh_of(kind)
@@ -191,7 +191,7 @@ def state_dtype_follows(kind, policy, names):
     specs.update(r=P("d", None), b=P())
     shapes = {"w": (16, 512), "v": (4, 2048), "a": (2048,), "t": (2048, 3), "r": (64, 100)}
     shapes.update(b=(5,))
-    scales = {"w": P("d", None), "v": P(None, "d"), "a": P("d"), "t": P("d"), "r": P()}
+    absmax = {"w": P("d", None), "v": P(None, "d"), "a": P("d"), "t": P("d"), "r": P()}
     rng = np.random.default_rng(0)
     local = {k: jnp.asarray(rng.normal(size=shapes[k]), jnp.float32) for k in names}
     params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in local.items()}
@@ -219,9 +219,9 @@ def state_dtype_follows(kind, policy, names):
                 placed(moment.key, P(), what)
                 moment = moment.values
             for k, node in moment.items():
-                if isinstance(node, (gradx.SignedInt8Moment, gradx.UnsignedInt8Moment)):
+                if isinstance(node, (gradx.SignedFloat8Moment, gradx.UnsignedFloat8Moment)):
                     placed(node.codes, specs[k], f"{what} {k} codes")
-                    placed(node.scales, scales[k], f"{what} {k} scales")
+                    placed(node.absmax, absmax[k], f"{what} {k} absmax")
                 else:
                     placed(node, specs[k], f"{what} {k}")
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):

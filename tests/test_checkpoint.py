@@ -870,3 +870,34 @@ def test_a_checkpoint_of_float16_moments_from_an_older_gradx_is_named_as_such(
     with pytest.raises(ValueError, match=r"must match the structure, shapes and dtypes") as e:
         fit(wide, epochs=2, resume=True)
     assert "earlier gradx" not in str(e.value)
+
+
+def test_an_int8_checkpoint_and_pickle_of_the_earlier_format_are_refused(tmp_path):
+    # recorded by tests/golden/record_int8_checkpoint.py with the gradx of eaad44a, whose
+    # int8 moments had bitsandbytes' maps and absmax scales: read with today's maps they would
+    # be other numbers, so resuming must refuse and say why, and unpickling must fail
+    import pickle
+
+    golden = pathlib.Path(__file__).parent / "golden"
+    sys.path.insert(0, str(golden))
+    try:
+        import record_int8_checkpoint as recorded
+    finally:
+        sys.path.remove(str(golden))
+    directory = tmp_path / "ck"
+    shutil.copytree(golden / "int8_checkpoint_eaad44a", directory)
+    with pytest.raises(
+        ValueError,
+        match=r"First difference \(checkpoint vs now\): \[\".*nu\['w'\]\.codes\", \[256\], "
+        r"'int8'\] vs \[\".*nu\['w'\]\.absmax\", \[1\], 'float32'\] \(an int8 moment of an "
+        r"earlier gradx, stored with other maps and per-block scales that this version "
+        r"cannot read: finish this run with the gradx version that wrote the checkpoint\)",
+    ):
+        gradx.fit(
+            recorded.loss_fn, recorded.P0, recorded.optimizer(), recorded.DATA, batch_size=4,
+            epochs=2, key=jax.random.key(0), checkpoint_dir=str(directory), resume=True,
+            progress=False,
+        )  # fmt: skip
+    with open(golden / "int8_state_eaad44a.pickle", "rb") as f:
+        with pytest.raises(AttributeError, match="UnsignedInt8Moment"):
+            pickle.load(f)

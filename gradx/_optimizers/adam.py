@@ -102,7 +102,7 @@ def nesterov_ema(
         c_grad = (1 - mu) / (1 - mu_product)
         c_mean = mu_next / (1 - mu_product * mu_next)
         mean = jax.tree.map(lambda g, m: ema_of(b1, g, m), updates, old)
-        mean, stored_mean = codec.store(mean, state.mean)
+        mean, stored_mean = codec.store(mean, state.mean, (b1, 1 - b1, updates, False))
 
         def out_of(g, m):
             gw, mw = wide(g, b1, m), wide(m, b1, g)
@@ -187,10 +187,11 @@ def adam(
         :doc:`/guides/state-dtype`): None follows the params (v of float16 params in
         float32, as for ``nu_dtype``); a float dtype stores them in
         it (``"float32"`` for bf16 params); ``"int8"`` quantises each leaf of ≥ 256
-        elements in blocks of 256 with one float32 absmax per block, with bitsandbytes'
-        dynamic maps (signed for m, with −1 so a negative block maximum is exact;
-        unsigned for v, less its 0 so v never reads back as 0 in a nonzero block),
-        smaller leaves in float32: about 2 bytes of state per parameter instead of 8.
+        elements in blocks of 256: one float32 absmax per block and per element the int8
+        code of an 8-bit floating-point map of ``x``/absmax (3 mantissa bits: within
+        6.25%; signed for m, unsigned with no 0 for v, so v never reads back as 0 in a
+        nonzero block), smaller leaves in float32: about 2 bytes of state per parameter
+        instead of 8. The step reads m and v back from their codes.
       stochastic_rounding: with ``state_dtype="bfloat16"``, round m and v to bfloat16
         stochastically (unbiased: small EMA increments are not lost); the PRNG key and a
         count live in the state, so runs are reproducible and resume exactly.

@@ -75,7 +75,7 @@ def scale_by_adadelta(
         r, e = jnp.asarray(rho), jnp.asarray(eps)
 
         e_g = jax.tree.map(lambda g, eg: ema_of(r, abs_sq(wide(g, r, eg)), eg), updates, old_g)
-        e_g, stored_e_g = codec.store(e_g, state.e_g)
+        e_g, stored_e_g = codec.store(e_g, state.e_g, (r, 1 - r, updates, True))
 
         def step_of(g, eg, ed):
             egw, edw = wide(eg, r, e, ed), wide(ed, r, e, eg)
@@ -90,7 +90,7 @@ def scale_by_adadelta(
         d = jax.tree.map(step_of, updates, e_g, old_d)
         e_d = jax.tree.map(lambda d, ed: ema_of(r, abs_sq(wide(d, r, ed)), ed), d, old_d)
         return d, AdadeltaState(
-            e_d=codec.encode(e_d, state.e_d), e_g=stored_e_g
+            e_d=codec.encode(e_d, state.e_d, (r, 1 - r, d, True)), e_g=stored_e_g
         )
 
     return optax.GradientTransformationExtraArgs(init, update)

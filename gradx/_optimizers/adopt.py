@@ -122,12 +122,12 @@ def scale_by_adopt(
         xs = jax.tree.map(normalised, updates, old_nu)
         nu = jax.tree.map(lambda g, v: ema_of(beta2, abs_sq(wide(g, beta2, v)), v), updates, old_nu)
         mu = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, old_mu)
-        mu, stored_mu = mu_codec.store(mu, state.mu)
+        mu, stored_mu = mu_codec.store(mu, state.mu, (beta1, 1 - beta1, xs, False))
         out = jax.tree.map(lambda x, m: ema_of(beta1, x, m), xs, mu) if nesterov else mu
         return out, ScaleByAdoptState(
             count=optax.safe_increment(state.count),
             mu=stored_mu,
-            nu=nu_codec.encode(nu, state.nu),
+            nu=nu_codec.encode(nu, state.nu, (beta2, 1 - beta2, updates, True)),
         )
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -66,8 +66,8 @@ def trace(
     Returns:
       An optax transformation. Its update is in the computed dtype
       (``wide`` of u, μ and v), which may be wider than u's: the new v as
-      stored (rounded to a bfloat16 buffer and back; see ``as_stored``), or as computed
-      for an int8 moment.
+      stored (rounded to a bfloat16 buffer and back, see ``as_stored``; decoded from its
+      codes for an int8 moment).
     """
     check_numbers("trace", decay=decay, dampening=dampening)
     codec = moment_codec(
@@ -92,7 +92,9 @@ def trace(
             return coef(mu, vw) * vw + (uw if keep is None else coef(keep, uw) * uw)
 
         velocity = jax.tree.map(velocity_of, updates, old)
-        velocity, stored_velocity = codec.store(velocity, state.velocity)
+        gain = 1 if keep is None else keep
+        affine = (mu, gain, updates, False)  # v = μ·v + keep·u
+        velocity, stored_velocity = codec.store(velocity, state.velocity, affine)
         if nesterov:
             updates = jax.tree.map(lambda u, v: coef(mu, v) * v + wide(u, mu, v), updates, velocity)
         else:
@@ -133,8 +135,8 @@ def ema(
     ``accumulator_dtype`` is the dtype m is stored in (optax's name); None follows the
     params, or ``state_dtype`` and ``stochastic_rounding`` where given (as in :func:`trace`).
     The update is in the computed dtype (``wide`` of g, β and m),
-    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back),
-    or as computed for an int8 moment.
+    which may be wider than g's: the new m as stored (rounded to a bfloat16 buffer and back;
+    decoded from its codes for an int8 moment).
 
     ``decay`` and ``debias`` are positional as in ``optax.ema``; the rest are keyword-only.
     optax's default differs: ``optax.ema`` debiases by default (``debias=True``), this block
@@ -183,7 +185,7 @@ def ema(
             return coef(beta, mw) * mw + coef(rest, gw) * gw
 
         mean = jax.tree.map(mean_of, updates, old)
-        mean, stored_mean = codec.store(mean, state.mean)
+        mean, stored_mean = codec.store(mean, state.mean, (beta, rest, updates, False))
         if debias:
             correction = 1 - beta ** count.astype(beta.dtype)
             updates = jax.tree.map(lambda m: m / coef(correction, m), mean)

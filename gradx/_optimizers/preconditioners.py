@@ -166,7 +166,9 @@ def rms(
     ``accumulator_dtype`` is the dtype v and a are stored in: None follows the params (v of
     float16 params in float32, as every never-negative moment, see :doc:`/guides/state-dtype`;
     a, which may be negative, stays float16; a of complex params stays complex), or
-    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`.
+    ``state_dtype`` and ``stochastic_rounding`` as in :func:`trace`. ``centered`` refuses
+    int8 moments (the difference v̂ − â² of two 8-bit moments is rounding noise where the
+    mean dominates).
 
     Returns:
       An optax transformation emitting the (real) denominator in the computed dtype, which
@@ -175,6 +177,14 @@ def rms(
     check_numbers("rms", decay=decay, eps_root=eps_root, initial_scale=initial_scale)
     store = ("rms", "accumulator_dtype", accumulator_dtype, state_dtype, stochastic_rounding)
     nu_codec, mean_codec = moment_codec(*store, nonnegative=True), moment_codec(*store)
+    if centered and nu_codec.policy.kind == "int8":
+        raise ValueError(
+            "rms (RMSProp's denominator): centered=True takes the variance as v̂ − â², and "
+            "from int8 moments (each read back within 6.25%) that difference is rounding "
+            "noise wherever the mean dominates, clipped to 0 and the step divided by ε "
+            "alone; store a centered RMSProp's moments in a float dtype (state_dtype="
+            f"'bfloat16' or 'float32', or accumulator_dtype), got state_dtype={state_dtype!r}"
+        )
     added = 0 if zero_by_construction(eps_root) else eps_root  # 0 for good: nothing added
 
     def init(params: Any) -> RmsState:
@@ -194,12 +204,12 @@ def rms(
         nu = jax.tree.map(
             lambda g, v: ema_of(rho, abs_sq(wide(g, rho, v)), v, rest), updates, old_nu
         )
-        nu, stored_nu = nu_codec.store(nu, state.nu)
+        nu, stored_nu = nu_codec.store(nu, state.nu, (rho, rest, updates, True))
         mean = ()
         if centered:
             old_mean = mean_codec.decode(state.mean)
             mean = jax.tree.map(lambda g, a: ema_of(rho, g, a, rest), updates, old_mean)
-            mean, stored_mean = mean_codec.store(mean, state.mean)
+            mean, stored_mean = mean_codec.store(mean, state.mean, (rho, rest, updates, False))
 
         def root(v, a=None):
             vw = wide(v, rho, e) if a is None else wide(v, rho, e, a)
@@ -243,8 +253,9 @@ def max_rms(
     ``accumulator_dtype`` is the (real) dtype v and v_max are stored in; None follows the
     params (their real precision for complex params; float32 for float16 params, as every
     never-negative moment: see :doc:`/guides/state-dtype`), or ``state_dtype`` and
-    ``stochastic_rounding`` as in :func:`trace`. The denominator is emitted in the computed
-    dtype, which may be wider than the gradient's.
+    ``stochastic_rounding`` as in :func:`trace`. Stored in int8, v_max is rounded up to a
+    map value, never down, so the maximum the step reads never decreases. The denominator is
+    emitted in the computed dtype, which may be wider than the gradient's.
     """
     check_numbers("max_rms", decay=decay)
     if max_of not in MAX_OF:
@@ -267,18 +278,18 @@ def max_rms(
         count = optax.safe_increment(state.count)
         correction = 1 - b2 ** count_as(count, b2)
         nu = jax.tree.map(lambda g, v: ema_of(b2, abs_sq(wide(g, b2, v)), v), updates, old_nu)
-        nu, stored_nu = codec.store(nu, state.nu)
+        nu, stored_nu = codec.store(nu, state.nu, (b2, 1 - b2, updates, True))
         if max_of == "v_hat":
             nu_max = jax.tree.map(
                 lambda v, m: jnp.maximum(wide(m, b2, v), _debiased(v, correction)), nu, old_max
             )
-            nu_max, stored_max = codec.store(nu_max, state.nu_max)
+            nu_max, stored_max = codec.store(nu_max, state.nu_max, up=True)
             out = jax.tree.map(jnp.sqrt, nu_max)
         else:
             nu_max = jax.tree.map(
                 lambda m, v: jnp.maximum(wide(m, b2, v), wide(v, b2, m)), old_max, nu
             )
-            nu_max, stored_max = codec.store(nu_max, state.nu_max)
+            nu_max, stored_max = codec.store(nu_max, state.nu_max, up=True)
             c = jnp.sqrt(correction) if max_of == "raw_v" else 1
             out = jax.tree.map(lambda m: _debiased(jnp.sqrt(m), c), nu_max)
         return out, MaxRmsState(
@@ -330,7 +341,7 @@ def rss(
             return wide(s, e, g2) + g2
 
         total = jax.tree.map(total_of, updates, old)
-        total, stored_total = codec.store(total, state.sum_of_squares)
+        total, stored_total = codec.store(total, state.sum_of_squares, (1, 1, updates, True))
         out = jax.tree.map(lambda s: jnp.sqrt(plus(s, e, added)), total)
         return out, RssState(sum_of_squares=stored_total)
 

@@ -283,7 +283,8 @@ def scale_by_lion(
         rows = outer.flatten_up_to(out)  # not jax.tree.transpose: it fails on an empty tree
         u, mu = (outer.unflatten([row[i] for row in rows]) for i in range(2))
         count = optax.safe_increment(state.count)
-        return u, ScaleByLionState(count=count, mu=codec.encode(mu, state.mu))
+        stored = codec.encode(mu, state.mu, (beta2, rest2, updates, False))
+        return u, ScaleByLionState(count=count, mu=stored)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

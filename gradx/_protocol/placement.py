@@ -7,7 +7,7 @@ gradx builds no communication of its own. Params are ``jax.Array``s placed on a
   Rprop's step sizes, lookahead's slow weights) gets that param's ``NamedSharding``;
 * every other leaf (step counts, hyperparameters, lookahead's phase and fitted alpha) is
   replicated: ``NamedSharding(mesh, P())``;
-* an int8 moment (``state_dtype="int8"``) of a param: its codes as the param, its scales
+* an int8 moment (``state_dtype="int8"``) of a param: its codes as the param, its absmax
   with their blocks where the blocks do not straddle shards (see ``quantized.py``).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gradx._protocol.quantized import is_quantized, scales_sharding
+from gradx._protocol.quantized import absmax_sharding, is_quantized
 
 
 def _named_mesh(params: Any) -> Mesh | None:
@@ -90,13 +90,13 @@ def state_shardings(state: Any, params: Any, mesh: Mesh | None = None) -> Any:
     index = _param_index(params)
 
     def pick(path: tuple, leaf: Any) -> Any:
-        if is_quantized(leaf):  # codes like the param they mirror, scales with their blocks
+        if is_quantized(leaf):  # codes like the param they mirror, absmax with their blocks
             shape = tuple(np.shape(leaf.codes))
             codes = _mirrored(index, tuple(path), shape)
-            scales = scales_sharding(codes, shape)
+            absmax = absmax_sharding(codes, shape)
             return type(leaf)(
                 codes=replicated if codes is None else codes,
-                scales=replicated if scales is None else scales,
+                absmax=replicated if absmax is None else absmax,
             )
         shape = tuple(np.shape(leaf))
         sharding = _mirrored(index, tuple(path), shape) if shape else None

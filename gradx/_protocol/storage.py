@@ -8,7 +8,15 @@ Every optimizer and block with moments takes the keyword-only pair and builds, p
     init:    nu = codec.init(params, "nu", fill=initial_scale)
     update:  v = codec.decode(state.nu)          # a tree like params, float
              ... compute the new v (float32 or wider) ...
-             RmsState(..., nu=codec.encode(new_v, state.nu))
+             v, stored_v = codec.store(new_v, state.nu)   # as read, as stored
+             RmsState(..., nu=stored_v)
+
+A block whose moment is ``new = a·old + b·x`` (an EMA, a sum, a momentum buffer) says so,
+``codec.store(new_v, state.nu, affine=(rho, 1 - rho, g, True))`` (x = g², ``True``: square
+``g``), so that int8 blocks compute each block's absmax from the old codes and ``g``
+(:func:`~gradx._protocol.quantized.affine_absmax`), which XLA fuses into one pass over them,
+rather than from the new moment, which XLA would write out in float32 first; the other
+storages ignore it.
 
 The policies (``state_dtype``):
 
@@ -22,8 +30,8 @@ The policies (``state_dtype``):
   element's 16 random bits are a hash of its index, the leaf's index and that seed
   (:func:`uniform_bits`). A run is reproducible and resumes exactly from a checkpoint;
 * ``"int8"`` (or ``jnp.int8``): blockwise-quantised moments (see :mod:`quantized`): each leaf
-  of at least 256 elements is a :class:`~gradx.SignedInt8Moment` (first moments) or
-  :class:`~gradx.UnsignedInt8Moment` (second moments, never negative); smaller leaves stay
+  of at least 256 elements is a :class:`~gradx.SignedFloat8Moment` (first moments) or
+  :class:`~gradx.UnsignedFloat8Moment` (second moments, never negative); smaller leaves stay
   float32. Real params only.
 
 An explicit ``mu_dtype``/``nu_dtype``/``accumulator_dtype`` wins over ``state_dtype`` for its
@@ -50,6 +58,7 @@ from gradx._protocol.dtypes import (
 )
 from gradx._protocol.quantized import (
     BLOCK,
+    affine_absmax,
     dequantize,
     is_quantized,
     quantize,
@@ -217,7 +226,7 @@ class MomentCodec:
                 return jnp.full_like(p, fill, dtype=jnp.float32)  # placed like p
             return quantized_full(p, fill, not self.nonnegative)
 
-        # codes and scales, two arrays per leaf: never inside one nnx Variable
+        # codes and absmax, two arrays per leaf: never inside one nnx Variable
         return jax.tree.map(leaf, unwrap_variables(params))
 
     def decode(self, moment: Any) -> Any:
@@ -243,26 +252,38 @@ class MomentCodec:
             return moment  # nothing to trace
         return decode_moments(moment)
 
-    def store(self, new: Any, old: Any) -> tuple[Any, Any]:
+    def store(
+        self, new: Any, old: Any, affine: Any = None, up: bool = False
+    ) -> tuple[Any, Any]:
         """``(read, stored)``: the new moment (a tree like the params) as the block's update
         reads it, and as the state stores it (:meth:`encode`).
 
-        A moment stored in a float dtype or rounded stochastically is read as stored (for a
-        float dtype as ``dtypes.as_stored`` says: rounded to bfloat16 and back), so that the
-        update reads the buffer the state writes and the compiled step keeps no copy of the
-        old moment. An int8 moment is read as computed, in float32: the step uses the new
-        moment, not its 8-bit code (as bitsandbytes' 8-bit optimizers do)."""
+        ``affine``: ``(a, b, term, square)`` where the block computed ``new = a·old + b·x``
+        elementwise, ``a`` and ``b`` scalars and ``x`` the tree ``term`` (squared where
+        ``square``): int8 moments then compute their absmax from it (:meth:`encode`).
+        ``up``: int8 moments round each element up to a map value, not to the nearest (a
+        running maximum, which must never read back lower than it was); the float storages
+        ignore it.
+
+        Every moment is read as stored: for a float dtype as ``dtypes.as_stored`` says
+        (rounded to bfloat16 and back), rounded stochastically as its bfloat16 values, int8
+        as its codes decoded (float32). The update then reads the buffer the state writes,
+        and the compiled step keeps no copy of the old moment. (bitsandbytes' 8-bit
+        optimizers step with the float32 moment they computed; the two differ by the
+        rounding to the map, within 6.25% of each element in the map's range.)"""
         kind = self.policy.kind
         if kind in ("follow", "float"):
             return as_stored(new, old), stored(new, old)
-        encoded = self.encode(new, old)
+        encoded = self.encode(new, old, affine, up)
         if kind == "rounded":
             read = jax.tree.map(lambda v, n: v.astype(n.dtype), encoded.values, new)
             return read, encoded
-        return new, encoded
+        return decode_moments(encoded), encoded
 
-    def encode(self, new: Any, old: Any) -> Any:
-        """``new`` (a tree like the params) stored as ``old`` is: once per step."""
+    def encode(self, new: Any, old: Any, affine: Any = None, up: bool = False) -> Any:
+        """``new`` (a tree like the params) stored as ``old`` is: once per step. An int8
+        leaf's absmax is that of each block of ``new``, computed from it or, with ``affine``
+        (see :meth:`store`), from the old codes and ``x``; ``up`` as in :meth:`store`."""
         kind = self.policy.kind
         if kind in ("follow", "float"):
             return stored(new, old)
@@ -279,10 +300,16 @@ class MomentCodec:
             return RoundedMoment(count=count, key=old.key, values=values)
         signed = not self.nonnegative
 
-        def leaf(o: Any, n: jax.Array) -> Any:
-            return quantize(n, signed) if is_quantized(o) else n.astype(o.dtype)
+        def leaf(o: Any, n: jax.Array, t: Any = None) -> Any:
+            if not is_quantized(o):
+                return n.astype(o.dtype)
+            absmax = None if t is None else affine_absmax(o, a, b, t, square)
+            return quantize(n, signed, absmax, up)
 
-        return jax.tree.map(leaf, old, new, is_leaf=is_quantized)
+        if affine is None:
+            return jax.tree.map(leaf, old, new, is_leaf=is_quantized)
+        a, b, term, square = affine
+        return jax.tree.map(leaf, old, new, term, is_leaf=is_quantized)
 
 
 def moment_codec(
@@ -311,8 +338,8 @@ def decode_moments(tree: Any) -> Any:
     """``tree`` with every stored moment in it read back as float arrays.
 
     ``tree`` may be one moment, a block's state or a whole optimizer state. A
-    :class:`RoundedMoment` becomes its bfloat16 ``values``, a :class:`~gradx.SignedInt8Moment`
-    or :class:`~gradx.UnsignedInt8Moment` the float32 array it stands for; anything else is
+    :class:`RoundedMoment` becomes its bfloat16 ``values``, a :class:`~gradx.SignedFloat8Moment`
+    or :class:`~gradx.UnsignedFloat8Moment` the float32 array it stands for; anything else is
     kept as it is (so a moment stored in a float dtype is returned unchanged).
 
     Examples:
@@ -320,8 +347,8 @@ def decode_moments(tree: Any) -> Any:
       >>> opt = gradx.adam(1e-3, state_dtype="int8")
       >>> state = opt.init({"w": jnp.ones((4, 256))})
       >>> nu = state.inner_state[0].by.nu["w"]  # the second moment, quantised
-      >>> type(nu).__name__, nu.codes.dtype, nu.scales.shape
-      ('UnsignedInt8Moment', dtype('int8'), (4, 1))
+      >>> type(nu).__name__, nu.codes.dtype, nu.absmax.shape
+      ('UnsignedFloat8Moment', dtype('int8'), (4, 1))
       >>> gradx.decode_moments(nu).shape
       (4, 256)
     """

@@ -61,7 +61,7 @@ def unwrap_variables(tree: Any) -> Any:
     """``tree`` with each flax ``nnx.Variable`` (what ``nnx.Optimizer`` gives ``init``: a
     ``Param`` around each array) replaced by its array: for code that reads the leaves' key
     paths (a Variable adds ``/value``, the arrays ``update`` receives do not) or stores more
-    than one array per leaf (an int8 moment's codes and scales)."""
+    than one array per leaf (an int8 moment's absmax and codes)."""
     return jax.tree.map(
         lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
     )

@@ -396,7 +396,7 @@ def _torch_radam_root(
             return coef(b2, vw) * vw + coef(1 - b2, vw) * abs_sq(wide(g, b2, e)).astype(vw.dtype)
 
         nu = jax.tree.map(ema_sq, updates, codec.decode(state.nu))
-        nu, stored_nu = codec.store(nu, state.nu)
+        nu, stored_nu = codec.store(nu, state.nu, (b2, 1 - b2, updates, True))
         out = jax.tree.map(lambda v: (jnp.sqrt(v) + coef(e, v)) / coef(root_c, v), nu)
         return out, TorchRadamRootState(count=count, nu=stored_nu)
 

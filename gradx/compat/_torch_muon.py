@@ -77,7 +77,7 @@ def _torch_momentum(
         check_tree(updates, old, "momentum buffer in the state")
         mu = jnp.asarray(momentum)
         mean = jax.tree.map(lambda g, b: ema_of(mu, g, b), updates, old)
-        mean, stored_mean = codec.store(mean, state.mean)
+        mean, stored_mean = codec.store(mean, state.mean, (mu, 1 - mu, updates, False))
         out = jax.tree.map(lambda g, b: ema_of(mu, g, b), updates, mean) if nesterov else mean
         return out, EmaState(count=optax.safe_increment(state.count), mean=stored_mean)
 
