@@ -16,6 +16,11 @@ import socket
 import subprocess
 import sys
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; each xdist worker then runs its own worker process
+    fcntl = None
+
 import jax
 import numpy as np
 import pytest
@@ -56,17 +61,28 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def eight_devices(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded") / "results.json"
-    run = subprocess.run(
-        [sys.executable, str(HERE / "sharded_worker.py"), str(out)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(out.read_text())
+def eight_devices(tmp_path_factory, request):
+    """The worker's results, computed once per test session: pytest-xdist gives each of its
+    workers this module fixture, and the worker process takes about 100 s on 2 cores, so
+    the first xdist worker to get here runs it under a lock in the session's shared
+    temporary folder and the others read its results."""
+    shared = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # an xdist worker: the parent is shared
+        shared = shared.parent
+    out = shared / "sharded_results.json"
+    with open(shared / "sharded_results.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not out.exists():
+            run = subprocess.run(
+                [sys.executable, str(HERE / "sharded_worker.py"), str(out)],
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert run.returncode == 0, run.stderr[-4000:]
+        return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("name", CHECKS)
