@@ -507,7 +507,8 @@ def test_a_flipped_byte_in_an_array_is_found_and_the_previous_checkpoint_used(tm
     _flip(big, int(position * big.stat().st_size))  # mostly: orbax reads other values
     with pytest.warns(
         RuntimeWarning,
-        match=r"fit: the checkpoint of epoch 3 in .* is damaged \((an array differs from what "
+        # (?s): orbax's message can span lines (a TensorStore spec), and ".*" must cross them
+        match=r"(?s)fit: the checkpoint of epoch 3 in .* is damaged \((an array differs from what "
         r"was written \(checksum\)|orbax cannot read it: .*)\); moved it to .*damaged.3-\d+-\d+ "
         r"and resuming from an older one",
     ):
@@ -545,7 +546,7 @@ def test_an_unreadable_array_file_falls_back_to_the_previous_checkpoint(tmp_path
         _flip(path, -9)
     with pytest.warns(
         RuntimeWarning,
-        match=r"fit: the checkpoint of epoch 6 in .* is damaged \(orbax cannot read it: "
+        match=r"(?s)fit: the checkpoint of epoch 6 in .* is damaged \(orbax cannot read it: "
         r"ValueError: .*\); moved it to .* and resuming from an older one",
     ):
         resumed = run(tmp_path, resume=True)
