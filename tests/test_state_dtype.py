@@ -238,7 +238,9 @@ def test_int8_round_trip_is_the_numpy_quantiser_within_a_sixteenth():
         assert np.all(np.abs(got - x) <= np.maximum(np.abs(x) / 16, floor * top) * (1 + 1e-6))
         assert q.codes.dtype == jnp.int8 and q.absmax.dtype == jnp.float32
         # each block's largest element is stored exactly, whatever its sign
-        assert np.all(np.abs(got).reshape(-1).max() == np.abs(x).reshape(-1).max())
+        flat = np.abs(got).reshape(-1)
+        flat = np.concatenate([flat, np.zeros(-flat.size % 256, np.float32)])
+        np.testing.assert_array_equal(flat.reshape(-1, 256).max(axis=1), absmax)
         assert int(np.min(np.asarray(q.codes))) >= -127
     # init builds what quantising a constant gives, without quantising
     for fill, signed, shape in ((0.0, True, (5, 300)), (0.1, False, (5, 300)), (0.0, False, (512,))):

@@ -70,6 +70,8 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gradx._protocol.dtypes import coef, wide
+
 #: Elements per block (bitsandbytes' and torchao's blockwise 8-bit optimizers).
 BLOCK = 256
 
@@ -263,16 +265,15 @@ def affine_absmax(
 def _affine_absmax(
     old: Any, a: jax.Array, b: jax.Array, term: jax.Array, *, square: bool, signed: bool
 ) -> jax.Array:
-    # in the block's own precision (float64 params and hyperparameters under x64: a term
-    # whose square overflows float32 can still give a new moment that float32 holds)
-    dtypes = {jnp.dtype(d) for d in (term.dtype, a.dtype, b.dtype)}
-    dtype = jnp.dtype(jnp.float64) if jnp.dtype(jnp.float64) in dtypes else jnp.dtype(jnp.float32)
-    x = _blocks(term).astype(dtype)
+    # in the precision the block computes in (``wide``: float64 for float64 params under
+    # x64, where a term whose square overflows float32 can still give a new moment that
+    # float32 holds), from the old moment as the block decodes it
+    values = decode(_blocks(old.codes), signed) * old.absmax[..., None]
+    x = wide(_blocks(term), a, b, values)
+    values = wide(values, x)
     if square:
         x = x * x
-    scale = old.absmax[..., None].astype(dtype)
-    new = a.astype(dtype) * (decode(_blocks(old.codes), signed).astype(dtype) * scale)
-    new = new + b.astype(dtype) * x
+    new = coef(a, values) * values + coef(b, x) * x
     if new.size != term.size:  # the last block's padding: its codes decode to a map value
         rows = jax.lax.broadcasted_iota(jnp.int32, new.shape, 0)
         cols = jax.lax.broadcasted_iota(jnp.int32, new.shape, 1)
